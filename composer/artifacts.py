@@ -1,0 +1,187 @@
+"""Our adapter artifact: `adapter_config.json` + `adapter.safetensors`, saved atomically.
+
+The config carries the method and its fields, the head, the labels, the base model's
+identity, the format version and the sha256 of the weights file. Loading verifies the
+checksum, the tensors and the base before anything is attached to a model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from composer.base import BaseIdentity
+from composer.config import BottleneckConfig
+from composer.errors import ArtifactError, IncompatibleBaseError
+from composer.heads import HeadConfig
+from composer.model import AdaptedEncoder
+from composer.safetensors_io import (
+    sha256_bytes,
+    tensors_from_bytes,
+    tensors_to_bytes,
+    write_dir_atomically,
+    write_file,
+)
+
+FORMAT = "composer-adapter"
+FORMAT_VERSION = 1
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter.safetensors"
+
+
+@dataclass
+class AdapterArtifact:
+    """An adapter (and optional head) in memory, independent of any model instance."""
+
+    name: str
+    config: BottleneckConfig
+    hidden_size: int
+    tensors: dict[str, torch.Tensor]  # "adapter.<site>.<param>" and "head.<param>"
+    head: HeadConfig | None = None
+    labels: list[str] | None = None
+    base: BaseIdentity | None = None  # None only for foreign imports, bound when attached
+    model_type: str | None = None
+    kind: str = "st_a"
+    metrics: dict[str, Any] = field(default_factory=dict)
+    source: str = FORMAT
+
+    def config_json(self, sha256: str) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "name": self.name,
+            "kind": self.kind,
+            "method": "bottleneck",
+            "config": self.config.to_dict(),
+            "head": self.head.to_dict() if self.head else None,
+            "labels": self.labels,
+            "base": self.base.to_dict() if self.base else None,
+            "hidden_size": self.hidden_size,
+            "model_type": self.model_type,
+            "metrics": self.metrics,
+            "sha256": sha256,
+        }
+
+
+def extract(model: AdaptedEncoder, adapter: str, head: str | None = None, **meta: Any) -> AdapterArtifact:
+    """Take an adapter (and head) out of a model as an artifact bound to the model's base."""
+    tensors = {f"adapter.{k}": v.detach().cpu().clone() for k, v in model.adapters[adapter].state_dict().items()}
+    head_cfg = None
+    if head is not None:
+        tensors.update({f"head.{k}": v.detach().cpu().clone() for k, v in model.heads[head].state_dict().items()})
+        head_cfg = model.heads[head].cfg
+    return AdapterArtifact(
+        name=adapter,
+        config=model.adapters[adapter].cfg,
+        hidden_size=model.base.hidden_size,
+        tensors=tensors,
+        head=head_cfg,
+        base=model.base.identity,
+        model_type=model.base.family,
+        **meta,
+    )
+
+
+def to_files(art: AdapterArtifact) -> tuple[bytes, bytes]:
+    """Serialise to (config JSON bytes, safetensors bytes)."""
+    if art.base is None:
+        raise ArtifactError("an artifact must be bound to a base identity before it is saved")
+    weights = tensors_to_bytes(art.tensors)
+    config = json.dumps(art.config_json(sha256_bytes(weights)), indent=2, sort_keys=True).encode()
+    return config, weights
+
+
+def save(art: AdapterArtifact, directory: str | Path) -> Path:
+    config, weights = to_files(art)
+
+    def write(tmp: Path) -> None:
+        write_file(tmp / WEIGHTS_NAME, weights)
+        write_file(tmp / CONFIG_NAME, config)
+
+    write_dir_atomically(Path(directory), write)
+    return Path(directory)
+
+
+def from_files(config_bytes: bytes, weights: bytes) -> AdapterArtifact:
+    try:
+        meta = json.loads(config_bytes)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{CONFIG_NAME} is not valid JSON: {e}") from None
+    if meta.get("format") != FORMAT:
+        raise ArtifactError(f"not a {FORMAT} config (format={meta.get('format')!r})")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(
+            f"unsupported format_version {meta.get('format_version')!r}; this build reads {FORMAT_VERSION}"
+        )
+    if sha256_bytes(weights) != meta.get("sha256"):
+        raise ArtifactError("checksum mismatch: adapter.safetensors does not match the sha256 in its config")
+    if meta.get("method") != "bottleneck":
+        raise ArtifactError(f"unsupported method {meta.get('method')!r}")
+    return AdapterArtifact(
+        name=str(meta["name"]),
+        config=BottleneckConfig.from_dict(meta["config"]),
+        hidden_size=int(meta["hidden_size"]),
+        tensors=tensors_from_bytes(weights, WEIGHTS_NAME),
+        head=HeadConfig.from_dict(meta["head"]) if meta.get("head") else None,
+        labels=meta.get("labels"),
+        base=BaseIdentity.from_dict(meta["base"]) if meta.get("base") else None,
+        model_type=meta.get("model_type"),
+        kind=meta.get("kind", "st_a"),
+        metrics=meta.get("metrics") or {},
+    )
+
+
+def load(directory: str | Path) -> AdapterArtifact:
+    """Load our format, or detect and import an AdapterHub directory."""
+    d = Path(directory)
+    cfg_path = d / CONFIG_NAME
+    if not cfg_path.is_file():
+        raise ArtifactError(f"{d} has no {CONFIG_NAME}")
+    try:
+        meta = json.loads(cfg_path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{cfg_path} is not valid JSON: {e}") from None
+    if meta.get("format") == FORMAT:
+        weights_path = d / WEIGHTS_NAME
+        if not weights_path.is_file():
+            raise ArtifactError(f"{d} has no {WEIGHTS_NAME}")
+        return from_files(cfg_path.read_bytes(), weights_path.read_bytes())
+    from composer.importers.adapterhub import import_adapterhub
+
+    return import_adapterhub(d)
+
+
+def attach(model: AdaptedEncoder, art: AdapterArtifact, name: str | None = None) -> str:
+    """Build the artifact's modules in `model` and load its weights strictly."""
+    name = name or art.name
+    if art.hidden_size != model.base.hidden_size:
+        raise IncompatibleBaseError(
+            f"adapter {art.name!r} has hidden size {art.hidden_size}, the base has {model.base.hidden_size}"
+        )
+    if art.model_type and art.model_type != model.base.family:
+        raise IncompatibleBaseError(
+            f"adapter {art.name!r} is for {art.model_type!r}, the base is {model.base.family!r}"
+        )
+    if art.base is not None:
+        model.base.identity.check_same(art.base, what=f"adapter {art.name!r}")
+    else:
+        art.base = model.base.identity
+    adapter_sd = {k[len("adapter.") :]: v for k, v in art.tensors.items() if k.startswith("adapter.")}
+    head_sd = {k[len("head.") :]: v for k, v in art.tensors.items() if k.startswith("head.")}
+    module = model.add_adapter(name, art.config)
+    try:
+        module.load_state_dict(adapter_sd, strict=True)
+        if art.head is not None:
+            model.add_head(name, art.head).load_state_dict(head_sd, strict=True)
+        elif head_sd:
+            raise ArtifactError("weights contain a head but the config declares none")
+    except (RuntimeError, ArtifactError) as e:
+        del model.adapters[name]
+        if name in model.heads:
+            del model.heads[name]
+        raise ArtifactError(f"adapter {art.name!r}: weights do not fit its config: {e}") from None
+    return name

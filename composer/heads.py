@@ -1,0 +1,81 @@
+"""Prediction heads: pooled encoder output -> logits (classification) or a value (regression).
+
+The layer layout mirrors AdapterHub's `ClassificationHead` (dropout, dense, tanh,
+dropout, out) so that its heads import weight for weight.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from composer.bottleneck import activation
+from composer.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    kind: Literal["classification", "regression"] = "classification"
+    num_labels: int = 2
+    layers: int = 2
+    activation: str = "tanh"
+    pooling: Literal["cls", "mean"] = "cls"
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("classification", "regression"):
+            raise ConfigError(f"head kind must be classification or regression, got {self.kind!r}")
+        if self.kind == "regression" and self.num_labels != 1:
+            object.__setattr__(self, "num_labels", 1)
+        if self.kind == "classification" and self.num_labels < 2:
+            raise ConfigError(f"a classification head needs >= 2 labels, got {self.num_labels}")
+        if self.layers not in (1, 2):
+            raise ConfigError(f"head layers must be 1 or 2, got {self.layers}")
+        if self.pooling not in ("cls", "mean"):
+            raise ConfigError(f"pooling must be 'cls' or 'mean', got {self.pooling!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> HeadConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.Tensor:
+    if how == "cls":
+        return hidden[:, 0]
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+class PredictionHead(nn.Module):
+    def __init__(self, cfg: HeadConfig, hidden_size: int):
+        super().__init__()
+        self.cfg = cfg
+        self.dense = nn.Linear(hidden_size, hidden_size) if cfg.layers == 2 else None
+        self.act = activation(cfg.activation) if cfg.layers == 2 else None
+        self.out = nn.Linear(hidden_size, cfg.num_labels)
+        self.dropout = nn.Dropout(cfg.dropout)
+        with torch.no_grad():
+            for lin in (self.dense, self.out):
+                if lin is not None:
+                    lin.weight.normal_(0.0, 0.02)
+                    lin.bias.zero_()
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        z = self.dropout(pool(hidden, attention_mask, self.cfg.pooling))
+        if self.dense is not None:
+            z = self.dropout(self.act(self.dense(z)))
+        out = self.out(z)
+        return out.squeeze(-1) if self.cfg.kind == "regression" else out
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.cfg.kind == "regression":
+            return nn.functional.mse_loss(logits, labels.to(logits.dtype))
+        return nn.functional.cross_entropy(logits, labels)

@@ -1,0 +1,1 @@
+"""Importers for foreign adapter formats (AdapterHub `adapters`, HF `peft`)."""

@@ -1,0 +1,152 @@
+"""Import an AdapterHub `adapters` directory onto our modules.
+
+Reads `adapter_config.json` + `adapter.safetensors`, and the optional head files
+`head_config.json` + `model_head.safetensors`. `pytorch_adapter.bin` (a pickle) is
+refused with instructions to convert it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from composer.artifacts import AdapterArtifact
+from composer.bottleneck import site_key
+from composer.config import BottleneckConfig
+from composer.errors import ArtifactError, ConfigError
+from composer.heads import HeadConfig
+from composer.safetensors_io import read_tensors
+
+CONVERT_HINT = (
+    "convert it once, in an environment you trust, with: "
+    'python -c "import torch, safetensors.torch as s; '
+    "s.save_file(torch.load('pytorch_adapter.bin', weights_only=True), 'adapter.safetensors')\""
+)
+# Options of BnConfig that we do not implement; an import must have them at the neutral value.
+_NEUTRAL = {
+    "phm_layer": False,
+    "use_gating": False,
+    "inv_adapter": None,
+    "cross_adapter": False,
+    "stochastic_depth": 0.0,
+}
+_FIELDS = (
+    "mh_adapter",
+    "output_adapter",
+    "reduction_factor",
+    "non_linearity",
+    "original_ln_before",
+    "original_ln_after",
+    "residual_before_ln",
+    "adapter_residual_before_ln",
+    "ln_before",
+    "ln_after",
+    "is_parallel",
+    "scaling",
+    "init_weights",
+    "dropout",
+    "leave_out",
+)
+_KEY = re.compile(r"(?:^|\.)layer\.(\d+)\.(attention\.output|output)\.adapters\.[^.]+\.(.+)$")
+
+
+def _config(raw: dict[str, Any]) -> BottleneckConfig:
+    for k, neutral in _NEUTRAL.items():
+        if raw.get(k, neutral) != neutral:
+            raise ConfigError(f"AdapterHub option {k}={raw[k]!r} is not supported")
+    if isinstance(raw.get("reduction_factor"), dict):
+        raise ConfigError("per-layer reduction_factor mappings are not supported")
+    if raw.get("residual_before_ln") == "post_add":
+        raise ConfigError("residual_before_ln='post_add' is not supported")
+    data = {k: raw[k] for k in _FIELDS if k in raw}
+    if isinstance(data.get("scaling"), int):
+        data["scaling"] = float(data["scaling"])
+    return BottleneckConfig.from_dict(data)
+
+
+def _param_name(rest: str, cfg: BottleneckConfig) -> str:
+    down_idx = 1 if cfg.ln_before else 0
+    table = {
+        f"adapter_down.{down_idx}.weight": "down.weight",
+        f"adapter_down.{down_idx}.bias": "down.bias",
+        "adapter_up.weight": "up.weight",
+        "adapter_up.bias": "up.bias",
+        "scaling": "scaling",
+        "adapter_norm_after.weight": "norm_after.weight",
+        "adapter_norm_after.bias": "norm_after.bias",
+    }
+    if cfg.ln_before:
+        table.update({"adapter_down.0.weight": "norm_before.weight", "adapter_down.0.bias": "norm_before.bias"})
+    if rest not in table:
+        raise ArtifactError(f"unexpected AdapterHub parameter {rest!r}")
+    return table[rest]
+
+
+def _head(d: Path) -> tuple[HeadConfig | None, list[str] | None, dict[str, torch.Tensor]]:
+    if (d / "pytorch_model_head.bin").exists() and not (d / "model_head.safetensors").exists():
+        raise ArtifactError(f"pytorch_model_head.bin is a pickle and is refused; {CONVERT_HINT}")
+    if not (d / "head_config.json").is_file():
+        return None, None, {}
+    raw = json.loads((d / "head_config.json").read_text())["config"]
+    if raw.get("head_type") not in ("classification", "regression") or raw.get("use_pooler"):
+        raise ConfigError(f"unsupported AdapterHub head {raw.get('head_type')!r} (use_pooler={raw.get('use_pooler')})")
+    n = int(raw["num_labels"])
+    cfg = HeadConfig(
+        kind="regression" if n == 1 else "classification",
+        num_labels=n,
+        layers=int(raw.get("layers", 2)),
+        activation=raw.get("activation_function") or "tanh",
+        pooling="cls",
+        dropout=float(raw.get("dropout_prob") or 0.1),
+    )
+    labels = None
+    if raw.get("label2id"):
+        labels = [k for k, _ in sorted(raw["label2id"].items(), key=lambda kv: kv[1])]
+    tensors = read_tensors(d / "model_head.safetensors")
+    last = 3 * cfg.layers - 2  # index of the output Linear in AdapterHub's Sequential
+    names = {"1": "dense", str(last): "out"} if cfg.layers == 2 else {str(last): "out"}
+    out: dict[str, torch.Tensor] = {}
+    for k, v in tensors.items():
+        idx, param = k.split(".")[-2:]
+        if idx not in names:
+            raise ArtifactError(f"unexpected AdapterHub head parameter {k!r}")
+        out[f"head.{names[idx]}.{param}"] = v
+    return cfg, labels, out
+
+
+def import_adapterhub(directory: str | Path) -> AdapterArtifact:
+    d = Path(directory)
+    if (d / "pytorch_adapter.bin").exists() and not (d / "adapter.safetensors").exists():
+        raise ArtifactError(f"pytorch_adapter.bin is a pickle and is refused; {CONVERT_HINT}")
+    meta = json.loads((d / "adapter_config.json").read_text())
+    if "config" not in meta or "hidden_size" not in meta:
+        raise ArtifactError(f"{d / 'adapter_config.json'} is not an AdapterHub adapter config")
+    raw = meta["config"]
+    if raw.get("architecture", "bottleneck") not in (None, "bottleneck"):
+        raise ConfigError(f"only bottleneck adapters import from AdapterHub, got {raw.get('architecture')!r}")
+    cfg = _config(raw)
+    tensors: dict[str, torch.Tensor] = {}
+    for key, value in read_tensors(d / "adapter.safetensors").items():
+        m = _KEY.search(key)
+        if m is None:
+            raise ArtifactError(f"unexpected AdapterHub weight {key!r}")
+        layer, where, rest = int(m.group(1)), m.group(2), m.group(3)
+        placement = "attention" if where == "attention.output" else "ffn"
+        tensors[f"adapter.sites.{site_key(layer, placement)}.{_param_name(rest, cfg)}"] = value
+    head, labels, head_tensors = _head(d)
+    tensors.update(head_tensors)
+    return AdapterArtifact(
+        name=str(meta.get("name") or d.name),
+        config=cfg,
+        hidden_size=int(meta["hidden_size"]),
+        tensors=tensors,
+        head=head,
+        labels=labels,
+        base=None,
+        model_type=meta.get("model_type"),
+        source="adapterhub",
+    )

@@ -1,0 +1,110 @@
+"""Generate parity fixtures with the reference implementation (AdapterHub `adapters`).
+
+Run this in its own virtualenv, never in the project's:
+
+    python -m venv .venv-parity
+    .venv-parity/bin/pip install torch==2.13.0
+    .venv-parity/bin/pip install adapters==1.3.0 transformers==4.57.6 peft
+    .venv-parity/bin/python scripts/parity/make_fixtures.py
+
+It writes a tiny BERT (fixed seed), one adapter per bottleneck preset with random
+non-zero weights in AdapterHub's own save format, fixed inputs, and the reference
+outputs to tests/fixtures/parity/. Only safetensors and JSON are written.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import adapters
+import torch
+from adapters import BertAdapterModel
+from safetensors.torch import save_file
+from transformers import BertConfig, BertModel
+
+OUT = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "parity"
+PRESETS = ["seq_bn", "double_seq_bn", "par_bn", "scaled_par_bn"]
+
+
+def tiny_config() -> BertConfig:
+    return BertConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=32,
+        type_vocab_size=2,
+    )
+
+
+def randomise(module: torch.nn.Module, names: list[str], seed: int) -> None:
+    """Give every adapter parameter random, non-zero values (init may zero adapter_up)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if any(f".{n}." in name or name.startswith(f"heads.{n}.") for n in names):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+
+
+def inputs() -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, 64, (3, 10), generator=gen)
+    mask = torch.ones(3, 10, dtype=torch.long)
+    mask[1, 7:] = 0
+    mask[2, 4:] = 0
+    ids[mask == 0] = 0
+    types = torch.zeros(3, 10, dtype=torch.long)
+    types[0, 5:] = 1
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+def main() -> None:
+    if OUT.exists():
+        shutil.rmtree(OUT)
+    (OUT / "adapters").mkdir(parents=True)
+    torch.manual_seed(0)
+    base = BertModel(tiny_config(), add_pooling_layer=False).eval()
+    base.save_pretrained(OUT / "base", safe_serialization=True)
+    x = inputs()
+    save_file(x, str(OUT / "inputs.safetensors"))
+
+    expected: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        expected["base"] = base(**x).last_hidden_state
+
+    for i, preset in enumerate(PRESETS):
+        model = BertModel.from_pretrained(OUT / "base").eval()
+        adapters.init(model)
+        model.add_adapter(preset, config=preset)
+        randomise(model, [preset], seed=100 + i)
+        model.set_active_adapters(preset)
+        model.eval()
+        with torch.no_grad():
+            expected[f"hidden/{preset}"] = model(**x).last_hidden_state
+        model.save_adapter(str(OUT / "adapters" / preset), preset, use_safetensors=True)
+
+    # An adapter with a classification head, saved the way AdapterHub ships them.
+    model = BertAdapterModel.from_pretrained(OUT / "base").eval()
+    model.add_adapter("with_head", config="seq_bn")
+    model.add_classification_head("with_head", num_labels=3)
+    randomise(model, ["with_head"], seed=7)
+    model.set_active_adapters("with_head")
+    model.eval()
+    with torch.no_grad():
+        expected["logits/with_head"] = model(**x).logits
+    model.save_adapter(str(OUT / "adapters" / "with_head"), "with_head", with_head=True, use_safetensors=True)
+
+    save_file({k: v.contiguous() for k, v in expected.items()}, str(OUT / "expected.safetensors"))
+    meta = {"adapters": adapters.__version__, "torch": torch.__version__, "presets": PRESETS}
+    import transformers
+
+    meta["transformers"] = transformers.__version__
+    (OUT / "versions.json").write_text(json.dumps(meta, indent=2) + "\n")
+    print("wrote", OUT)
+
+
+if __name__ == "__main__":
+    main()

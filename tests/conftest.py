@@ -1,0 +1,64 @@
+"""Shared fixtures: tiny models built from config (never downloaded)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel, BertTokenizerFast
+
+FIXTURES = Path(__file__).parent / "fixtures"
+WORDS = (
+    "good great fine bad awful poor movie film plot actor story food taste fresh rotten the a an is was "
+    "it this that and or not very really quite boring funny sad happy love hate"
+).split()
+
+
+def write_tokenizer(directory: Path) -> None:
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True)
+    tok.save_pretrained(directory)
+
+
+def make_tiny_bert(directory: Path, seed: int = 0, layers: int = 2) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    cfg = BertConfig(
+        vocab_size=5 + len(WORDS),
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=64,
+    )
+    BertModel(cfg, add_pooling_layer=False).save_pretrained(directory)
+    write_tokenizer(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def other_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Same architecture, different weights: a different base identity."""
+    return make_tiny_bert(tmp_path_factory.mktemp("other-bert"), seed=1)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture()
+def toy_rows() -> list[dict]:
+    """A tiny sentiment task the tiny model can fit (for loop mechanics, never for quality claims)."""
+    pos = ["good movie", "great film", "really funny story", "love this food", "fresh and happy", "very good actor"]
+    neg = ["bad movie", "awful film", "really boring story", "hate this food", "rotten and sad", "very poor actor"]
+    rows = [{"text": t, "label": "pos"} for t in pos] + [{"text": t, "label": "neg"} for t in neg]
+    return rows
