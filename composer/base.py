@@ -137,7 +137,7 @@ def load_base(
     if config.model_type not in SUPPORTED_FAMILIES:
         raise ConfigError(f"unsupported model family {config.model_type!r}; supported: {SUPPORTED_FAMILIES}")
     model_kwargs: dict[str, Any] = {"config": config}
-    if config.model_type != "distilbert":
+    if config.model_type in ("bert", "roberta", "xlm-roberta"):
         model_kwargs["add_pooling_layer"] = False
     model = AutoModel.from_pretrained(path, **model_kwargs)
     model.eval()

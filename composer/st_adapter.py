@@ -1,0 +1,95 @@
+"""Recipe: train one single-task adapter (ST-A) and its head on a frozen base."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from composer import artifacts
+from composer.artifacts import AdapterArtifact
+from composer.base import LoadedBase
+from composer.composition import Single
+from composer.config import BottleneckConfig
+from composer.data import Collator, Example, TaskSpec
+from composer.heads import HeadConfig
+from composer.metrics import classification_metrics, regression_metrics
+from composer.model import AdaptedEncoder
+from composer.training import Callback, Objective, TrainConfig, TrainResult, fit, logits_to_numpy
+
+
+def predict_logits(
+    model: AdaptedEncoder, head: str, examples: Sequence[Example], collate: Collator, batch_size: int = 64
+) -> torch.Tensor:
+    """Logits for `examples` under the model's active composition, in order."""
+    out = []
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(examples), batch_size):
+            batch = {k: v.to(model.device) for k, v in collate(examples[i : i + batch_size]).items() if k != "labels"}
+            out.append(model(**batch, head=head).logits.float().cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def score(task: TaskSpec, logits: torch.Tensor, examples: Sequence[Example]) -> dict[str, float]:
+    import numpy as np
+
+    if task.kind == "regression":
+        gold = np.array([float(e.label) for e in examples])  # type: ignore[arg-type]
+        return regression_metrics(logits_to_numpy([logits]), gold)
+    gold = np.array([task.label_index(e.label) for e in examples])
+    return classification_metrics(logits_to_numpy([logits]), gold)
+
+
+def head_for(task: TaskSpec, pooling: str = "mean") -> HeadConfig:
+    return HeadConfig(kind=task.kind, num_labels=task.num_labels, pooling=pooling)  # type: ignore[arg-type]
+
+
+@dataclass
+class STAdapterRun:
+    model: AdaptedEncoder
+    name: str
+    result: TrainResult
+
+    def artifact(self, task: TaskSpec) -> AdapterArtifact:
+        art = artifacts.extract(self.model, self.name, head=self.name)
+        art.labels = list(task.labels)
+        art.metrics = dict(self.result.best_metrics)
+        return art
+
+
+def train_st_adapter(
+    base: LoadedBase,
+    task: TaskSpec,
+    train: Sequence[Example],
+    validation: Sequence[Example],
+    adapter_cfg: BottleneckConfig,
+    train_cfg: TrainConfig,
+    head_cfg: HeadConfig | None = None,
+    callbacks: Sequence[Callback] = (),
+    resume: bytes | None = None,
+    name: str | None = None,
+) -> STAdapterRun:
+    name = name or task.name
+    torch.manual_seed(train_cfg.seed)  # adapter/head init is part of the seeded run
+    model = AdaptedEncoder(base)
+    model.add_adapter(name, adapter_cfg)
+    model.add_head(name, head_cfg or head_for(task))
+    model.activate(Single(name))
+    collate = Collator(base.tokenizer, task, train_cfg.max_length)
+
+    def loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        labels = batch.pop("labels")
+        return model.heads[name].loss(model(**batch, head=name).logits, labels)
+
+    def evaluate(examples: Sequence[Example]) -> dict[str, float]:
+        return score(task, predict_logits(model, name, examples, collate, train_cfg.batch_size * 2), examples)
+
+    params = {f"adapters.{name}.{k}": p for k, p in model.adapters[name].named_parameters()}
+    params.update({f"heads.{name}.{k}": p for k, p in model.heads[name].named_parameters()})
+    objective = Objective(module=model, params=params, loss=loss, evaluate=evaluate, metric=task.metric)
+    result = fit(objective, train, validation, collate, train_cfg, callbacks, resume=resume, device=model.device)
+    return STAdapterRun(model=model, name=name, result=result)
