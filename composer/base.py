@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,6 +120,23 @@ def weights_hash(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load report and progress bars (a layer cut reports every dropped key)."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def load_base(
     path: str | os.PathLike[str],
     *,
@@ -139,7 +158,8 @@ def load_base(
     model_kwargs: dict[str, Any] = {"config": config}
     if config.model_type in ("bert", "roberta", "xlm-roberta"):
         model_kwargs["add_pooling_layer"] = False
-    model = AutoModel.from_pretrained(path, **model_kwargs)
+    with quiet_transformers():
+        model = AutoModel.from_pretrained(path, **model_kwargs)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -10,10 +10,43 @@ import torch
 from transformers import BertConfig, BertModel, BertTokenizerFast
 
 FIXTURES = Path(__file__).parent / "fixtures"
-WORDS = (
-    "good great fine bad awful poor movie film plot actor story food taste fresh rotten the a an is was "
-    "it this that and or not very really quite boring funny sad happy love hate"
-).split()
+WORDS = [
+    "good",
+    "great",
+    "fine",
+    "bad",
+    "awful",
+    "poor",
+    "movie",
+    "film",
+    "plot",
+    "actor",
+    "story",
+    "food",
+    "taste",
+    "fresh",
+    "rotten",
+    "the",
+    "a",
+    "an",
+    "is",
+    "was",
+    "it",
+    "this",
+    "that",
+    "and",
+    "or",
+    "not",
+    "very",
+    "really",
+    "quite",
+    "boring",
+    "funny",
+    "sad",
+    "happy",
+    "love",
+    "hate",
+]
 
 
 def write_tokenizer(directory: Path) -> None:

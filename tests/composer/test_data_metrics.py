@@ -65,7 +65,9 @@ def test_collator_pads_dynamically_and_encodes_pairs(tiny_bert_dir):
 
     tok = AutoTokenizer.from_pretrained(tiny_bert_dir)
     col = Collator(tok, TASK)
-    ex = parse_examples(b'{"text": "good", "label": "pos"}\n{"text": "very good movie", "label": "neg"}\n', "jsonl", TASK)
+    ex = parse_examples(
+        b'{"text": "good", "label": "pos"}\n{"text": "very good movie", "label": "neg"}\n', "jsonl", TASK
+    )
     b = col(ex)
     assert b["input_ids"].shape == (2, 5)  # [CLS] very good movie [SEP]: the longest row, not max_length
     assert b["attention_mask"].tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]

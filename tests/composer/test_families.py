@@ -21,7 +21,9 @@ from composer.model import AdaptedEncoder
 COMMON = dict(vocab_size=50, max_position_embeddings=40)
 CONFIGS = {
     "bert": BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48, **COMMON),
-    "roberta": RobertaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48, **COMMON),
+    "roberta": RobertaConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48, **COMMON
+    ),
     "xlm-roberta": XLMRobertaConfig(
         hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48, **COMMON
     ),

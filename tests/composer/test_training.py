@@ -59,7 +59,9 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(tiny_bert_dir, toy):
     full = train_st_adapter(load_base(tiny_bert_dir), task, ex, ex, preset("seq_bn", reduction_factor=4), CFG)
     rec = Recorder(cancel_at=13)
     with pytest.raises(TrainingCancelled):
-        train_st_adapter(load_base(tiny_bert_dir), task, ex, ex, preset("seq_bn", reduction_factor=4), CFG, callbacks=[rec])
+        train_st_adapter(
+            load_base(tiny_bert_dir), task, ex, ex, preset("seq_bn", reduction_factor=4), CFG, callbacks=[rec]
+        )
     step, payload = rec.checkpoints[-1]
     assert 0 < step < full.result.steps
     resumed = train_st_adapter(

