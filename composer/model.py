@@ -32,6 +32,8 @@ class AdaptedEncoder(nn.Module):
         self.adapters = nn.ModuleDict()
         self.heads = nn.ModuleDict()
         self.active: Composition | None = None
+        # The frozen base runs without dropout by default (see docs/architecture.md, "Frozen base").
+        self.base_dropout = False
         self._accepts_token_types = base.family != "distilbert"
 
     @property
@@ -89,4 +91,6 @@ class AdaptedEncoder(nn.Module):
 
     def train(self, mode: bool = True) -> AdaptedEncoder:
         super().train(mode)
+        if mode and not self.base_dropout:
+            self.encoder.eval()
         return self

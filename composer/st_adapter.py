@@ -76,6 +76,7 @@ def train_st_adapter(
     name = name or task.name
     torch.manual_seed(train_cfg.seed)  # adapter/head init is part of the seeded run
     model = AdaptedEncoder(base)
+    model.base_dropout = train_cfg.base_dropout
     model.add_adapter(name, adapter_cfg)
     model.add_head(name, head_cfg or head_for(task))
     model.activate(Single(name))

@@ -36,6 +36,7 @@ class TrainConfig:
     checkpoint_every_steps: int = 0  # 0: checkpoint at the end of each epoch only
     max_steps: int = 0  # 0: no cap
     seed: int = 0
+    base_dropout: bool = False  # dropout inside the frozen base while training (AdapterHub's behaviour)
 
     def __post_init__(self) -> None:
         checks = [

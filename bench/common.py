@@ -1,0 +1,57 @@
+"""Helpers shared by the benchmarks: timing, the parity venv, and writing docs/benchmarks.md sections."""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "benchmarks.md"
+PARITY_PY = ROOT / ".venv-parity" / "bin" / "python"
+
+
+def time_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
+    """Median wall time of fn() in milliseconds."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t) * 1000)
+    return statistics.median(samples)
+
+
+def run_parity(script: str, *args: str) -> dict | None:
+    """Run a script with the reference venv (adapters 1.3.0); None when that venv does not exist."""
+    if not PARITY_PY.exists():
+        return None
+    out = subprocess.run([str(PARITY_PY), str(ROOT / "bench" / script), *args], capture_output=True, text=True)
+    if out.returncode != 0:
+        print(out.stderr[-2000:], file=sys.stderr)
+        raise RuntimeError(f"{script} failed in the parity venv")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def write_section(name: str, markdown: str) -> None:
+    """Replace (or append) the section between <!-- bench:NAME --> markers in docs/benchmarks.md."""
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    block = f"{start}\n{markdown.strip()}\n{end}"
+    if start in text:
+        text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    DOC.write_text(text)
+
+
+def emit(result: dict) -> None:
+    """The last line of every benchmark's output: one JSON object."""
+    print(json.dumps(result, sort_keys=True))
