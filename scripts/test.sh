@@ -10,7 +10,7 @@ echo "==> ruff"
 .venv/bin/ruff check . || exit 1
 .venv/bin/ruff format --check . || exit 1
 echo "==> pytest"
-COMPOSER_REQUIRE_ASSETS=1 .venv/bin/python -m pytest "$@"
+COMPOSER_REQUIRE_ASSETS=1 COMPOSER_REQUIRE_SERVICES=1 .venv/bin/python -m pytest "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then
   echo "pytest collected no tests: that is a failure" >&2

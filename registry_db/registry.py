@@ -1,0 +1,75 @@
+"""`Registry`: the engine, the session factory and the blob store, configured from the environment."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine, select, union
+from sqlalchemy.orm import Session
+
+from registry_db.blobs import BlobStore, open_blob_store
+from registry_db.engine import make_engine, session_factory, transaction
+from registry_db.errors import Conflict
+from registry_db.models import Adapter, Checkpoint, Dataset
+
+T = TypeVar("T")
+
+
+class Registry:
+    def __init__(self, engine: Engine, blobs: BlobStore):
+        self.engine = engine
+        self.sessions = session_factory(engine)
+        self.blobs = blobs
+
+    @classmethod
+    def from_env(cls, database_url: str | None = None, blob_url: str | None = None) -> Registry:
+        engine = make_engine(database_url)
+        return cls(engine, open_blob_store(engine, blob_url))
+
+    def tx(self) -> AbstractContextManager[Session]:
+        """One transaction: commit on success, roll back on any exception."""
+        return transaction(self.sessions)
+
+    def retry(self, fn: Callable[[Session], T], attempts: int = 5) -> T:
+        """Run fn in a transaction, retrying on Conflict (for appends that may race, like event seqs)."""
+        for i in range(attempts):
+            try:
+                with self.tx() as s:
+                    return fn(s)
+            except Conflict:
+                if i == attempts - 1:
+                    raise
+                time.sleep(0.01 * (i + 1))
+        raise AssertionError("unreachable")
+
+    def referenced_blobs(self) -> set[str]:
+        stmt = union(
+            select(Dataset.sha256),
+            select(Adapter.blob_sha256).where(Adapter.blob_sha256.is_not(None)),
+            select(Adapter.config_sha256).where(Adapter.config_sha256.is_not(None)),
+            select(Checkpoint.blob_sha256),
+        )
+        with self.sessions() as s:
+            return {r[0] for r in s.execute(stmt)}
+
+    def gc(self, min_age_seconds: float = 3600.0, dry_run: bool = False) -> list[str]:
+        """Delete blobs no row references. Blobs younger than min_age are kept: a writer may be
+        between storing its blob and committing the row that references it."""
+        keep = self.referenced_blobs()
+        removed = []
+        for sha in list(self.blobs.list()):
+            if sha in keep or self.blobs.age_seconds(sha) < min_age_seconds:
+                continue
+            if not dry_run:
+                self.blobs.delete(sha)
+            removed.append(sha)
+        return removed
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+__all__: list[Any] = ["Registry"]

@@ -1,0 +1,96 @@
+"""Base models, tasks and datasets (datasets are deduplicated by content)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from registry_db.errors import InvalidInput, NotFound
+from registry_db.models import SPLITS, TASK_KINDS, BaseModelRow, Dataset, Owner, Task
+from registry_db.repo.common import flush_unique
+
+METRICS = {"classification": ("accuracy", "macro_f1", "mcc"), "regression": ("pearson", "spearman")}
+
+
+def register_base_model(s: Session, **fields: Any) -> tuple[BaseModelRow, bool]:
+    """Idempotent by identity: returns (row, created)."""
+    existing = s.scalars(select(BaseModelRow).where(BaseModelRow.identity == fields["identity"])).first()
+    if existing is not None:
+        return existing, False
+    if int(fields.get("hidden_size", 0)) <= 0:
+        raise InvalidInput("hidden_size must be positive")
+    row = BaseModelRow(**fields)
+    s.add(row)
+    flush_unique(s, f"a base model named {fields.get('name')!r} already exists with another identity")
+    return row, True
+
+
+def get_base_model(s: Session, ref: str) -> BaseModelRow:
+    row = s.get(BaseModelRow, ref) or s.scalars(select(BaseModelRow).where(BaseModelRow.name == ref)).first()
+    if row is None:
+        raise NotFound(f"base model {ref!r} does not exist")
+    return row
+
+
+def create_task(s: Session, owner_id: str, name: str, kind: str, labels: list[str], metric: str | None = None) -> Task:
+    if kind not in TASK_KINDS:
+        raise InvalidInput(f"kind must be one of {list(TASK_KINDS)}, got {kind!r}")
+    labels = [str(x) for x in labels]
+    if len(set(labels)) != len(labels):
+        raise InvalidInput(f"label set has duplicates: {sorted({x for x in labels if labels.count(x) > 1})}")
+    if kind == "classification" and len(labels) < 2:
+        raise InvalidInput("a classification task needs at least 2 labels")
+    if kind == "regression" and labels:
+        raise InvalidInput("a regression task has no label set")
+    metric = metric or METRICS[kind][0]
+    if metric not in METRICS[kind]:
+        raise InvalidInput(f"metric {metric!r} does not apply to {kind}; use one of {list(METRICS[kind])}")
+    if s.get(Owner, owner_id) is None:
+        raise NotFound(f"owner {owner_id} does not exist")
+    task = Task(owner_id=owner_id, name=name, kind=kind, labels=labels, metric=metric)
+    s.add(task)
+    flush_unique(s, f"task {name!r} already exists")
+    return task
+
+
+def get_task(s: Session, owner_id: str, name_or_id: str) -> Task:
+    task = s.get(Task, name_or_id)
+    if task is None or task.owner_id != owner_id:
+        task = s.scalars(select(Task).where(Task.owner_id == owner_id, Task.name == name_or_id)).first()
+    if task is None:
+        raise NotFound(f"task {name_or_id!r} not found")
+    return task
+
+
+def list_tasks(s: Session, owner_id: str) -> list[Task]:
+    return list(s.scalars(select(Task).where(Task.owner_id == owner_id).order_by(Task.name)).all())
+
+
+def add_dataset(
+    s: Session, task_id: str, split: str, fmt: str, sha256: str, row_count: int, histogram: dict[str, int]
+) -> tuple[Dataset, bool]:
+    """Register an uploaded file (already in the blob store). The same file twice returns the same row."""
+    if split not in SPLITS:
+        raise InvalidInput(f"split must be one of {list(SPLITS)}, got {split!r}")
+    if s.get(Task, task_id) is None:
+        raise NotFound(f"task {task_id} does not exist")
+    existing = s.scalars(
+        select(Dataset).where(Dataset.task_id == task_id, Dataset.split == split, Dataset.sha256 == sha256)
+    ).first()
+    if existing is not None:
+        return existing, False
+    ds = Dataset(
+        task_id=task_id, split=split, format=fmt, sha256=sha256, row_count=row_count, label_histogram=histogram
+    )
+    s.add(ds)
+    flush_unique(s, "this dataset was registered concurrently")
+    return ds, True
+
+
+def get_dataset(s: Session, dataset_id: str, owner_id: str | None = None) -> Dataset:
+    ds = s.get(Dataset, dataset_id)
+    if ds is None or (owner_id is not None and s.get(Task, ds.task_id).owner_id != owner_id):  # type: ignore[union-attr]
+        raise NotFound(f"dataset {dataset_id} not found")
+    return ds
