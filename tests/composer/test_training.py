@@ -105,3 +105,18 @@ def test_bad_hyperparameters_are_refused(kwargs):
 def test_unknown_hyperparameter_is_refused():
     with pytest.raises(ConfigError, match="unknown hyperparameters"):
         TrainConfig.from_dict({"learning_rate": 1e-3, "lr_typo": 1})
+
+
+def test_regression_head_fits_a_sentence_pair_score(tiny_bert_dir):
+    from composer.data import TaskSpec
+    from composer.heads import HeadConfig
+
+    pairs = [("good movie", "great film", 0.9), ("bad movie", "great film", 0.1), ("awful plot", "poor story", 0.8),
+             ("happy actor", "sad actor", 0.2), ("funny story", "funny film", 0.9), ("boring food", "fresh food", 0.1)]  # fmt: skip
+    ex = [Example(a, y, text_pair=b) for a, b, y in pairs]
+    task = TaskSpec(kind="regression", metric="pearson")
+    cfg = TrainConfig(learning_rate=1e-2, epochs=40, batch_size=3, patience=0)
+    head = HeadConfig(kind="regression", pooling="mean", dropout=0.0)
+    run = train_st_adapter(load_base(tiny_bert_dir), task, ex, ex, preset("seq_bn", reduction_factor=4), cfg, head)
+    assert run.result.best_metrics["pearson"] > 0.9  # fits the training pairs
+    assert set(run.result.best_metrics) == {"pearson", "spearman", "mse"}
