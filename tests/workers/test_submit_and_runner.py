@@ -1,0 +1,142 @@
+"""Submit-time validation and the job runner, in-process (the real-process tests are in tests/integration)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from pydantic import ValidationError
+from sqlalchemy import func, select
+
+from registry_db.errors import InvalidInput, NotFound
+from registry_db.models import Adapter, Job
+from registry_db.repo import catalog, jobs
+from tests.workers.fixtures import adapter_spec, jsonl, make_world, toy_rows
+from workers.handlers import HANDLERS
+from workers.runner import run
+from workers.settings import WorkerSettings
+from workers.submit import submit_job
+
+FAST = WorkerSettings(heartbeat_interval=0.2, stale_after=2, checkpoint_every_steps=5, progress_every_seconds=0)
+
+
+class Outbox:
+    def __init__(self, up: bool = True):
+        self.sent: list[str] = []
+        self.up = up
+
+    def __call__(self, job_id: str, job_type: str) -> bool:
+        if self.up:
+            self.sent.append(job_id)
+        return self.up
+
+
+@pytest.fixture()
+def world(tmp_path, tiny_bert_dir):
+    w = make_world(tmp_path, tiny_bert_dir)
+    yield w
+    w.registry.close()
+
+
+def count(reg, model) -> int:
+    with reg.tx() as s:
+        return s.scalar(select(func.count()).select_from(model))
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"train_dataset": "ds_missing"}, NotFound),
+        ({"base_model": "bm_missing"}, NotFound),
+        ({"hyperparameters": {"learning_rate": 0}}, InvalidInput),
+        ({"hyperparameters": {"learning_rate": -0.1}}, InvalidInput),
+        ({"hyperparameters": {"epochs": 0}}, InvalidInput),
+        ({"preset": "lora"}, ValidationError),
+        ({"adapter": {"reduction_factor": -1}}, InvalidInput),
+        ({"surprise": 1}, ValidationError),
+    ],
+)
+def test_bad_specs_fail_at_submit_before_anything_is_queued(world, change, error):
+    outbox = Outbox()
+    with pytest.raises(error):
+        submit_job(world.registry, world.owner, "adapter", {**adapter_spec(world), **change}, send=outbox)
+    assert outbox.sent == [] and count(world.registry, Job) == 0
+
+
+def test_dataset_of_another_task_is_refused(world):
+    with world.registry.tx() as s:
+        catalog.create_task(s, world.owner, "topic", "classification", ["neg", "pos"])
+    from workers.catalog import upload_dataset
+
+    other, _ = upload_dataset(world.registry, world.owner, "topic", "train", jsonl(toy_rows(8, 5)))
+    with pytest.raises(InvalidInput, match="another task"):
+        submit_job(
+            world.registry, world.owner, "adapter", {**adapter_spec(world), "train_dataset": other.id}, send=Outbox()
+        )
+
+
+def test_idempotent_submit_returns_the_same_job(world):
+    outbox = Outbox()
+    a, created_a = submit_job(world.registry, world.owner, "adapter", adapter_spec(world), "key-1", send=outbox)
+    b, created_b = submit_job(world.registry, world.owner, "adapter", adapter_spec(world), "key-1", send=outbox)
+    assert (created_a, created_b) == (True, False) and a.id == b.id
+    assert outbox.sent == [a.id] and count(world.registry, Job) == 1
+
+
+def test_broker_down_at_submit_keeps_the_job_queued(world):
+    job, _ = submit_job(world.registry, world.owner, "adapter", adapter_spec(world), send=Outbox(up=False))
+    with world.registry.tx() as s:
+        assert jobs.get_job(s, job.id).status == "queued"
+        assert [e.type for e in jobs.list_events(s, job.id)] == ["status", "enqueue_failed"]
+
+
+def test_run_trains_registers_once_and_streams_events(world):
+    job, _ = submit_job(world.registry, world.owner, "adapter", adapter_spec(world), send=Outbox())
+    assert run(world.registry, FAST, job.id, HANDLERS) == "succeeded"
+    assert run(world.registry, FAST, job.id, HANDLERS) == "skipped"  # a duplicate delivery does nothing
+    with world.registry.tx() as s:
+        done = jobs.get_job(s, job.id)
+        types = [e.type for e in jobs.list_events(s, job.id)]
+        adapter = s.scalars(select(Adapter)).one()
+    assert done.status == "succeeded" and done.result["adapter_id"] == adapter.id
+    assert adapter.job_id == job.id and adapter.version == 1 and adapter.param_count > 0
+    assert {"progress", "metric", "checkpoint"} <= set(types)
+    assert types[0] == "status" and types[-1] == "status"
+    assert world.registry.blobs.get(adapter.blob_sha256)  # verified read of the stored weights
+
+
+def test_a_failure_is_recorded_with_a_structured_error_and_traceback(world):
+    job, _ = submit_job(world.registry, world.owner, "adapter", adapter_spec(world), send=Outbox())
+    with world.registry.tx() as s:
+        sha = catalog.get_dataset(s, world.train).sha256
+    world.registry.blobs.path(sha).write_bytes(b"tampered")
+    assert run(world.registry, FAST, job.id, HANDLERS) == "failed"
+    with world.registry.tx() as s:
+        failed = jobs.get_job(s, job.id)
+        err = [e for e in jobs.list_events(s, job.id) if e.type == "error"][0]
+    assert failed.error["type"] == "invalid_input" and "corrupted" in failed.error["message"]
+    assert "Traceback" in err.payload["traceback"]
+    assert count(world.registry, Adapter) == 0
+
+
+def test_cancel_stops_a_running_job_at_a_step_boundary(world):
+    spec = adapter_spec(world, epochs=200)
+    job, _ = submit_job(world.registry, world.owner, "adapter", spec, send=Outbox())
+    outcome: list[str] = []
+    t = threading.Thread(target=lambda: outcome.append(run(world.registry, FAST, job.id, HANDLERS)))
+    t.start()
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        with world.registry.tx() as s:
+            if any(e.type == "progress" for e in jobs.list_events(s, job.id)):
+                jobs.request_cancel(s, job.id)
+                break
+        time.sleep(0.05)
+    t.join(60)
+    assert outcome == ["cancelled"]
+    with world.registry.tx() as s:
+        final = jobs.get_job(s, job.id)
+        types = [e.type for e in jobs.list_events(s, job.id)]
+    assert final.status == "cancelled" and "progress" in types and "cancel_requested" in types
+    assert count(world.registry, Adapter) == 0

@@ -1,0 +1,62 @@
+"""Registering what jobs consume: base models (identity computed by composer) and validated datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from composer.base import load_base
+from composer.data import TaskSpec, label_histogram, parse_examples
+from registry_db.models import BaseModelRow, Dataset, Task
+from registry_db.registry import Registry
+from registry_db.repo import catalog
+
+
+def task_spec(task: Task) -> TaskSpec:
+    return TaskSpec(name=task.name, kind=task.kind, labels=tuple(task.labels), metric=task.metric)  # type: ignore[arg-type]
+
+
+def register_base_model(reg: Registry, path: str | Path, name: str | None = None, num_layers: int | None = None):
+    """Load the model once to compute its identity, then register it (idempotent by identity)."""
+    base = load_base(path, name=name, num_hidden_layers=num_layers, device="cpu")
+    with reg.tx() as s:
+        row, created = catalog.register_base_model(
+            s,
+            name=base.identity.name,
+            identity=base.identity.fingerprint,
+            config_hash=base.identity.config_hash,
+            weights_hash=base.identity.weights_hash,
+            architecture=base.family,
+            hidden_size=base.hidden_size,
+            num_layers=base.num_layers,
+            path=str(Path(path).resolve()),
+        )
+        return row, created
+
+
+def detect_format(filename: str | None, data: bytes) -> str:
+    if filename and filename.lower().endswith(".csv"):
+        return "csv"
+    if filename and filename.lower().endswith((".jsonl", ".json", ".ndjson")):
+        return "jsonl"
+    return "jsonl" if data.lstrip()[:1] == b"{" else "csv"
+
+
+def upload_dataset(reg: Registry, owner_id: str, task_ref: str, split: str, data: bytes, filename: str | None = None):
+    """Validate every row (DataError with the line number), store the file, register it. Same file twice: same row."""
+    fmt = detect_format(filename, data)
+    with reg.tx() as s:
+        task = catalog.get_task(s, owner_id, task_ref)
+        spec = task_spec(task)
+    examples = parse_examples(data, fmt, spec)  # type: ignore[arg-type]
+    histogram = label_histogram(examples) if spec.kind == "classification" else {}
+    sha = reg.blobs.put(data)
+    with reg.tx() as s:
+        return catalog.add_dataset(s, task.id, split, fmt, sha, len(examples), histogram)
+
+
+def load_dataset_examples(reg: Registry, ds: Dataset, task: Task):  # type: ignore[no-untyped-def]
+    return parse_examples(reg.blobs.get(ds.sha256), ds.format, task_spec(task))  # type: ignore[arg-type]
+
+
+def base_model_path(row: BaseModelRow) -> Path:
+    return Path(row.path)

@@ -1,0 +1,43 @@
+"""`evaluate` jobs: score a registered adapter on a dataset and store the metrics on the adapter."""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from composer import artifacts
+from composer.composition import Single
+from composer.data import Collator
+from composer.model import AdaptedEncoder
+from composer.st_adapter import predict_logits, score
+from registry_db.models import Job
+from registry_db.repo import adapters, catalog
+from workers import artifact_store
+from workers.catalog import load_dataset_examples, task_spec
+from workers.devices import pick_device
+from workers.handlers.adapter import load_registered_base
+from workers.runner import Finish, JobContext
+from workers.specs import EvaluateJobSpec
+
+
+def handle(ctx: JobContext) -> Finish:
+    spec = EvaluateJobSpec.model_validate(ctx.job.spec)
+    with ctx.registry.tx() as s:
+        row = adapters.get_adapter(s, spec.adapter, ctx.job.owner_id)
+        task = catalog.get_task(s, row.owner_id, row.task_id)
+        ds = catalog.get_dataset(s, spec.dataset)
+        base_row = catalog.get_base_model(s, row.base_model_id)
+    art = artifact_store.fetch(ctx.registry, row)
+    model = AdaptedEncoder(load_registered_base(base_row, pick_device(ctx.settings.device)))
+    name = artifacts.attach(model, art)
+    model.activate(Single(name))
+    examples = load_dataset_examples(ctx.registry, ds, task)
+    tspec = task_spec(task)
+    metrics = score(tspec, predict_logits(model, name, examples, Collator(model.base.tokenizer, tspec)), examples)
+    ctx.event("metric", {"split": ds.split, "dataset": ds.id, **metrics})
+
+    def register(s: Session, job: Job) -> dict:
+        target = adapters.get_adapter(s, row.id)
+        target.metrics = {**target.metrics, f"eval/{ds.split}/{ds.id}": metrics}
+        return {}
+
+    return Finish(result={"adapter_id": row.id, "dataset_id": ds.id, "metrics": metrics}, register=register)

@@ -1,0 +1,29 @@
+"""Sending job messages. A broker outage never loses a job: the row stays `queued` and the sweep resends."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Celery
+
+from workers.app import app
+
+log = logging.getLogger(__name__)
+TRAINING_TYPES = ("adapter", "multitask", "fusion", "prompts")
+PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
+
+
+def queue_for(job_type: str) -> str:
+    return "gpu" if job_type in TRAINING_TYPES or job_type == "evaluate" else "default"
+
+
+def enqueue(job_id: str, job_type: str, celery_app: Celery = app) -> bool:
+    """Publish a run_job message. Returns False (and logs) when the broker is unreachable."""
+    try:
+        celery_app.send_task(
+            "workers.tasks.run_job", args=[job_id], queue=queue_for(job_type), retry=True, retry_policy=PUBLISH_RETRY
+        )
+        return True
+    except Exception as e:  # noqa: BLE001 - kombu raises several connection error types
+        log.warning("could not enqueue job %s: %s", job_id, e)
+        return False

@@ -1,0 +1,65 @@
+"""Worker settings, read from COMPOSER_* environment variables (one place, typed, validated)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class WorkerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="COMPOSER_", extra="ignore")
+
+    data_dir: Path = Path("data")
+    # Redis in production; the embedded default needs no server (kombu's SQLAlchemy transport).
+    broker_url: str | None = None
+    database_url: str | None = None
+    blob_url: str | None = None
+    blob_dir: str | None = None
+    soft_time_limit: int = Field(6 * 3600, gt=0)
+    time_limit: int = Field(6 * 3600 + 300, gt=0)
+    # Redis redelivers an unacknowledged task after this long, even while it runs (celery#5935):
+    # keep it above the hard time limit. A duplicate that arrives anyway backs off (see docs/operations.md).
+    visibility_timeout: int | None = None
+    heartbeat_interval: float = Field(5.0, gt=0)
+    stale_after: float = Field(60.0, gt=0)
+    reconcile_interval: float = Field(30.0, gt=0)
+    requeue_queued_after: float = Field(300.0, gt=0)
+    checkpoint_every_steps: int = Field(50, ge=0)
+    progress_every_seconds: float = Field(1.0, ge=0)
+    max_attempts: int = Field(3, ge=1)
+    device: str | None = None  # default: cuda when visible (CUDA_VISIBLE_DEVICES), else cpu
+
+    @model_validator(mode="after")
+    def _limits(self) -> WorkerSettings:
+        if self.soft_time_limit >= self.time_limit:
+            raise ValueError("soft_time_limit must be below time_limit")
+        if self.visibility_timeout is None:
+            self.visibility_timeout = self.time_limit + 3600
+        elif self.visibility_timeout <= self.time_limit:
+            raise ValueError("visibility_timeout must exceed time_limit, or Redis redelivers running jobs")
+        if self.heartbeat_interval * 2 > self.stale_after:
+            raise ValueError("stale_after must be at least twice heartbeat_interval")
+        return self
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{self.data_dir.resolve() / 'broker.db'}"
+
+    @property
+    def broker_transport_options(self) -> dict[str, object]:
+        opts: dict[str, object] = {"visibility_timeout": self.visibility_timeout}
+        if self.broker.startswith("filesystem://"):
+            folder = self.data_dir.resolve() / "broker"
+            folder.mkdir(parents=True, exist_ok=True)
+            opts.update(data_folder_in=str(folder), data_folder_out=str(folder))
+        return opts
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> WorkerSettings:
+    s = WorkerSettings()
+    s.data_dir.mkdir(parents=True, exist_ok=True)
+    return s

@@ -1,0 +1,74 @@
+"""Celery tasks. The heavy imports (torch, composer) happen inside the task, in the child process."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
+
+from registry_db.registry import Registry
+from workers.app import app, settings
+from workers.queueing import enqueue
+
+log = logging.getLogger(__name__)
+_stop = threading.Event()
+_parent_registry: list[Registry] = []
+
+
+def registry() -> Registry:
+    return Registry.from_env(database_url=settings.database_url, blob_url=settings.blob_url)
+
+
+@app.task(name="workers.tasks.run_job", acks_late=True, reject_on_worker_lost=True)
+def run_job(job_id: str) -> str:
+    from workers.handlers import HANDLERS
+    from workers.runner import run
+
+    reg = registry()
+    try:
+        return run(reg, settings, job_id, HANDLERS)
+    finally:
+        reg.close()
+
+
+@app.task(name="workers.tasks.reconcile")
+def reconcile() -> dict[str, list[str]]:
+    from workers.reconcile import sweep
+
+    reg = registry()
+    try:
+        return sweep(reg, settings, enqueue)
+    finally:
+        reg.close()
+
+
+def _reconcile_loop() -> None:
+    from workers.reconcile import sweep
+
+    reg = registry()
+    _parent_registry.append(reg)
+    while True:
+        try:
+            sweep(reg, settings, enqueue)
+        except Exception:  # noqa: BLE001 - keep sweeping; the next round may succeed
+            log.warning("reconcile sweep failed", exc_info=True)
+        if _stop.wait(settings.reconcile_interval):
+            return
+
+
+@worker_ready.connect
+def _start_reconciler(**_: object) -> None:
+    threading.Thread(target=_reconcile_loop, name="reconcile", daemon=True).start()
+
+
+@worker_shutdown.connect
+def _stop_reconciler(**_: object) -> None:
+    _stop.set()
+
+
+@worker_process_init.connect
+def _forget_parent_connections(**_: object) -> None:
+    # A forked child must not use, or close, the parent's pooled database connections.
+    for reg in _parent_registry:
+        reg.engine.dispose(close=False)
