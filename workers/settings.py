@@ -50,7 +50,9 @@ class WorkerSettings(BaseSettings):
 
     @property
     def broker_transport_options(self) -> dict[str, object]:
-        opts: dict[str, object] = {"visibility_timeout": self.visibility_timeout}
+        opts: dict[str, object] = {}
+        if self.broker.startswith(("redis://", "rediss://", "sqs://")):
+            opts["visibility_timeout"] = self.visibility_timeout
         if self.broker.startswith("filesystem://"):
             folder = self.data_dir.resolve() / "broker"
             folder.mkdir(parents=True, exist_ok=True)
