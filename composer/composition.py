@@ -12,4 +12,11 @@ class Single:
     adapter: str
 
 
-Composition = Single
+@dataclass(frozen=True)
+class Fuse:
+    """A fusion over its member adapters (the members are fixed when the fusion is added)."""
+
+    fusion: str
+
+
+Composition = Single | Fuse

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from composer import routing
 from composer.base import LoadedBase
 from composer.bottleneck import BottleneckAdapter
-from composer.composition import Composition, Single
-from composer.config import BottleneckConfig, Placement
+from composer.composition import Composition, Fuse, Single
+from composer.config import BottleneckConfig
 from composer.errors import ConfigError
+from composer.fusion import Fusion, FusionConfig, check_fusable
 from composer.heads import HeadConfig, PredictionHead
 from composer.injection import inject
 
@@ -21,6 +22,8 @@ from composer.injection import inject
 class EncoderOutput:
     hidden: torch.Tensor
     logits: torch.Tensor | None
+    # per site key: fusion attention averaged over the valid tokens of each row, [B, N]
+    fusion_attention: dict[str, torch.Tensor] | None = None
 
 
 class AdaptedEncoder(nn.Module):
@@ -31,6 +34,8 @@ class AdaptedEncoder(nn.Module):
         self.router = inject(base.model, base.family)
         self.adapters = nn.ModuleDict()
         self.heads = nn.ModuleDict()
+        self.fusions = nn.ModuleDict()
+        self._capture: dict[str, torch.Tensor] = {}
         self.active: Composition | None = None
         # The frozen base runs without dropout by default (see docs/architecture.md, "Frozen base").
         self.base_dropout = False
@@ -53,20 +58,38 @@ class AdaptedEncoder(nn.Module):
         self.heads[name] = head
         return head
 
+    def add_fusion(self, name: str, members: list[str], cfg: FusionConfig | None = None) -> Fusion:
+        if name in self.fusions:
+            raise ConfigError(f"fusion {name!r} already exists")
+        if len(set(members)) != len(members):
+            raise ConfigError(f"a fusion lists each adapter once, got {members}")
+        missing = [m for m in members if m not in self.adapters]
+        if missing:
+            raise ConfigError(f"unknown adapters {missing}")
+        adapters = [self.adapters[m] for m in members]
+        check_fusable(adapters)  # type: ignore[arg-type]
+        fusion = Fusion(cfg or FusionConfig(), members, adapters[0]).to(self.device)  # type: ignore[arg-type]
+        self.fusions[name] = fusion
+        return fusion
+
     def activate(self, composition: Composition | None) -> None:
-        if isinstance(composition, Single) and composition.adapter not in self.adapters:
-            raise ConfigError(f"unknown adapter {composition.adapter!r}")
+        """Point every site at a composition. Fusion snapshots its (frozen) adapters' weights here:
+        activate again after changing them."""
+        if composition is None:
+            handler = None
+        elif isinstance(composition, Single):
+            if composition.adapter not in self.adapters:
+                raise ConfigError(f"unknown adapter {composition.adapter!r}")
+            handler = routing.single(self.adapters[composition.adapter])  # type: ignore[arg-type]
+        elif isinstance(composition, Fuse):
+            if composition.fusion not in self.fusions:
+                raise ConfigError(f"unknown fusion {composition.fusion!r}")
+            fusion: Fusion = self.fusions[composition.fusion]  # type: ignore[assignment]
+            handler = routing.fuse(fusion, [self.adapters[m] for m in fusion.members], self._capture)  # type: ignore[misc]
+        else:
+            raise ConfigError(f"unsupported composition {composition!r}")
         self.active = composition
-        self.router.handler = None if composition is None else self._single_handler(composition)
-
-    def _single_handler(self, comp: Single) -> Callable:
-        adapter = self.adapters[comp.adapter]
-
-        def handle(layer: int, placement: Placement, x: torch.Tensor, r: torch.Tensor, ln: Callable) -> torch.Tensor:
-            site = adapter.site(layer, placement)
-            return ln(x + r) if site is None else site(x, r, ln)
-
-        return handle
+        self.router.handler = handler
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("encoder.")]
@@ -84,10 +107,22 @@ class AdaptedEncoder(nn.Module):
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
         head: str | None = None,
+        return_fusion_attention: bool = False,
     ) -> EncoderOutput:
-        hidden = self.encode(input_ids, attention_mask, token_type_ids)
+        self._capture.clear()
+        if return_fusion_attention:
+            self._capture["on"] = attention_mask
+        try:
+            hidden = self.encode(input_ids, attention_mask, token_type_ids)
+        finally:
+            captured = {k: v for k, v in self._capture.items() if k != "on"}
+            self._capture.clear()
         logits = self.heads[head](hidden, attention_mask) if head is not None else None
-        return EncoderOutput(hidden=hidden, logits=logits)
+        attention = None
+        if return_fusion_attention:
+            mask = attention_mask.to(hidden.dtype).unsqueeze(-1)  # [B, T, 1]
+            attention = {k: (p * mask).sum(1) / mask.sum(1).clamp(min=1) for k, p in captured.items()}
+        return EncoderOutput(hidden=hidden, logits=logits, fusion_attention=attention)
 
     def train(self, mode: bool = True) -> AdaptedEncoder:
         super().train(mode)

@@ -61,6 +61,42 @@ def inputs() -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
 
 
+def fusion_fixtures(x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Fuse(...) with the "dynamic" config over 3 adapters, per preset family, in eval mode."""
+    from adapters.composition import Fuse
+
+    out: dict[str, torch.Tensor] = {}
+    for j, (tag, cfg) in enumerate([("seq_bn", "seq_bn"), ("double_seq_bn", "double_seq_bn")]):
+        model = BertModel.from_pretrained(OUT / "base").eval()
+        adapters.init(model)
+        names = [f"{tag}_f{i}" for i in range(3)]
+        for n in names:
+            model.add_adapter(n, config=cfg)
+        model.add_adapter_fusion(Fuse(*names), "dynamic")
+        fusion_name = ",".join(names)
+        randomise(model, names, seed=300 + j)
+        gen = torch.Generator().manual_seed(400 + j)
+        with torch.no_grad():
+            for pname, p in model.named_parameters():
+                if "adapter_fusion_layer" in pname:
+                    p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+        model.set_active_adapters(Fuse(*names))
+        model.eval()
+        with torch.no_grad():
+            res = model(**x, output_adapter_fusion_attentions=True)
+        out[f"fusion/{tag}"] = res.last_hidden_state
+        attn = res.adapter_fusion_attentions[fusion_name]
+        for layer, by_loc in attn.items():
+            for loc, probs in by_loc.items():
+                out[f"fusion_attn/{tag}/{layer}/{loc}"] = torch.from_numpy(probs)
+        d = OUT / "fusions" / tag
+        d.mkdir(parents=True, exist_ok=True)
+        for n in names:
+            model.save_adapter(str(d / n), n, use_safetensors=True)
+        model.save_adapter_fusion(str(d / "fusion"), fusion_name, use_safetensors=True)
+    return out
+
+
 def main() -> None:
     if OUT.exists():
         shutil.rmtree(OUT)
@@ -97,6 +133,7 @@ def main() -> None:
         expected["logits/with_head"] = model(**x).logits
     model.save_adapter(str(OUT / "adapters" / "with_head"), "with_head", with_head=True, use_safetensors=True)
 
+    expected.update(fusion_fixtures(x))
     save_file({k: v.contiguous() for k, v in expected.items()}, str(OUT / "expected.safetensors"))
     meta = {"adapters": adapters.__version__, "torch": torch.__version__, "presets": PRESETS}
     import transformers

@@ -1,0 +1,175 @@
+"""AdapterFusion (Pfeiffer et al., 2021): attention over the outputs of N frozen adapters.
+
+Per site: query = the adapter input `h` (the sublayer output after the original LayerNorm,
+as AdapterHub's `query_before_ln=False`), keys and values = the N adapters' bottleneck
+outputs `u_n`, p = softmax(Q(h)·K(u_n) / T), context = Σ p_n V(u_n), plus the residual.
+
+Efficient and exact:
+- the N down-projections run as one GEMM and the N up-projections as one batched matmul
+  (`StackedSite`);
+- Q(h)·K(u) = (W_Kᵀ Q(h))·u + Q(h)·b_K, and the last term is the same for every adapter,
+  so it cancels in the softmax: K costs one H×H product per token instead of N; at
+  inference W_Qᵀ W_K is precomposed into one matrix;
+- Σ p_n W_V u_n = W_V Σ p_n u_n: V is applied once, after mixing.
+
+Differences from AdapterHub `adapters` 1.3.0, on purpose: the temperature is a fixed value
+saved with the weights (the reference anneals it on every forward, inference included, and
+never saves it); the regulariser λ‖I − W_V‖²_F is part of the loss (`regularization()`),
+not a trainer callback; fusions are identified by name/id, never by comma-joined names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from composer.bottleneck import BottleneckAdapter, BottleneckLayer, activation, site_key
+from composer.config import PLACEMENTS
+from composer.errors import ConfigError
+
+PLACEMENT_FIELDS = ("mh_adapter", "output_adapter", "original_ln_before", "original_ln_after",
+                    "residual_before_ln", "is_parallel", "leave_out")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    value: bool = True  # False: static fusion (no V)
+    temperature: float = 1.0  # fixed and saved; never annealed
+    shared: bool = False  # one fusion module for every site (far fewer parameters)
+    regularization: float = 0.01  # λ in λ·Σ‖I − W_V‖²_F, added to the training loss
+    dropout: float = 0.1  # on the attention scores, training only
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        if self.regularization < 0:
+            raise ConfigError("regularization must be >= 0")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError("dropout must be in [0, 1)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FusionConfig:
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ConfigError(f"unknown fusion config fields: {unknown}")
+        return cls(**d)
+
+
+class FusionLayer(nn.Module):
+    def __init__(self, hidden_size: int, cfg: FusionConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.query = nn.Linear(hidden_size, hidden_size)
+        self.key = nn.Linear(hidden_size, hidden_size)
+        self.value = nn.Linear(hidden_size, hidden_size, bias=False) if cfg.value else None
+        self.dropout = nn.Dropout(cfg.dropout)
+        with torch.no_grad():
+            for lin in (self.query, self.key):
+                lin.weight.normal_(0.0, 0.02)
+                lin.bias.zero_()
+            if self.value is not None:
+                self.value.weight.copy_(torch.eye(hidden_size))
+        self._qk: tuple[tuple[int, ...], torch.Tensor, torch.Tensor] | None = None
+
+    def _composed(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W_Qᵀ W_K, b_Q W_K), recomputed only when the weights change."""
+        params = (self.query.weight, self.query.bias, self.key.weight)
+        stamp = tuple(p._version for p in params) + tuple(p.data_ptr() for p in params)
+        if self._qk is None or self._qk[0] != stamp:
+            with torch.no_grad():
+                self._qk = (stamp, self.query.weight.t() @ self.key.weight, self.query.bias @ self.key.weight)
+        return self._qk[1], self._qk[2]
+
+    def mix(self, query: torch.Tensor, ups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """query [M, H], ups [M, N, H] -> (context [M, H], probabilities [M, N])."""
+        if torch.is_grad_enabled() and self.query.weight.requires_grad:
+            qk = self.query(query) @ self.key.weight
+        else:
+            a, c = self._composed()
+            qk = torch.addmm(c, query, a)
+        scores = torch.bmm(ups, qk.unsqueeze(-1)).squeeze(-1)
+        probs = torch.softmax(self.dropout(scores) / self.cfg.temperature, dim=-1)
+        mixed = torch.bmm(probs.unsqueeze(1), ups).squeeze(1)
+        return (self.value(mixed) if self.value is not None else mixed), probs
+
+    def regularization(self) -> torch.Tensor:
+        if self.value is None:
+            return self.query.weight.new_zeros(())
+        eye = torch.eye(self.value.weight.shape[0], device=self.value.weight.device)
+        return (eye - self.value.weight).pow(2).sum()
+
+
+class StackedSite:
+    """The N adapters of one site as one down GEMM and one batched up matmul (frozen snapshot)."""
+
+    def __init__(self, layers: list[BottleneckLayer]):
+        first = layers[0]
+        if any(lay.norm_before is not None or lay.norm_after is not None for lay in layers):
+            raise ConfigError("adapters with their own LayerNorms cannot be stacked for fusion")
+        acts = {lay.cfg.non_linearity for lay in layers}
+        if len(acts) != 1:
+            raise ConfigError(f"fused adapters must share one non-linearity, got {sorted(acts)}")
+        self.act = activation(first.cfg.non_linearity)
+        self.last = layers[-1]
+        n, hidden = len(layers), first.up.out_features
+        r = max(lay.down.out_features for lay in layers)
+        dev, dt = first.down.weight.device, first.down.weight.dtype
+        wd = torch.zeros(n, r, hidden, device=dev, dtype=dt)
+        bd = torch.zeros(n, r, device=dev, dtype=dt)
+        wu = torch.zeros(n, r, hidden, device=dev, dtype=dt)  # zero rows: padded units contribute nothing
+        bu = torch.zeros(n, hidden, device=dev, dtype=dt)
+        scale = torch.ones(n, device=dev, dtype=dt)
+        with torch.no_grad():
+            for i, lay in enumerate(layers):
+                k = lay.down.out_features
+                wd[i, :k], bd[i, :k] = lay.down.weight, lay.down.bias
+                wu[i, :k], bu[i] = lay.up.weight.t(), lay.up.bias
+                scale[i] = lay.scaling if isinstance(lay.scaling, float) else lay.scaling.detach().reshape(())
+        self.n, self.r = n, r
+        self.w_down, self.b_down = wd.reshape(n * r, hidden), bd.reshape(n * r)
+        self.w_up, self.b_up, self.scale = wu * scale[:, None, None], bu * scale[:, None], scale
+
+    def ups(self, h: torch.Tensor) -> torch.Tensor:
+        """h [M, H] -> scaled bottleneck outputs [M, N, H]."""
+        d = self.act(nn.functional.linear(h, self.w_down, self.b_down))  # [M, N*r]
+        d = d.view(h.shape[0], self.n, self.r).transpose(0, 1)  # [N, M, r]
+        return torch.baddbmm(self.b_up.unsqueeze(1), d, self.w_up).transpose(0, 1)  # [M, N, H]
+
+
+def check_fusable(adapters: list[BottleneckAdapter]) -> None:
+    if len(adapters) < 2:
+        raise ConfigError("a fusion needs at least 2 adapters")
+    sigs = {tuple(getattr(a.cfg, f) for f in PLACEMENT_FIELDS) for a in adapters}
+    if len(sigs) != 1:
+        raise ConfigError("adapters with different placements or residual layouts cannot be fused")
+
+
+class Fusion(nn.Module):
+    """The fusion modules of one fusion: one per site, or one shared by every site."""
+
+    def __init__(self, cfg: FusionConfig, members: list[str], template: BottleneckAdapter):
+        super().__init__()
+        self.cfg, self.members = cfg, list(members)
+        hidden = template.hidden_size
+        keys = [site_key(i, p) for i in range(template.num_layers) for p in PLACEMENTS if template.site(i, p)]
+        if cfg.shared:
+            self.shared = FusionLayer(hidden, cfg)
+            self.sites = nn.ModuleDict()
+        else:
+            self.shared = None
+            self.sites = nn.ModuleDict({k: FusionLayer(hidden, cfg) for k in keys})
+        self.site_keys = keys
+
+    def layer(self, key: str) -> FusionLayer:
+        return self.shared if self.shared is not None else self.sites[key]  # type: ignore[return-value]
+
+    def regularization(self) -> torch.Tensor:
+        layers = [self.shared] if self.shared is not None else list(self.sites.values())
+        return self.cfg.regularization * torch.stack([lay.regularization() for lay in layers]).sum()  # type: ignore[union-attr]

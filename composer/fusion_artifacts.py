@@ -1,0 +1,136 @@
+"""Fusion artifacts (our format) and the AdapterHub fusion importer.
+
+Ours: `fusion_config.json` + `fusion.safetensors`. The config names the member adapters
+by id (registry id, or the name they had in the model) in order, never by a comma-joined
+string, plus the fusion config, the base identity and the weights' sha256.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from composer.base import BaseIdentity
+from composer.bottleneck import site_key
+from composer.errors import ArtifactError, ConfigError
+from composer.fusion import FusionConfig
+from composer.model import AdaptedEncoder
+from composer.safetensors_io import read_tensors, sha256_bytes, tensors_from_bytes, tensors_to_bytes
+
+FORMAT = "composer-fusion"
+_HUB_KEY = re.compile(
+    r"(?:^|\.)layer\.(\d+)\.(attention\.output|output)\.adapter_fusion_layer\.[^.]+\.(query|key|value)\.(weight|bias)$"
+)
+
+
+@dataclass
+class FusionArtifact:
+    name: str
+    members: list[str]
+    config: FusionConfig
+    hidden_size: int
+    tensors: dict[str, torch.Tensor]
+    base: BaseIdentity | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def extract(model: AdaptedEncoder, fusion: str, members: list[str] | None = None) -> FusionArtifact:
+    module = model.fusions[fusion]
+    return FusionArtifact(
+        name=fusion,
+        members=list(members or module.members),
+        config=module.cfg,
+        hidden_size=model.base.hidden_size,
+        tensors={k: v.detach().cpu().clone() for k, v in module.state_dict().items()},
+        base=model.base.identity,
+    )
+
+
+def to_files(art: FusionArtifact, head: dict[str, torch.Tensor] | None = None) -> tuple[bytes, bytes]:
+    tensors = {f"fusion.{k}": v for k, v in art.tensors.items()}
+    tensors.update({f"head.{k}": v for k, v in (head or {}).items()})
+    weights = tensors_to_bytes(tensors)
+    meta = {
+        "format": FORMAT,
+        "format_version": 1,
+        "name": art.name,
+        "members": art.members,
+        "config": art.config.to_dict(),
+        "hidden_size": art.hidden_size,
+        "base": art.base.to_dict() if art.base else None,
+        "metrics": art.metrics,
+        "sha256": sha256_bytes(weights),
+    }
+    return json.dumps(meta, indent=2, sort_keys=True).encode(), weights
+
+
+def from_files(config: bytes, weights: bytes) -> tuple[FusionArtifact, dict[str, torch.Tensor]]:
+    """Returns (fusion artifact, head tensors)."""
+    meta = json.loads(config)
+    if meta.get("format") != FORMAT:
+        raise ArtifactError(f"not a {FORMAT} config")
+    if sha256_bytes(weights) != meta.get("sha256"):
+        raise ArtifactError("checksum mismatch: fusion weights do not match the sha256 in their config")
+    tensors = tensors_from_bytes(weights, "fusion weights")
+    art = FusionArtifact(
+        name=meta["name"],
+        members=list(meta["members"]),
+        config=FusionConfig.from_dict(meta["config"]),
+        hidden_size=int(meta["hidden_size"]),
+        tensors={k[len("fusion.") :]: v for k, v in tensors.items() if k.startswith("fusion.")},
+        base=BaseIdentity.from_dict(meta["base"]) if meta.get("base") else None,
+        metrics=meta.get("metrics") or {},
+    )
+    return art, {k[len("head.") :]: v for k, v in tensors.items() if k.startswith("head.")}
+
+
+def attach(
+    model: AdaptedEncoder, art: FusionArtifact, member_names: list[str] | None = None, name: str | None = None
+) -> str:
+    """Add the fusion over already-attached member adapters and load its weights strictly."""
+    name = name or art.name
+    if art.hidden_size != model.base.hidden_size:
+        raise ConfigError(f"fusion hidden size {art.hidden_size} != base {model.base.hidden_size}")
+    if art.base is not None:
+        model.base.identity.check_same(art.base, what=f"fusion {art.name!r}")
+    module = model.add_fusion(name, member_names or art.members, art.config)
+    try:
+        module.load_state_dict(art.tensors, strict=True)
+    except RuntimeError as e:
+        del model.fusions[name]
+        raise ArtifactError(f"fusion {art.name!r}: weights do not fit: {e}") from None
+    return name
+
+
+def import_adapterhub_fusion(directory: str | Path) -> FusionArtifact:
+    d = Path(directory)
+    if (d / "pytorch_model_adapter_fusion.bin").exists() and not (d / "model_adapter_fusion.safetensors").exists():
+        raise ArtifactError("pytorch_model_adapter_fusion.bin is a pickle and is refused; convert it to safetensors")
+    meta = json.loads((d / "adapter_fusion_config.json").read_text())
+    raw = meta["config"]
+    if not (raw.get("query") and raw.get("key")):
+        raise ConfigError("fusions without query/key projections are not supported")
+    if raw.get("residual_before") or raw.get("query_before_ln"):
+        raise ConfigError("residual_before / query_before_ln fusions are not supported")
+    # V is linear without bias, so applying it before or after the softmax mix is the same.
+    # An annealed temperature ends at 1.0 in the reference; we keep that fixed value.
+    cfg = FusionConfig(value=bool(raw.get("value")), temperature=1.0, dropout=float(raw.get("dropout_prob") or 0.1))
+    tensors = {}
+    for key, value in read_tensors(d / "model_adapter_fusion.safetensors").items():
+        m = _HUB_KEY.search(key)
+        if m is None:
+            raise ArtifactError(f"unexpected AdapterHub fusion weight {key!r}")
+        placement = "attention" if m.group(2) == "attention.output" else "ffn"
+        tensors[f"sites.{site_key(int(m.group(1)), placement)}.{m.group(3)}.{m.group(4)}"] = value
+    return FusionArtifact(
+        name=str(meta.get("name", d.name)).replace(",", "+"),
+        members=list(meta["adapter_names"]),
+        config=cfg,
+        hidden_size=int(meta["hidden_size"]),
+        tensors=tensors,
+    )
