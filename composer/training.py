@@ -8,7 +8,6 @@ data position, so a resumed run continues exactly where the last checkpoint was 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -126,12 +125,16 @@ def fit(
     callbacks: Sequence[Callback] = (),
     resume: bytes | None = None,
     device: torch.device | None = None,
+    plan: Callable[[int], list[list[int]]] | None = None,
 ) -> TrainResult:
+    """Train `objective`. `plan(epoch)` gives the batches of one epoch as index lists into `train`
+    (default: a seeded shuffle cut into batch_size pieces); it must be a pure function of the epoch."""
     if not train:
         raise ConfigError("the training set is empty")
     device = device or next(iter(objective.params.values())).device
     params = objective.params
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    plan = plan or (lambda epoch: batches(epoch_order(len(train), cfg.seed, epoch), cfg.batch_size))
+    steps_per_epoch = len(plan(0))
     total = cfg.epochs * steps_per_epoch
     if cfg.max_steps:
         total = min(total, cfg.max_steps)
@@ -193,12 +196,12 @@ def fit(
 
     stop = s.get("stopped", False)
     while not stop and s["epoch"] < cfg.epochs:
-        plan = batches(epoch_order(len(train), cfg.seed, s["epoch"]), cfg.batch_size)
-        while s["pos"] < len(plan):
+        epoch_plan = plan(s["epoch"])
+        while s["pos"] < len(epoch_plan):
             if any(cb.should_cancel() for cb in callbacks):
                 raise TrainingCancelled(f"cancelled at step {s['step']}")
             objective.module.train()
-            batch = {k: v.to(device) for k, v in collate([train[i] for i in plan[s["pos"]]]).items()}
+            batch = {k: v.to(device) for k, v in collate([train[i] for i in epoch_plan[s["pos"]]]).items()}
             loss = objective.loss(batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at step {s['step']}; lower the learning rate")
@@ -211,7 +214,7 @@ def fit(
             s["pos"] += 1
             for cb in callbacks:
                 cb.on_step(s["step"], total, s["epoch"], float(loss.item()), sched.get_last_lr()[0])
-            at_end = s["pos"] == len(plan)
+            at_end = s["pos"] == len(epoch_plan)
             capped = bool(cfg.max_steps) and s["step"] >= cfg.max_steps
             if validation and cfg.eval_every_steps and s["step"] % cfg.eval_every_steps == 0 and not at_end:
                 stop = evaluate()
@@ -221,7 +224,7 @@ def fit(
                 save_checkpoint()
         if validation and not stop:
             stop = evaluate() or stop
-        if s["pos"] >= len(plan):
+        if s["pos"] >= len(epoch_plan):
             s["epoch"], s["pos"] = s["epoch"] + 1, 0
         if cfg.max_steps and s["step"] >= cfg.max_steps:
             stop = True

@@ -1,0 +1,138 @@
+"""Recipe: train an AdapterFusion (stage two) over frozen adapters, plus attention reports and pruning.
+
+Only the fusion's Q/K/V and the target task's head learn; the base and the member
+adapters stay frozen. The loss is the task loss plus λ·Σ‖I − W_V‖²_F.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from composer import artifacts, fusion_artifacts
+from composer.artifacts import AdapterArtifact
+from composer.base import LoadedBase
+from composer.composition import Fuse
+from composer.data import Collator, Example, TaskSpec
+from composer.fusion import FusionConfig
+from composer.fusion_artifacts import FusionArtifact
+from composer.heads import HeadConfig
+from composer.model import AdaptedEncoder
+from composer.st_adapter import head_for, predict_logits, score
+from composer.training import Callback, Objective, TrainConfig, TrainResult, fit
+
+
+def build_fused_model(
+    base: LoadedBase, members: Sequence[AdapterArtifact], fusion_cfg: FusionConfig, name: str = "fusion"
+) -> tuple[AdaptedEncoder, list[str]]:
+    model = AdaptedEncoder(base)
+    names = []
+    for i, art in enumerate(members):
+        n = artifacts.attach(model, art, name=f"m{i}")
+        for p in model.adapters[n].parameters():
+            p.requires_grad_(False)
+        if n in model.heads:
+            del model.heads[n]  # members' own heads play no part in a fusion
+        names.append(n)
+    model.add_fusion(name, names, fusion_cfg)
+    return model, names
+
+
+@dataclass
+class FusionRun:
+    model: AdaptedEncoder
+    name: str
+    result: TrainResult
+
+    def artifact(self, member_ids: list[str], task: TaskSpec) -> tuple[bytes, bytes]:
+        """(config, weights) of the fusion and its head; members named by their registry ids."""
+        art = fusion_artifacts.extract(self.model, self.name, members=member_ids)
+        art.metrics = dict(self.result.best_metrics)
+        head = {k: v.detach().cpu() for k, v in self.model.heads[self.name].state_dict().items()}
+        config, weights = fusion_artifacts.to_files(art, head)
+        return _with_head_config(config, self.model.heads[self.name].cfg, task), weights
+
+
+def _with_head_config(config: bytes, head: HeadConfig, task: TaskSpec) -> bytes:
+    import json
+
+    meta = json.loads(config)
+    meta["head"], meta["labels"] = head.to_dict(), list(task.labels)
+    return json.dumps(meta, indent=2, sort_keys=True).encode()
+
+
+def train_fusion(
+    base: LoadedBase,
+    task: TaskSpec,
+    train: Sequence[Example],
+    validation: Sequence[Example],
+    members: Sequence[AdapterArtifact],
+    fusion_cfg: FusionConfig,
+    train_cfg: TrainConfig,
+    head_cfg: HeadConfig | None = None,
+    callbacks: Sequence[Callback] = (),
+    resume: bytes | None = None,
+    name: str = "fusion",
+) -> FusionRun:
+    torch.manual_seed(train_cfg.seed)
+    model, _ = build_fused_model(base, members, fusion_cfg, name)
+    model.base_dropout = train_cfg.base_dropout
+    model.add_head(name, head_cfg or head_for(task))
+    model.activate(Fuse(name))
+    fusion = model.fusions[name]
+    collate = Collator(base.tokenizer, task, train_cfg.max_length)
+
+    def loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        labels = batch.pop("labels")
+        logits = model(**batch, head=name).logits
+        return model.heads[name].loss(logits, labels) + fusion.regularization()
+
+    def evaluate(examples: Sequence[Example]) -> dict[str, float]:
+        return score(task, predict_logits(model, name, examples, collate, train_cfg.batch_size * 2), examples)
+
+    params = {f"fusions.{name}.{k}": p for k, p in fusion.named_parameters()}
+    params.update({f"heads.{name}.{k}": p for k, p in model.heads[name].named_parameters()})
+    objective = Objective(module=model, params=params, loss=loss, evaluate=evaluate, metric=task.metric)
+    result = fit(objective, train, validation, collate, train_cfg, callbacks, resume=resume, device=model.device)
+    return FusionRun(model=model, name=name, result=result)
+
+
+def attention_report(
+    model: AdaptedEncoder, fusion: str, examples: Sequence[Example], collate: Collator, batch_size: int = 64
+) -> dict[str, object]:
+    """Mean attention per member adapter (over sites and examples), and each example's top adapter."""
+    members = model.fusions[fusion].members
+    per_example = []
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(examples), batch_size):
+            batch = {k: v.to(model.device) for k, v in collate(examples[i : i + batch_size]).items() if k != "labels"}
+            out = model(**batch, return_fusion_attention=True)
+            per_example.append(torch.stack(list(out.fusion_attention.values())).mean(0).cpu())  # [B, N]
+    att = torch.cat(per_example)
+    return {
+        "members": list(members),
+        "mean_attention": [round(float(v), 4) for v in att.mean(0)],
+        "top_adapter": [members[int(j)] for j in att.argmax(-1)],
+    }
+
+
+def pruned(model: AdaptedEncoder, fusion: str, keep: Sequence[str], name: str | None = None) -> str:
+    """A derived fusion over `keep` only. Q/K/V do not depend on N, so the weights carry over as they are."""
+    source = model.fusions[fusion]
+    name = name or f"{fusion}-pruned"
+    derived = model.add_fusion(name, list(keep), source.cfg)
+    derived.load_state_dict(source.state_dict())
+    if fusion in model.heads:
+        model.heads[name] = model.heads[fusion]
+    return name
+
+
+def prune_members(report: dict[str, object], threshold: float) -> list[str]:
+    members, mean = report["members"], report["mean_attention"]
+    return [m for m, a in zip(members, mean, strict=True) if a >= threshold]  # type: ignore[call-overload]
+
+
+__all__ = ["FusionArtifact", "FusionRun", "attention_report", "build_fused_model", "pruned", "train_fusion"]

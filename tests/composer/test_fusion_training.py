@@ -1,0 +1,142 @@
+"""Fusion training (frozen members, regulariser in the loss), attention reports, pruning, and MT-A training."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from composer import artifacts
+from composer.base import load_base
+from composer.composition import Fuse, Single
+from composer.config import preset
+from composer.data import Collator, Example, TaskSpec
+from composer.errors import ConfigError
+from composer.fusion import FusionConfig
+from composer.fusion_training import attention_report, build_fused_model, prune_members, pruned, train_fusion
+from composer.multitask import TaskData, multitask_plan, sampling_weights, train_multitask
+from composer.st_adapter import train_st_adapter
+from composer.training import TrainConfig
+from tests.workers.fixtures import toy_rows
+
+TASK = TaskSpec("sent", labels=("neg", "pos"))
+FLIP = TaskSpec("flip", labels=("neg", "pos"))
+
+
+def examples(n: int, seed: int = 0, flip: bool = False) -> list[Example]:
+    out = []
+    for r in toy_rows(n, seed):
+        label = {"pos": "neg", "neg": "pos"}[r["label"]] if flip else r["label"]
+        out.append(Example(r["text"], label))
+    return out
+
+
+@pytest.fixture(scope="module")
+def members(tiny_bert_dir):
+    cfg = TrainConfig(learning_rate=1e-2, epochs=4, batch_size=4, patience=0)
+    arts = []
+    for task, flip in ((TASK, False), (FLIP, True)):
+        data = examples(32, seed=3, flip=flip)
+        run = train_st_adapter(load_base(tiny_bert_dir), task, data, data, preset("seq_bn", reduction_factor=4), cfg)
+        arts.append(run.artifact(task))
+    return arts
+
+
+def test_fusion_training_learns_only_fusion_and_head(tiny_bert_dir, members):
+    base = load_base(tiny_bert_dir)
+    base_before = {k: v.clone() for k, v in base.model.state_dict().items()}
+    train = examples(32, seed=3)  # the tiny random model barely generalises: check that the fusion fits
+    cfg = TrainConfig(learning_rate=3e-2, epochs=15, batch_size=8, patience=0)
+    run = train_fusion(base, TASK, train, train, members, FusionConfig(dropout=0.0), cfg)
+    assert run.result.best_metrics["accuracy"] >= 0.75  # chance is 0.5
+    for i, art in enumerate(members):
+        trained = run.model.adapters[f"m{i}"].state_dict()
+        for k, v in trained.items():
+            assert torch.equal(v.cpu(), art.tensors[f"adapter.{k}"])  # members frozen
+    assert all(torch.equal(base_before[k], v) for k, v in base.model.state_dict().items())
+    fusion = run.model.fusions["fusion"]
+    moved = max((lay.value.weight - torch.eye(32)).abs().max().item() for lay in fusion.sites.values())
+    assert moved > 0  # V learned
+
+
+def test_regulariser_is_part_of_the_loss(tiny_bert_dir, members):
+    model, names = build_fused_model(load_base(tiny_bert_dir), members, FusionConfig(regularization=0.01))
+    fusion = model.fusions["fusion"]
+    assert fusion.regularization().item() == 0.0  # V starts at the identity
+    with torch.no_grad():
+        for lay in fusion.sites.values():
+            lay.value.weight.add_(0.1)
+    expected = 0.01 * sum(((torch.eye(32) - lay.value.weight) ** 2).sum() for lay in fusion.sites.values())
+    torch.testing.assert_close(fusion.regularization(), expected)
+    fusion.regularization().backward()
+    lay = next(iter(fusion.sites.values()))
+    torch.testing.assert_close(lay.value.weight.grad, -2 * 0.01 * (torch.eye(32) - lay.value.weight.detach()))
+
+
+def test_shared_and_static_fusions(tiny_bert_dir, members):
+    model, _ = build_fused_model(load_base(tiny_bert_dir), members, FusionConfig(shared=True, value=False), "s")
+    n_params = sum(p.numel() for p in model.fusions["s"].parameters())
+    assert n_params == 2 * (32 * 32 + 32)  # one Q and one K for every site, no V
+    model.activate(Fuse("s"))
+    batch = model.base.tokenizer(["good movie"], return_tensors="pt")
+    assert model(**batch).hidden.shape == (1, 4, 32)
+
+
+def test_attention_report_and_pruning(tiny_bert_dir, members):
+    model, names = build_fused_model(load_base(tiny_bert_dir), members, FusionConfig(dropout=0.0))
+    model.activate(Fuse("fusion"))
+    data = examples(12, seed=9)
+    col = Collator(model.base.tokenizer, TASK)
+    report = attention_report(model, "fusion", data, col)
+    assert report["members"] == names and len(report["top_adapter"]) == 12
+    assert sum(report["mean_attention"]) == pytest.approx(1.0, abs=1e-3)
+    batch = {k: v for k, v in col(data).items() if k != "labels"}
+    with torch.no_grad():
+        full = model(**batch).hidden
+        same = pruned(model, "fusion", names, "all")
+        model.activate(Fuse(same))
+        assert torch.allclose(model(**batch).hidden, full, atol=1e-6)
+        keep = prune_members(report, threshold=max(report["mean_attention"]))
+        assert len(keep) == 1
+        with pytest.raises(ConfigError, match="at least 2"):
+            pruned(model, "fusion", keep, "one")
+
+
+def test_fusing_adapters_with_different_placements_is_refused(tiny_bert_dir, members):
+    base = load_base(tiny_bert_dir)
+    from composer.model import AdaptedEncoder
+
+    m = AdaptedEncoder(base)
+    artifacts.attach(m, members[0], name="a")
+    m.add_adapter("h", preset("double_seq_bn", reduction_factor=4))
+    with pytest.raises(ConfigError, match="placements"):
+        m.add_fusion("f", ["a", "h"])
+    with pytest.raises(ConfigError, match="once"):
+        m.add_fusion("f", ["a", "a"])
+
+
+def test_multitask_sampling_follows_size_to_the_alpha():
+    torch.testing.assert_close(sampling_weights([100, 400], 0.5), torch.tensor([1 / 3, 2 / 3]))
+    torch.testing.assert_close(sampling_weights([100, 400], 1.0), torch.tensor([0.2, 0.8]))
+    plan = multitask_plan([100, 400], batch_size=4, alpha=0.5, seed=0)
+    batches = plan(0) + plan(1) + plan(2)
+    small = sum(all(i < 100 for i in b) for b in batches)
+    assert all(all(i < 100 for i in b) or all(i >= 100 for i in b) for b in batches)  # one task per batch
+    assert small / len(batches) == pytest.approx(1 / 3, abs=0.05)
+    assert plan(0) == multitask_plan([100, 400], 4, 0.5, 0)(0)  # a pure function of the epoch (resumable)
+
+
+def test_multitask_trains_one_adapter_and_head_per_task(tiny_bert_dir):
+    base = load_base(tiny_bert_dir)
+    before = {k: v.clone() for k, v in base.model.state_dict().items()}
+    sent, flip = examples(32, 1), examples(16, 3, True)
+    tasks = [TaskData(TASK, sent, sent), TaskData(FLIP, flip, flip)]  # fit checks: the tiny model barely generalises
+    cfg = TrainConfig(learning_rate=1e-2, epochs=8, batch_size=4, patience=0)
+    run = train_multitask(base, tasks, preset("seq_bn", reduction_factor=4), cfg)
+    m = run.result.best_metrics
+    assert m["sent/accuracy"] >= 0.75 and m["flip/accuracy"] >= 0.75 and "mean" in m
+    assert all(torch.equal(before[k], v) for k, v in base.model.state_dict().items())
+    arts = run.artifacts(tasks)
+    assert [a.kind for a in arts] == ["mt_a", "mt_a"] and arts[0].metrics["accuracy"] == m["sent/accuracy"]
+    run.model.activate(Single("flip"))  # members work alone
+    with pytest.raises(ConfigError, match="at least 2"):
+        train_multitask(base, tasks[:1], preset("seq_bn"), cfg)
