@@ -15,6 +15,12 @@ from registry_db.repo import adapters as adapter_repo
 from registry_db.repo import catalog
 
 
+def known_preset(v: str) -> str:
+    if v not in PRESETS:
+        raise ValueError(f"unknown preset {v!r}; known: {sorted(PRESETS)}")
+    return v
+
+
 class Spec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -35,12 +41,57 @@ class AdapterJobSpec(Spec):
     @field_validator("preset")
     @classmethod
     def _preset(cls, v: str) -> str:
-        if v not in PRESETS:
-            raise ValueError(f"unknown preset {v!r}; known: {sorted(PRESETS)}")
-        return v
+        return known_preset(v)
 
     def train_config(self) -> TrainConfig:
         return TrainConfig.from_dict(self.hyperparameters)
+
+
+class TaskDataSpec(Spec):
+    task: str
+    train_dataset: str
+    validation_dataset: str | None = None
+
+
+class MultitaskJobSpec(Spec):
+    """Train one adapter per task jointly (MT-A set), N >= 2 tasks."""
+
+    tasks: list[TaskDataSpec] = Field(min_length=2)
+    base_model: str
+    preset: str = "seq_bn"
+    adapter: dict[str, Any] = Field(default_factory=dict)
+    alpha: float = Field(0.5, ge=0, le=1)
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    name: str | None = None
+
+    @field_validator("preset")
+    @classmethod
+    def _preset(cls, v: str) -> str:
+        return known_preset(v)
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig.from_dict(self.hyperparameters)
+
+
+FUSION_DEFAULTS = {"learning_rate": 5e-5, "epochs": 10, "patience": 3}
+
+
+class FusionJobSpec(Spec):
+    """Train an AdapterFusion over 2 to 16 ready adapters of one base, for a target task."""
+
+    task: str
+    adapters: list[str] = Field(min_length=2, max_length=16)
+    train_dataset: str
+    validation_dataset: str | None = None
+    fusion: dict[str, Any] = Field(default_factory=dict)  # FusionConfig fields
+    pooling: Literal["cls", "mean"] = "mean"
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    prune_threshold: float | None = Field(None, gt=0, lt=1)
+    name: str | None = None
+    base_model: str | None = None  # filled in at submit from the adapters
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig.from_dict({**FUSION_DEFAULTS, **self.hyperparameters})
 
 
 class EvaluateJobSpec(Spec):
@@ -50,7 +101,12 @@ class EvaluateJobSpec(Spec):
     dataset: str
 
 
-SPECS: dict[str, type[Spec]] = {"adapter": AdapterJobSpec, "evaluate": EvaluateJobSpec}
+SPECS: dict[str, type[Spec]] = {
+    "adapter": AdapterJobSpec,
+    "multitask": MultitaskJobSpec,
+    "fusion": FusionJobSpec,
+    "evaluate": EvaluateJobSpec,
+}
 
 
 def parse_spec(job_type: str, raw: dict[str, Any]) -> Spec:
@@ -82,8 +138,58 @@ def check_against_registry(s: Session, owner_id: str, job_type: str, spec: Spec)
         if spec.validation_dataset:
             _dataset_of_task(s, owner_id, spec.validation_dataset, task.id, "validation")
         return spec.model_copy(update={"task": task.id, "base_model": base.id}).model_dump()
+    if isinstance(spec, MultitaskJobSpec):
+        try:
+            spec.train_config()
+            preset(spec.preset, **spec.adapter)
+        except ComposerError as e:
+            raise InvalidInput(str(e)) from None
+        base = catalog.get_base_model(s, spec.base_model)
+        items = []
+        for t in spec.tasks:
+            task = catalog.get_task(s, owner_id, t.task)
+            _dataset_of_task(s, owner_id, t.train_dataset, task.id, "train")
+            if t.validation_dataset:
+                _dataset_of_task(s, owner_id, t.validation_dataset, task.id, "validation")
+            items.append(t.model_copy(update={"task": task.id}))
+        if len({t.task for t in items}) != len(items):
+            raise InvalidInput("each task appears once in a multi-task job")
+        return spec.model_copy(update={"tasks": items, "base_model": base.id}).model_dump()
+    if isinstance(spec, FusionJobSpec):
+        return check_fusion(s, owner_id, spec)
     if isinstance(spec, EvaluateJobSpec):
         adapter = adapter_repo.resolve_adapter(s, owner_id, spec.adapter)
         _dataset_of_task(s, owner_id, spec.dataset, adapter.task_id, "evaluation")
         return spec.model_copy(update={"adapter": adapter.id}).model_dump()
     raise InvalidInput(f"no registry checks for {job_type}")
+
+
+def check_fusion(s: Session, owner_id: str, spec: FusionJobSpec) -> dict[str, Any]:
+    from composer.fusion import PLACEMENT_FIELDS, FusionConfig
+
+    try:
+        spec.train_config()
+        FusionConfig.from_dict(spec.fusion)
+    except ComposerError as e:
+        raise InvalidInput(str(e)) from None
+    task = catalog.get_task(s, owner_id, spec.task)
+    _dataset_of_task(s, owner_id, spec.train_dataset, task.id, "train")
+    if spec.validation_dataset:
+        _dataset_of_task(s, owner_id, spec.validation_dataset, task.id, "validation")
+    rows = [adapter_repo.resolve_adapter(s, owner_id, ref) for ref in spec.adapters]
+    ids = [r.id for r in rows]
+    if len(set(ids)) != len(ids):
+        raise InvalidInput("the same adapter is listed twice")
+    for r in rows:
+        if r.kind not in ("st_a", "mt_a"):
+            raise InvalidInput(f"adapter {r.id} is a {r.kind}; only st_a and mt_a adapters can be fused")
+        if r.status != "ready":
+            raise InvalidInput(f"adapter {r.id} is {r.status}, not ready")
+    if len({r.base_model_id for r in rows}) != 1:
+        raise InvalidInput("the adapters were trained on different base models and cannot be fused")
+    layouts = {tuple(str(r.method_config.get("config", {}).get(f)) for f in PLACEMENT_FIELDS) for r in rows}
+    if len(layouts) != 1:
+        raise InvalidInput("the adapters have different placements and cannot be fused")
+    return spec.model_copy(update={"task": task.id, "adapters": ids}).model_dump() | {
+        "base_model": rows[0].base_model_id
+    }

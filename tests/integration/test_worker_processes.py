@@ -132,3 +132,39 @@ def test_worker_survives_a_redis_restart_while_a_job_is_queued(redis_stack):
     st.redis.start()
     done = st.wait_status(job.id, ("succeeded", "failed"), timeout=120)
     assert done.status == "succeeded"
+
+
+def test_multitask_then_fusion_jobs_on_a_real_worker(tmp_path, tiny_bert_dir):
+    """Stage one (MT-A) and stage two (fusion over the MT-A members) through a real worker, embedded broker."""
+    from tests.integration.conftest import make_stack
+
+    st = make_stack(tmp_path, tiny_bert_dir, f"sqla+sqlite:///{tmp_path / 'broker.db'}")
+    try:
+        w = st.world
+        hp = {"learning_rate": 1e-2, "epochs": 2, "batch_size": 8, "patience": 0}
+        st.start_worker()
+        mt_spec = {"base_model": w.base, "hyperparameters": hp, "adapter": {"reduction_factor": 4},
+                   "tasks": [{"task": "sentiment", "train_dataset": w.train, "validation_dataset": w.validation},
+                             {"task": "sentiment2", "train_dataset": w.validation}]}  # fmt: skip
+        from registry_db.repo import catalog
+        from tests.workers.fixtures import jsonl, toy_rows
+        from workers.catalog import upload_dataset
+
+        with w.registry.tx() as s:
+            catalog.create_task(s, w.owner, "sentiment2", "classification", ["neg", "pos"])
+        second = upload_dataset(w.registry, w.owner, "sentiment2", "train", jsonl(toy_rows(16, 9)))[0]
+        mt_spec["tasks"][1]["train_dataset"] = second.id
+        mt, _ = submit_job(w.registry, w.owner, "multitask", mt_spec, send=st.send)
+        done = st.wait_status(mt.id, ("succeeded", "failed"))
+        assert done.status == "succeeded", done.error
+        members = done.result["adapter_ids"]
+        fusion_spec = {"task": "sentiment", "adapters": members, "train_dataset": w.train,
+                       "validation_dataset": w.validation, "hyperparameters": hp}  # fmt: skip
+        fu, _ = submit_job(w.registry, w.owner, "fusion", fusion_spec, send=st.send)
+        done = st.wait_status(fu.id, ("succeeded", "failed"))
+        assert done.status == "succeeded", done.error
+        assert set(done.result["mean_attention"]) == set(members)
+    finally:
+        for worker in st.workers:
+            worker.stop()
+        st.world.registry.close()

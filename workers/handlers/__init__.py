@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
-from workers.handlers import adapter, evaluate
+from workers.handlers import adapter, evaluate, fusion, multitask
 
-HANDLERS = {"adapter": adapter.handle, "evaluate": evaluate.handle}
+HANDLERS = {
+    "adapter": adapter.handle,
+    "multitask": multitask.handle,
+    "fusion": fusion.handle,
+    "evaluate": evaluate.handle,
+}

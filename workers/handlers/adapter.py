@@ -10,6 +10,7 @@ from composer.config import preset
 from composer.errors import IncompatibleBaseError
 from composer.heads import HeadConfig
 from composer.st_adapter import train_st_adapter
+from composer.training import TrainConfig
 from registry_db.models import Job
 from registry_db.repo import adapters, catalog
 from workers import artifact_store
@@ -29,11 +30,16 @@ def load_registered_base(row, device: str):  # type: ignore[no-untyped-def]
     return base
 
 
+def with_checkpoint_default(cfg: TrainConfig, ctx: JobContext) -> TrainConfig:
+    """Jobs checkpoint every COMPOSER_CHECKPOINT_EVERY_STEPS unless their hyperparameters say otherwise."""
+    if ctx.settings.checkpoint_every_steps and not cfg.checkpoint_every_steps:
+        return TrainConfig.from_dict({**cfg.to_dict(), "checkpoint_every_steps": ctx.settings.checkpoint_every_steps})
+    return cfg
+
+
 def handle(ctx: JobContext) -> Finish:
     spec = AdapterJobSpec.model_validate(ctx.job.spec)
-    cfg = spec.train_config()
-    if ctx.settings.checkpoint_every_steps and not cfg.checkpoint_every_steps:
-        cfg = type(cfg).from_dict({**cfg.to_dict(), "checkpoint_every_steps": ctx.settings.checkpoint_every_steps})
+    cfg = with_checkpoint_default(spec.train_config(), ctx)
     with ctx.registry.tx() as s:
         task = catalog.get_task(s, ctx.job.owner_id, spec.task)
         base_row = catalog.get_base_model(s, spec.base_model)
@@ -66,4 +72,4 @@ def handle(ctx: JobContext) -> Finish:
     return Finish(result=result, register=register)
 
 
-__all__ = ["handle", "load_registered_base"]
+__all__ = ["handle", "load_registered_base", "with_checkpoint_default"]

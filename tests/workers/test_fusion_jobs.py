@@ -1,0 +1,116 @@
+"""`multitask` and `fusion` jobs in-process: registration, lineage, pruning, and submit-time refusals."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from registry_db.errors import InvalidInput
+from registry_db.models import Adapter
+from registry_db.repo import adapters, catalog, jobs
+from tests.workers.fixtures import adapter_spec, jsonl, make_world, toy_rows
+from tests.workers.test_submit_and_runner import FAST, Outbox
+from workers.catalog import register_base_model, upload_dataset
+from workers.handlers import HANDLERS
+from workers.runner import run
+from workers.submit import submit_job
+
+HP = {"learning_rate": 1e-2, "epochs": 2, "batch_size": 8, "patience": 0}
+
+
+@pytest.fixture()
+def world(tmp_path, tiny_bert_dir):
+    w = make_world(tmp_path, tiny_bert_dir)
+    with w.registry.tx() as s:
+        catalog.create_task(s, w.owner, "flip", "classification", ["neg", "pos"])
+    flipped = [{**r, "label": "neg" if r["label"] == "pos" else "pos"} for r in toy_rows(32, 7)]
+    w.flip_train = upload_dataset(w.registry, w.owner, "flip", "train", jsonl(flipped))[0].id  # type: ignore[attr-defined]
+    yield w
+    w.registry.close()
+
+
+def submit_and_run(w, job_type, spec):
+    job, _ = submit_job(w.registry, w.owner, job_type, spec, send=Outbox())
+    assert run(w.registry, FAST, job.id, HANDLERS) == "succeeded", jobs_error(w, job.id)
+    with w.registry.tx() as s:
+        return jobs.get_job(s, job.id)
+
+
+def jobs_error(w, job_id):
+    with w.registry.tx() as s:
+        return jobs.get_job(s, job_id).error
+
+
+def two_adapters(w) -> list[str]:
+    a = submit_and_run(w, "adapter", adapter_spec(w)).result["adapter_id"]
+    b = submit_and_run(w, "adapter", {**adapter_spec(w), "name": "second"}).result["adapter_id"]
+    return [a, b]
+
+
+def fusion_spec(w, ids, **kw):
+    return {"task": w.task, "adapters": ids, "train_dataset": w.train, "validation_dataset": w.validation,
+            "hyperparameters": HP, **kw}  # fmt: skip
+
+
+def test_multitask_job_registers_a_set_with_one_adapter_per_task(world):
+    w = world
+    spec = {"base_model": w.base, "adapter": {"reduction_factor": 4}, "hyperparameters": HP,
+            "tasks": [{"task": "sentiment", "train_dataset": w.train, "validation_dataset": w.validation},
+                      {"task": "flip", "train_dataset": w.flip_train}]}  # fmt: skip
+    done = submit_and_run(w, "multitask", spec)
+    with w.registry.tx() as s:
+        members = adapters.set_members(s, done.result["set_id"])
+        assert [m.id for m in members] == done.result["adapter_ids"]
+        assert {m.kind for m in members} == {"mt_a"} and len(members) == 2
+        assert {catalog.get_task(s, w.owner, m.task_id).name for m in members} == {"sentiment", "flip"}
+
+
+def test_fusion_job_registers_lineage_attention_and_a_pruned_fusion(world):
+    w = world
+    ids = two_adapters(w)
+    done = submit_and_run(w, "fusion", fusion_spec(w, ids, prune_threshold=0.01))
+    with w.registry.tx() as s:
+        fusion = adapters.get_adapter(s, done.result["adapter_id"])
+        assert fusion.kind == "fusion" and [m.id for m in adapters.fusion_members(s, fusion.id)] == ids
+    att = done.result["mean_attention"]
+    assert set(att) == set(ids) and sum(att.values()) == pytest.approx(1.0, abs=1e-3)
+    pruned = done.result["pruned"]
+    assert pruned["members"] == ids and "relative_cost" in pruned  # both above a 1% threshold: all kept
+    assert "pruned_adapter_id" in done.result
+
+
+def test_fusion_submit_refusals(world, tmp_path, other_bert_dir):
+    w = world
+    ids = two_adapters(w)
+    send = Outbox()
+
+    def refused(spec, match):
+        with pytest.raises(InvalidInput, match=match):
+            submit_job(w.registry, w.owner, "fusion", spec, send=send)
+
+    refused(fusion_spec(w, [ids[0], ids[0]]), "twice")
+    with pytest.raises(ValueError, match="at least 2"):
+        submit_job(w.registry, w.owner, "fusion", fusion_spec(w, ids[:1]), send=send)
+    with w.registry.tx() as s:
+        adapters.archive_adapter(s, ids[1], w.owner)
+    refused(fusion_spec(w, ids), "not ready")
+    with w.registry.tx() as s:
+        s.get(Adapter, ids[1]).status = "ready"
+    other_base, _ = register_base_model(w.registry, other_bert_dir)
+    houlsby = submit_and_run(w, "adapter", {**adapter_spec(w), "preset": "double_seq_bn", "name": "h"})
+    refused(fusion_spec(w, [ids[0], houlsby.result["adapter_id"]]), "placements")
+    elsewhere = submit_and_run(w, "adapter", {**adapter_spec(w), "base_model": other_base.id, "name": "o"})
+    refused(fusion_spec(w, [ids[0], elsewhere.result["adapter_id"]]), "different base")
+    refused(fusion_spec(w, ids, fusion={"temperature": 0}), "temperature")
+    assert send.sent == []
+    with w.registry.tx() as s:
+        assert len(s.scalars(select(Adapter).where(Adapter.kind == "fusion")).all()) == 0
+
+
+def test_evaluate_job_stores_metrics_on_the_adapter(world):
+    w = world
+    adapter_id = submit_and_run(w, "adapter", adapter_spec(w)).result["adapter_id"]
+    done = submit_and_run(w, "evaluate", {"adapter": adapter_id, "dataset": w.validation})
+    with w.registry.tx() as s:
+        row = adapters.get_adapter(s, adapter_id)
+    assert row.metrics[f"eval/validation/{w.validation}"] == done.result["metrics"]

@@ -1,0 +1,98 @@
+"""`fusion` jobs: train AdapterFusion over registered adapters for a target task; optionally prune."""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy.orm import Session
+
+from composer.composition import Fuse
+from composer.data import Collator
+from composer.fusion import FusionConfig
+from composer.fusion_training import attention_report, prune_members, pruned, train_fusion
+from composer.heads import HeadConfig
+from composer.st_adapter import predict_logits, score
+from registry_db.models import Job
+from registry_db.repo import adapters, catalog
+from workers import artifact_store
+from workers.catalog import load_dataset_examples, task_spec
+from workers.devices import pick_device
+from workers.handlers.adapter import load_registered_base, with_checkpoint_default
+from workers.runner import Finish, JobContext
+from workers.specs import FusionJobSpec
+
+
+def _timed_score(model, name, fusion, task, examples, collate):  # type: ignore[no-untyped-def]
+    model.activate(Fuse(fusion))
+    t = time.perf_counter()
+    metrics = score(task, predict_logits(model, name, examples, collate), examples)
+    return metrics, time.perf_counter() - t
+
+
+def handle(ctx: JobContext) -> Finish:
+    spec = FusionJobSpec.model_validate(ctx.job.spec)
+    cfg = with_checkpoint_default(spec.train_config(), ctx)
+    with ctx.registry.tx() as s:
+        task = catalog.get_task(s, ctx.job.owner_id, spec.task)
+        base_row = catalog.get_base_model(s, spec.base_model or "")
+        members = [adapters.get_adapter(s, a, ctx.job.owner_id) for a in spec.adapters]
+        train_ds = catalog.get_dataset(s, spec.train_dataset)
+        val_ds = catalog.get_dataset(s, spec.validation_dataset) if spec.validation_dataset else None
+    tspec = task_spec(task)
+    train = load_dataset_examples(ctx.registry, train_ds, task)
+    validation = load_dataset_examples(ctx.registry, val_ds, task) if val_ds else []
+    arts = [artifact_store.fetch(ctx.registry, m) for m in members]
+    base = load_registered_base(base_row, pick_device(ctx.settings.device))
+    head = HeadConfig(kind=tspec.kind, num_labels=tspec.num_labels, pooling=spec.pooling)
+    run = train_fusion(
+        base, tspec, train, validation, arts, FusionConfig.from_dict(spec.fusion), cfg, head,
+        callbacks=[ctx.callback()], resume=ctx.resume,
+    )  # fmt: skip
+    member_ids = [m.id for m in members]
+    result: dict = {"metrics": run.result.best_metrics, "steps": run.result.steps}
+    report_on = validation or train
+    collate = Collator(base.tokenizer, tspec, cfg.max_length)
+    report = attention_report(run.model, run.name, report_on, collate)
+    names = report["members"]
+    result["mean_attention"] = dict(zip(member_ids, report["mean_attention"], strict=True))  # type: ignore[call-overload]
+    pruned_ids: list[str] | None = None
+    if spec.prune_threshold is not None:
+        keep = prune_members(report, spec.prune_threshold)
+        if len(keep) >= 2:
+            full_metrics, full_s = _timed_score(run.model, run.name, run.name, tspec, report_on, collate)
+            derived = pruned(run.model, run.name, keep)
+            p_metrics, p_s = _timed_score(run.model, derived, derived, tspec, report_on, collate)
+            pruned_ids = [member_ids[names.index(k)] for k in keep]  # type: ignore[union-attr]
+            result["pruned"] = {"members": pruned_ids, "metrics": p_metrics, "full_metrics": full_metrics,
+                                "relative_cost": round(p_s / full_s, 3)}  # fmt: skip
+        else:
+            result["pruned"] = {"members": [], "note": "fewer than 2 adapters above the threshold; nothing derived"}
+        run.model.activate(Fuse(run.name))
+    config, weights = run.artifact(member_ids, tspec)
+    w_sha, c_sha = ctx.registry.blobs.put(weights), ctx.registry.blobs.put(config)
+    name = spec.name or f"{task.name}-fusion"
+
+    def register(s: Session, job: Job) -> dict:
+        row = adapters.register_adapter(
+            s, owner_id=job.owner_id, task_id=task.id, base_model_id=base_row.id, kind="fusion", name=name,
+            method_config={"method": "fusion", "config": run.model.fusions[run.name].cfg.to_dict(),
+                           "members": member_ids},
+            hidden_size=base.hidden_size, blob_sha256=w_sha, config_sha256=c_sha,
+            param_count=sum(p.numel() for p in run.model.fusions[run.name].parameters()),
+            metrics={**run.result.best_metrics, "mean_attention": result["mean_attention"]}, job_id=job.id,
+        )  # fmt: skip
+        adapters.add_fusion_members(s, row.id, member_ids)
+        out = {"adapter_id": row.id, "version": row.version}
+        if pruned_ids:
+            derived_row = adapters.register_adapter(
+                s, owner_id=job.owner_id, task_id=task.id, base_model_id=base_row.id, kind="fusion",
+                name=f"{name}-pruned", hidden_size=base.hidden_size, blob_sha256=w_sha, config_sha256=c_sha,
+                method_config={"method": "fusion", "config": run.model.fusions[run.name].cfg.to_dict(),
+                               "members": pruned_ids, "derived_from": row.id},
+                param_count=row.param_count, metrics=result["pruned"]["metrics"], job_id=job.id,
+            )  # fmt: skip
+            adapters.add_fusion_members(s, derived_row.id, pruned_ids)
+            out["pruned_adapter_id"] = derived_row.id
+        return out
+
+    return Finish(result=result, register=register)
