@@ -5,8 +5,8 @@ as AdapterHub's `query_before_ln=False`), keys and values = the N adapters' bott
 outputs `u_n`, p = softmax(Q(h)·K(u_n) / T), context = Σ p_n V(u_n), plus the residual.
 
 Efficient and exact:
-- the N down-projections run as one GEMM and the N up-projections as one batched matmul
-  (`StackedSite`);
+- the N down-projections run as one GEMM (`StackedSite`), and the N up-projections are
+  folded into two more GEMMs without ever building the [tokens, N, H] adapter outputs;
 - Q(h)·K(u) = (W_Kᵀ Q(h))·u + Q(h)·b_K, and the last term is the same for every adapter,
   so it cancels in the softmax: K costs one H×H product per token instead of N; at
   inference W_Qᵀ W_K is precomposed into one matrix;
@@ -87,17 +87,48 @@ class FusionLayer(nn.Module):
                 self._qk = (stamp, self.query.weight.t() @ self.key.weight, self.query.bias @ self.key.weight)
         return self._qk[1], self._qk[2]
 
-    def mix(self, query: torch.Tensor, ups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """query [M, H], ups [M, N, H] -> (context [M, H], probabilities [M, N])."""
+    def query_key(self, query: torch.Tensor) -> torch.Tensor:
+        """W_Kᵀ Q(query), the key-side query: Q(h)·K(u) = qk·u + (a term that is the same for every adapter)."""
         if torch.is_grad_enabled() and self.query.weight.requires_grad:
-            qk = self.query(query) @ self.key.weight
-        else:
-            a, c = self._composed()
-            qk = torch.addmm(c, query, a)
-        scores = torch.bmm(ups, qk.unsqueeze(-1)).squeeze(-1)
+            return self.query(query) @ self.key.weight
+        a, c = self._composed()
+        return torch.addmm(c, query, a)
+
+    def attend(self, stack: StackedSite, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """h [M, H] (query and adapter input) -> (context [M, H], probabilities [M, N]).
+
+        Never materialises the N adapter outputs u_n = D_n W_n + b_n ([M, N, H]); with D the
+        stacked bottleneck activations [M, N·r]:
+          scores_n = qk·u_n = Σ_r D_n ⊙ (qk W_nᵀ) + qk·b_n     (one GEMM for all n)
+          Σ_n p_n u_n = (p ⊙ D) W_cat + p b                    (one GEMM for all n)
+        """
+        m, n, r = h.shape[0], stack.n, stack.r
+        if not (self.training or (torch.is_grad_enabled() and self.query.weight.requires_grad)):
+            return self._attend_inference(stack, h)
+        d = stack.down(h)  # [M, N*r]
+        qk = self.query_key(h)  # [M, H]
+        scores = (d * (qk @ stack.w_up_t)).view(m, n, r).sum(-1) + qk @ stack.b_up.t()
         probs = torch.softmax(self.dropout(scores) / self.cfg.temperature, dim=-1)
-        mixed = torch.bmm(probs.unsqueeze(1), ups).squeeze(1)
+        mixed = torch.addmm(probs @ stack.b_up, (d.view(m, n, r) * probs.unsqueeze(-1)).view(m, n * r), stack.w_up)
         return (self.value(mixed) if self.value is not None else mixed), probs
+
+    def _stamp(self) -> tuple[int, ...]:
+        params = [self.query.weight, self.query.bias, self.key.weight]
+        if self.value is not None:
+            params.append(self.value.weight)
+        return tuple(p._version for p in params) + tuple(p.data_ptr() for p in params)
+
+    def _attend_inference(self, stack: StackedSite, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same function as `attend`, with everything linear in h folded into one GEMM
+        ([W_down | A·W_upᵀ/T | A·b_upᵀ/T]) and V folded into the output GEMM."""
+        m, n, r = h.shape[0], stack.n, stack.r
+        w_in, b_in, w_out = stack.inference_weights(self)
+        z = torch.addmm(b_in, h, w_in)  # [M, N*r | N*r | N]
+        d = stack.act(z[:, : n * r])
+        scores = (d * z[:, n * r : 2 * n * r]).view(m, n, r).sum(-1) + z[:, 2 * n * r :]
+        probs = torch.softmax(scores, dim=-1)
+        mixed_in = torch.cat([(d.view(m, n, r) * probs.unsqueeze(-1)).view(m, n * r), probs], dim=1)
+        return mixed_in @ w_out, probs
 
     def regularization(self) -> torch.Tensor:
         if self.value is None:
@@ -134,13 +165,34 @@ class StackedSite:
                 scale[i] = lay.scaling if isinstance(lay.scaling, float) else lay.scaling.detach().reshape(())
         self.n, self.r = n, r
         self.w_down, self.b_down = wd.reshape(n * r, hidden), bd.reshape(n * r)
-        self.w_up, self.b_up, self.scale = wu * scale[:, None, None], bu * scale[:, None], scale
+        self.w_up = (wu * scale[:, None, None]).reshape(n * r, hidden)  # scaled, stacked: [N*r, H]
+        self.w_up_t = self.w_up.t().contiguous()  # [H, N*r]
+        self.b_up = bu * scale[:, None]  # [N, H]
+        self._cache: tuple[tuple[int, ...], torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def inference_weights(self, layer: FusionLayer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Composite matrices for `FusionLayer._attend_inference`, cached until the fusion weights change."""
+        stamp = layer._stamp()
+        if self._cache is None or self._cache[0] != stamp:
+            with torch.no_grad():
+                a, c = layer._composed()
+                t = layer.cfg.temperature
+                w_in = torch.cat([self.w_down.t(), a @ self.w_up_t / t, a @ self.b_up.t() / t], dim=1).contiguous()
+                b_in = torch.cat([self.b_down, c @ self.w_up_t / t, c @ self.b_up.t() / t])
+                w_out = torch.cat([self.w_up, self.b_up], dim=0)
+                if layer.value is not None:
+                    w_out = w_out @ layer.value.weight.t()
+                self._cache = (stamp, w_in, b_in, w_out.contiguous())
+        return self._cache[1], self._cache[2], self._cache[3]
+
+    def down(self, h: torch.Tensor) -> torch.Tensor:
+        """All N bottleneck activations in one GEMM: [M, H] -> [M, N*r]."""
+        return self.act(nn.functional.linear(h, self.w_down, self.b_down))
 
     def ups(self, h: torch.Tensor) -> torch.Tensor:
-        """h [M, H] -> scaled bottleneck outputs [M, N, H]."""
-        d = self.act(nn.functional.linear(h, self.w_down, self.b_down))  # [M, N*r]
-        d = d.view(h.shape[0], self.n, self.r).transpose(0, 1)  # [N, M, r]
-        return torch.baddbmm(self.b_up.unsqueeze(1), d, self.w_up).transpose(0, 1)  # [M, N, H]
+        """The scaled bottleneck outputs [M, N, H] (for inspection and tests; fusion never builds them)."""
+        d = self.down(h).view(h.shape[0], self.n, self.r)
+        return torch.einsum("mnr,nrh->mnh", d, self.w_up.view(self.n, self.r, -1)) + self.b_up
 
 
 def check_fusable(adapters: list[BottleneckAdapter]) -> None:

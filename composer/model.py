@@ -50,11 +50,13 @@ class AdaptedEncoder(nn.Module):
         if name in self.adapters:
             raise ConfigError(f"adapter {name!r} already exists")
         adapter = BottleneckAdapter(cfg, self.base.hidden_size, self.base.num_layers).to(self.device)
+        adapter.train(self.training)  # a module added to a model in eval mode must not run dropout
         self.adapters[name] = adapter
         return adapter
 
     def add_head(self, name: str, cfg: HeadConfig) -> PredictionHead:
         head = PredictionHead(cfg, self.base.hidden_size).to(self.device)
+        head.train(self.training)
         self.heads[name] = head
         return head
 
@@ -69,6 +71,7 @@ class AdaptedEncoder(nn.Module):
         adapters = [self.adapters[m] for m in members]
         check_fusable(adapters)  # type: ignore[arg-type]
         fusion = Fusion(cfg or FusionConfig(), members, adapters[0]).to(self.device)  # type: ignore[arg-type]
+        fusion.train(self.training)
         self.fusions[name] = fusion
         return fusion
 

@@ -38,7 +38,7 @@ def fuse(fusion: Fusion, adapters: list[BottleneckAdapter], capture: dict[str, t
         last = stack.last
         h, res = last.pre(x, r, ln)
         flat = h.reshape(-1, h.shape[-1])
-        context, probs = fusion.layer(key).mix(flat, stack.ups(flat))
+        context, probs = fusion.layer(key).attend(stack, flat)
         if "on" in capture:
             capture[key] = probs.view(*h.shape[:-1], -1).detach()
         return last.post(context.view_as(h) + res, x, r, ln)

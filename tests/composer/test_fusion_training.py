@@ -140,3 +140,24 @@ def test_multitask_trains_one_adapter_and_head_per_task(tiny_bert_dir):
     run.model.activate(Single("flip"))  # members work alone
     with pytest.raises(ConfigError, match="at least 2"):
         train_multitask(base, tasks[:1], preset("seq_bn"), cfg)
+
+
+def test_stacked_site_equals_each_adapter_alone_even_with_different_sizes(tiny_bert_dir):
+    from composer.fusion import StackedSite
+    from composer.model import AdaptedEncoder
+
+    model = AdaptedEncoder(load_base(tiny_bert_dir)).eval()
+    model.add_adapter("small", preset("seq_bn", reduction_factor=16))  # bottleneck 2
+    model.add_adapter("big", preset("seq_bn", reduction_factor=4))  # bottleneck 8
+    assert not model.adapters["big"].training  # added to an eval model: stays in eval mode
+    layers = [model.adapters[n].sites["L0_ffn"] for n in ("small", "big")]
+    with torch.no_grad():
+        for lay in layers:
+            for p in lay.parameters():
+                p.normal_(0, 0.3)
+        h = torch.randn(5, 32)
+        stacked = StackedSite(layers).ups(h)
+        for i, lay in enumerate(layers):
+            torch.testing.assert_close(stacked[:, i], lay.delta(h), atol=1e-6, rtol=0)
+    model.add_fusion("f", ["small", "big"])
+    assert not model.fusions["f"].training
