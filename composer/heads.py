@@ -23,7 +23,7 @@ class HeadConfig:
     num_labels: int = 2
     layers: int = 2
     activation: str = "tanh"
-    pooling: Literal["cls", "mean"] = "cls"
+    pooling: Literal["cls", "mean", "first_token"] = "cls"
     dropout: float = 0.1
 
     def __post_init__(self) -> None:
@@ -35,8 +35,8 @@ class HeadConfig:
             raise ConfigError(f"a classification head needs >= 2 labels, got {self.num_labels}")
         if self.layers not in (1, 2):
             raise ConfigError(f"head layers must be 1 or 2, got {self.layers}")
-        if self.pooling not in ("cls", "mean"):
-            raise ConfigError(f"pooling must be 'cls' or 'mean', got {self.pooling!r}")
+        if self.pooling not in ("cls", "mean", "first_token"):
+            raise ConfigError(f"pooling must be 'cls', 'mean' or 'first_token', got {self.pooling!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -48,7 +48,7 @@ class HeadConfig:
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.Tensor:
-    if how == "cls":
+    if how in ("cls", "first_token"):
         return hidden[:, 0]
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
@@ -69,7 +69,10 @@ class PredictionHead(nn.Module):
                     lin.bias.zero_()
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        z = self.dropout(pool(hidden, attention_mask, self.cfg.pooling))
+        return self.classify(pool(hidden, attention_mask, self.cfg.pooling))
+
+    def classify(self, pooled: torch.Tensor) -> torch.Tensor:
+        z = self.dropout(pooled)
         if self.dense is not None:
             z = self.dropout(self.act(self.dense(z)))
         out = self.out(z)
@@ -79,3 +82,19 @@ class PredictionHead(nn.Module):
         if self.cfg.kind == "regression":
             return nn.functional.mse_loss(logits, labels.to(logits.dtype))
         return nn.functional.cross_entropy(logits, labels)
+
+
+def stacked_classify(heads: list[PredictionHead], pooled: torch.Tensor) -> torch.Tensor:
+    """K heads at once on pooled [B, K, H] (row b, replica k uses head k) -> [B, K, C]. Eval only."""
+    first = heads[0]
+    if any(h.cfg != first.cfg for h in heads):
+        raise ConfigError("an ensemble's heads must share one head config")
+    z = pooled
+    if first.dense is not None:
+        w = torch.stack([h.dense.weight for h in heads])  # type: ignore[union-attr]
+        b = torch.stack([h.dense.bias for h in heads])  # type: ignore[union-attr]
+        z = first.act(torch.einsum("bkh,kgh->bkg", z, w) + b)  # type: ignore[misc]
+    w = torch.stack([h.out.weight for h in heads])
+    b = torch.stack([h.out.bias for h in heads])
+    out = torch.einsum("bkh,kch->bkc", z, w) + b
+    return out.squeeze(-1) if first.cfg.kind == "regression" else out

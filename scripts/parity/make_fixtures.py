@@ -97,6 +97,47 @@ def fusion_fixtures(x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def prompt_fixtures(x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """adapters 1.3.0 prompt tuning (hidden states), and a PEFT prompt-tuning classifier (logits)."""
+    from adapters import PromptTuningConfig
+    from peft import PromptTuningConfig as PeftPromptConfig
+    from peft import TaskType, get_peft_model
+    from transformers import BertForSequenceClassification
+
+    out: dict[str, torch.Tensor] = {}
+    model = BertModel.from_pretrained(OUT / "base").eval()
+    adapters.init(model)
+    model.add_adapter("prompt", config=PromptTuningConfig(prompt_length=5))
+    randomise(model, ["prompt"], seed=500)
+    model.set_active_adapters("prompt")
+    model.eval()
+    with torch.no_grad():
+        out["prompt/adapterhub"] = model(**x).last_hidden_state
+        # adapters 1.3.0 lets padding change a prompted row's output (its prefix mask is wrong under
+        # sdpa); each row alone and unpadded is the reference's correct answer.
+        for i in range(x["input_ids"].shape[0]):
+            n = int(x["attention_mask"][i].sum())
+            row = {k: v[i : i + 1, :n] for k, v in x.items()}
+            out[f"prompt/adapterhub_row{i}"] = model(**row).last_hidden_state[0]
+    (OUT / "prompts" / "adapterhub").mkdir(parents=True, exist_ok=True)
+    model.save_adapter(str(OUT / "prompts" / "adapterhub"), "prompt", use_safetensors=True)
+
+    torch.manual_seed(7)
+    clf = BertForSequenceClassification(tiny_config().__class__(**{**tiny_config().to_dict(), "num_labels": 3})).eval()
+    clf.save_pretrained(OUT / "prompts" / "peft_base", safe_serialization=True)
+    peft_model = get_peft_model(clf, PeftPromptConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=4))
+    gen = torch.Generator().manual_seed(501)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    peft_model.eval()
+    with torch.no_grad():
+        out["prompt/peft_logits"] = peft_model(**x).logits
+    peft_model.save_pretrained(str(OUT / "prompts" / "peft"), safe_serialization=True)
+    return out
+
+
 def main() -> None:
     if OUT.exists():
         shutil.rmtree(OUT)
@@ -134,6 +175,7 @@ def main() -> None:
     model.save_adapter(str(OUT / "adapters" / "with_head"), "with_head", with_head=True, use_safetensors=True)
 
     expected.update(fusion_fixtures(x))
+    expected.update(prompt_fixtures(x))
     save_file({k: v.contiguous() for k, v in expected.items()}, str(OUT / "expected.safetensors"))
     meta = {"adapters": adapters.__version__, "torch": torch.__version__, "presets": PRESETS}
     import transformers

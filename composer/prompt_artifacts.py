@@ -1,0 +1,112 @@
+"""Soft-prompt artifacts (ours), and importers for AdapterHub and PEFT prompt-tuning directories.
+
+Ours: `prompt_config.json` + `prompt.safetensors` (`prompt.embedding` [L, H] and the
+prompt's own `head.*`, the way PEFT keeps the classifier in `modules_to_save`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from composer.base import BaseIdentity
+from composer.errors import ArtifactError, ConfigError
+from composer.heads import HeadConfig
+from composer.prompts import PromptConfig
+from composer.safetensors_io import read_tensors, sha256_bytes, tensors_from_bytes, tensors_to_bytes
+
+FORMAT = "composer-prompt"
+
+
+@dataclass
+class PromptArtifact:
+    name: str
+    config: PromptConfig
+    hidden_size: int
+    prompt: torch.Tensor  # [L, H]
+    head: HeadConfig | None = None
+    head_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    labels: list[str] | None = None
+    base: BaseIdentity | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def to_files(art: PromptArtifact) -> tuple[bytes, bytes]:
+    tensors = {"prompt.embedding": art.prompt, **{f"head.{k}": v for k, v in art.head_tensors.items()}}
+    weights = tensors_to_bytes(tensors)
+    meta = {
+        "format": FORMAT, "format_version": 1, "name": art.name, "kind": "soft_prompt", "method": "prompt_tuning",
+        "config": art.config.to_dict(), "head": art.head.to_dict() if art.head else None, "labels": art.labels,
+        "hidden_size": art.hidden_size, "base": art.base.to_dict() if art.base else None,
+        "metrics": art.metrics, "sha256": sha256_bytes(weights),
+    }  # fmt: skip
+    return json.dumps(meta, indent=2, sort_keys=True).encode(), weights
+
+
+def from_files(config: bytes, weights: bytes) -> PromptArtifact:
+    meta = json.loads(config)
+    if meta.get("format") != FORMAT:
+        raise ArtifactError(f"not a {FORMAT} config")
+    if sha256_bytes(weights) != meta.get("sha256"):
+        raise ArtifactError("checksum mismatch: prompt weights do not match the sha256 in their config")
+    tensors = tensors_from_bytes(weights, "prompt weights")
+    if "prompt.embedding" not in tensors:
+        raise ArtifactError("prompt weights have no prompt.embedding")
+    return PromptArtifact(
+        name=meta["name"], config=PromptConfig.from_dict(meta["config"]), hidden_size=int(meta["hidden_size"]),
+        prompt=tensors["prompt.embedding"],
+        head=HeadConfig.from_dict(meta["head"]) if meta.get("head") else None,
+        head_tensors={k[5:]: v for k, v in tensors.items() if k.startswith("head.")},
+        labels=meta.get("labels"), base=BaseIdentity.from_dict(meta["base"]) if meta.get("base") else None,
+        metrics=meta.get("metrics") or {},
+    )  # fmt: skip
+
+
+def import_adapterhub_prompt(directory: str | Path) -> PromptArtifact:
+    d = Path(directory)
+    meta = json.loads((d / "adapter_config.json").read_text())
+    raw = meta.get("config", {})
+    if raw.get("architecture") != "prompt_tuning":
+        raise ConfigError("not an AdapterHub prompt-tuning adapter")
+    if raw.get("combine", "prefix") != "prefix":
+        raise ConfigError(f"combine={raw.get('combine')!r} is not supported")
+    (weight,) = [v for k, v in read_tensors(d / "adapter.safetensors").items() if k.endswith("prompt_embedding.weight")]
+    cfg = PromptConfig(length=int(raw["prompt_length"]), insertion="embedding_output", init="uniform")
+    return PromptArtifact(
+        name=str(meta.get("name", d.name)), config=cfg, hidden_size=int(meta["hidden_size"]), prompt=weight
+    )
+
+
+def import_peft_prompt(directory: str | Path, base_dir: str | Path | None = None) -> PromptArtifact:
+    """A PEFT PROMPT_TUNING directory. For SEQ_CLS the classifier comes from `modules_to_save`, and the
+    pooler it reads (dense + tanh on position 0) from the base checkpoint, which PEFT does not copy."""
+    d = Path(directory)
+    if (d / "adapter_model.bin").exists() and not (d / "adapter_model.safetensors").exists():
+        raise ArtifactError("adapter_model.bin is a pickle and is refused; save the PEFT model with safetensors")
+    meta = json.loads((d / "adapter_config.json").read_text())
+    if meta.get("peft_type") != "PROMPT_TUNING":
+        raise ConfigError(f"only PEFT PROMPT_TUNING imports here, got {meta.get('peft_type')!r}")
+    tensors = read_tensors(d / "adapter_model.safetensors")
+    prompt = tensors["prompt_embeddings"]
+    cfg = PromptConfig(length=int(meta["num_virtual_tokens"]), insertion="input_embeds", init="uniform")
+    art = PromptArtifact(name=d.name, config=cfg, hidden_size=int(meta["token_dim"]), prompt=prompt)
+    clf = {
+        k.split("classifier.")[-1]: v for k, v in tensors.items() if ".classifier." in k or k.startswith("classifier.")
+    }
+    if clf and meta.get("task_type") == "SEQ_CLS":
+        if base_dir is None:
+            raise ConfigError("a PEFT SEQ_CLS prompt needs the base directory for its pooler weights")
+        base = read_tensors(Path(base_dir) / "model.safetensors")
+        pooler = {k.split("pooler.dense.")[-1]: v for k, v in base.items() if "pooler.dense." in k}
+        if set(pooler) != {"weight", "bias"}:
+            raise ArtifactError("the base checkpoint has no pooler; the PEFT classifier cannot be reproduced")
+        n = clf["weight"].shape[0]
+        art.head = HeadConfig(kind="classification" if n > 1 else "regression", num_labels=n, layers=2,
+                              activation="tanh", pooling="first_token", dropout=0.1)  # fmt: skip
+        art.head_tensors = {"dense.weight": pooler["weight"], "dense.bias": pooler["bias"],
+                            "out.weight": clf["weight"], "out.bias": clf["bias"]}  # fmt: skip
+    return art

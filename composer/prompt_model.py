@@ -1,0 +1,83 @@
+"""`PromptModel`: K soft prompts (each with its own head) on one frozen base; K prompts run as
+one forward of B×K rows, each input replicated K times with a different prompt per replica."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from composer.base import LoadedBase
+from composer.errors import ConfigError, IncompatibleBaseError
+from composer.heads import HeadConfig, PredictionHead, stacked_classify
+from composer.prompt_artifacts import PromptArtifact
+from composer.prompts import PromptConfig, SoftPrompt, encode_prompted, pool_prompted
+
+
+class PromptModel(nn.Module):
+    def __init__(self, base: LoadedBase):
+        super().__init__()
+        self.base = base
+        self.encoder = base.model
+        self.prompts = nn.ModuleDict()
+        self.heads = nn.ModuleDict()
+        self.encoder.eval()
+
+    def train(self, mode: bool = True) -> PromptModel:
+        super().train(mode)
+        self.encoder.eval()  # the frozen base runs without dropout (docs/architecture.md)
+        return self
+
+    def add(self, name: str, cfg: PromptConfig, head: HeadConfig) -> None:
+        if name in self.prompts:
+            raise ConfigError(f"prompt {name!r} already exists")
+        dev = self.base.device
+        self.prompts[name] = SoftPrompt(cfg, self.base.hidden_size).to(dev).train(self.training)
+        self.heads[name] = PredictionHead(head, self.base.hidden_size).to(dev).train(self.training)
+
+    def attach(self, art: PromptArtifact, name: str | None = None) -> str:
+        name = name or art.name
+        if art.hidden_size != self.base.hidden_size:
+            raise IncompatibleBaseError(
+                f"prompt {art.name!r} has hidden size {art.hidden_size}, the base {self.base.hidden_size}"
+            )
+        if art.base is not None:
+            self.base.identity.check_same(art.base, what=f"prompt {art.name!r}")
+        if art.head is None:
+            raise ConfigError(f"prompt {art.name!r} has no head; it cannot classify")
+        self.add(name, art.config, art.head)
+        with torch.no_grad():
+            self.prompts[name].embedding.copy_(art.prompt)
+        self.heads[name].load_state_dict(art.head_tensors, strict=True)
+        return name
+
+    def check_batchable(self, names: Sequence[str]) -> PromptConfig:
+        if not names:
+            raise ConfigError("an ensemble needs at least one prompt (K >= 1)")
+        missing = [n for n in names if n not in self.prompts]
+        if missing:
+            raise ConfigError(f"unknown prompts {missing}")
+        cfgs = {(self.prompts[n].cfg.length, self.prompts[n].cfg.insertion) for n in names}
+        if len(cfgs) != 1:
+            raise ConfigError("prompts of different lengths or insertion points cannot share one forward")
+        return self.prompts[names[0]].cfg
+
+    def logits(self, names: Sequence[str], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[B, K, C] (or [B, K] for regression): every input under every prompt, in one forward."""
+        cfg = self.check_batchable(names)
+        k = len(names)
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        b = ids.shape[0]
+        tt = batch.get("token_type_ids")
+        rep = (lambda t: t.repeat_interleave(k, dim=0)) if k > 1 else (lambda t: t)
+        prompts = torch.stack([self.prompts[n].embedding for n in names])  # [K, L, H]
+        prompts = prompts.repeat(b, 1, 1) if k > 1 else prompts.expand(b, -1, -1)
+        hidden = encode_prompted(
+            self.base, rep(ids), rep(mask), rep(tt) if tt is not None else None, prompts, cfg.insertion
+        )
+        heads = [self.heads[n] for n in names]
+        pooled = pool_prompted(hidden, rep(mask), cfg.length, heads[0].cfg.pooling).view(b, k, -1)
+        if self.training:
+            pooled = nn.functional.dropout(pooled, heads[0].cfg.dropout)
+        return stacked_classify(heads, pooled)  # type: ignore[arg-type]
