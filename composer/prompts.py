@@ -71,7 +71,13 @@ class SoftPrompt(nn.Module):
                 self.embedding.uniform_(-self.cfg.uniform_scale, self.cfg.uniform_scale, generator=gen)
                 return
             if self.cfg.init == "vocab":
-                ids = torch.randint(1000, min(5000, words.num_embeddings), (n,), generator=gen)
+                # BERT's ids 1000-5000 are frequent word pieces; tiny test vocabularies use what they have
+                lo, hi = (
+                    (1000, 5000)
+                    if words.num_embeddings > 5000
+                    else (min(5, words.num_embeddings - 1), words.num_embeddings)
+                )
+                ids = torch.randint(lo, hi, (n,), generator=gen)
             else:
                 text = self.cfg.init_text if self.cfg.init == "text" else " ".join(labels)
                 if not text:

@@ -1,0 +1,85 @@
+"""Prompt-ensemble voting over K prompts' logits, and exact early exit for majority voting.
+
+Strategies:
+- `majority`: one vote per prompt; ties are broken by the mean probability (and reported);
+- `weighted`: votes weighted by each prompt's validation score, normalised;
+- `mean_prob`: argmax of the mean of the K probability vectors;
+- `mean_logit`: argmax of the mean of the K logit vectors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from composer.errors import ConfigError
+
+STRATEGIES = ("majority", "weighted", "mean_prob", "mean_logit")
+
+
+@dataclass
+class RowVote:
+    label: int
+    agreement: float  # share of the evaluated prompts that voted for the label
+    counts: list[float]  # votes per label (weighted votes for `weighted`)
+    per_prompt: list[tuple[int, float] | None]  # (label, probability of that label); None = skipped
+    early_exit: bool = False
+    tie_break: bool = False
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def check_strategy(strategy: str, scores: list[float | None] | None) -> None:
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"unknown voting strategy {strategy!r}; use one of {list(STRATEGIES)}")
+    if strategy == "weighted" and (not scores or any(s is None for s in scores)):
+        raise ConfigError("weighted voting needs a validation score for every prompt")
+
+
+def vote(logits: torch.Tensor, strategy: str = "majority", scores: list[float | None] | None = None,
+         evaluated: torch.Tensor | None = None) -> list[RowVote]:  # fmt: skip
+    """logits [B, K, C]; `evaluated` [B, K] bool marks prompts that ran for each row (default: all)."""
+    check_strategy(strategy, scores)
+    b, k, c = logits.shape
+    ev = evaluated if evaluated is not None else torch.ones(b, k, dtype=torch.bool)
+    probs = torch.softmax(logits.float(), dim=-1)
+    votes = probs.argmax(-1)  # [B, K]
+    out = []
+    for i in range(b):
+        idx = ev[i].nonzero().flatten()
+        p, v, lg = probs[i, idx], votes[i, idx], logits[i, idx].float()
+        mean_p = p.mean(0)
+        per = [None] * k
+        for j, kk in enumerate(idx.tolist()):
+            per[kk] = (int(v[j]), float(p[j, v[j]]))
+        tie = False
+        if strategy in ("majority", "weighted"):
+            w = (
+                torch.ones(len(idx))
+                if strategy == "majority"
+                else torch.tensor([float(scores[j]) for j in idx.tolist()])
+            )  # type: ignore[index,arg-type]
+            w = w / w.sum() * len(idx) if strategy == "weighted" else w
+            counts = torch.zeros(c).index_add_(0, v, w)
+            top = counts.max()
+            tied = (counts == top).nonzero().flatten()
+            tie = len(tied) > 1
+            label = int(tied[mean_p[tied].argmax()]) if tie else int(tied[0])
+        elif strategy == "mean_prob":
+            counts, label = torch.bincount(v, minlength=c).float(), int(mean_p.argmax())
+        else:
+            counts, label = torch.bincount(v, minlength=c).float(), int(lg.mean(0).argmax())
+        agreement = float((v == label).float().mean())
+        out.append(RowVote(label, agreement, [float(x) for x in counts], per, tie_break=tie))
+    return out
+
+
+def decided(votes: torch.Tensor, num_labels: int, remaining: int) -> torch.Tensor:
+    """[B] bool: rows whose majority cannot change, however the `remaining` prompts vote.
+
+    A row is decided when its leading label's count exceeds the runner-up's count plus the
+    number of prompts not yet run: no remaining vote, and no tie-break, can change it."""
+    counts = torch.nn.functional.one_hot(votes, num_labels).sum(1)  # [B, C]
+    top2 = counts.topk(min(2, num_labels), dim=-1).values
+    runner = top2[:, 1] if num_labels > 1 else torch.zeros_like(top2[:, 0])
+    return top2[:, 0] > runner + remaining

@@ -1,0 +1,104 @@
+"""Prompt training, the batched ensemble forward, voting strategies, and exact early exit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from composer.base import load_base
+from composer.data import Collator, TaskSpec
+from composer.ensemble import predict_ensemble
+from composer.errors import ConfigError
+from composer.prompt_training import train_prompts
+from composer.prompts import PromptConfig
+from composer.training import TrainConfig
+from composer.voting import vote
+from tests.composer.test_fusion_training import examples
+
+TASK = TaskSpec("sent", labels=("neg", "pos"))
+
+
+class FakePrompts:
+    """Stands in for PromptModel: logits for (row, prompt) come from a fixed table, so early exit can be
+    checked against the full vote over thousands of random cases."""
+
+    def __init__(self, table: torch.Tensor):
+        self.table, self.calls = table, []
+
+    def check_batchable(self, names):
+        if not names:
+            raise ConfigError("K = 0")
+
+    def logits(self, names, batch):
+        rows = batch["row"]
+        self.calls.append((len(rows), len(names)))
+        cols = [int(n) for n in names]
+        return self.table[rows][:, cols]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 12), st.integers(3, 9), st.integers(2, 4), st.integers(0, 2**31 - 1), st.booleans())
+def test_early_exit_labels_equal_the_full_vote(b, k, c, seed, discrete):
+    gen = torch.Generator().manual_seed(seed)
+    table = torch.randn(b, k, c, generator=gen)
+    if discrete:  # many exact ties
+        table = torch.randint(0, 2, (b, k, c), generator=gen).float()
+    scores = torch.rand(k, generator=gen).tolist()
+    names = [str(j) for j in range(k)]
+    full = predict_ensemble(FakePrompts(table), names, {"row": torch.arange(b)}, scores=scores)
+    fake = FakePrompts(table)
+    fast = predict_ensemble(fake, names, {"row": torch.arange(b)}, scores=scores, early_exit=True)
+    assert [r.label for r in fast] == [r.label for r in full]
+    m = k // 2 + 1
+    for r in fast:
+        skipped = sum(p is None for p in r.per_prompt)
+        assert (skipped == k - m) if r.early_exit else skipped == 0
+    assert fake.calls[0] == (b, m) and all(n == k - m for _, n in fake.calls[1:])
+
+
+def test_voting_strategies_on_hand_made_logits():
+    # 3 prompts, 2 labels. Prompt 0 and 1 vote label 0 weakly, prompt 2 votes label 1 strongly.
+    logits = torch.tensor([[[0.1, 0.0], [0.2, 0.0], [0.0, 5.0]]])
+    assert vote(logits, "majority")[0].label == 0
+    assert vote(logits, "majority")[0].counts == [2.0, 1.0]
+    assert vote(logits, "mean_prob")[0].label == 1
+    assert vote(logits, "mean_logit")[0].label == 1
+    assert vote(logits, "weighted", scores=[0.1, 0.1, 0.9])[0].label == 1
+    assert vote(logits, "weighted", scores=[0.9, 0.9, 0.1])[0].label == 0
+    tie = vote(torch.tensor([[[1.0, 0.0], [0.0, 3.0]]]), "majority")[0]
+    assert tie.tie_break and tie.label == 1  # 1-1, broken by the mean probability
+    with pytest.raises(ConfigError, match="unknown voting"):
+        vote(logits, "plurality")
+    with pytest.raises(ConfigError, match="validation score"):
+        vote(logits, "weighted", scores=[0.5, None, 0.5])
+
+
+def test_prompts_train_as_one_batched_model_and_ensemble_in_one_forward(tiny_bert_dir):
+    base = load_base(tiny_bert_dir)
+    before = {k: v.clone() for k, v in base.model.state_dict().items()}
+    data = examples(32, seed=3)
+    cfg = TrainConfig(learning_rate=3e-2, epochs=15, batch_size=8, patience=0)
+    run = train_prompts(base, TASK, data, data, 3, PromptConfig(length=4), cfg)
+    assert run.result.best_metrics["mean"] >= 0.7  # fits the toy task (chance 0.5)
+    assert all(torch.equal(before[k], v) for k, v in base.model.state_dict().items())
+    arts = run.artifacts(TASK)
+    assert [a.name for a in arts] == ["p0", "p1", "p2"] and "accuracy" in arts[0].metrics
+    assert not torch.equal(arts[0].prompt, arts[1].prompt)  # different inits
+    batch = {k: v for k, v in Collator(base.tokenizer, TASK)(data[:5]).items() if k != "labels"}
+    run.model.eval()
+    with torch.no_grad():
+        together = run.model.logits(run.names, batch)
+        for i, n in enumerate(run.names):  # one batched forward == K separate forwards
+            torch.testing.assert_close(together[:, i], run.model.logits([n], batch)[:, 0], atol=1e-5, rtol=0)
+    with pytest.raises(ConfigError, match="K >= 1"):
+        run.model.logits([], batch)
+    with pytest.raises(ConfigError, match="unknown prompts"):
+        run.model.logits(["p0", "nope"], batch)
+    scores = [a.metrics["accuracy"] for a in arts]
+    full = predict_ensemble(run.model, run.names, batch, "majority", scores)
+    fast = predict_ensemble(run.model, run.names, batch, "majority", scores, early_exit=True)
+    assert [r.label for r in full] == [r.label for r in fast]
+    with pytest.raises(ConfigError, match="majority"):
+        predict_ensemble(run.model, run.names, batch, "mean_prob", scores, early_exit=True)
