@@ -94,6 +94,26 @@ class FusionJobSpec(Spec):
         return TrainConfig.from_dict({**FUSION_DEFAULTS, **self.hyperparameters})
 
 
+PROMPT_DEFAULTS = {"learning_rate": 0.3, "epochs": 10, "patience": 3}
+
+
+class PromptsJobSpec(Spec):
+    """Train K soft prompts (each with its own head) for one task, and register them as an ensemble."""
+
+    task: str
+    base_model: str
+    train_dataset: str
+    validation_dataset: str | None = None
+    k: int = Field(5, ge=1, le=32)
+    prompt: dict[str, Any] = Field(default_factory=lambda: {"length": 20})  # PromptConfig fields
+    voting: Literal["majority", "weighted", "mean_prob", "mean_logit"] = "majority"
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    name: str | None = None
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig.from_dict({**PROMPT_DEFAULTS, **self.hyperparameters})
+
+
 class EvaluateJobSpec(Spec):
     """Score an adapter on a dataset split and store the metrics."""
 
@@ -105,6 +125,7 @@ SPECS: dict[str, type[Spec]] = {
     "adapter": AdapterJobSpec,
     "multitask": MultitaskJobSpec,
     "fusion": FusionJobSpec,
+    "prompts": PromptsJobSpec,
     "evaluate": EvaluateJobSpec,
 }
 
@@ -157,6 +178,22 @@ def check_against_registry(s: Session, owner_id: str, job_type: str, spec: Spec)
         return spec.model_copy(update={"tasks": items, "base_model": base.id}).model_dump()
     if isinstance(spec, FusionJobSpec):
         return check_fusion(s, owner_id, spec)
+    if isinstance(spec, PromptsJobSpec):
+        from composer.prompts import PromptConfig
+
+        try:
+            spec.train_config()
+            PromptConfig.from_dict(spec.prompt)
+        except ComposerError as e:
+            raise InvalidInput(str(e)) from None
+        task = catalog.get_task(s, owner_id, spec.task)
+        base = catalog.get_base_model(s, spec.base_model)
+        _dataset_of_task(s, owner_id, spec.train_dataset, task.id, "train")
+        if spec.validation_dataset:
+            _dataset_of_task(s, owner_id, spec.validation_dataset, task.id, "validation")
+        elif spec.voting == "weighted":
+            raise InvalidInput("weighted voting needs a validation dataset to score the prompts")
+        return spec.model_copy(update={"task": task.id, "base_model": base.id}).model_dump()
     if isinstance(spec, EvaluateJobSpec):
         adapter = adapter_repo.resolve_adapter(s, owner_id, spec.adapter)
         _dataset_of_task(s, owner_id, spec.dataset, adapter.task_id, "evaluation")

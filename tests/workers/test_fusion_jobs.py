@@ -114,3 +114,20 @@ def test_evaluate_job_stores_metrics_on_the_adapter(world):
     with w.registry.tx() as s:
         row = adapters.get_adapter(s, adapter_id)
     assert row.metrics[f"eval/validation/{w.validation}"] == done.result["metrics"]
+
+
+def test_prompts_job_registers_k_prompts_and_an_ensemble(world):
+    w = world
+    spec = {"task": w.task, "base_model": w.base, "train_dataset": w.train, "validation_dataset": w.validation,
+            "k": 3, "prompt": {"length": 4}, "voting": "weighted",
+            "hyperparameters": {"learning_rate": 3e-2, "epochs": 2, "batch_size": 8, "patience": 0}}  # fmt: skip
+    done = submit_and_run(w, "prompts", spec)
+    with w.registry.tx() as s:
+        members = adapters.set_members(s, done.result["ensemble_id"])
+        assert [m.id for m in members] == done.result["adapter_ids"] and len(members) == 3
+        assert {m.kind for m in members} == {"soft_prompt"}
+        assert all("accuracy" in m.metrics for m in members)  # validation scores, for weighted voting
+    with pytest.raises(InvalidInput, match="validation dataset"):
+        submit_job(w.registry, w.owner, "prompts", {**spec, "validation_dataset": None}, send=Outbox())
+    with pytest.raises(InvalidInput, match="prompt length"):
+        submit_job(w.registry, w.owner, "prompts", {**spec, "prompt": {"length": 0}}, send=Outbox())

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from workers.handlers import adapter, evaluate, fusion, multitask
+from workers.handlers import adapter, evaluate, fusion, multitask, prompts
 
 HANDLERS = {
     "adapter": adapter.handle,
     "multitask": multitask.handle,
     "fusion": fusion.handle,
+    "prompts": prompts.handle,
     "evaluate": evaluate.handle,
 }

@@ -1,0 +1,57 @@
+"""`prompts` jobs: train K soft prompts for a task; register each as a soft_prompt and the set as an ensemble."""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from composer.prompt_artifacts import to_files
+from composer.prompt_training import train_prompts
+from composer.prompts import PromptConfig
+from registry_db.models import Job
+from registry_db.repo import adapters, catalog
+from workers.catalog import load_dataset_examples, task_spec
+from workers.devices import pick_device
+from workers.handlers.adapter import load_registered_base, with_checkpoint_default
+from workers.runner import Finish, JobContext
+from workers.specs import PromptsJobSpec
+
+
+def handle(ctx: JobContext) -> Finish:
+    spec = PromptsJobSpec.model_validate(ctx.job.spec)
+    cfg = with_checkpoint_default(spec.train_config(), ctx)
+    with ctx.registry.tx() as s:
+        task = catalog.get_task(s, ctx.job.owner_id, spec.task)
+        base_row = catalog.get_base_model(s, spec.base_model)
+        train_ds = catalog.get_dataset(s, spec.train_dataset)
+        val_ds = catalog.get_dataset(s, spec.validation_dataset) if spec.validation_dataset else None
+    tspec = task_spec(task)
+    train = load_dataset_examples(ctx.registry, train_ds, task)
+    validation = load_dataset_examples(ctx.registry, val_ds, task) if val_ds else []
+    base = load_registered_base(base_row, pick_device(ctx.settings.device))
+    run = train_prompts(base, tspec, train, validation, spec.k, PromptConfig.from_dict(spec.prompt), cfg,
+                        callbacks=[ctx.callback()], resume=ctx.resume)  # fmt: skip
+    arts = run.artifacts(tspec)
+    stored = []
+    for art in arts:
+        config, weights = to_files(art)
+        stored.append((ctx.registry.blobs.put(weights), ctx.registry.blobs.put(config)))
+    name = spec.name or f"{task.name}-prompts"
+
+    def register(s: Session, job: Job) -> dict:
+        ids = []
+        for art, (w_sha, c_sha) in zip(arts, stored, strict=True):
+            row = adapters.register_adapter(
+                s, owner_id=job.owner_id, task_id=task.id, base_model_id=base_row.id, kind="soft_prompt",
+                name=f"{name}/{art.name}", hidden_size=art.hidden_size, blob_sha256=w_sha, config_sha256=c_sha,
+                method_config={"method": "prompt_tuning", "config": art.config.to_dict()},
+                param_count=int(art.prompt.numel() + sum(t.numel() for t in art.head_tensors.values())),
+                metrics=art.metrics, job_id=job.id,
+            )  # fmt: skip
+            ids.append(row.id)
+        ens = adapters.create_set(s, owner_id=job.owner_id, kind="ensemble", name=f"{name}#{job.id}",
+                                  adapter_ids=ids, task_id=task.id, voting=spec.voting, job_id=job.id)  # fmt: skip
+        return {"adapter_ids": ids, "ensemble_id": ens.id}
+
+    scores = {n: run.result.best_metrics.get(f"{n}/{tspec.metric}") for n in run.names}
+    return Finish(result={"metrics": run.result.best_metrics, "scores": scores, "steps": run.result.steps},
+                  register=register)  # fmt: skip
