@@ -1,0 +1,67 @@
+"""The FastAPI application: settings, registry, serving runtime, bootstrap, routes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api import errors
+from api.metrics import install as install_metrics
+from api.routes import adapters, base_models, datasets, ensembles, health, jobs, keys, predict, tasks
+from api.settings import Settings, get_settings
+from composer.serving import Runtime
+from registry_db.registry import Registry
+from registry_db.repo import keys as key_repo
+
+log = logging.getLogger(__name__)
+
+
+def bootstrap(registry: Registry, settings: Settings) -> None:
+    """Create the admin key from COMPOSER_BOOTSTRAP_KEY if no admin key exists; register the packaged encoder."""
+    if settings.bootstrap_key:
+        with registry.tx() as s:
+            if not key_repo.admin_key_exists(s):
+                owner = key_repo.get_or_create_owner(s, "admin")
+                key_repo.create_key(
+                    s, owner.id, ["admin", "train", "read"], name="bootstrap", secret=settings.bootstrap_key
+                )
+                log.warning("created the bootstrap admin key")
+    if settings.register_packaged_encoder:
+        from composer.base import packaged_encoder_dir
+        from workers.catalog import register_base_model
+
+        d = packaged_encoder_dir()
+        if d is not None:
+            register_base_model(registry, d, name="all-MiniLM-L6-v2")
+
+
+def create_app(
+    settings: Settings | None = None, registry: Registry | None = None, send: Callable[[str, str], bool] | None = None
+) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        if app.state.registry is None:
+            app.state.registry = Registry.from_env(settings.database_url, settings.blob_url)
+        bootstrap(app.state.registry, settings)
+        yield
+        app.state.registry.close()
+
+    app = FastAPI(title="Adapter composition service", version="0.1.0", lifespan=lifespan,
+                  description="Adapters, AdapterFusion and soft-prompt ensembles on one frozen encoder.")  # fmt: skip
+    app.state.settings = settings
+    app.state.registry = registry
+    if send is None:
+        from workers.queueing import enqueue as send
+    app.state.send = send  # publishes "run job X" to the broker
+    app.state.runtime = Runtime(cache_bytes=int(settings.serving_cache_mb * (1 << 20)))
+    errors.install(app)
+    install_metrics(app)
+    app.include_router(health.router)
+    for module in (keys, base_models, tasks, datasets, jobs, adapters, predict, ensembles):
+        app.include_router(module.router, prefix="/v1")
+    return app

@@ -1,0 +1,66 @@
+"""Safe archive handling for imports and downloads: no pickles, no symlinks, no path tricks, size caps."""
+
+from __future__ import annotations
+
+import io
+import json
+import stat
+import zipfile
+from pathlib import PurePosixPath
+
+from api.errors import Problem
+
+PICKLE_NAMES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+def read_zip(data: bytes, max_uncompressed: int) -> dict[str, bytes]:
+    """The archive's regular files by basename. Refuses symlinks, absolute or `..` paths and zip bombs."""
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile:
+        raise Problem(422, "invalid-archive", "the upload is not a zip archive", field="file") from None
+    total, files = 0, {}
+    for info in zf.infolist():
+        path = PurePosixPath(info.filename)
+        if info.filename.startswith(("/", "\\")) or ".." in path.parts or ":" in info.filename:
+            raise Problem(422, "invalid-archive", f"unsafe path in archive: {info.filename!r}", field="file")
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise Problem(422, "invalid-archive", f"symlinks are refused: {info.filename!r}", field="file")
+        if info.is_dir():
+            continue
+        total += info.file_size
+        if total > max_uncompressed:
+            raise Problem(413, "archive-too-large", f"the archive unpacks to more than {max_uncompressed} bytes")
+        name = path.name
+        if name.endswith(PICKLE_NAMES):
+            raise Problem(422, "pickle-refused", f"{name} is a pickle; only safetensors are accepted", field="file")
+        files[name] = zf.read(info)
+    return files
+
+
+def detect(files: dict[str, bytes]) -> str:
+    """ours-adapter | ours-fusion | ours-prompt | adapterhub | peft."""
+    for cfg in ("adapter_config.json", "fusion_config.json", "prompt_config.json"):
+        if cfg in files:
+            try:
+                meta = json.loads(files[cfg])
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise Problem(422, "invalid-archive", f"{cfg} is not valid JSON", field="file") from None
+            fmt = meta.get("format", "")
+            if fmt.startswith("composer-"):
+                return "ours-" + fmt.split("-", 1)[1]
+            if "peft_type" in meta:
+                return "peft"
+            if "config" in meta and "hidden_size" in meta:
+                return "adapterhub"
+    raise Problem(
+        422, "unknown-format", "no adapter_config.json of a known format (ours, AdapterHub, PEFT)", field="file"
+    )
+
+
+def make_zip(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return buf.getvalue()

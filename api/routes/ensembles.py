@@ -1,0 +1,123 @@
+"""Prompt ensembles: list, compose, and the ensemble endpoint (per-input votes)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import Reader, RegistryDep, Trainer
+from api.errors import Problem
+from api.loaders import ensure
+from api.routes.predict import InputRow
+from composer.data import Example
+from composer.voting import check_strategy
+from registry_db.errors import NotFound
+from registry_db.models import AdapterSet
+from registry_db.repo import adapters, catalog
+from workers.catalog import task_spec
+
+router = APIRouter(tags=["ensembles"])
+Strategy = Literal["majority", "weighted", "mean_prob", "mean_logit"]
+
+
+class EnsembleIn(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    task: str
+    prompts: list[str] = Field(min_length=1, max_length=32)
+    voting: Strategy = "majority"
+
+
+class EnsemblePredictIn(BaseModel):
+    inputs: list[InputRow] = Field(min_length=1, max_length=256)
+    strategy: Strategy | None = None
+    early_exit: bool = False
+
+
+def ensemble_json(s, e: AdapterSet) -> dict:  # type: ignore[no-untyped-def]
+    members = adapters.set_members(s, e.id)
+    return {"id": e.id, "name": e.name, "task_id": e.task_id, "voting": e.voting, "prompts": [m.id for m in members],
+            "scores": [m.metrics.get("accuracy") for m in members], "created_at": e.created_at.isoformat()}  # fmt: skip
+
+
+def get_ensemble(s, owner_id: str, ensemble_id: str) -> AdapterSet:  # type: ignore[no-untyped-def]
+    e = s.get(AdapterSet, ensemble_id)
+    if e is None or e.kind != "ensemble" or e.owner_id != owner_id:
+        raise NotFound(f"ensemble {ensemble_id!r} not found")
+    return e
+
+
+@router.get("/ensembles")
+def list_ensembles(caller: Reader, reg: RegistryDep, task: str | None = None) -> list[dict]:
+    with reg.tx() as s:
+        stmt = select(AdapterSet).where(AdapterSet.owner_id == caller.owner_id, AdapterSet.kind == "ensemble")
+        if task:
+            stmt = stmt.where(AdapterSet.task_id == catalog.get_task(s, caller.owner_id, task).id)
+        return [ensemble_json(s, e) for e in s.scalars(stmt.order_by(AdapterSet.created_at)).all()]
+
+
+@router.post("/ensembles", status_code=201)
+def create_ensemble(body: EnsembleIn, caller: Trainer, reg: RegistryDep) -> dict:
+    with reg.tx() as s:
+        task = catalog.get_task(s, caller.owner_id, body.task)
+        rows = [adapters.resolve_adapter(s, caller.owner_id, p) for p in body.prompts]
+        for r in rows:
+            if r.kind != "soft_prompt":
+                raise Problem(422, "invalid-input", f"{r.id} is a {r.kind}, not a soft prompt", field="prompts")
+            if r.task_id != task.id:
+                raise Problem(422, "invalid-input", f"prompt {r.id} belongs to another task", field="prompts")
+        if len({r.base_model_id for r in rows}) != 1:
+            raise Problem(422, "invalid-input", "the prompts were trained on different base models", field="prompts")
+        if body.voting == "weighted" and any(r.metrics.get(task.metric) is None for r in rows):
+            raise Problem(
+                422, "invalid-input", "weighted voting needs a validation score for every prompt", field="voting"
+            )
+        e = adapters.create_set(s, owner_id=caller.owner_id, kind="ensemble", name=body.name,
+                                adapter_ids=[r.id for r in rows], task_id=task.id, voting=body.voting)  # fmt: skip
+        return ensemble_json(s, e)
+
+
+@router.get("/ensembles/{ensemble_id}")
+def read_ensemble(ensemble_id: str, caller: Reader, reg: RegistryDep) -> dict:
+    with reg.tx() as s:
+        return ensemble_json(s, get_ensemble(s, caller.owner_id, ensemble_id))
+
+
+def _predict(request: Request, reg, caller, ensemble_id: str, body: EnsemblePredictIn) -> dict:  # type: ignore[no-untyped-def]
+    with reg.tx() as s:
+        e = get_ensemble(s, caller.owner_id, ensemble_id)
+        task = catalog.get_task(s, caller.owner_id, e.task_id)  # type: ignore[arg-type]
+        rows = adapters.set_members(s, e.id)
+    if not rows:
+        raise Problem(422, "invalid-input", "the ensemble has no prompts (K = 0)")
+    spec = task_spec(task)
+    strategy = body.strategy or e.voting or "majority"
+    scores = [r.metrics.get(spec.metric) for r in rows]
+    check_strategy(strategy, scores)
+    rt = request.app.state.runtime
+    res = None
+    for r in rows:
+        res = ensure(rt, reg, r, request.app.state.settings.device)
+    votes = rt.predict_ensemble(res, [r.id for r in rows], spec, [Example(i.text, None, i.text_pair) for i in body.inputs],
+                                strategy, scores, body.early_exit)  # fmt: skip
+    out = []
+    for v in votes:
+        out.append({
+            "label": spec.labels[v.label], "agreement": round(v.agreement, 4),
+            "votes": {spec.labels[j]: c for j, c in enumerate(v.counts) if c},
+            "per_prompt": [{"prompt": r.id, "skipped": True} if p is None else
+                           {"prompt": r.id, "label": spec.labels[p[0]], "probability": round(p[1], 6)}
+                           for r, p in zip(rows, v.per_prompt, strict=True)],
+            "early_exit": v.early_exit, "tie_break": v.tie_break,
+        })  # fmt: skip
+    return {"ensemble_id": e.id, "strategy": strategy, "outputs": out}
+
+
+@router.post("/ensembles/{ensemble_id}/predict")
+async def predict(
+    ensemble_id: str, body: EnsemblePredictIn, request: Request, caller: Reader, reg: RegistryDep
+) -> dict:
+    return await run_in_threadpool(_predict, request, reg, caller, ensemble_id, body)

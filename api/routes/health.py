@@ -1,0 +1,71 @@
+"""/healthz (alive), /readyz (database, broker and blob store reachable), /metrics (Prometheus)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import func, select, text
+
+from api.errors import problem
+from api.metrics import CACHE, JOBS, LOADED, QUEUE, REGISTRY
+from registry_db.models import JOB_STATUSES, Job
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+def _broker_ok() -> tuple[bool, str]:
+    try:
+        from workers.app import app as celery_app
+
+        with celery_app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+        return True, "ok"
+    except Exception as e:  # noqa: BLE001 - any failure means not ready
+        return False, f"{type(e).__name__}: {e}"
+
+
+@router.get("/readyz", responses={503: {"content": {"application/problem+json": {}}}})
+def readyz(request: Request) -> Response:
+    reg = request.app.state.registry
+    checks: dict[str, str] = {}
+    try:
+        with reg.engine.connect() as c:
+            c.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as e:  # noqa: BLE001
+        checks["database"] = f"{type(e).__name__}: {e}"
+    ok, msg = _broker_ok()
+    checks["broker"] = msg
+    try:
+        sha = reg.blobs.put(b"readyz")
+        reg.blobs.get(sha)
+        checks["blobs"] = "ok"
+    except Exception as e:  # noqa: BLE001
+        checks["blobs"] = f"{type(e).__name__}: {e}"
+    if all(v == "ok" for v in checks.values()):
+        from fastapi.responses import JSONResponse
+
+        return JSONResponse({"status": "ready", "checks": checks})
+    return problem(503, "not-ready", "a dependency is unreachable", "/readyz", checks=checks)
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(request: Request) -> Response:
+    reg = request.app.state.registry
+    with reg.tx() as s:
+        counts = dict(s.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+    for status in JOB_STATUSES:
+        JOBS.labels(status).set(counts.get(status, 0))
+    QUEUE.set(counts.get("queued", 0))
+    rt = request.app.state.runtime
+    for event in ("hits", "misses", "evictions"):
+        current = getattr(rt.stats, event)
+        counter = CACHE.labels(event)
+        counter.inc(max(0, current - counter._value.get()))
+    LOADED.set(len(rt.cache))
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,46 @@
+"""API keys (admin). A key's secret is returned once, at creation."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from api.deps import Admin, RegistryDep
+from registry_db.models import ApiKey
+from registry_db.repo import keys
+
+router = APIRouter(tags=["keys"])
+
+
+class KeyIn(BaseModel):
+    owner: str | None = Field(None, description="owner name; default: the caller's own owner")
+    scopes: list[Literal["read", "train", "admin"]] = Field(min_length=1)
+    name: str = ""
+
+
+def key_json(k: ApiKey) -> dict:
+    return {"id": k.id, "owner_id": k.owner_id, "name": k.name, "prefix": k.prefix, "scopes": k.scopes,
+            "created_at": k.created_at.isoformat(), "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None}  # fmt: skip
+
+
+@router.post("/keys", status_code=201)
+def create_key(body: KeyIn, caller: Admin, reg: RegistryDep) -> dict:
+    with reg.tx() as s:
+        owner_id = keys.get_or_create_owner(s, body.owner).id if body.owner else caller.owner_id
+        row, secret = keys.create_key(s, owner_id, list(body.scopes), body.name)
+        return {**key_json(row), "key": secret}
+
+
+@router.get("/keys")
+def list_keys(caller: Admin, reg: RegistryDep) -> list[dict]:
+    with reg.tx() as s:
+        return [key_json(k) for k in s.scalars(select(ApiKey).where(ApiKey.owner_id == caller.owner_id)).all()]
+
+
+@router.delete("/keys/{key_id}")
+def revoke_key(key_id: str, caller: Admin, reg: RegistryDep) -> dict:
+    with reg.tx() as s:
+        return key_json(keys.revoke_key(s, key_id, caller.owner_id))

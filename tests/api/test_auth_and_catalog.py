@@ -1,0 +1,83 @@
+"""Auth and scopes, problem+json errors, tasks and dataset uploads."""
+
+from __future__ import annotations
+
+from tests.api.conftest import ADMIN
+from tests.workers.fixtures import jsonl, toy_rows
+
+PROBLEM = "application/problem+json"
+
+
+def test_missing_and_unknown_keys_are_401_problems(api):
+    r = api.client.get("/v1/tasks")
+    assert r.status_code == 401 and r.headers["content-type"] == PROBLEM
+    assert r.json()["type"].endswith("/unauthorized") and r.headers["www-authenticate"] == "Bearer"
+    assert api.client.get("/v1/tasks", headers=api.h("nope-nope-nope-nope")).status_code == 401
+
+
+def test_scopes(api):
+    read = api.key(["read"])
+    train = api.key(["train"])
+    body = {"name": "t1", "kind": "classification", "labels": ["a", "b"]}
+    r = api.client.post("/v1/tasks", json=body, headers=api.h(read))
+    assert r.status_code == 403 and r.json()["type"].endswith("/forbidden")
+    assert api.client.post("/v1/tasks", json=body, headers=api.h(train)).status_code == 201
+    assert api.client.get("/v1/tasks", headers=api.h(read)).status_code == 200  # read can list
+    assert api.client.post("/v1/keys", json={"scopes": ["read"]}, headers=api.h(train)).status_code == 403
+    assert api.client.post("/v1/base-models", json={"path": "/tmp"}, headers=api.h(train)).status_code == 403
+
+
+def test_keys_are_shown_once_and_revocable(api):
+    r = api.client.post("/v1/keys", json={"scopes": ["read"], "name": "ci"}, headers=api.h())
+    secret, key_id = r.json()["key"], r.json()["id"]
+    listed = api.client.get("/v1/keys", headers=api.h()).json()
+    assert all("key" not in k for k in listed) and any(k["id"] == key_id for k in listed)
+    assert api.client.delete(f"/v1/keys/{key_id}", headers=api.h()).status_code == 200
+    assert api.client.get("/v1/tasks", headers=api.h(secret)).status_code == 401
+
+
+def test_task_validation_errors_name_the_field(api):
+    r = api.client.post("/v1/tasks", json={"name": "x", "kind": "ranking", "labels": []}, headers=api.h())
+    assert r.status_code == 422 and r.headers["content-type"] == PROBLEM and r.json()["field"] == "kind"
+    r = api.client.post(
+        "/v1/tasks", json={"name": "x", "kind": "classification", "labels": ["a", "a"]}, headers=api.h()
+    )
+    assert r.status_code == 422 and "duplicates" in r.json()["detail"]
+    api.client.post("/v1/tasks", json={"name": "x", "kind": "classification", "labels": ["a", "b"]}, headers=api.h())
+    r = api.client.post(
+        "/v1/tasks", json={"name": "x", "kind": "classification", "labels": ["a", "b"]}, headers=api.h()
+    )
+    assert r.status_code == 409 and r.json()["type"].endswith("/conflict")
+    assert api.client.get("/v1/tasks/missing", headers=api.h()).status_code == 404
+
+
+def test_dataset_upload_validates_rows_deduplicates_and_limits_size(api):
+    ids = api.task_with_data()
+    ds = api.client.get(f"/v1/datasets/{ids['train']}", headers=api.h()).json()
+    assert ds["row_count"] == 48 and ds["label_histogram"] == {"neg": 24, "pos": 24}
+    again = api.client.post("/v1/tasks/sentiment/datasets", headers=api.h(), data={"split": "train"},
+                            files={"file": ("t.jsonl", jsonl(toy_rows(48, 0)))})  # fmt: skip
+    assert again.json()["id"] == ids["train"] and again.json()["deduplicated"]
+    bad = jsonl(toy_rows(3)) + b'{"text": "fine", "label": "maybe"}\n'
+    r = api.client.post("/v1/tasks/sentiment/datasets", headers=api.h(), data={"split": "train"},
+                        files={"file": ("bad.jsonl", bad)})  # fmt: skip
+    assert r.status_code == 422 and r.json()["line"] == 4 and "label set" in r.json()["detail"]
+    huge = jsonl(toy_rows(2000))
+    r = api.client.post("/v1/tasks/sentiment/datasets", headers=api.h(), data={"split": "train"},
+                        files={"file": ("big.jsonl", huge)})  # fmt: skip
+    assert r.status_code == 413 and r.headers["content-type"] == PROBLEM
+    r = api.client.post("/v1/tasks/sentiment/datasets", headers=api.h(), data={"split": "dev"},
+                        files={"file": ("x.jsonl", jsonl(toy_rows(2)))})  # fmt: skip
+    assert r.status_code == 422 and r.json()["field"] == "split"
+
+
+def test_bootstrap_key_is_an_admin_and_base_models_are_listed(api):
+    bases = api.client.get("/v1/base-models", headers=api.h(ADMIN)).json()
+    assert [b["name"] for b in bases] == ["tiny-bert"] and bases[0]["hidden_size"] == 32
+
+
+def test_operations_endpoints(api):
+    assert api.client.get("/healthz").json() == {"status": "ok"}
+    metrics = api.client.get("/metrics").text
+    assert "composer_jobs" in metrics and "composer_http_request_seconds" in metrics
+    assert api.client.get("/openapi.json").json()["info"]["title"] == "Adapter composition service"
