@@ -128,7 +128,7 @@ def prompt_fixtures(x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     peft_model = get_peft_model(clf, PeftPromptConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=4))
     gen = torch.Generator().manual_seed(501)
     with torch.no_grad():
-        for name, p in peft_model.named_parameters():
+        for p in peft_model.parameters():
             if p.requires_grad:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
     peft_model.eval()
