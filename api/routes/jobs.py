@@ -112,10 +112,15 @@ async def events(job_id: str, request: Request, caller: Reader, reg: RegistryDep
 
     async def stream():  # type: ignore[no-untyped-def]
         seq, batch, st = after, first, status
+        quiet = 0.0
         while True:
             for e in batch:
                 seq = e["seq"]
                 yield f"id: {seq}\nevent: {e['type']}\ndata: {json.dumps(e)}\n\n"
+            quiet = 0.0 if batch else quiet + poll
+            if quiet >= 15:  # a comment line keeps proxies and clients from timing out on a queued job
+                quiet = 0.0
+                yield ": keep-alive\n\n"
             if st in FINISHED:
                 yield f"event: end\ndata: {json.dumps({'status': st})}\n\n"
                 return

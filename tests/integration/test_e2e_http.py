@@ -59,7 +59,7 @@ def service(request, tmp_path):
         redis.stop()
 
 
-def follow(c: httpx.Client, job_id: str, timeout: float = 180) -> tuple[dict, list[dict]]:
+def follow(c: httpx.Client, job_id: str, timeout: float = 300) -> tuple[dict, list[dict]]:
     """Read the job's Server-Sent Events until it ends; return the job and the events seen."""
     seen = []
     with c.stream("GET", f"/v1/jobs/{job_id}/events", headers={"Accept": "text/event-stream"}, timeout=timeout) as s:
