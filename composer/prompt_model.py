@@ -33,7 +33,7 @@ class PromptModel(nn.Module):
         if name in self.prompts:
             raise ConfigError(f"prompt {name!r} already exists")
         dev = self.base.device
-        self.prompts[name] = SoftPrompt(cfg, self.base.hidden_size).to(dev).train(self.training)
+        self.prompts[name] = SoftPrompt(cfg, self.base.hidden_size, self.base.num_layers).to(dev).train(self.training)
         self.heads[name] = PredictionHead(head, self.base.hidden_size).to(dev).train(self.training)
 
     def attach(self, art: PromptArtifact, name: str | None = None) -> str:
@@ -48,7 +48,12 @@ class PromptModel(nn.Module):
             raise ConfigError(f"prompt {art.name!r} has no head; it cannot classify")
         self.add(name, art.config, art.head)
         with torch.no_grad():
-            self.prompts[name].embedding.copy_(art.prompt)
+            target = self.prompts[name].deep if art.config.kind == "deep" else self.prompts[name].embedding
+            if target is None or target.shape != art.prompt.shape:
+                raise ConfigError(
+                    f"prompt {art.name!r} has shape {tuple(art.prompt.shape)}, which does not fit this base"
+                )
+            target.copy_(art.prompt)
         self.heads[name].load_state_dict(art.head_tensors, strict=True)
         return name
 
@@ -58,7 +63,7 @@ class PromptModel(nn.Module):
         missing = [n for n in names if n not in self.prompts]
         if missing:
             raise ConfigError(f"unknown prompts {missing}")
-        cfgs = {(self.prompts[n].cfg.length, self.prompts[n].cfg.insertion) for n in names}
+        cfgs = {(self.prompts[n].cfg.length, self.prompts[n].cfg.kind, self.prompts[n].cfg.insertion) for n in names}
         if len(cfgs) != 1:
             raise ConfigError("prompts of different lengths or insertion points cannot share one forward")
         return self.prompts[names[0]].cfg
@@ -71,13 +76,15 @@ class PromptModel(nn.Module):
         b = ids.shape[0]
         tt = batch.get("token_type_ids")
         rep = (lambda t: t.repeat_interleave(k, dim=0)) if k > 1 else (lambda t: t)
-        prompts = torch.stack([self.prompts[n].embedding for n in names])  # [K, L, H]
-        prompts = prompts.repeat(b, 1, 1) if k > 1 else prompts.expand(b, -1, -1)
+        prompts = torch.stack([self.prompts[n].value() for n in names])  # [K, L, H] or [K, layers, 2, L, H]
+        ones = [1] * (prompts.dim() - 1)
+        prompts = prompts.repeat(b, *ones) if k > 1 else prompts.expand(b, *[-1] * (prompts.dim() - 1))
         hidden = encode_prompted(
             self.base, rep(ids), rep(mask), rep(tt) if tt is not None else None, prompts, cfg.insertion
         )
         heads = [self.heads[n] for n in names]
-        pooled = pool_prompted(hidden, rep(mask), cfg.length, heads[0].cfg.pooling).view(b, k, -1)
+        prefix_len = cfg.length if cfg.kind == "shallow" else 0  # deep prompts add no positions to the output
+        pooled = pool_prompted(hidden, rep(mask), prefix_len, heads[0].cfg.pooling).view(b, k, -1)
         if self.training:
             pooled = nn.functional.dropout(pooled, heads[0].cfg.dropout)
         return stacked_classify(heads, pooled)  # type: ignore[arg-type]

@@ -35,9 +35,12 @@ class PromptsRun:
         out = []
         for n in self.names:
             metrics = {k.split("/", 1)[1]: v for k, v in self.result.best_metrics.items() if k.startswith(f"{n}/")}
+            cfg = self.model.prompts[n].cfg
+            if cfg.kind == "deep" and cfg.reparam_hidden:  # collapse the MLP: plain tensors on save
+                cfg = dataclasses.replace(cfg, reparam_hidden=0)
             out.append(PromptArtifact(
-                name=n, config=self.model.prompts[n].cfg, hidden_size=self.model.base.hidden_size,
-                prompt=self.model.prompts[n].embedding.detach().cpu().clone(), head=self.model.heads[n].cfg,
+                name=n, config=cfg, hidden_size=self.model.base.hidden_size,
+                prompt=self.model.prompts[n].value().detach().cpu().clone(), head=self.model.heads[n].cfg,
                 head_tensors={k: v.detach().cpu().clone() for k, v in self.model.heads[n].state_dict().items()},
                 labels=list(task.labels), base=self.model.base.identity, metrics=metrics,
             ))  # fmt: skip
@@ -97,7 +100,7 @@ def train_prompts(
         metrics["mean"] = sum(metrics[f"{n}/{task.metric}"] for n in names) / k
         return metrics
 
-    params = {f"prompts.{n}.embedding": model.prompts[n].embedding for n in names}
+    params = {f"prompts.{n}.{key}": p for n in names for key, p in model.prompts[n].named_parameters()}
     params.update({f"heads.{n}.{key}": p for n in names for key, p in model.heads[n].named_parameters()})
     objective = Objective(module=model, params=params, loss=loss, evaluate=evaluate, metric="mean")
     result = fit(objective, train, validation, collate, train_cfg, callbacks, resume=resume, device=base.device)

@@ -7,8 +7,13 @@ Two insertion points, both in use by reference implementations:
 - `embedding_output` (AdapterHub `adapters`): the prompt is prepended to the output of the
   embedding layer, after its LayerNorm.
 
-Every row of a batch may carry its own prompt ([B, L, H]), which is how K prompts run as
-one forward of B×K rows.
+Deep prompts (P-tuning v2) put L prefix keys and values in front of every layer's
+self-attention instead ([layers, 2, L, H]); they go in through the model's key/value cache,
+so the real tokens' positions start after the prefix, as in HF's prefix tuning. During
+training they may be reparameterised through an MLP, collapsed to plain tensors on save.
+
+Every row of a batch may carry its own prompt, which is how K prompts run as one forward
+of B×K rows.
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ Insertion = Literal["input_embeds", "embedding_output"]
 @dataclass(frozen=True)
 class PromptConfig:
     length: int = 20
-    insertion: Insertion = "input_embeds"
+    kind: Literal["shallow", "deep"] = "shallow"
+    insertion: Insertion = "input_embeds"  # shallow prompts only
+    reparam_hidden: int = 0  # deep prompts: >0 trains through an MLP of this width (collapsed on save)
     init: Literal["vocab", "text", "labels", "uniform"] = "vocab"
     init_text: str | None = None
     uniform_scale: float = 0.5
@@ -37,6 +44,10 @@ class PromptConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.length <= 256:
             raise ConfigError(f"prompt length must be in [1, 256], got {self.length}")
+        if self.kind not in ("shallow", "deep"):
+            raise ConfigError(f"prompt kind must be shallow or deep, got {self.kind!r}")
+        if self.reparam_hidden < 0 or (self.reparam_hidden and self.kind != "deep"):
+            raise ConfigError("reparam_hidden applies to deep prompts only, and must be >= 0")
         if self.insertion not in ("input_embeds", "embedding_output"):
             raise ConfigError(f"unknown insertion {self.insertion!r}")
         if self.init not in ("vocab", "text", "labels", "uniform"):
@@ -56,14 +67,38 @@ class PromptConfig:
 
 
 class SoftPrompt(nn.Module):
-    def __init__(self, cfg: PromptConfig, hidden_size: int):
+    def __init__(self, cfg: PromptConfig, hidden_size: int, num_layers: int = 0):
         super().__init__()
         self.cfg = cfg
+        self.num_layers = num_layers
         self.embedding = nn.Parameter(torch.zeros(cfg.length, hidden_size))
+        self.deep: nn.Parameter | None = None
+        self.reparam: nn.Sequential | None = None
+        if cfg.kind == "deep":
+            if num_layers < 1:
+                raise ConfigError("deep prompts need the number of layers")
+            if cfg.reparam_hidden:
+                out = num_layers * 2 * hidden_size
+                self.reparam = nn.Sequential(nn.Linear(hidden_size, cfg.reparam_hidden), nn.Tanh(),
+                                             nn.Linear(cfg.reparam_hidden, out))  # fmt: skip
+            else:
+                self.deep = nn.Parameter(torch.zeros(num_layers, 2, cfg.length, hidden_size))
+
+    def value(self) -> torch.Tensor:
+        """[L, H] for shallow prompts, [layers, 2, L, H] for deep ones (through the MLP if reparameterised)."""
+        if self.cfg.kind == "shallow":
+            return self.embedding
+        if self.reparam is not None:
+            flat = self.reparam(self.embedding)  # [L, layers*2*H]
+            return flat.view(self.cfg.length, self.num_layers, 2, -1).permute(1, 2, 0, 3)
+        return self.deep  # type: ignore[return-value]
 
     def initialise(self, base: LoadedBase, labels: tuple[str, ...] = (), seed: int = 0) -> None:
         """From random vocabulary tokens, a text, the class-label words, or uniform noise."""
         gen = torch.Generator().manual_seed(seed)
+        if self.deep is not None:
+            with torch.no_grad():
+                self.deep.normal_(0.0, 0.02, generator=gen)
         words = base.model.get_input_embeddings()
         n = self.cfg.length
         with torch.no_grad():
@@ -95,8 +130,11 @@ def encode_prompted(
     prompts: torch.Tensor,
     insertion: Insertion,
 ) -> torch.Tensor:
-    """Hidden states [B, L+T, H] with a per-row prompt [B, L, H] in front of each row."""
+    """Hidden states [B, L+T, H] with a per-row shallow prompt [B, L, H] in front of each row; or [B, T, H]
+    with per-row deep prompts [B, layers, 2, L, H] as each layer's prefix keys and values."""
     model = base.model
+    if prompts.dim() == 5:
+        return _encode_deep(base, input_ids, attention_mask, token_type_ids, prompts)
     b, length = prompts.shape[0], prompts.shape[1]
     mask = torch.cat([attention_mask.new_ones(b, length), attention_mask], dim=1)
     kwargs: dict[str, Any] = {"attention_mask": mask}
@@ -120,6 +158,26 @@ def encode_prompted(
         return model(**kwargs).last_hidden_state
     finally:
         handle.remove()
+
+
+def _encode_deep(base: LoadedBase, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 token_type_ids: torch.Tensor | None, prefixes: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    from transformers import DynamicCache
+
+    if base.family not in ("bert", "roberta", "xlm-roberta", "electra"):
+        raise ConfigError(f"deep prompts need a key/value cache, which {base.family} does not have")
+    cfg = base.model.config
+    b, layers, _, length, hidden = prefixes.shape
+    heads = cfg.num_attention_heads
+    cache = DynamicCache()
+    for i in range(layers):
+        kv = prefixes[:, i].reshape(b, 2, length, heads, hidden // heads).transpose(2, 3)  # [B, 2, heads, L, d]
+        cache.update(kv[:, 0], kv[:, 1], i)
+    mask = torch.cat([attention_mask.new_ones(b, length), attention_mask], dim=1)
+    kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": mask, "cache": cache}
+    if token_type_ids is not None:
+        kwargs["token_type_ids"] = token_type_ids
+    return base.model(**kwargs).last_hidden_state
 
 
 def pool_prompted(hidden: torch.Tensor, attention_mask: torch.Tensor, length: int, pooling: str) -> torch.Tensor:

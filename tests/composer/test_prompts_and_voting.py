@@ -102,3 +102,27 @@ def test_prompts_train_as_one_batched_model_and_ensemble_in_one_forward(tiny_ber
     assert [r.label for r in full] == [r.label for r in fast]
     with pytest.raises(ConfigError, match="majority"):
         predict_ensemble(run.model, run.names, batch, "mean_prob", scores, early_exit=True)
+
+
+def test_deep_prompts_train_collapse_and_stay_padding_invariant(tiny_bert_dir):
+    from composer.prompt_artifacts import from_files, to_files
+    from composer.prompt_model import PromptModel
+
+    base = load_base(tiny_bert_dir)
+    data = examples(32, seed=3)
+    cfg = TrainConfig(learning_rate=1e-2, epochs=15, batch_size=8, patience=0)
+    run = train_prompts(base, TASK, data, data, 2, PromptConfig(length=3, kind="deep", reparam_hidden=16), cfg)
+    assert run.result.best_metrics["mean"] >= 0.7
+    arts = run.artifacts(TASK)
+    assert arts[0].prompt.shape == (2, 2, 3, 32) and arts[0].config.reparam_hidden == 0  # MLP collapsed
+    batch = {k: v for k, v in Collator(base.tokenizer, TASK)(data[:4]).items() if k != "labels"}
+    run.model.eval()
+    fresh = PromptModel(load_base(tiny_bert_dir)).eval()
+    names = [fresh.attach(from_files(*to_files(a))) for a in arts]
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.logits(names, batch), run.model.logits(run.names, batch), atol=1e-5, rtol=0)
+        n = int(batch["attention_mask"][0].sum())  # row 0 alone, unpadded, equals row 0 in the padded batch
+        alone = {k: v[:1, :n] for k, v in batch.items()}
+        torch.testing.assert_close(fresh.logits(names, alone)[0], fresh.logits(names, batch)[0], atol=1e-5, rtol=0)
+    with pytest.raises(ConfigError, match="reparam_hidden"):
+        PromptConfig(kind="shallow", reparam_hidden=8)
