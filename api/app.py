@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import errors
+from api.batcher import MicroBatcher
 from api.metrics import install as install_metrics
 from api.routes import adapters, base_models, datasets, ensembles, health, jobs, keys, predict, tasks
 from api.settings import Settings, get_settings
@@ -59,6 +60,8 @@ def create_app(
         from workers.queueing import enqueue as send
     app.state.send = send  # publishes "run job X" to the broker
     app.state.runtime = Runtime(cache_bytes=int(settings.serving_cache_mb * (1 << 20)))
+    app.state.batcher = MicroBatcher(app.state.runtime, settings.batch_max_rows, settings.batch_max_wait_ms,
+                                     settings.queue_max_rows, settings.request_timeout_s)  # fmt: skip
     errors.install(app)
     install_metrics(app)
     app.include_router(health.router)

@@ -30,6 +30,8 @@ def problem(status: int, type_: str, detail: str, instance: str | None = None, *
         body["instance"] = instance
     body.update({k: v for k, v in extra.items() if v is not None})
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if "retry_after" in extra:
+        headers = {"Retry-After": str(extra["retry_after"])}
     return JSONResponse(body, status_code=status, media_type="application/problem+json", headers=headers)
 
 

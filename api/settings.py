@@ -24,6 +24,10 @@ class Settings(BaseSettings):
     serving_cache_mb: float = Field(512.0, gt=0)
     sse_poll_seconds: float = Field(0.5, gt=0)
     device: str | None = None
+    batch_max_rows: int = Field(32, ge=1)
+    batch_max_wait_ms: float = Field(5.0, ge=0)
+    queue_max_rows: int = Field(512, ge=1)
+    request_timeout_s: float = Field(30.0, gt=0)
 
 
 @lru_cache(maxsize=1)

@@ -19,4 +19,11 @@ class Fuse:
     fusion: str
 
 
-Composition = Single | Fuse
+@dataclass(frozen=True)
+class Mixed:
+    """A micro-batch whose rows use different single adapters: `adapters[i]` serves row i (None: the plain base)."""
+
+    adapters: tuple[str | None, ...]
+
+
+Composition = Single | Fuse | Mixed

@@ -10,7 +10,7 @@ from torch import nn
 from composer import routing
 from composer.base import LoadedBase
 from composer.bottleneck import BottleneckAdapter
-from composer.composition import Composition, Fuse, Single
+from composer.composition import Composition, Fuse, Mixed, Single
 from composer.config import BottleneckConfig
 from composer.errors import ConfigError
 from composer.fusion import Fusion, FusionConfig, check_fusable
@@ -89,6 +89,11 @@ class AdaptedEncoder(nn.Module):
                 raise ConfigError(f"unknown fusion {composition.fusion!r}")
             fusion: Fusion = self.fusions[composition.fusion]  # type: ignore[assignment]
             handler = routing.fuse(fusion, [self.adapters[m] for m in fusion.members], self._capture)  # type: ignore[misc]
+        elif isinstance(composition, Mixed):
+            missing = sorted({a for a in composition.adapters if a is not None and a not in self.adapters})
+            if missing:
+                raise ConfigError(f"unknown adapters {missing}")
+            handler = routing.mixed([self.adapters[a] if a is not None else None for a in composition.adapters])  # type: ignore[misc]
         else:
             raise ConfigError(f"unsupported composition {composition!r}")
         self.active = composition

@@ -44,3 +44,26 @@ def fuse(fusion: Fusion, adapters: list[BottleneckAdapter], capture: dict[str, t
         return last.post(context.view_as(h) + res, x, r, ln)
 
     return handle
+
+
+def mixed(adapters: list[BottleneckAdapter | None]) -> Handler:
+    """Rows routed to different adapters in one forward: group the rows of each adapter, run its
+    site on them, scatter the results back. Every row computes exactly what it would alone."""
+    groups: dict[int, list[int]] = {}
+    for row, a in enumerate(adapters):
+        groups.setdefault(id(a), []).append(row)
+    plan = [(adapters[rows[0]], torch.tensor(rows)) for rows in groups.values()]
+
+    def handle(layer: int, placement: Placement, x: torch.Tensor, r: torch.Tensor, ln: LayerNorm) -> torch.Tensor:
+        if len(plan) == 1:
+            site = plan[0][0].site(layer, placement) if plan[0][0] is not None else None
+            return ln(x + r) if site is None else site(x, r, ln)
+        out = torch.empty_like(x)
+        for adapter, rows in plan:
+            rows = rows.to(x.device)
+            xs, rs = x.index_select(0, rows), r.index_select(0, rows)
+            site = adapter.site(layer, placement) if adapter is not None else None
+            out.index_copy_(0, rows, ln(xs + rs) if site is None else site(xs, rs, ln))
+        return out
+
+    return handle

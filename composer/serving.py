@@ -17,7 +17,7 @@ import torch
 from composer import artifacts, fusion_artifacts
 from composer.artifacts import AdapterArtifact
 from composer.base import LoadedBase
-from composer.composition import Fuse, Single
+from composer.composition import Fuse, Mixed, Single
 from composer.data import Collator, Example, TaskSpec
 from composer.ensemble import predict_ensemble
 from composer.fusion_artifacts import FusionArtifact
@@ -53,6 +53,7 @@ class Runtime:
         self.cache: OrderedDict[str, tuple[str, str, int]] = OrderedDict()  # id -> (base key, kind, bytes)
         self.cache_bytes = cache_bytes
         self.stats = CacheStats()
+        self.pinned: set[str] = set()
         self._lock = threading.Lock()
 
     def resident(self, base_key: str, load_base: Callable[[], LoadedBase]) -> Resident:
@@ -72,9 +73,11 @@ class Runtime:
 
     def _admit(self, module_id: str, base_key: str, kind: str, size: int) -> None:
         self.cache[module_id] = (base_key, kind, size)
-        while sum(v[2] for v in self.cache.values()) > self.cache_bytes and len(self.cache) > 1:
-            old, _ = next(iter(self.cache.items()))
-            self.evict(old)
+        while sum(v[2] for v in self.cache.values()) > self.cache_bytes:
+            victims = [k for k in self.cache if k not in self.pinned and k != module_id]
+            if not victims:
+                break
+            self.evict(victims[0])
 
     def evict(self, module_id: str) -> None:
         entry = self.cache.pop(module_id, None)
@@ -130,6 +133,38 @@ class Runtime:
             res.encoder.activate(Fuse(module_id) if fusion else Single(module_id))
             out = res.encoder(**batch, head=module_id, return_fusion_attention=return_attention and fusion)
         return out.logits.float().cpu(), out.fusion_attention  # type: ignore[union-attr]
+
+    def predict_mixed(
+        self, res: Resident, rows: list[tuple[str, Example]], fusion: str | None = None
+    ) -> list[torch.Tensor]:
+        """One forward for rows that use different adapters (row i: adapter rows[i][0]), or one fusion.
+        Each row's own head is applied to its own output; returns per-row logits."""
+        tok = res.base.tokenizer
+        texts = [e.text for _, e in rows]
+        pairs = [e.text_pair for _, e in rows]
+        enc = tok(texts, [p or "" for p in pairs] if any(p is not None for p in pairs) else None,
+                  padding=True, truncation=True, max_length=128, return_tensors="pt")  # fmt: skip
+        batch = {
+            k: v.to(res.base.device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")
+        }
+        ids = [a for a, _ in rows]
+        with res.lock, torch.no_grad():
+            res.encoder.activate(Fuse(fusion) if fusion else Mixed(tuple(ids)))
+            hidden = res.encoder(**batch).hidden
+            out: list[torch.Tensor | None] = [None] * len(rows)
+            for head_id in dict.fromkeys(fusion and [fusion] or ids):
+                idx = [i for i, a in enumerate(ids) if fusion or a == head_id]
+                sel = torch.tensor(idx, device=hidden.device)
+                logits = res.encoder.heads[head_id](
+                    hidden.index_select(0, sel), batch["attention_mask"].index_select(0, sel)
+                )
+                for j, i in enumerate(idx):
+                    out[i] = logits[j].float().cpu()
+        return out  # type: ignore[return-value]
+
+    def pin(self, module_id: str, pinned: bool = True) -> None:
+        """Pinned modules are never evicted by the LRU (archiving still evicts them)."""
+        (self.pinned.add if pinned else self.pinned.discard)(module_id)
 
     # -- prompts ----------------------------------------------------------------------------
     def ensure_prompt(self, res: Resident, base_key: str, prompt_id: str, load: Callable[[], PromptArtifact]) -> None:

@@ -28,7 +28,8 @@ class PredictIn(BaseModel):
     return_fusion_attention: bool = False
 
 
-def predict_rows(request: Request, reg, caller, body: PredictIn) -> dict:  # type: ignore[no-untyped-def]
+def resolve(request: Request, reg, caller, body: PredictIn):  # type: ignore[no-untyped-def]
+    """Everything that can fail for this request alone happens here, before it joins a batch."""
     with reg.tx() as s:
         row = adapters.resolve_adapter(s, caller.owner_id, body.adapter)
         task = catalog.get_task(s, row.owner_id, row.task_id)
@@ -37,14 +38,13 @@ def predict_rows(request: Request, reg, caller, body: PredictIn) -> dict:  # typ
         raise Problem(409, "archived", f"adapter {row.id} is archived")
     if row.kind == "soft_prompt":
         raise Problem(422, "use-ensemble", "soft prompts are served through /v1/ensembles/{id}/predict")
-    rt = request.app.state.runtime
-    res = ensure(rt, reg, row, request.app.state.settings.device)
-    spec = task_spec(task)
-    inputs = [Example(r.text, None, r.text_pair) for r in body.inputs]
-    logits, attention = rt.predict(res, row.id, spec, inputs, fusion=row.kind == "fusion",
-                                   return_attention=body.return_fusion_attention)  # fmt: skip
+    res = ensure(request.app.state.runtime, reg, row, request.app.state.settings.device)
+    return row, task_spec(task), members, res
+
+
+def render(row, spec, members, logits, attention) -> dict:  # type: ignore[no-untyped-def]
     out = []
-    for i in range(len(inputs)):
+    for i in range(len(logits)):
         if spec.kind == "regression":
             item = {"value": float(logits[i])}
         else:
@@ -62,6 +62,13 @@ def predict_rows(request: Request, reg, caller, body: PredictIn) -> dict:  # typ
     return {"adapter_id": row.id, "kind": row.kind, "outputs": out}
 
 
-@router.post("/predict")
+@router.post("/predict", responses={503: {"content": {"application/problem+json": {}}}})
 async def predict(body: PredictIn, request: Request, caller: Reader, reg: RegistryDep) -> dict:
-    return await run_in_threadpool(predict_rows, request, reg, caller, body)
+    row, spec, members, res = await run_in_threadpool(resolve, request, reg, caller, body)
+    inputs = [Example(r.text, None, r.text_pair) for r in body.inputs]
+    if body.return_fusion_attention and row.kind == "fusion":  # inspection requests run alone
+        rt = request.app.state.runtime
+        logits, attention = await run_in_threadpool(rt.predict, res, row.id, spec, inputs, True, True)
+        return render(row, spec, members, logits, attention)
+    logits = await request.app.state.batcher.submit(res, row.id, row.kind == "fusion", inputs)
+    return render(row, spec, members, logits, None)

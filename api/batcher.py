@@ -1,0 +1,107 @@
+"""Micro-batching for /v1/predict: requests queue, and are drained in batches bounded by rows and by
+a short wait; one forward serves rows for different adapters (fusion rows are grouped by fusion).
+Inference runs off the event loop. The queue is bounded: when full, callers get 503 + Retry-After.
+Each request has a deadline after which it fails cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import torch
+from starlette.concurrency import run_in_threadpool
+
+from api.errors import Problem
+from composer.data import Example
+from composer.serving import Resident, Runtime
+
+
+@dataclass
+class Pending:
+    resident: Resident
+    module_id: str
+    fusion: bool
+    rows: list[Example]
+    deadline: float
+    future: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class MicroBatcher:
+    def __init__(self, runtime: Runtime, max_rows: int = 32, max_wait_ms: float = 5.0, max_queue_rows: int = 512,
+                 timeout_s: float = 30.0):  # fmt: skip
+        self.runtime = runtime
+        self.max_rows, self.max_wait, self.max_queue_rows, self.timeout = (
+            max_rows,
+            max_wait_ms / 1000,
+            max_queue_rows,
+            timeout_s,
+        )
+        self.queue: asyncio.Queue[Pending] = asyncio.Queue()
+        self.queued_rows = 0
+        self.batches = 0
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+
+    async def submit(self, resident: Resident, module_id: str, fusion: bool, rows: list[Example]) -> list[torch.Tensor]:
+        if self.queued_rows + len(rows) > self.max_queue_rows:
+            raise Problem(503, "overloaded", "the prediction queue is full; retry shortly", retry_after=1)
+        self.start()
+        item = Pending(resident, module_id, fusion, rows, time.monotonic() + self.timeout)
+        self.queued_rows += len(rows)
+        await self.queue.put(item)
+        try:
+            return await asyncio.wait_for(asyncio.shield(item.future), self.timeout)
+        except TimeoutError:
+            raise Problem(503, "deadline-exceeded", f"the prediction did not finish within {self.timeout:g}s") from None
+
+    async def _loop(self) -> None:
+        while True:
+            first = await self.queue.get()
+            items, rows = [first], len(first.rows)
+            end = time.monotonic() + self.max_wait
+            while rows < self.max_rows:
+                try:
+                    nxt = await asyncio.wait_for(self.queue.get(), max(0.0, end - time.monotonic()))
+                except TimeoutError:
+                    break
+                items.append(nxt)
+                rows += len(nxt.rows)
+            self.queued_rows -= rows
+            groups: dict[tuple, list[Pending]] = {}
+            for it in items:
+                if time.monotonic() > it.deadline:
+                    if not it.future.done():
+                        it.future.set_exception(
+                            Problem(503, "deadline-exceeded", "the request waited past its deadline")
+                        )
+                    continue
+                key = (id(it.resident), it.module_id if it.fusion else "adapters")
+                groups.setdefault(key, []).append(it)
+            for group in groups.values():
+                await self._run(group)
+
+    async def _run(self, group: list[Pending]) -> None:
+        res, fusion = group[0].resident, group[0].module_id if group[0].fusion else None
+        rows = [(it.module_id, ex) for it in group for ex in it.rows]
+        try:
+            out = await run_in_threadpool(self.runtime.predict_mixed, res, rows, fusion)
+        except Exception as e:  # noqa: BLE001 - the whole group failed; each caller gets the error
+            for it in group:
+                if not it.future.done():
+                    it.future.set_exception(e)
+            return
+        self.batches += 1
+        i = 0
+        for it in group:
+            n = len(it.rows)
+            if not it.future.done():
+                it.future.set_result(out[i : i + n])
+            i += n
