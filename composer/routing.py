@@ -46,9 +46,58 @@ def fuse(fusion: Fusion, adapters: list[BottleneckAdapter], capture: dict[str, t
     return handle
 
 
+def _gatherable(adapters: list[BottleneckAdapter | None]) -> bool:
+    if any(a is None for a in adapters):
+        return False
+    first = adapters[0].cfg  # type: ignore[union-attr]
+    same = ("mh_adapter", "output_adapter", "original_ln_before", "original_ln_after", "residual_before_ln",
+            "adapter_residual_before_ln", "is_parallel", "non_linearity", "leave_out", "ln_before", "ln_after")  # fmt: skip
+    return (
+        all(all(getattr(a.cfg, f) == getattr(first, f) for f in same) for a in adapters)
+        and not first.ln_before
+        and not first.ln_after
+    )  # type: ignore[union-attr]
+
+
+class GatheredSite:
+    """The distinct adapters of a site stacked (bottleneck padded to the widest); each row gathers its own."""
+
+    def __init__(self, layers: list, rows: torch.Tensor):
+        from composer.fusion import StackedSite
+
+        self.stack = StackedSite(layers)
+        n, r, hidden = self.stack.n, self.stack.r, self.stack.w_up.shape[1]
+        self.rows = rows  # [B] index into the distinct adapters
+        self.w_down = self.stack.w_down.view(n, r, hidden)  # [A, r, H]
+        self.b_down = self.stack.b_down.view(n, r)
+        self.w_up = self.stack.w_up.view(n, r, hidden)  # scaled
+        self.b_up = self.stack.b_up
+        self.last = layers[0]
+
+    def __call__(self, x: torch.Tensor, r: torch.Tensor, ln: LayerNorm) -> torch.Tensor:
+        idx = self.rows.to(x.device)
+        h, res = self.last.pre(x, r, ln)
+        d = self.stack.act(torch.baddbmm(self.b_down[idx].unsqueeze(1), h, self.w_down[idx].transpose(1, 2)))
+        up = torch.baddbmm(self.b_up[idx].unsqueeze(1), d, self.w_up[idx])
+        return self.last.post(self.last.finish(up, res), x, r, ln)
+
+
 def mixed(adapters: list[BottleneckAdapter | None]) -> Handler:
-    """Rows routed to different adapters in one forward: group the rows of each adapter, run its
-    site on them, scatter the results back. Every row computes exactly what it would alone."""
+    """Rows routed to different adapters in one forward. Adapters of one layout: each row gathers its
+    adapter's stacked weights (two batched matmuls per site); otherwise rows are grouped per adapter and
+    scattered back. Either way every row computes exactly what it would alone."""
+    if _gatherable(adapters):
+        distinct = list(dict.fromkeys(id(a) for a in adapters))
+        by_id = {id(a): a for a in adapters}
+        rows = torch.tensor([distinct.index(id(a)) for a in adapters])
+        first: BottleneckAdapter = adapters[0]  # type: ignore[assignment]
+        sites = {key: GatheredSite([by_id[i].sites[key] for i in distinct], rows) for key in first.sites}  # type: ignore[union-attr]
+
+        def gathered(layer: int, placement: Placement, x: torch.Tensor, r: torch.Tensor, ln: LayerNorm) -> torch.Tensor:
+            site = sites.get(site_key(layer, placement))
+            return ln(x + r) if site is None else site(x, r, ln)
+
+        return gathered
     groups: dict[int, list[int]] = {}
     for row, a in enumerate(adapters):
         groups.setdefault(id(a), []).append(row)

@@ -55,6 +55,7 @@ class Runtime:
         self.stats = CacheStats()
         self.pinned: set[str] = set()
         self._lock = threading.Lock()
+        self._load_lock = threading.RLock()  # concurrent requests for one cold module load it once
 
     def resident(self, base_key: str, load_base: Callable[[], LoadedBase]) -> Resident:
         with self._lock:
@@ -85,6 +86,11 @@ class Runtime:
             return
         self.stats.evictions += 1
         res = self.residents[entry[0]]
+        with res.lock:
+            self._drop(res, module_id)
+
+    @staticmethod
+    def _drop(res: Resident, module_id: str) -> None:
         for registry in (
             res.encoder.adapters,
             res.encoder.heads,
@@ -102,24 +108,34 @@ class Runtime:
     def ensure_adapter(
         self, res: Resident, base_key: str, adapter_id: str, load: Callable[[], AdapterArtifact]
     ) -> None:
+        with self._load_lock:
+            self._ensure_adapter(res, base_key, adapter_id, load)
+
+    def _ensure_adapter(
+        self, res: Resident, base_key: str, adapter_id: str, load: Callable[[], AdapterArtifact]
+    ) -> None:
         if self._touch(adapter_id) and adapter_id in res.encoder.adapters:
             return
-        artifacts.attach(res.encoder, load(), name=adapter_id)
-        size = _nbytes(res.encoder.adapters[adapter_id]) + (
-            _nbytes(res.encoder.heads[adapter_id]) if adapter_id in res.encoder.heads else 0
-        )
+        artifact = load()
+        with res.lock:  # never change the module set under a running forward
+            artifacts.attach(res.encoder, artifact, name=adapter_id)
+        size = _nbytes(res.encoder.adapters[adapter_id])
+        if adapter_id in res.encoder.heads:
+            size += _nbytes(res.encoder.heads[adapter_id])
         self._admit(adapter_id, base_key, "adapter", size)
 
     def ensure_fusion(self, res: Resident, base_key: str, fusion_id: str,
                       load: Callable[[], tuple[FusionArtifact, dict[str, torch.Tensor], HeadConfig]],
                       members: list[tuple[str, Callable[[], AdapterArtifact]]]) -> None:  # fmt: skip
-        for member_id, loader in members:
-            self.ensure_adapter(res, base_key, member_id, loader)
-        if self._touch(fusion_id) and fusion_id in res.encoder.fusions:
-            return
-        art, head_tensors, head_cfg = load()
-        fusion_artifacts.attach(res.encoder, art, member_names=[m for m, _ in members], name=fusion_id)
-        res.encoder.add_head(fusion_id, head_cfg).load_state_dict(head_tensors, strict=True)
+        with self._load_lock:
+            for member_id, loader in members:
+                self._ensure_adapter(res, base_key, member_id, loader)
+            if self._touch(fusion_id) and fusion_id in res.encoder.fusions:
+                return
+            art, head_tensors, head_cfg = load()
+            with res.lock:
+                fusion_artifacts.attach(res.encoder, art, member_names=[m for m, _ in members], name=fusion_id)
+                res.encoder.add_head(fusion_id, head_cfg).load_state_dict(head_tensors, strict=True)
         self._admit(fusion_id, base_key, "fusion", _nbytes(res.encoder.fusions[fusion_id]))
 
     def predict(self, res: Resident, module_id: str, task: TaskSpec, inputs: list[Example], fusion: bool = False,
@@ -168,9 +184,12 @@ class Runtime:
 
     # -- prompts ----------------------------------------------------------------------------
     def ensure_prompt(self, res: Resident, base_key: str, prompt_id: str, load: Callable[[], PromptArtifact]) -> None:
-        if self._touch(prompt_id) and prompt_id in res.prompts.prompts:
-            return
-        res.prompts.attach(load(), name=prompt_id)
+        with self._load_lock:
+            if self._touch(prompt_id) and prompt_id in res.prompts.prompts:
+                return
+            art = load()
+            with res.lock:
+                res.prompts.attach(art, name=prompt_id)
         self._admit(
             prompt_id,
             base_key,

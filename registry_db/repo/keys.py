@@ -54,7 +54,9 @@ def authenticate(s: Session, secret: str) -> ApiKey | None:
     key = s.scalars(select(ApiKey).where(ApiKey.key_hash == hash_key(secret))).first()
     if key is None or key.revoked_at is not None:
         return None
-    key.last_used_at = utcnow()
+    now = utcnow()
+    if key.last_used_at is None or (now - key.last_used_at).total_seconds() > 60:
+        key.last_used_at = now  # at most one write a minute per key: reads stay read-only transactions
     return key
 
 

@@ -15,7 +15,7 @@ from tests.api.conftest import ADMIN
 def test_flood_gets_503_then_the_server_is_healthy(api, tmp_path):
     ids = api.task_with_data()
     adapters = [api.train_adapter(ids), api.train_adapter(ids, name="b")]
-    settings = Settings(data_dir=tmp_path, register_packaged_encoder=False, queue_max_rows=4, batch_max_wait_ms=200,
+    settings = Settings(data_dir=tmp_path, register_packaged_encoder=False, queue_max_rows=2, batch_max_wait_ms=500,
                         batch_max_rows=64)  # fmt: skip
     app = create_app(settings, registry=api.registry, send=lambda *_: True)
     headers = {"Authorization": f"Bearer {ADMIN}"}
@@ -31,7 +31,7 @@ def test_flood_gets_503_then_the_server_is_healthy(api, tmp_path):
     responses = asyncio.run(flood())
     flood_, after, health = responses[:30], responses[30], responses[31]
     codes = [r.status_code for r in flood_]
-    assert set(codes) <= {200, 503} and codes.count(503) >= 20 and codes.count(200) >= 1
+    assert set(codes) <= {200, 503} and codes.count(503) >= 10 and codes.count(200) >= 1
     rejected = next(r for r in flood_ if r.status_code == 503)
     assert rejected.headers["retry-after"] == "1" and rejected.headers["content-type"] == "application/problem+json"
     assert after.status_code == 200 and health.status_code == 200
