@@ -40,6 +40,7 @@ class MicroBatcher:
         self.queue: asyncio.Queue[Pending] = asyncio.Queue()
         self.queued_rows = 0
         self.batches = 0
+        self.arriving = 0  # requests between "accepted" and "queued" (still resolving): worth waiting for
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -50,10 +51,20 @@ class MicroBatcher:
         if self._task:
             self._task.cancel()
 
+    def expect(self) -> None:
+        """Called when a request starts resolving, so the batcher knows company is coming."""
+        self.arriving += 1
+
+    def gone(self) -> None:
+        """A request that was expected failed before it was queued."""
+        self.arriving = max(0, self.arriving - 1)
+
     async def submit(self, resident: Resident, module_id: str, fusion: bool, rows: list[Example]) -> list[torch.Tensor]:
         if self.queued_rows + len(rows) > self.max_queue_rows:
+            self.gone()
             raise Problem(503, "overloaded", "the prediction queue is full; retry shortly", retry_after=1)
         self.start()
+        self.arriving = max(0, self.arriving - 1)
         item = Pending(resident, module_id, fusion, rows, time.monotonic() + self.timeout)
         self.queued_rows += len(rows)
         await self.queue.put(item)
@@ -66,7 +77,9 @@ class MicroBatcher:
         while True:
             first = await self.queue.get()
             items, rows = [first], len(first.rows)
-            end = time.monotonic() + self.max_wait
+            # Wait for company only when more requests are on their way; a lone request runs at once,
+            # and under load the requests that arrive during a forward are all taken by the next one.
+            end = time.monotonic() + (self.max_wait if self.arriving or not self.queue.empty() else 0.0)
             while rows < self.max_rows:
                 try:
                     nxt = await asyncio.wait_for(self.queue.get(), max(0.0, end - time.monotonic()))

@@ -25,11 +25,15 @@ def resident(runtime: Runtime, reg: Registry, base_row: BaseModelRow, device: st
     return runtime.resident(base_row.id, load)
 
 
-def ensure(runtime: Runtime, reg: Registry, row: Adapter, device: str | None) -> Resident:
-    """Make the adapter (and, for a fusion, its members) resident; returns its base's resident."""
-    with reg.tx() as s:
-        base_row = catalog.get_base_model(s, row.base_model_id)
-        members = adapters.fusion_members(s, row.id) if row.kind == "fusion" else []
+def ensure(runtime: Runtime, reg: Registry, row: Adapter, device: str | None,
+           base_row: BaseModelRow | None = None, members: list[Adapter] | None = None) -> Resident:  # fmt: skip
+    """Make the adapter (and, for a fusion, its members) resident; returns its base's resident.
+    Callers that already read the base row and fusion members pass them, saving a transaction."""
+    if base_row is None or (row.kind == "fusion" and members is None):
+        with reg.tx() as s:
+            base_row = catalog.get_base_model(s, row.base_model_id)
+            members = adapters.fusion_members(s, row.id) if row.kind == "fusion" else []
+    members = members or []
     res = resident(runtime, reg, base_row, device)
     if row.kind in ("st_a", "mt_a"):
         runtime.ensure_adapter(res, base_row.id, row.id, lambda: artifact_store.fetch(reg, row))

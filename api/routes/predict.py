@@ -33,12 +33,14 @@ def resolve(request: Request, reg, caller, body: PredictIn):  # type: ignore[no-
     with reg.tx() as s:
         row = adapters.resolve_adapter(s, caller.owner_id, body.adapter)
         task = catalog.get_task(s, row.owner_id, row.task_id)
-        members = [m.id for m in adapters.fusion_members(s, row.id)] if row.kind == "fusion" else []
+        member_rows = adapters.fusion_members(s, row.id) if row.kind == "fusion" else []
+        members = [m.id for m in member_rows]
+        base_row = catalog.get_base_model(s, row.base_model_id)
     if row.status == "archived":
         raise Problem(409, "archived", f"adapter {row.id} is archived")
     if row.kind == "soft_prompt":
         raise Problem(422, "use-ensemble", "soft prompts are served through /v1/ensembles/{id}/predict")
-    res = ensure(request.app.state.runtime, reg, row, request.app.state.settings.device)
+    res = ensure(request.app.state.runtime, reg, row, request.app.state.settings.device, base_row, member_rows)
     return row, task_spec(task), members, res
 
 
@@ -64,11 +66,18 @@ def render(row, spec, members, logits, attention) -> dict:  # type: ignore[no-un
 
 @router.post("/predict", responses={503: {"content": {"application/problem+json": {}}}})
 async def predict(body: PredictIn, request: Request, caller: Reader, reg: RegistryDep) -> dict:
-    row, spec, members, res = await run_in_threadpool(resolve, request, reg, caller, body)
+    batcher = request.app.state.batcher
+    batcher.expect()
+    try:
+        row, spec, members, res = await run_in_threadpool(resolve, request, reg, caller, body)
+    except BaseException:
+        batcher.gone()
+        raise
     inputs = [Example(r.text, None, r.text_pair) for r in body.inputs]
     if body.return_fusion_attention and row.kind == "fusion":  # inspection requests run alone
+        batcher.gone()
         rt = request.app.state.runtime
         logits, attention = await run_in_threadpool(rt.predict, res, row.id, spec, inputs, True, True)
         return render(row, spec, members, logits, attention)
-    logits = await request.app.state.batcher.submit(res, row.id, row.kind == "fusion", inputs)
+    logits = await batcher.submit(res, row.id, row.kind == "fusion", inputs)
     return render(row, spec, members, logits, None)
