@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import torch
+from dataclasses import dataclass
+
 from sqlalchemy.orm import Session
 
-from composer.base import load_base
+from composer.base import LoadedBase, load_base
 from composer.config import preset
+from composer.data import Example, TaskSpec
 from composer.errors import IncompatibleBaseError
 from composer.heads import HeadConfig
 from composer.st_adapter import train_st_adapter
 from composer.training import TrainConfig
-from registry_db.models import Job
+from registry_db.models import BaseModelRow, Job, Task
 from registry_db.repo import adapters, catalog
 from workers import artifact_store
 from workers.catalog import load_dataset_examples, task_spec
@@ -37,19 +39,41 @@ def with_checkpoint_default(cfg: TrainConfig, ctx: JobContext) -> TrainConfig:
     return cfg
 
 
+@dataclass
+class JobInputs:
+    task: Task
+    spec: TaskSpec
+    base_row: BaseModelRow
+    base: LoadedBase
+    train: list[Example]
+    validation: list[Example]
+
+
+def job_inputs(ctx: JobContext, task_ref: str, base_ref: str, train_id: str, validation_id: str | None) -> JobInputs:
+    """What every training job reads first: its task, datasets (verified blobs) and base model."""
+    with ctx.registry.tx() as s:
+        task = catalog.get_task(s, ctx.job.owner_id, task_ref)
+        base_row = catalog.get_base_model(s, base_ref)
+        train_ds = catalog.get_dataset(s, train_id)
+        val_ds = catalog.get_dataset(s, validation_id) if validation_id else None
+    train = load_dataset_examples(ctx.registry, train_ds, task)
+    validation = load_dataset_examples(ctx.registry, val_ds, task) if val_ds else []
+    base = load_registered_base(base_row, pick_device(ctx.settings.device))
+    return JobInputs(task, task_spec(task), base_row, base, train, validation)
+
+
 def handle(ctx: JobContext) -> Finish:
     spec = AdapterJobSpec.model_validate(ctx.job.spec)
     cfg = with_checkpoint_default(spec.train_config(), ctx)
-    with ctx.registry.tx() as s:
-        task = catalog.get_task(s, ctx.job.owner_id, spec.task)
-        base_row = catalog.get_base_model(s, spec.base_model)
-        train_ds = catalog.get_dataset(s, spec.train_dataset)
-        val_ds = catalog.get_dataset(s, spec.validation_dataset) if spec.validation_dataset else None
-    tspec = task_spec(task)
-    train = load_dataset_examples(ctx.registry, train_ds, task)
-    validation = load_dataset_examples(ctx.registry, val_ds, task) if val_ds else []
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    base = load_registered_base(base_row, pick_device(ctx.settings.device))
+    inp = job_inputs(ctx, spec.task, spec.base_model, spec.train_dataset, spec.validation_dataset)
+    task, tspec, base_row, base, train, validation = (
+        inp.task,
+        inp.spec,
+        inp.base_row,
+        inp.base,
+        inp.train,
+        inp.validation,
+    )
     head = HeadConfig(kind=tspec.kind, num_labels=tspec.num_labels, pooling=spec.pooling)
     name = spec.name or task.name
     run = train_st_adapter(
@@ -72,4 +96,4 @@ def handle(ctx: JobContext) -> Finish:
     return Finish(result=result, register=register)
 
 
-__all__ = ["handle", "load_registered_base", "with_checkpoint_default"]
+__all__ = ["JobInputs", "handle", "job_inputs", "load_registered_base", "with_checkpoint_default"]

@@ -13,11 +13,9 @@ from composer.fusion_training import attention_report, prune_members, pruned, tr
 from composer.heads import HeadConfig
 from composer.st_adapter import predict_logits, score
 from registry_db.models import Job
-from registry_db.repo import adapters, catalog
+from registry_db.repo import adapters
 from workers import artifact_store
-from workers.catalog import load_dataset_examples, task_spec
-from workers.devices import pick_device
-from workers.handlers.adapter import load_registered_base, with_checkpoint_default
+from workers.handlers.adapter import job_inputs, with_checkpoint_default
 from workers.runner import Finish, JobContext
 from workers.specs import FusionJobSpec
 
@@ -32,17 +30,18 @@ def _timed_score(model, name, fusion, task, examples, collate):  # type: ignore[
 def handle(ctx: JobContext) -> Finish:
     spec = FusionJobSpec.model_validate(ctx.job.spec)
     cfg = with_checkpoint_default(spec.train_config(), ctx)
+    inp = job_inputs(ctx, spec.task, spec.base_model or "", spec.train_dataset, spec.validation_dataset)
+    task, tspec, base_row, base, train, validation = (
+        inp.task,
+        inp.spec,
+        inp.base_row,
+        inp.base,
+        inp.train,
+        inp.validation,
+    )
     with ctx.registry.tx() as s:
-        task = catalog.get_task(s, ctx.job.owner_id, spec.task)
-        base_row = catalog.get_base_model(s, spec.base_model or "")
         members = [adapters.get_adapter(s, a, ctx.job.owner_id) for a in spec.adapters]
-        train_ds = catalog.get_dataset(s, spec.train_dataset)
-        val_ds = catalog.get_dataset(s, spec.validation_dataset) if spec.validation_dataset else None
-    tspec = task_spec(task)
-    train = load_dataset_examples(ctx.registry, train_ds, task)
-    validation = load_dataset_examples(ctx.registry, val_ds, task) if val_ds else []
     arts = [artifact_store.fetch(ctx.registry, m) for m in members]
-    base = load_registered_base(base_row, pick_device(ctx.settings.device))
     head = HeadConfig(kind=tspec.kind, num_labels=tspec.num_labels, pooling=spec.pooling)
     run = train_fusion(
         base, tspec, train, validation, arts, FusionConfig.from_dict(spec.fusion), cfg, head,

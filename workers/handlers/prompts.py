@@ -8,10 +8,8 @@ from composer.prompt_artifacts import to_files
 from composer.prompt_training import train_prompts
 from composer.prompts import PromptConfig
 from registry_db.models import Job
-from registry_db.repo import adapters, catalog
-from workers.catalog import load_dataset_examples, task_spec
-from workers.devices import pick_device
-from workers.handlers.adapter import load_registered_base, with_checkpoint_default
+from registry_db.repo import adapters
+from workers.handlers.adapter import job_inputs, with_checkpoint_default
 from workers.runner import Finish, JobContext
 from workers.specs import PromptsJobSpec
 
@@ -19,15 +17,15 @@ from workers.specs import PromptsJobSpec
 def handle(ctx: JobContext) -> Finish:
     spec = PromptsJobSpec.model_validate(ctx.job.spec)
     cfg = with_checkpoint_default(spec.train_config(), ctx)
-    with ctx.registry.tx() as s:
-        task = catalog.get_task(s, ctx.job.owner_id, spec.task)
-        base_row = catalog.get_base_model(s, spec.base_model)
-        train_ds = catalog.get_dataset(s, spec.train_dataset)
-        val_ds = catalog.get_dataset(s, spec.validation_dataset) if spec.validation_dataset else None
-    tspec = task_spec(task)
-    train = load_dataset_examples(ctx.registry, train_ds, task)
-    validation = load_dataset_examples(ctx.registry, val_ds, task) if val_ds else []
-    base = load_registered_base(base_row, pick_device(ctx.settings.device))
+    inp = job_inputs(ctx, spec.task, spec.base_model, spec.train_dataset, spec.validation_dataset)
+    task, tspec, base_row, base, train, validation = (
+        inp.task,
+        inp.spec,
+        inp.base_row,
+        inp.base,
+        inp.train,
+        inp.validation,
+    )
     run = train_prompts(base, tspec, train, validation, spec.k, PromptConfig.from_dict(spec.prompt), cfg,
                         callbacks=[ctx.callback()], resume=ctx.resume)  # fmt: skip
     arts = run.artifacts(tspec)
