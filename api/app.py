@@ -7,11 +7,12 @@ from collections.abc import Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from api import errors
 from api.batcher import MicroBatcher
 from api.metrics import install as install_metrics
-from api.routes import adapters, base_models, datasets, ensembles, health, jobs, keys, predict, tasks
+from api.routes import adapters, base_models, datasets, ensembles, health, jobs, keys, predict, tasks, ui
 from api.settings import Settings, get_settings
 from composer.serving import Runtime
 from registry_db.registry import Registry
@@ -65,6 +66,8 @@ def create_app(
     errors.install(app)
     install_metrics(app)
     app.include_router(health.router)
+    app.include_router(ui.router)
+    app.mount("/ui/static", StaticFiles(directory=ui.UI), name="ui-static")
     for module in (keys, base_models, tasks, datasets, jobs, adapters, predict, ensembles):
         app.include_router(module.router, prefix="/v1")
     return app

@@ -6,9 +6,9 @@ cd "$(dirname "$0")/.."
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 export DEBIAN_FRONTEND=noninteractive
-echo "==> apt packages (redis-server, postgresql; docker-compose to validate the compose file)"
+echo "==> apt packages (redis-server, postgresql; docker-compose to validate the compose file; chromium for UI tests)"
 $SUDO apt-get update -qq
-$SUDO apt-get install -y -qq redis-server postgresql docker-compose >/dev/null
+$SUDO apt-get install -y -qq redis-server postgresql docker-compose chromium chromium-driver >/dev/null
 echo "==> python venv (.venv)"
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
