@@ -25,16 +25,12 @@ class Spec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class AdapterJobSpec(Spec):
-    """Train a single-task adapter (ST-A)."""
+class BottleneckTraining(Spec):
+    """Fields shared by the jobs that train bottleneck adapters."""
 
-    task: str
     base_model: str
-    train_dataset: str
-    validation_dataset: str | None = None
     preset: str = "seq_bn"
     adapter: dict[str, Any] = Field(default_factory=dict)  # BottleneckConfig field overrides
-    pooling: Literal["cls", "mean"] = "mean"
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     name: str | None = None
 
@@ -45,6 +41,15 @@ class AdapterJobSpec(Spec):
 
     def train_config(self) -> TrainConfig:
         return TrainConfig.from_dict(self.hyperparameters)
+
+
+class AdapterJobSpec(BottleneckTraining):
+    """Train a single-task adapter (ST-A)."""
+
+    task: str
+    train_dataset: str
+    validation_dataset: str | None = None
+    pooling: Literal["cls", "mean"] = "mean"
 
 
 class TaskDataSpec(Spec):
@@ -53,24 +58,11 @@ class TaskDataSpec(Spec):
     validation_dataset: str | None = None
 
 
-class MultitaskJobSpec(Spec):
+class MultitaskJobSpec(BottleneckTraining):
     """Train one adapter per task jointly (MT-A set), N >= 2 tasks."""
 
     tasks: list[TaskDataSpec] = Field(min_length=2)
-    base_model: str
-    preset: str = "seq_bn"
-    adapter: dict[str, Any] = Field(default_factory=dict)
     alpha: float = Field(0.5, ge=0, le=1)
-    hyperparameters: dict[str, Any] = Field(default_factory=dict)
-    name: str | None = None
-
-    @field_validator("preset")
-    @classmethod
-    def _preset(cls, v: str) -> str:
-        return known_preset(v)
-
-    def train_config(self) -> TrainConfig:
-        return TrainConfig.from_dict(self.hyperparameters)
 
 
 FUSION_DEFAULTS = {"learning_rate": 5e-5, "epochs": 10, "patience": 3}

@@ -66,14 +66,8 @@ def handle(ctx: JobContext) -> Finish:
     spec = AdapterJobSpec.model_validate(ctx.job.spec)
     cfg = with_checkpoint_default(spec.train_config(), ctx)
     inp = job_inputs(ctx, spec.task, spec.base_model, spec.train_dataset, spec.validation_dataset)
-    task, tspec, base_row, base, train, validation = (
-        inp.task,
-        inp.spec,
-        inp.base_row,
-        inp.base,
-        inp.train,
-        inp.validation,
-    )
+    task, tspec, base_row, base = inp.task, inp.spec, inp.base_row, inp.base
+    train, validation = inp.train, inp.validation
     head = HeadConfig(kind=tspec.kind, num_labels=tspec.num_labels, pooling=spec.pooling)
     name = spec.name or task.name
     run = train_st_adapter(

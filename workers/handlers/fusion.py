@@ -31,14 +31,8 @@ def handle(ctx: JobContext) -> Finish:
     spec = FusionJobSpec.model_validate(ctx.job.spec)
     cfg = with_checkpoint_default(spec.train_config(), ctx)
     inp = job_inputs(ctx, spec.task, spec.base_model or "", spec.train_dataset, spec.validation_dataset)
-    task, tspec, base_row, base, train, validation = (
-        inp.task,
-        inp.spec,
-        inp.base_row,
-        inp.base,
-        inp.train,
-        inp.validation,
-    )
+    task, tspec, base_row, base = inp.task, inp.spec, inp.base_row, inp.base
+    train, validation = inp.train, inp.validation
     with ctx.registry.tx() as s:
         members = [adapters.get_adapter(s, a, ctx.job.owner_id) for a in spec.adapters]
     arts = [artifact_store.fetch(ctx.registry, m) for m in members]

@@ -18,14 +18,8 @@ def handle(ctx: JobContext) -> Finish:
     spec = PromptsJobSpec.model_validate(ctx.job.spec)
     cfg = with_checkpoint_default(spec.train_config(), ctx)
     inp = job_inputs(ctx, spec.task, spec.base_model, spec.train_dataset, spec.validation_dataset)
-    task, tspec, base_row, base, train, validation = (
-        inp.task,
-        inp.spec,
-        inp.base_row,
-        inp.base,
-        inp.train,
-        inp.validation,
-    )
+    task, tspec, base_row, base = inp.task, inp.spec, inp.base_row, inp.base
+    train, validation = inp.train, inp.validation
     run = train_prompts(base, tspec, train, validation, spec.k, PromptConfig.from_dict(spec.prompt), cfg,
                         callbacks=[ctx.callback()], resume=ctx.resume)  # fmt: skip
     arts = run.artifacts(tspec)
