@@ -69,17 +69,14 @@ def install(app: FastAPI) -> None:
     async def _composer(request: Request, exc: ComposerError) -> JSONResponse:
         return problem(422, "invalid-input", str(exc), request.url.path)
 
-    @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError | ValidationError) -> JSONResponse:
         errs = _field_errors(list(exc.errors()))
         field = errs[0]["field"] if errs else None
         return problem(422, "validation-error", "the request is invalid", request.url.path, field=field, errors=errs)
 
-    @app.exception_handler(ValidationError)
-    async def _pyd(request: Request, exc: ValidationError) -> JSONResponse:
-        errs = _field_errors(list(exc.errors()))
-        field = errs[0]["field"] if errs else None
-        return problem(422, "validation-error", "the request is invalid", request.url.path, field=field, errors=errs)
+    # FastAPI's request validation and pydantic's (job specs validated in the handlers) answer alike.
+    app.add_exception_handler(RequestValidationError, _validation)  # type: ignore[arg-type]
+    app.add_exception_handler(ValidationError, _validation)  # type: ignore[arg-type]
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
