@@ -42,6 +42,14 @@ class BottleneckTraining(Spec):
     def train_config(self) -> TrainConfig:
         return TrainConfig.from_dict(self.hyperparameters)
 
+    def check_configs(self) -> None:
+        """Build the training and adapter configs once, so their own validation refuses bad values."""
+        try:
+            self.train_config()
+            preset(self.preset, **self.adapter)
+        except ComposerError as e:
+            raise InvalidInput(str(e)) from None
+
 
 class AdapterJobSpec(BottleneckTraining):
     """Train a single-task adapter (ST-A)."""
@@ -138,11 +146,7 @@ def _dataset_of_task(s: Session, owner_id: str, dataset_id: str, task_id: str, r
 def check_against_registry(s: Session, owner_id: str, job_type: str, spec: Spec) -> dict[str, Any]:
     """Resolve names to ids and refuse what cannot run. Returns the normalised spec to store."""
     if isinstance(spec, AdapterJobSpec):
-        try:
-            spec.train_config()
-            preset(spec.preset, **spec.adapter)
-        except ComposerError as e:
-            raise InvalidInput(str(e)) from None
+        spec.check_configs()
         task = catalog.get_task(s, owner_id, spec.task)
         base = catalog.get_base_model(s, spec.base_model)
         train = _dataset_of_task(s, owner_id, spec.train_dataset, task.id, "train")
@@ -152,11 +156,7 @@ def check_against_registry(s: Session, owner_id: str, job_type: str, spec: Spec)
             _dataset_of_task(s, owner_id, spec.validation_dataset, task.id, "validation")
         return spec.model_copy(update={"task": task.id, "base_model": base.id}).model_dump()
     if isinstance(spec, MultitaskJobSpec):
-        try:
-            spec.train_config()
-            preset(spec.preset, **spec.adapter)
-        except ComposerError as e:
-            raise InvalidInput(str(e)) from None
+        spec.check_configs()
         base = catalog.get_base_model(s, spec.base_model)
         items = []
         for t in spec.tasks:
