@@ -13,10 +13,10 @@ from api import errors
 from api.batcher import MicroBatcher
 from api.metrics import install as install_metrics
 from api.routes import adapters, base_models, datasets, ensembles, health, jobs, keys, predict, tasks, ui
-from api.settings import Settings, get_settings
 from composer.serving import Runtime
 from registry_db.registry import Registry
 from registry_db.repo import keys as key_repo
+from workers.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import stat
 import zipfile
 from pathlib import PurePosixPath
@@ -36,26 +35,6 @@ def read_zip(data: bytes, max_uncompressed: int) -> dict[str, bytes]:
             raise Problem(422, "pickle-refused", f"{name} is a pickle; only safetensors are accepted", field="file")
         files[name] = zf.read(info)
     return files
-
-
-def detect(files: dict[str, bytes]) -> str:
-    """ours-adapter | ours-fusion | ours-prompt | adapterhub | peft."""
-    for cfg in ("adapter_config.json", "fusion_config.json", "prompt_config.json"):
-        if cfg in files:
-            try:
-                meta = json.loads(files[cfg])
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                raise Problem(422, "invalid-archive", f"{cfg} is not valid JSON", field="file") from None
-            fmt = meta.get("format", "")
-            if fmt.startswith("composer-"):
-                return "ours-" + fmt.split("-", 1)[1]
-            if "peft_type" in meta:
-                return "peft"
-            if "config" in meta and "hidden_size" in meta:
-                return "adapterhub"
-    raise Problem(
-        422, "unknown-format", "no adapter_config.json of a known format (ours, AdapterHub, PEFT)", field="file"
-    )
 
 
 def make_zip(files: dict[str, bytes]) -> bytes:

@@ -1,5 +1,6 @@
 """Micro-batching for /v1/predict: requests queue, and are drained in batches bounded by rows and by
-a short wait; one forward serves rows for different adapters (fusion rows are grouped by fusion).
+a short wait. The runtime runs one batch per resident base, one forward per group of rows that can share
+it (all bottleneck adapters together; each fusion; each prompt).
 Inference runs off the event loop. The queue is bounded: when full, callers get 503 + Retry-After.
 Each request has a deadline after which it fails cleanly."""
 
@@ -9,19 +10,17 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
-import torch
 from starlette.concurrency import run_in_threadpool
 
 from api.errors import Problem
 from composer.data import Example
-from composer.serving import Resident, Runtime
+from composer.serving import Resident, RowOutput, Runtime
 
 
 @dataclass
 class Pending:
     resident: Resident
     module_id: str
-    fusion: bool
     rows: list[Example]
     deadline: float
     future: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
@@ -59,13 +58,13 @@ class MicroBatcher:
         """A request that was expected failed before it was queued."""
         self.arriving = max(0, self.arriving - 1)
 
-    async def submit(self, resident: Resident, module_id: str, fusion: bool, rows: list[Example]) -> list[torch.Tensor]:
+    async def submit(self, resident: Resident, module_id: str, rows: list[Example]) -> list[RowOutput]:
         if self.queued_rows + len(rows) > self.max_queue_rows:
             self.gone()
             raise Problem(503, "overloaded", "the prediction queue is full; retry shortly", retry_after=1)
         self.start()
         self.arriving = max(0, self.arriving - 1)
-        item = Pending(resident, module_id, fusion, rows, time.monotonic() + self.timeout)
+        item = Pending(resident, module_id, rows, time.monotonic() + self.timeout)
         self.queued_rows += len(rows)
         await self.queue.put(item)
         try:
@@ -88,7 +87,7 @@ class MicroBatcher:
                 items.append(nxt)
                 rows += len(nxt.rows)
             self.queued_rows -= rows
-            groups: dict[tuple, list[Pending]] = {}
+            groups: dict[int, list[Pending]] = {}
             for it in items:
                 if time.monotonic() > it.deadline:
                     if not it.future.done():
@@ -96,16 +95,14 @@ class MicroBatcher:
                             Problem(503, "deadline-exceeded", "the request waited past its deadline")
                         )
                     continue
-                key = (id(it.resident), it.module_id if it.fusion else "adapters")
-                groups.setdefault(key, []).append(it)
+                groups.setdefault(id(it.resident), []).append(it)
             for group in groups.values():
                 await self._run(group)
 
     async def _run(self, group: list[Pending]) -> None:
-        res, fusion = group[0].resident, group[0].module_id if group[0].fusion else None
         rows = [(it.module_id, ex) for it in group for ex in it.rows]
         try:
-            out = await run_in_threadpool(self.runtime.predict_mixed, res, rows, fusion)
+            out = await run_in_threadpool(self.runtime.predict, group[0].resident, rows)
         except Exception as e:  # noqa: BLE001 - the whole group failed; each caller gets the error
             for it in group:
                 if not it.future.done():

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from composer.errors import ComposerError, DataError
+from composer.errors import ArtifactError, ComposerError, DataError, IncompatibleBaseError
 from registry_db.errors import BlobCorrupted, Conflict, InvalidInput, NotFound
 
 BASE = "https://adapter-composer.dev/problems/"
@@ -64,6 +64,14 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(DataError)
     async def _data(request: Request, exc: DataError) -> JSONResponse:
         return problem(422, "invalid-dataset", str(exc), request.url.path, line=exc.line)
+
+    @app.exception_handler(IncompatibleBaseError)
+    async def _base(request: Request, exc: IncompatibleBaseError) -> JSONResponse:
+        return problem(409, "wrong-base", str(exc), request.url.path)
+
+    @app.exception_handler(ArtifactError)
+    async def _artifact(request: Request, exc: ArtifactError) -> JSONResponse:
+        return problem(422, "invalid-artifact", str(exc), request.url.path)
 
     @app.exception_handler(ComposerError)
     async def _composer(request: Request, exc: ComposerError) -> JSONResponse:

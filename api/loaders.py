@@ -1,59 +1,52 @@
-"""Glue between the registry rows and the composer serving runtime (the API owns both sides)."""
+"""Glue between the registry rows and the composer serving runtime (the API owns both sides).
+
+`ensure` makes a registered module resident (a fusion after its members) through its kind's
+face, and returns a lease that the request holds until its forward is done."""
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass, field
 from typing import Any
 
-from composer import fusion_artifacts, prompt_artifacts
-from composer.base import load_base
-from composer.heads import HeadConfig
+from composer import kinds
 from composer.serving import Resident, Runtime
 from registry_db.models import Adapter, BaseModelRow
 from registry_db.registry import Registry
-from registry_db.repo import adapters, catalog
 from workers import artifact_store
+from workers.catalog import load_registered_base
 
 
-def resident(runtime: Runtime, reg: Registry, base_row: BaseModelRow, device: str | None) -> Resident:
-    def load():  # type: ignore[no-untyped-def]
-        base = load_base(base_row.path, name=base_row.name, num_hidden_layers=base_row.num_layers, device=device)
-        if base.identity.fingerprint != base_row.identity:
-            raise ValueError(f"the model at {base_row.path} no longer matches base model {base_row.name!r}")
-        return base
-
-    return runtime.resident(base_row.id, load)
+def resident(runtime: Runtime, base_row: BaseModelRow, device: str | None) -> Resident:
+    return runtime.resident(base_row.id, lambda: load_registered_base(base_row, device))
 
 
-def ensure(runtime: Runtime, reg: Registry, row: Adapter, device: str | None,
-           base_row: BaseModelRow | None = None, members: list[Adapter] | None = None) -> Resident:  # fmt: skip
-    """Make the adapter (and, for a fusion, its members) resident; returns its base's resident.
-    Callers that already read the base row and fusion members pass them, saving a transaction."""
-    if base_row is None or (row.kind == "fusion" and members is None):
-        with reg.tx() as s:
-            base_row = catalog.get_base_model(s, row.base_model_id)
-            members = adapters.fusion_members(s, row.id) if row.kind == "fusion" else []
-    members = members or []
-    res = resident(runtime, reg, base_row, device)
-    if row.kind in ("st_a", "mt_a"):
-        runtime.ensure_adapter(res, base_row.id, row.id, lambda: artifact_store.fetch(reg, row))
-    elif row.kind == "fusion":
+@dataclass
+class Lease:
+    runtime: Runtime
+    resident: Resident
+    module_id: str
+    members: list[str] = field(default_factory=list)
+    released: bool = False
 
-        def load_fusion():  # type: ignore[no-untyped-def]
-            config = reg.blobs.get(row.config_sha256)  # type: ignore[arg-type]
-            art, head = fusion_artifacts.from_files(config, reg.blobs.get(row.blob_sha256))  # type: ignore[arg-type]
-            art.members = [m.id for m in members]  # lineage is the truth (a derived fusion keeps fewer)
-            return art, head, HeadConfig.from_dict(json.loads(config)["head"])
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.runtime.release(self.module_id, self.members)
 
-        loaders = [(m.id, (lambda m=m: artifact_store.fetch(reg, m))) for m in members]
-        runtime.ensure_fusion(res, base_row.id, row.id, load_fusion, loaders)
-    elif row.kind == "soft_prompt":
-        runtime.ensure_prompt(res, base_row.id, row.id, lambda: prompt_from_row(reg, row))
-    return res
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.release()
 
 
-def prompt_from_row(reg: Registry, row: Adapter):  # type: ignore[no-untyped-def]
-    return prompt_artifacts.from_files(reg.blobs.get(row.config_sha256), reg.blobs.get(row.blob_sha256))  # type: ignore[arg-type]
+def ensure(runtime: Runtime, reg: Registry, row: Adapter, base_row: BaseModelRow, members: list[Adapter],
+           device: str | None) -> Lease:  # fmt: skip
+    """Make the module (and a fusion's members, in lineage order) resident, leased to the caller."""
+    res = resident(runtime, base_row, device)
+    specs = [(m.id, kinds.get(m.kind), (lambda m=m: artifact_store.fetch(reg, m))) for m in members]
+    runtime.ensure(res, base_row.id, row.id, kinds.get(row.kind), lambda: artifact_store.fetch(reg, row), specs)
+    return Lease(runtime, res, row.id, [m.id for m in members])
 
 
 def adapter_json(row: Adapter, **extra: Any) -> dict[str, Any]:

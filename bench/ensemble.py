@@ -16,9 +16,9 @@ from bench.common import emit, time_ms, write_section
 from composer.base import load_base, packaged_encoder_dir
 from composer.corpora import load_corpus
 from composer.data import Collator
-from composer.ensemble import predict_ensemble
-from composer.prompt_training import train_prompts
-from composer.prompts import PromptConfig
+from composer.prompts.ensemble import predict_ensemble
+from composer.prompts.prompt import PromptConfig
+from composer.prompts.training import train_prompts
 from composer.training import TrainConfig
 
 K, LENGTH, SEQ = 5, 20, 64

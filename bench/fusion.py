@@ -11,11 +11,11 @@ import argparse
 import torch
 
 from bench.common import emit, run_parity, time_ms, write_section
+from composer.adapters.config import preset
+from composer.adapters.fusion import FusionConfig
+from composer.adapters.model import AdaptedEncoder
 from composer.base import load_base, packaged_encoder_dir
 from composer.composition import Fuse, Single
-from composer.config import preset
-from composer.fusion import FusionConfig
-from composer.model import AdaptedEncoder
 
 SEQ = 64
 FUSE_SIZES = (2, 4, 8, 16)

@@ -18,15 +18,15 @@ from pathlib import Path
 import torch
 
 from bench.common import ROOT, emit, write_section
+from composer.adapters.config import preset
+from composer.adapters.fusion import FusionConfig
+from composer.adapters.fusion_training import attention_report, train_fusion
+from composer.adapters.multitask import TaskData, train_multitask
+from composer.adapters.training import predict_logits, score, train_st_adapter
 from composer.base import load_base, packaged_encoder_dir
 from composer.composition import Fuse, Single
-from composer.config import preset
 from composer.corpora import load_corpus
 from composer.data import Collator
-from composer.fusion import FusionConfig
-from composer.fusion_training import attention_report, train_fusion
-from composer.multitask import TaskData, train_multitask
-from composer.st_adapter import predict_logits, score, train_st_adapter
 from composer.training import TrainConfig
 
 SOURCES = ("rt_polarity", "rt_subjectivity", "conll_uncertainty")

@@ -21,10 +21,10 @@ from bench.common import ROOT, emit, write_section
 from composer.base import load_base, packaged_encoder_dir
 from composer.corpora import load_corpus
 from composer.data import Collator
-from composer.prompt_training import batched_logits, train_prompts
-from composer.prompts import PromptConfig
+from composer.prompts.ensemble import STRATEGIES, vote
+from composer.prompts.prompt import PromptConfig
+from composer.prompts.training import batched_logits, train_prompts
 from composer.training import TrainConfig
-from composer.voting import STRATEGIES, vote
 
 TASKS = ("rt_polarity", "fine_foods", "conll_uncertainty")
 RECIPES = {  # published starting points: shallow ~0.3 with label/vocab init; deep (P-tuning v2) 5e-3..1e-2

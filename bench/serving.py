@@ -20,15 +20,15 @@ import httpx
 import torch
 
 from bench.common import ROOT, emit, time_ms, write_section
-from composer import artifacts
+from composer.adapters import artifacts
+from composer.adapters.config import preset
+from composer.adapters.fusion import FusionConfig
+from composer.adapters.fusion_artifacts import extract as extract_fusion
+from composer.adapters.fusion_artifacts import to_files as fusion_files
+from composer.adapters.model import AdaptedEncoder
 from composer.base import load_base, packaged_encoder_dir
-from composer.config import preset
 from composer.data import Example, TaskSpec
-from composer.fusion import FusionConfig
-from composer.fusion_artifacts import extract as extract_fusion
-from composer.fusion_artifacts import to_files as fusion_files
 from composer.heads import HeadConfig
-from composer.model import AdaptedEncoder
 from composer.serving import Runtime
 from registry_db.blobs import LocalBlobStore
 from registry_db.engine import make_engine

@@ -98,11 +98,14 @@ class LoadedBase:
         return next(self.model.parameters()).device
 
 
-def pick_device(preferred: str | None = None) -> torch.device:
-    """CUDA when present (respecting CUDA_VISIBLE_DEVICES), else CPU."""
+def pick_device(preferred: str | None = None) -> str:
+    """`preferred` if set; else the first device CUDA_VISIBLE_DEVICES exposes; else cpu. Workers call it in
+    the training child, so CUDA is never initialised before a fork."""
     if preferred:
-        return torch.device(preferred)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return preferred
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
+        return "cpu"
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
 
 
 def config_hash(config: Any) -> str:
@@ -169,7 +172,7 @@ def load_base(
         config_hash=config_hash(config),
         weights_hash=weights_hash(model),
     )
-    model.to(pick_device(str(device)) if device is not None else pick_device())
+    model.to(pick_device(str(device) if device is not None else None))
     return LoadedBase(model=model, tokenizer=tokenizer, identity=identity, family=config.model_type, path=path)
 
 

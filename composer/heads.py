@@ -8,13 +8,22 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
+from transformers.activations import get_activation
 
-from composer.bottleneck import activation
 from composer.errors import ConfigError
+
+if TYPE_CHECKING:
+    from composer.data import TaskSpec
+
+
+def activation(name: str) -> nn.Module:
+    if name == "leakyrelu":
+        return nn.LeakyReLU()
+    return get_activation(name)
 
 
 @dataclass(frozen=True)
@@ -98,3 +107,7 @@ def stacked_classify(heads: list[PredictionHead], pooled: torch.Tensor) -> torch
     b = torch.stack([h.out.bias for h in heads])
     out = torch.einsum("bkh,kch->bkc", z, w) + b
     return out.squeeze(-1) if first.cfg.kind == "regression" else out
+
+
+def head_for(task: TaskSpec, pooling: str = "mean") -> HeadConfig:
+    return HeadConfig(kind=task.kind, num_labels=task.num_labels, pooling=pooling)  # type: ignore[arg-type]

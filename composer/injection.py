@@ -2,8 +2,14 @@
 
 Every encoder layer ends each sublayer the same way: `LayerNorm(x + r)`, where `x` is
 the sublayer output and `r` its residual input. A *site* intercepts exactly that call
-and hands `(x, r, layer_norm)` to a `Router`, which the model side points at the active
-composition. With no composition active, a site computes `LayerNorm(x + r)` as before.
+and hands `(x, r, layer_norm)` to the `Router` of its encoder.
+
+Nothing a forward needs is stored on the shared layers. The router reads the current
+`Scope` (the site handler of one composition, the fusion-attention capture, a prompt to
+prepend to the embedding output) from a context variable that `Router.scoped` sets for
+the duration of one forward and always resets. Context variables are per thread (and
+per asyncio task), so forwards on one resident base never see each other's scope; with
+no scope, every site computes `LayerNorm(x + r)` and the encoder is the bare base.
 
 One small map per family says where the sites are:
 - BERT, RoBERTa, XLM-R, ELECTRA: the `attention.output` and `output` modules take
@@ -16,30 +22,56 @@ One small map per family says where the sites are:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from composer.config import Placement
+Placement = Literal["attention", "ffn"]
+PLACEMENTS: tuple[Placement, ...] = ("attention", "ffn")
 
 SiteHandler = Callable[
     [int, Placement, torch.Tensor, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]], torch.Tensor
 ]
 
 
+@dataclass
+class Scope:
+    """What one forward asks of the shared layers. Built per forward, never stored on a module."""
+
+    handler: SiteHandler | None = None
+    capture: dict[str, torch.Tensor] | None = None  # fusion attention per site key, when asked for
+    prefix: torch.Tensor | None = None  # [B, L, H] prepended to the embedding output (AdapterHub prompts)
+    scratch: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)  # DistilBERT's x and r
+
+
 class Router:
-    """Shared by all sites of one encoder. `handler=None` means: behave like the plain encoder."""
+    """Shared by all sites of one encoder; holds no per-request state, only the context variable."""
 
     def __init__(self) -> None:
-        self.handler: SiteHandler | None = None
+        self._scope: ContextVar[Scope | None] = ContextVar(f"composer_scope_{id(self)}", default=None)
+
+    @contextmanager
+    def scoped(self, scope: Scope | None) -> Iterator[None]:
+        token = self._scope.set(scope)
+        try:
+            yield
+        finally:
+            self._scope.reset(token)
+
+    @property
+    def scope(self) -> Scope | None:
+        return self._scope.get()
 
     def run(self, layer: int, placement: Placement, x: torch.Tensor, r: torch.Tensor, ln: Callable) -> torch.Tensor:
-        if self.handler is None:
+        scope = self._scope.get()
+        if scope is None or scope.handler is None:
             return ln(x + r)
-        return self.handler(layer, placement, x, r, ln)
+        return scope.handler(layer, placement, x, r, ln)
 
 
 @dataclass(frozen=True)
@@ -75,20 +107,25 @@ def _patch_output_module(module: nn.Module, layer: int, placement: Placement, ro
 
 
 def _patch_distilbert_block(block: nn.Module, layer: int, router: Router) -> list[Any]:
-    captured: dict[str, torch.Tensor] = {}
+    """DistilBERT adds its residuals inline; hooks put `x` and `r` into the forward's scope."""
     handles = []
 
+    def keep(name: str, value: torch.Tensor) -> None:
+        scope = router.scope
+        if scope is not None and scope.handler is not None:
+            scope.scratch[(layer, name)] = value
+
     def block_pre(_m: nn.Module, args: tuple, kwargs: dict) -> None:
-        captured["h"] = args[0] if args else kwargs.get("hidden_states", kwargs.get("x"))
+        keep("h", args[0] if args else kwargs.get("hidden_states", kwargs.get("x")))
 
     def attn_out(_m: nn.Module, _a: tuple, out: Any) -> None:
-        captured["attn"] = out[0] if isinstance(out, tuple) else out
+        keep("attn", out[0] if isinstance(out, tuple) else out)
 
     def ffn_pre(_m: nn.Module, args: tuple) -> None:
-        captured["a"] = args[0]
+        keep("a", args[0])
 
     def ffn_out(_m: nn.Module, _a: tuple, out: torch.Tensor) -> None:
-        captured["ffn"] = out
+        keep("ffn", out)
 
     handles.append(block.register_forward_pre_hook(block_pre, with_kwargs=True))
     handles.append(block.attention.register_forward_hook(attn_out))
@@ -100,15 +137,29 @@ def _patch_distilbert_block(block: nn.Module, layer: int, router: Router) -> lis
             return nn.LayerNorm.forward(ln, t)
 
         def forward(summed: torch.Tensor) -> torch.Tensor:
-            if router.handler is None:
+            scope = router.scope
+            if scope is None or scope.handler is None:
                 return plain(summed)
-            return router.run(layer, placement, captured.pop(x_key), captured.pop(r_key), plain)
+            x, r = scope.scratch.pop((layer, x_key)), scope.scratch.pop((layer, r_key))
+            return router.run(layer, placement, x, r, plain)
 
         return forward
 
     block.sa_layer_norm.forward = make(block.sa_layer_norm, "attention", "attn", "h")
     block.output_layer_norm.forward = make(block.output_layer_norm, "ffn", "ffn", "a")
     return handles
+
+
+def _patch_embeddings(model: nn.Module, router: Router) -> None:
+    """A prompt in the scope is prepended to the embedding output (after its LayerNorm)."""
+
+    def prepend(_m: nn.Module, _a: tuple, out: torch.Tensor) -> torch.Tensor | None:
+        scope = router.scope
+        if scope is None or scope.prefix is None:
+            return None
+        return torch.cat([scope.prefix.to(out.dtype), out], dim=1)
+
+    model.embeddings.register_forward_hook(prepend)
 
 
 def inject(model: nn.Module, family: str) -> Router:
@@ -123,5 +174,6 @@ def inject(model: nn.Module, family: str) -> Router:
             _patch_output_module(_layers(block, spec.ffn_module), i, "ffn", router)
         else:
             _patch_distilbert_block(block, i, router)
+    _patch_embeddings(model, router)
     object.__setattr__(model, "_composer_router", router)
     return router

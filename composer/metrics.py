@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from composer.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+    from composer.data import Example, TaskSpec
 
 CLASSIFICATION_METRICS = ("accuracy", "macro_f1", "mcc")
 REGRESSION_METRICS = ("pearson", "spearman")
@@ -69,3 +77,11 @@ def check_metric(kind: str, metric: str) -> None:
     allowed = CLASSIFICATION_METRICS if kind == "classification" else REGRESSION_METRICS
     if metric not in allowed:
         raise ConfigError(f"metric {metric!r} does not apply to {kind}; use one of {allowed}")
+
+
+def score(task: TaskSpec, logits: torch.Tensor, examples: Sequence[Example]) -> dict[str, float]:
+    if task.kind == "regression":
+        gold = np.array([float(e.label) for e in examples])  # type: ignore[arg-type]
+        return regression_metrics(logits.float().cpu().numpy(), gold)
+    gold = np.array([task.label_index(e.label) for e in examples])
+    return classification_metrics(logits.float().cpu().numpy(), gold)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -21,6 +23,17 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def load_json(data: bytes, what: str) -> dict[str, Any]:
+    """A config file's JSON object, or an ArtifactError that names the file."""
+    try:
+        meta = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{what} is not valid JSON: {e}") from None
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"{what} is not a JSON object")
+    return meta
 
 
 def tensors_from_bytes(data: bytes, what: str = "weights") -> dict[str, torch.Tensor]:

@@ -1,39 +1,56 @@
 """Serving runtime: one resident base per base model, modules loaded on demand into an LRU cache.
 
-The runtime knows nothing of databases: callers hand it loader callables that return
-artifacts. All forwards on one base run under that base's lock, since sites are shared.
+The runtime knows nothing of databases: callers hand it a kind's face (`composer.kinds`)
+and a loader that returns the artifact. Every forward passes its composition as an
+argument (`composer.injection.Scope`), so any number of request kinds run on one resident
+base, from any thread, in any order, with the outputs of a freshly built model. The
+resident's lock only guards changes to the set of loaded modules.
+
+A module is *leased* from `ensure` until `release`: the LRU never evicts a leased module,
+and an eviction asked for while it is leased (an archive, say) happens at its release.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
-from collections.abc import Callable
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from composer import artifacts, fusion_artifacts
-from composer.artifacts import AdapterArtifact
+from composer.adapters.model import AdaptedEncoder
 from composer.base import LoadedBase
-from composer.composition import Fuse, Mixed, Single
-from composer.data import Collator, Example, TaskSpec
-from composer.ensemble import predict_ensemble
-from composer.fusion_artifacts import FusionArtifact
-from composer.heads import HeadConfig
-from composer.model import AdaptedEncoder
-from composer.prompt_artifacts import PromptArtifact
-from composer.prompt_model import PromptModel
-from composer.voting import RowVote
+from composer.data import Example
+from composer.errors import ConfigError
+from composer.method import Artifact, MethodKind, Models
+from composer.prompts.ensemble import RowVote, predict_ensemble
+from composer.prompts.model import PromptModel
+
+Loader = Callable[[], Artifact]
 
 
 @dataclass
-class Resident:
-    base: LoadedBase
-    encoder: AdaptedEncoder
-    prompts: PromptModel
+class Resident(Models):
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def token_limit(self) -> int:
+        """The longest input the base takes (its position table, or the tokenizer's own limit)."""
+        cfg = self.base.model.config
+        limit = getattr(cfg, "max_position_embeddings", 512)
+        if cfg.model_type in ("roberta", "xlm-roberta"):
+            limit -= 2  # the positions start after the padding index
+        return int(min(limit, getattr(self.base.tokenizer, "model_max_length", limit) or limit))
+
+
+@dataclass
+class Loaded:
+    base_key: str
+    kind: MethodKind
+    nbytes: int
+    max_length: int
 
 
 @dataclass
@@ -43,19 +60,22 @@ class CacheStats:
     evictions: int = 0
 
 
-def _nbytes(module: torch.nn.Module) -> int:
-    return sum(p.numel() * p.element_size() for p in module.parameters())
+@dataclass
+class RowOutput:
+    logits: torch.Tensor
+    attention: dict[str, torch.Tensor] | None = None  # fusion attention per site, [N]
 
 
 class Runtime:
     def __init__(self, cache_bytes: int = 512 << 20):
         self.residents: dict[str, Resident] = {}
-        self.cache: OrderedDict[str, tuple[str, str, int]] = OrderedDict()  # id -> (base key, kind, bytes)
+        self.cache: OrderedDict[str, Loaded] = OrderedDict()
         self.cache_bytes = cache_bytes
         self.stats = CacheStats()
         self.pinned: set[str] = set()
-        self._lock = threading.Lock()
-        self._load_lock = threading.RLock()  # concurrent requests for one cold module load it once
+        self.leases: Counter[str] = Counter()
+        self.doomed: set[str] = set()  # evictions asked for while leased
+        self._lock = threading.RLock()  # the cache and leases; concurrent requests for a cold module load it once
 
     def resident(self, base_key: str, load_base: Callable[[], LoadedBase]) -> Resident:
         with self._lock:
@@ -64,143 +84,123 @@ class Runtime:
                 self.residents[base_key] = Resident(base, AdaptedEncoder(base).eval(), PromptModel(base).eval())
             return self.residents[base_key]
 
-    def _touch(self, module_id: str) -> bool:
+    # -- loading, leases and eviction -----------------------------------------------------------
+    def ensure(self, res: Resident, base_key: str, module_id: str, kind: MethodKind, load: Loader,
+               members: Sequence[tuple[str, MethodKind, Loader]] = ()) -> None:  # fmt: skip
+        """Load the module (after its members) if needed, and lease it and its members until `release`."""
+        with self._lock:
+            for member_id, member_kind, member_load in members:
+                self._ensure(res, base_key, member_id, member_kind, member_load, ())
+            self._ensure(res, base_key, module_id, kind, load, [m[0] for m in members])
+            for i in (module_id, *(m[0] for m in members)):
+                self.leases[i] += 1
+            self._shrink()
+
+    def release(self, module_id: str, members: Sequence[str] = ()) -> None:
+        with self._lock:
+            for i in (module_id, *members):
+                self.leases[i] -= 1
+                if self.leases[i] <= 0:
+                    del self.leases[i]
+                    if i in self.doomed:
+                        self.evict(i)
+            self._shrink()
+
+    def _ensure(self, res: Resident, base_key: str, module_id: str, kind: MethodKind, load: Loader,
+                members: Sequence[str]) -> None:  # fmt: skip
         if module_id in self.cache:
             self.cache.move_to_end(module_id)
             self.stats.hits += 1
-            return True
+            return
         self.stats.misses += 1
-        return False
+        art = load()
+        with res.lock:
+            kind.attach(res, art, module_id, members)
+        limit = res.token_limit
+        self.cache[module_id] = Loaded(base_key, kind, kind.nbytes(res, module_id), kind.max_length(art, limit))
 
-    def _admit(self, module_id: str, base_key: str, kind: str, size: int) -> None:
-        self.cache[module_id] = (base_key, kind, size)
-        while sum(v[2] for v in self.cache.values()) > self.cache_bytes:
-            victims = [k for k in self.cache if k not in self.pinned and k != module_id]
+    def _shrink(self) -> None:
+        while sum(v.nbytes for v in self.cache.values()) > self.cache_bytes:
+            victims = [k for k in self.cache if k not in self.pinned and k not in self.leases]
             if not victims:
                 break
             self.evict(victims[0])
 
     def evict(self, module_id: str) -> None:
-        entry = self.cache.pop(module_id, None)
-        if entry is None:
-            return
-        self.stats.evictions += 1
-        res = self.residents[entry[0]]
-        with res.lock:
-            self._drop(res, module_id)
-
-    @staticmethod
-    def _drop(res: Resident, module_id: str) -> None:
-        for registry in (
-            res.encoder.adapters,
-            res.encoder.heads,
-            res.encoder.fusions,
-            res.prompts.prompts,
-            res.prompts.heads,
-        ):
-            if module_id in registry:
-                del registry[module_id]
-
-    def loaded(self) -> list[dict[str, Any]]:
-        return [{"id": k, "base": v[0], "kind": v[1], "bytes": v[2]} for k, v in self.cache.items()]
-
-    # -- adapters and fusions -------------------------------------------------------------
-    def ensure_adapter(
-        self, res: Resident, base_key: str, adapter_id: str, load: Callable[[], AdapterArtifact]
-    ) -> None:
-        with self._load_lock:
-            self._ensure_adapter(res, base_key, adapter_id, load)
-
-    def _ensure_adapter(
-        self, res: Resident, base_key: str, adapter_id: str, load: Callable[[], AdapterArtifact]
-    ) -> None:
-        if self._touch(adapter_id) and adapter_id in res.encoder.adapters:
-            return
-        artifact = load()
-        with res.lock:  # never change the module set under a running forward
-            artifacts.attach(res.encoder, artifact, name=adapter_id)
-        size = _nbytes(res.encoder.adapters[adapter_id])
-        if adapter_id in res.encoder.heads:
-            size += _nbytes(res.encoder.heads[adapter_id])
-        self._admit(adapter_id, base_key, "adapter", size)
-
-    def ensure_fusion(self, res: Resident, base_key: str, fusion_id: str,
-                      load: Callable[[], tuple[FusionArtifact, dict[str, torch.Tensor], HeadConfig]],
-                      members: list[tuple[str, Callable[[], AdapterArtifact]]]) -> None:  # fmt: skip
-        with self._load_lock:
-            for member_id, loader in members:
-                self._ensure_adapter(res, base_key, member_id, loader)
-            if self._touch(fusion_id) and fusion_id in res.encoder.fusions:
+        with self._lock:
+            if module_id in self.leases:
+                self.doomed.add(module_id)
                 return
-            art, head_tensors, head_cfg = load()
+            self.doomed.discard(module_id)
+            entry = self.cache.pop(module_id, None)
+            if entry is None:
+                return
+            self.stats.evictions += 1
+            res = self.residents[entry.base_key]
             with res.lock:
-                fusion_artifacts.attach(res.encoder, art, member_names=[m for m, _ in members], name=fusion_id)
-                res.encoder.add_head(fusion_id, head_cfg).load_state_dict(head_tensors, strict=True)
-        self._admit(fusion_id, base_key, "fusion", _nbytes(res.encoder.fusions[fusion_id]))
-
-    def predict(self, res: Resident, module_id: str, task: TaskSpec, inputs: list[Example], fusion: bool = False,
-                return_attention: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:  # fmt: skip
-        batch = {
-            k: v.to(res.base.device)
-            for k, v in Collator(res.base.tokenizer, task).__call__(inputs).items()
-            if k != "labels"
-        }
-        with res.lock, torch.no_grad():
-            res.encoder.activate(Fuse(module_id) if fusion else Single(module_id))
-            out = res.encoder(**batch, head=module_id, return_fusion_attention=return_attention and fusion)
-        return out.logits.float().cpu(), out.fusion_attention  # type: ignore[union-attr]
-
-    def predict_mixed(
-        self, res: Resident, rows: list[tuple[str, Example]], fusion: str | None = None
-    ) -> list[torch.Tensor]:
-        """One forward for rows that use different adapters (row i: adapter rows[i][0]), or one fusion.
-        Each row's own head is applied to its own output; returns per-row logits."""
-        tok = res.base.tokenizer
-        texts = [e.text for _, e in rows]
-        pairs = [e.text_pair for _, e in rows]
-        enc = tok(texts, [p or "" for p in pairs] if any(p is not None for p in pairs) else None,
-                  padding=True, truncation=True, max_length=128, return_tensors="pt")  # fmt: skip
-        batch = {
-            k: v.to(res.base.device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")
-        }
-        ids = [a for a, _ in rows]
-        with res.lock, torch.no_grad():
-            res.encoder.activate(Fuse(fusion) if fusion else Mixed(tuple(ids)))
-            hidden = res.encoder(**batch).hidden
-            out: list[torch.Tensor | None] = [None] * len(rows)
-            for head_id in dict.fromkeys(fusion and [fusion] or ids):
-                idx = [i for i, a in enumerate(ids) if fusion or a == head_id]
-                sel = torch.tensor(idx, device=hidden.device)
-                logits = res.encoder.heads[head_id](
-                    hidden.index_select(0, sel), batch["attention_mask"].index_select(0, sel)
-                )
-                for j, i in enumerate(idx):
-                    out[i] = logits[j].float().cpu()
-        return out  # type: ignore[return-value]
+                entry.kind.remove(res, module_id)
 
     def pin(self, module_id: str, pinned: bool = True) -> None:
         """Pinned modules are never evicted by the LRU (archiving still evicts them)."""
         (self.pinned.add if pinned else self.pinned.discard)(module_id)
 
-    # -- prompts ----------------------------------------------------------------------------
-    def ensure_prompt(self, res: Resident, base_key: str, prompt_id: str, load: Callable[[], PromptArtifact]) -> None:
-        with self._load_lock:
-            if self._touch(prompt_id) and prompt_id in res.prompts.prompts:
-                return
-            art = load()
-            with res.lock:
-                res.prompts.attach(art, name=prompt_id)
-        self._admit(
-            prompt_id,
-            base_key,
-            "soft_prompt",
-            _nbytes(res.prompts.prompts[prompt_id]) + _nbytes(res.prompts.heads[prompt_id]),
-        )
+    def loaded(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [
+                {"id": k, "base": v.base_key, "kind": v.kind.name, "bytes": v.nbytes} for k, v in self.cache.items()
+            ]
 
-    def predict_ensemble(self, res: Resident, prompt_ids: list[str], task: TaskSpec, inputs: list[Example],
-                         strategy: str, scores: list[float | None], early_exit: bool) -> list[RowVote]:  # fmt: skip
-        batch = {
-            k: v.to(res.base.device) for k, v in Collator(res.base.tokenizer, task)(inputs).items() if k != "labels"
-        }
-        with res.lock:
-            return predict_ensemble(res.prompts, prompt_ids, batch, strategy, scores, early_exit)
+    def _entry(self, module_id: str) -> Loaded:
+        entry = self.cache.get(module_id)
+        if entry is None:
+            raise ConfigError(f"module {module_id!r} is not loaded; ensure() it first")
+        return entry
+
+    # -- running ----------------------------------------------------------------------------------
+    @staticmethod
+    def tokenize(res: Resident, inputs: Sequence[Example], max_lengths: Sequence[int]) -> dict[str, torch.Tensor]:
+        """One padded batch, each row truncated at its own module's max_length."""
+        tok = res.base.tokenizer
+        texts, pairs = [e.text for e in inputs], [e.text_pair for e in inputs]
+        pair_args = [p or "" for p in pairs] if any(p is not None for p in pairs) else None
+        keys = ("input_ids", "attention_mask", "token_type_ids")
+        if len(set(max_lengths)) == 1:
+            enc = tok(texts, pair_args, padding=True, truncation=True, max_length=max_lengths[0], return_tensors="pt")
+        else:
+            rows: list[dict[str, list[int]]] = [{}] * len(inputs)
+            for length in set(max_lengths):
+                idx = [i for i, m in enumerate(max_lengths) if m == length]
+                sub = tok([texts[i] for i in idx], [pair_args[i] for i in idx] if pair_args else None,
+                          truncation=True, max_length=length)  # fmt: skip
+                for j, i in enumerate(idx):
+                    rows[i] = {k: sub[k][j] for k in keys if k in sub}
+            enc = tok.pad(rows, return_tensors="pt")
+        return {k: v.to(res.base.device) for k, v in enc.items() if k in keys}
+
+    def predict(
+        self, res: Resident, rows: Sequence[tuple[str, Example]], return_attention: bool = False
+    ) -> list[RowOutput]:
+        """Rows for any loaded modules of this base, row i under module rows[i][0]. Rows whose modules share a
+        group (all bottleneck adapters; one fusion; one prompt) run as one forward each."""
+        entries = [self._entry(m) for m, _ in rows]
+        groups: dict[tuple[str, str], list[int]] = {}
+        for i, ((module_id, _), entry) in enumerate(zip(rows, entries, strict=True)):
+            groups.setdefault(entry.kind.group(module_id), []).append(i)
+        out: list[RowOutput | None] = [None] * len(rows)
+        with torch.no_grad():
+            for idx in groups.values():
+                kind = entries[idx[0]].kind
+                batch = self.tokenize(res, [rows[i][1] for i in idx], [entries[i].max_length for i in idx])
+                pred = kind.predict(res, [rows[i][0] for i in idx], batch, return_attention)
+                for j, i in enumerate(idx):
+                    att = {k: a[j].float().cpu() for k, a in pred.attention.items()} if pred.attention else None
+                    out[i] = RowOutput(pred.logits[j], att)
+        return out  # type: ignore[return-value]
+
+    def predict_ensemble(self, res: Resident, prompt_ids: list[str], inputs: Sequence[Example], strategy: str,
+                         scores: list[float | None], early_exit: bool) -> list[RowVote]:  # fmt: skip
+        entries = [self._entry(p) for p in prompt_ids]
+        if any(not e.kind.ensemble_member for e in entries):
+            raise ConfigError("an ensemble is made of soft prompts only")
+        batch = self.tokenize(res, inputs, [min(e.max_length for e in entries)] * len(inputs))
+        return predict_ensemble(res.prompts, prompt_ids, batch, strategy, scores, early_exit)

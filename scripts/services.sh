@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Start throwaway PostgreSQL and Redis servers for the test suite (sourced by scripts/test.sh).
-# PostgreSQL refuses to run as root, so the cluster is owned by the `postgres` user.
+# Start a throwaway PostgreSQL server for the test suite (sourced by scripts/test.sh); the tests that need
+# Redis start their own redis-server processes. PostgreSQL refuses to run as root, so the cluster is owned
+# by the `postgres` user.
 PG_PORT="${PG_PORT:-55432}"
-REDIS_PORT="${REDIS_PORT:-56379}"
 SERVICES_DIR="$(mktemp -d /tmp/composer-services.XXXXXX)"
 PG_BIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)"
 
@@ -20,18 +20,11 @@ start_services() {
     export COMPOSER_TEST_POSTGRES_URL="postgresql+psycopg://composer@127.0.0.1:$PG_PORT/composer_test"
     echo "==> PostgreSQL on 127.0.0.1:$PG_PORT"
   fi
-  if command -v redis-server >/dev/null && [ -z "${COMPOSER_TEST_REDIS_URL:-}" ]; then
-    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --daemonize yes --save "" --appendonly no \
-      --dir "$SERVICES_DIR" --logfile "$SERVICES_DIR/redis.log" >/dev/null
-    export COMPOSER_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
-    echo "==> Redis on 127.0.0.1:$REDIS_PORT"
-  fi
 }
 
 stop_services() {
   if [ -n "$PG_BIN" ] && [ -d "$SERVICES_DIR/pg" ]; then
     as_pg "$PG_BIN/pg_ctl" -D "$SERVICES_DIR/pg" -m fast stop >/dev/null 2>&1 || true
   fi
-  redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
   rm -rf "$SERVICES_DIR"
 }

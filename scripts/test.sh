@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the whole test suite: lint, then pytest with real PostgreSQL and Redis started here.
+# Run the whole test suite: lint, then pytest with a real PostgreSQL started here (and Redis by the tests).
 # Real-data tests are required (COMPOSER_REQUIRE_ASSETS=1): a missing asset fails, never skips.
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -31,7 +31,7 @@ app.conf.update(
     task_ignore_result=True,  # the job row in the registry is the truth, not a result backend
     task_queues=(Queue("gpu"), Queue("default")),
     task_default_queue="default",
-    task_routes={"workers.tasks.run_job": {"queue": "gpu"}, "workers.tasks.reconcile": {"queue": "default"}},
+    task_routes={"workers.tasks.run_job": {"queue": "gpu"}},
     worker_hijack_root_logger=False,
     task_serializer="json",
     accept_content=["json"],

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from composer.base import load_base
+from composer.base import LoadedBase, load_base, pick_device
 from composer.data import TaskSpec, label_histogram, parse_examples
+from composer.errors import IncompatibleBaseError
 from registry_db.models import BaseModelRow, Dataset, Task
 from registry_db.registry import Registry
 from registry_db.repo import catalog
@@ -58,5 +59,12 @@ def load_dataset_examples(reg: Registry, ds: Dataset, task: Task):  # type: igno
     return parse_examples(reg.blobs.get(ds.sha256), ds.format, task_spec(task))  # type: ignore[arg-type]
 
 
-def base_model_path(row: BaseModelRow) -> Path:
-    return Path(row.path)
+def load_registered_base(row: BaseModelRow, device: str | None = None) -> LoadedBase:
+    """Load a registered base model, refusing it if the files no longer match the registered identity."""
+    base = load_base(row.path, name=row.name, num_hidden_layers=row.num_layers, device=pick_device(device))
+    if base.identity.fingerprint != row.identity:
+        raise IncompatibleBaseError(
+            f"the model at {row.path} no longer matches base model {row.name!r} as registered "
+            f"({base.identity.fingerprint[:12]} != {row.identity[:12]})"
+        )
+    return base

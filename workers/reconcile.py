@@ -13,12 +13,12 @@ from datetime import timedelta
 from registry_db.models import utcnow
 from registry_db.registry import Registry
 from registry_db.repo import jobs
-from workers.settings import WorkerSettings
+from workers.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def sweep(reg: Registry, settings: WorkerSettings, enqueue: Callable[[str, str], bool]) -> dict[str, list[str]]:
+def sweep(reg: Registry, settings: Settings, enqueue: Callable[[str, str], bool]) -> dict[str, list[str]]:
     now = utcnow()
     stale_before = now - timedelta(seconds=settings.stale_after)
     out: dict[str, list[str]] = {"requeued": [], "failed": [], "reenqueued": []}

@@ -27,7 +27,7 @@ from registry_db.errors import Conflict, RegistryError
 from registry_db.models import Job
 from registry_db.registry import Registry
 from registry_db.repo import jobs
-from workers.settings import WorkerSettings
+from workers.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class Finish:
 @dataclass
 class JobContext:
     registry: Registry
-    settings: WorkerSettings
+    settings: Settings
     job: Job
     worker: str
     resume: bytes | None = None
@@ -114,7 +114,7 @@ def _heartbeat_loop(ctx: JobContext, stop: threading.Event) -> None:
 Handler = Callable[[JobContext], Finish]
 
 
-def run(registry: Registry, settings: WorkerSettings, job_id: str, handlers: dict[str, Handler]) -> str:
+def run(registry: Registry, settings: Settings, job_id: str, handlers: dict[str, Handler]) -> str:
     """Run one delivery of a job. Returns what happened: succeeded, failed, cancelled, or skipped."""
     worker = worker_name()
     with registry.tx() as s:

@@ -1,4 +1,6 @@
-"""Worker settings, read from COMPOSER_* environment variables (one place, typed, validated)."""
+"""All settings of the service (API and workers), read from COMPOSER_* environment variables: one place,
+typed, validated at start-up. The registry reads its own URLs (COMPOSER_DATABASE_URL, COMPOSER_BLOB_URL)
+from the same variables."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class WorkerSettings(BaseSettings):
+class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="COMPOSER_", extra="ignore")
 
     data_dir: Path = Path("data")
@@ -31,9 +33,20 @@ class WorkerSettings(BaseSettings):
     progress_every_seconds: float = Field(1.0, ge=0)
     max_attempts: int = Field(3, ge=1)
     device: str | None = None  # default: cuda when visible (CUDA_VISIBLE_DEVICES), else cpu
+    # -- the API --------------------------------------------------------------------------------
+    bootstrap_key: str | None = None  # creates an admin key with this value if none exists
+    max_upload_mb: float = Field(50.0, gt=0)
+    max_archive_mb: float = Field(200.0, gt=0)  # uncompressed size cap for imported archives
+    register_packaged_encoder: bool = True
+    serving_cache_mb: float = Field(512.0, gt=0)
+    sse_poll_seconds: float = Field(0.5, gt=0)
+    batch_max_rows: int = Field(32, ge=1)
+    batch_max_wait_ms: float = Field(5.0, ge=0)
+    queue_max_rows: int = Field(512, ge=1)
+    request_timeout_s: float = Field(30.0, gt=0)
 
     @model_validator(mode="after")
-    def _limits(self) -> WorkerSettings:
+    def _limits(self) -> Settings:
         if self.soft_time_limit >= self.time_limit:
             raise ValueError("soft_time_limit must be below time_limit")
         if self.visibility_timeout is None:
@@ -61,7 +74,7 @@ class WorkerSettings(BaseSettings):
 
 
 @lru_cache(maxsize=1)
-def get_settings() -> WorkerSettings:
-    s = WorkerSettings()
+def get_settings() -> Settings:
+    s = Settings()
     s.data_dir.mkdir(parents=True, exist_ok=True)
     return s

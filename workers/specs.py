@@ -7,7 +7,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.orm import Session
 
-from composer.config import PRESETS, preset
+from composer import kinds
+from composer.adapters.config import PRESETS, preset
 from composer.errors import ComposerError
 from composer.training import TrainConfig
 from registry_db.errors import InvalidInput
@@ -171,7 +172,7 @@ def check_against_registry(s: Session, owner_id: str, job_type: str, spec: Spec)
     if isinstance(spec, FusionJobSpec):
         return check_fusion(s, owner_id, spec)
     if isinstance(spec, PromptsJobSpec):
-        from composer.prompts import PromptConfig
+        from composer.prompts.prompt import PromptConfig
 
         try:
             spec.train_config()
@@ -179,6 +180,11 @@ def check_against_registry(s: Session, owner_id: str, job_type: str, spec: Spec)
         except ComposerError as e:
             raise InvalidInput(str(e)) from None
         task = catalog.get_task(s, owner_id, spec.task)
+        if task.kind != "classification":
+            raise InvalidInput(
+                f"task {task.name!r} is a {task.kind} task; prompt ensembles vote over classes, so prompts train "
+                "for classification tasks only (train an adapter for a regression task)"
+            )
         base = catalog.get_base_model(s, spec.base_model)
         _dataset_of_task(s, owner_id, spec.train_dataset, task.id, "train")
         if spec.validation_dataset:
@@ -194,7 +200,7 @@ def check_against_registry(s: Session, owner_id: str, job_type: str, spec: Spec)
 
 
 def check_fusion(s: Session, owner_id: str, spec: FusionJobSpec) -> dict[str, Any]:
-    from composer.fusion import PLACEMENT_FIELDS, FusionConfig
+    from composer.adapters.fusion import PLACEMENT_FIELDS, FusionConfig
 
     try:
         spec.train_config()
@@ -210,8 +216,9 @@ def check_fusion(s: Session, owner_id: str, spec: FusionJobSpec) -> dict[str, An
     if len(set(ids)) != len(ids):
         raise InvalidInput("the same adapter is listed twice")
     for r in rows:
-        if r.kind not in ("st_a", "mt_a"):
-            raise InvalidInput(f"adapter {r.id} is a {r.kind}; only st_a and mt_a adapters can be fused")
+        if not kinds.get(r.kind).fusable:
+            fusable = sorted(k for k, face in kinds.KINDS.items() if face.fusable)
+            raise InvalidInput(f"adapter {r.id} is a {r.kind}; only {', '.join(fusable)} adapters can be fused")
         if r.status != "ready":
             raise InvalidInput(f"adapter {r.id} is {r.status}, not ready")
     if len({r.base_model_id for r in rows}) != 1:

@@ -32,17 +32,6 @@ def run_job(job_id: str) -> str:
         reg.close()
 
 
-@app.task(name="workers.tasks.reconcile")
-def reconcile() -> dict[str, list[str]]:
-    from workers.reconcile import sweep
-
-    reg = registry()
-    try:
-        return sweep(reg, settings, enqueue)
-    finally:
-        reg.close()
-
-
 def _reconcile_loop() -> None:
     from workers.reconcile import sweep
 

@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from api.archives import detect, make_zip, read_zip
+from api.archives import make_zip, read_zip
 from api.deps import Reader, RegistryDep, Trainer
 from api.errors import Problem
 from api.loaders import adapter_json
-from composer import artifacts
-from composer.prompt_artifacts import import_peft_prompt
-from composer.prompt_artifacts import to_files as prompt_to_files
+from composer import kinds
+from composer.base import BaseIdentity
+from composer.errors import ArtifactError
 from registry_db.repo import adapters, catalog
 from workers import artifact_store
+from workers.catalog import task_spec
 
 router = APIRouter(tags=["adapters"])
 
@@ -57,9 +55,7 @@ def download(ref: str, caller: Reader, reg: RegistryDep) -> Response:
         row = adapters.resolve_adapter(s, caller.owner_id, ref)
     if row.blob_sha256 is None or row.config_sha256 is None:
         raise Problem(404, "not-found", f"adapter {row.id} has no stored weights")
-    names = {"st_a": ("adapter_config.json", "adapter.safetensors"), "mt_a": ("adapter_config.json", "adapter.safetensors"),
-             "fusion": ("fusion_config.json", "fusion.safetensors"), "soft_prompt": ("prompt_config.json", "prompt.safetensors")}  # fmt: skip
-    cfg_name, w_name = names[row.kind]
+    cfg_name, w_name = kinds.get(row.kind).file_names
     data = make_zip({cfg_name: reg.blobs.get(row.config_sha256), w_name: reg.blobs.get(row.blob_sha256)})
     return Response(data, media_type="application/zip",
                     headers={"Content-Disposition": f'attachment; filename="{row.name.replace("/", "_")}-v{row.version}.zip"'})  # fmt: skip
@@ -73,59 +69,34 @@ async def import_adapter(request: Request, caller: Trainer, reg: RegistryDep, fi
     if len(data) > settings.max_upload_mb * (1 << 20):
         raise Problem(413, "payload-too-large", f"uploads are limited to {settings.max_upload_mb} MB")
     files = read_zip(data, int(settings.max_archive_mb * (1 << 20)))
-    fmt = detect(files)
-    return await run_in_threadpool(_register_import, reg, caller.owner_id, files, fmt, task, base_model, name)
+    return await run_in_threadpool(_register_import, reg, caller.owner_id, files, task, base_model, name)
 
 
-def _register_import(reg, owner_id, files, fmt, task_ref, base_ref, name):  # type: ignore[no-untyped-def]
+def _register_import(reg, owner_id, files, task_ref, base_ref, name):  # type: ignore[no-untyped-def]
     with reg.tx() as s:
         task = catalog.get_task(s, owner_id, task_ref)
         base = catalog.get_base_model(s, base_ref)
-    from workers.catalog import task_spec
-
-    with tempfile.TemporaryDirectory() as tmp:
-        d = Path(tmp)
-        for fname, blob in files.items():
-            (d / fname).write_bytes(blob)
-        if fmt in ("ours-adapter", "adapterhub"):
-            art = artifacts.load(d)
-            if art.base is not None and art.base.fingerprint != base.identity:
-                raise Problem(
-                    422, "wrong-base", f"this adapter was trained on base {art.base.name!r}, not {base.name!r}"
-                )
-            if art.hidden_size != base.hidden_size:
-                raise Problem(422, "wrong-base", f"adapter hidden size {art.hidden_size} != base {base.hidden_size}")
-            from composer.base import BaseIdentity
-
-            art.base = art.base or BaseIdentity(base.name, base.config_hash, base.weights_hash)
-            if art.labels and task_spec(task).labels and list(task_spec(task).labels) != art.labels:
-                raise Problem(422, "label-mismatch", f"adapter labels {art.labels} != task labels {task.labels}")
-            w_sha, c_sha = artifact_store.store(reg, art)
-            kind, method = (
-                art.kind if art.kind in ("st_a", "mt_a") else "st_a",
-                {"method": "bottleneck", "config": art.config.to_dict(), "source": fmt},
-            )
-            params = artifact_store.param_count(art)
-        elif fmt == "peft":
-            art = import_peft_prompt(d, base_dir=base.path)
-            if art.hidden_size != base.hidden_size:
-                raise Problem(422, "wrong-base", f"prompt hidden size {art.hidden_size} != base {base.hidden_size}")
-            config, weights = prompt_to_files(art)
-            w_sha, c_sha = reg.blobs.put(weights), reg.blobs.put(config)
-            kind, method, params = (
-                "soft_prompt",
-                {"method": "prompt_tuning", "config": art.config.to_dict(), "source": fmt},
-                int(art.prompt.numel()),
-            )
-        else:
-            raise Problem(
-                422, "unsupported-import", f"importing {fmt} archives is not supported; import its members instead"
-            )
+    try:
+        face, source = kinds.detect(files)
+    except ArtifactError as e:
+        raise Problem(422, "unknown-format", str(e), field="file") from None
+    if not face.importable:
+        raise Problem(422, "unsupported-import", f"importing {face.name} archives is not supported; import its members")
+    art = face.import_files(files, base.path)
+    if art.base is not None and art.base.fingerprint != base.identity:
+        raise Problem(422, "wrong-base", f"this module was trained on base {art.base.name!r}, not {base.name!r}")
+    if art.hidden_size != base.hidden_size:
+        raise Problem(422, "wrong-base", f"module hidden size {art.hidden_size} != base {base.hidden_size}")
+    art.base = art.base or BaseIdentity(base.name, base.config_hash, base.weights_hash)
+    labels = list(task_spec(task).labels)
+    if art.labels and labels and labels != list(art.labels):
+        raise Problem(422, "label-mismatch", f"module labels {art.labels} != task labels {task.labels}")
+    w_sha, c_sha = artifact_store.store(reg, art)
     with reg.tx() as s:
-        row = adapters.register_adapter(s, owner_id=owner_id, task_id=task.id, base_model_id=base.id, kind=kind,
-                                        name=name or art.name, method_config=method, hidden_size=art.hidden_size,
-                                        blob_sha256=w_sha, config_sha256=c_sha, param_count=params)  # fmt: skip
-        return adapter_json(row, format=fmt)
+        row = adapters.register_adapter(s, owner_id=owner_id, task_id=task.id, base_model_id=base.id,
+                                        name=name or art.name, blob_sha256=w_sha, config_sha256=c_sha,
+                                        **artifact_store.registration(art, source=source))  # fmt: skip
+        return adapter_json(row, format=source)
 
 
 @router.post("/adapters/{ref}/archive")

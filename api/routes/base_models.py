@@ -6,11 +6,11 @@ from pathlib import Path
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
-from sqlalchemy import select
 
 from api.deps import Admin, Reader, RegistryDep
 from api.errors import Problem
 from registry_db.models import BaseModelRow
+from registry_db.repo import catalog
 from workers.catalog import register_base_model
 
 router = APIRouter(tags=["base-models"])
@@ -38,4 +38,4 @@ def register(body: BaseModelIn, caller: Admin, reg: RegistryDep) -> dict:
 @router.get("/base-models")
 def list_base_models(caller: Reader, reg: RegistryDep) -> list[dict]:
     with reg.tx() as s:
-        return [base_json(b) for b in s.scalars(select(BaseModelRow).order_by(BaseModelRow.name)).all()]
+        return [base_json(b) for b in catalog.list_base_models(s)]

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from typing import Literal
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
-from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import Reader, RegistryDep, Trainer
 from api.errors import Problem
 from api.loaders import ensure
-from api.routes.predict import InputRow
-from composer.data import Example
-from composer.voting import check_strategy
-from registry_db.errors import NotFound
+from api.schemas import InputRow, examples
+from composer import kinds
+from composer.prompts.ensemble import check_strategy
 from registry_db.models import AdapterSet
 from registry_db.repo import adapters, catalog
 from workers.catalog import task_spec
@@ -43,30 +42,25 @@ def ensemble_json(s, e: AdapterSet) -> dict:  # type: ignore[no-untyped-def]
             "scores": [m.metrics.get("accuracy") for m in members], "created_at": e.created_at.isoformat()}  # fmt: skip
 
 
-def get_ensemble(s, owner_id: str, ensemble_id: str) -> AdapterSet:  # type: ignore[no-untyped-def]
-    e = s.get(AdapterSet, ensemble_id)
-    if e is None or e.kind != "ensemble" or e.owner_id != owner_id:
-        raise NotFound(f"ensemble {ensemble_id!r} not found")
-    return e
-
-
 @router.get("/ensembles")
 def list_ensembles(caller: Reader, reg: RegistryDep, task: str | None = None) -> list[dict]:
     with reg.tx() as s:
-        stmt = select(AdapterSet).where(AdapterSet.owner_id == caller.owner_id, AdapterSet.kind == "ensemble")
-        if task:
-            stmt = stmt.where(AdapterSet.task_id == catalog.get_task(s, caller.owner_id, task).id)
-        return [ensemble_json(s, e) for e in s.scalars(stmt.order_by(AdapterSet.created_at)).all()]
+        task_id = catalog.get_task(s, caller.owner_id, task).id if task else None
+        return [ensemble_json(s, e) for e in adapters.list_ensembles(s, caller.owner_id, task_id)]
 
 
 @router.post("/ensembles", status_code=201)
 def create_ensemble(body: EnsembleIn, caller: Trainer, reg: RegistryDep) -> dict:
     with reg.tx() as s:
         task = catalog.get_task(s, caller.owner_id, body.task)
+        if task.kind != "classification":
+            raise Problem(422, "invalid-input", f"task {task.name!r} is a {task.kind} task; an ensemble votes over "
+                          "classes (serve a regression prompt alone through POST /v1/predict)", field="task")  # fmt: skip
         rows = [adapters.resolve_adapter(s, caller.owner_id, p) for p in body.prompts]
         for r in rows:
-            if r.kind != "soft_prompt":
-                raise Problem(422, "invalid-input", f"{r.id} is a {r.kind}, not a soft prompt", field="prompts")
+            if not kinds.get(r.kind).ensemble_member:
+                raise Problem(422, "wrong-endpoint", f"{r.id} is a {r.kind}, not a soft prompt; an ensemble holds "
+                              "soft prompts only, and POST /v1/predict serves it", field="prompts")  # fmt: skip
             if r.task_id != task.id:
                 raise Problem(422, "invalid-input", f"prompt {r.id} belongs to another task", field="prompts")
         if len({r.base_model_id for r in rows}) != 1:
@@ -83,26 +77,29 @@ def create_ensemble(body: EnsembleIn, caller: Trainer, reg: RegistryDep) -> dict
 @router.get("/ensembles/{ensemble_id}")
 def read_ensemble(ensemble_id: str, caller: Reader, reg: RegistryDep) -> dict:
     with reg.tx() as s:
-        return ensemble_json(s, get_ensemble(s, caller.owner_id, ensemble_id))
+        return ensemble_json(s, adapters.get_ensemble(s, caller.owner_id, ensemble_id))
 
 
 def _predict(request: Request, reg, caller, ensemble_id: str, body: EnsemblePredictIn) -> dict:  # type: ignore[no-untyped-def]
     with reg.tx() as s:
-        e = get_ensemble(s, caller.owner_id, ensemble_id)
+        e = adapters.get_ensemble(s, caller.owner_id, ensemble_id)
         task = catalog.get_task(s, caller.owner_id, e.task_id)  # type: ignore[arg-type]
         rows = adapters.set_members(s, e.id)
+        base_rows = {r.base_model_id: catalog.get_base_model(s, r.base_model_id) for r in rows}
     if not rows:
         raise Problem(422, "invalid-input", "the ensemble has no prompts (K = 0)")
+    archived = [r.id for r in rows if r.status == "archived"]
+    if archived:
+        raise Problem(409, "archived", f"the ensemble's prompts {archived} are archived")
     spec = task_spec(task)
     strategy = body.strategy or e.voting or "majority"
     scores = [r.metrics.get(spec.metric) for r in rows]
     check_strategy(strategy, scores)
-    rt = request.app.state.runtime
-    res = None
-    for r in rows:
-        res = ensure(rt, reg, r, request.app.state.settings.device)
-    votes = rt.predict_ensemble(res, [r.id for r in rows], spec, [Example(i.text, None, i.text_pair) for i in body.inputs],
-                                strategy, scores, body.early_exit)  # fmt: skip
+    rt, device = request.app.state.runtime, request.app.state.settings.device
+    with ExitStack() as leases:
+        held = [leases.enter_context(ensure(rt, reg, r, base_rows[r.base_model_id], [], device)) for r in rows]
+        votes = rt.predict_ensemble(held[0].resident, [r.id for r in rows], examples(body.inputs), strategy, scores,
+                                    body.early_exit)  # fmt: skip
     out = []
     for v in votes:
         out.append({

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import func, select, text
+from sqlalchemy import text
 
 from api.errors import problem
 from api.metrics import CACHE, JOBS, LOADED, QUEUE, REGISTRY
-from registry_db.models import JOB_STATUSES, Job
+from registry_db.models import JOB_STATUSES
+from registry_db.repo import jobs
 
 router = APIRouter(tags=["operations"])
 
@@ -58,7 +59,7 @@ def readyz(request: Request) -> Response:
 def metrics(request: Request) -> Response:
     reg = request.app.state.registry
     with reg.tx() as s:
-        counts = dict(s.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+        counts = jobs.count_by_status(s)
     for status in JOB_STATUSES:
         JOBS.labels(status).set(counts.get(status, 0))
     QUEUE.set(counts.get("queued", 0))

@@ -6,7 +6,6 @@ from typing import Literal
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
-from sqlalchemy import select
 
 from api.deps import Admin, RegistryDep
 from registry_db.models import ApiKey
@@ -37,7 +36,7 @@ def create_key(body: KeyIn, caller: Admin, reg: RegistryDep) -> dict:
 @router.get("/keys")
 def list_keys(caller: Admin, reg: RegistryDep) -> list[dict]:
     with reg.tx() as s:
-        return [key_json(k) for k in s.scalars(select(ApiKey).where(ApiKey.owner_id == caller.owner_id)).all()]
+        return [key_json(k) for k in keys.list_keys(s, caller.owner_id)]
 
 
 @router.delete("/keys/{key_id}")

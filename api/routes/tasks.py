@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from api.deps import Reader, RegistryDep, Trainer
 from api.errors import Problem
-from api.routes.datasets import dataset_json
+from api.schemas import dataset_json
 from registry_db.models import Task
 from registry_db.repo import catalog
 from workers.catalog import upload_dataset

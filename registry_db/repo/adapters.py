@@ -185,6 +185,20 @@ def create_set(
     return row
 
 
+def get_ensemble(s: Session, owner_id: str, ensemble_id: str) -> AdapterSet:
+    e = s.get(AdapterSet, ensemble_id)
+    if e is None or e.kind != "ensemble" or e.owner_id != owner_id:
+        raise NotFound(f"ensemble {ensemble_id!r} not found")
+    return e
+
+
+def list_ensembles(s: Session, owner_id: str, task_id: str | None = None) -> list[AdapterSet]:
+    stmt = select(AdapterSet).where(AdapterSet.owner_id == owner_id, AdapterSet.kind == "ensemble")
+    if task_id is not None:
+        stmt = stmt.where(AdapterSet.task_id == task_id)
+    return list(s.scalars(stmt.order_by(AdapterSet.created_at)).all())
+
+
 def set_members(s: Session, set_id: str) -> list[Adapter]:
     rows = s.scalars(
         select(AdapterSetMember).where(AdapterSetMember.set_id == set_id).order_by(AdapterSetMember.position)

@@ -34,6 +34,10 @@ def get_base_model(s: Session, ref: str) -> BaseModelRow:
     return row
 
 
+def list_base_models(s: Session) -> list[BaseModelRow]:
+    return list(s.scalars(select(BaseModelRow).order_by(BaseModelRow.name)).all())
+
+
 def create_task(s: Session, owner_id: str, name: str, kind: str, labels: list[str], metric: str | None = None) -> Task:
     if kind not in TASK_KINDS:
         raise InvalidInput(f"kind must be one of {list(TASK_KINDS)}, got {kind!r}")

@@ -184,6 +184,10 @@ def requeue_or_fail(s: Session, job_id: str, reason: str) -> Job:
     return job
 
 
+def count_by_status(s: Session) -> dict[str, int]:
+    return {status: int(n) for status, n in s.execute(select(Job.status, func.count()).group_by(Job.status)).all()}
+
+
 def stale_running(s: Session, older_than: datetime) -> list[Job]:
     stmt = select(Job).where(Job.status == "running", Job.heartbeat_at < older_than)
     return list(s.scalars(stmt).all())

@@ -68,6 +68,10 @@ def revoke_key(s: Session, key_id: str, owner_id: str | None = None) -> ApiKey:
     return key
 
 
+def list_keys(s: Session, owner_id: str) -> list[ApiKey]:
+    return list(s.scalars(select(ApiKey).where(ApiKey.owner_id == owner_id)).all())
+
+
 def admin_key_exists(s: Session) -> bool:
     keys = s.scalars(select(ApiKey).where(ApiKey.revoked_at.is_(None))).all()
     return any("admin" in k.scopes for k in keys)

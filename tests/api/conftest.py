@@ -13,7 +13,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from api.settings import Settings
 from registry_db.blobs import LocalBlobStore
 from registry_db.engine import make_engine
 from registry_db.migrate import upgrade
@@ -22,10 +21,10 @@ from tests.workers.fixtures import jsonl, toy_rows
 from workers.catalog import register_base_model
 from workers.handlers import HANDLERS
 from workers.runner import run
-from workers.settings import WorkerSettings
+from workers.settings import Settings
 
 ADMIN = "admin-key-for-tests-0123456789"
-FAST = WorkerSettings(heartbeat_interval=0.2, stale_after=2, checkpoint_every_steps=5, progress_every_seconds=0)
+FAST = Settings(heartbeat_interval=0.2, stale_after=2, checkpoint_every_steps=5, progress_every_seconds=0)
 HP = {"learning_rate": 1e-2, "epochs": 2, "batch_size": 8, "patience": 0}
 
 

@@ -7,13 +7,13 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 
 from api.app import create_app
-from api.settings import Settings
 from registry_db.blobs import LocalBlobStore
 from registry_db.engine import make_engine
 from registry_db.migrate import upgrade
 from registry_db.registry import Registry
 from registry_db.repo import catalog, keys
 from workers.catalog import register_base_model
+from workers.settings import Settings
 
 KEY = "fuzz-admin-key-0123456789abcdef"
 

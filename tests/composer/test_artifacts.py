@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from composer import artifacts
+from composer import kinds
+from composer.adapters import artifacts
+from composer.adapters.config import BottleneckConfig, preset
+from composer.adapters.model import AdaptedEncoder
 from composer.base import load_base
 from composer.composition import Single
-from composer.config import BottleneckConfig, preset
 from composer.errors import ArtifactError, ConfigError, IncompatibleBaseError
 from composer.heads import HeadConfig
-from composer.model import AdaptedEncoder
 from tests.conftest import FIXTURES
 
 
@@ -28,7 +29,6 @@ def trained_like_model(base_dir: Path) -> tuple[AdaptedEncoder, str]:
     with torch.no_grad():
         for p in model.adapters["a"].parameters():
             p.normal_(0, 0.2)
-    model.activate(Single("a"))
     return model.eval(), "a"
 
 
@@ -36,7 +36,7 @@ def logits(model: AdaptedEncoder, base_dir: Path) -> torch.Tensor:
     tok = model.base.tokenizer
     batch = tok(["good movie", "the plot was boring"], padding=True, return_tensors="pt")
     with torch.no_grad():
-        return model(**batch, head="a").logits
+        return model(**batch, head="a", composition=Single("a")).logits
 
 
 def test_save_load_gives_equal_logits(tiny_bert_dir, tmp_path):
@@ -47,7 +47,7 @@ def test_save_load_gives_equal_logits(tiny_bert_dir, tmp_path):
     assert meta["format_version"] == 1 and meta["method"] == "bottleneck" and len(meta["sha256"]) == 64
     assert meta["base"]["fingerprint"] == model.base.identity.fingerprint
     fresh = AdaptedEncoder(load_base(tiny_bert_dir))
-    fresh.activate(Single(artifacts.attach(fresh, artifacts.load(tmp_path / "a"))))
+    assert artifacts.attach(fresh, kinds.load_dir(tmp_path / "a")) == "a"
     assert torch.equal(logits(fresh.eval(), tiny_bert_dir), expected)
 
 
@@ -56,13 +56,13 @@ def test_adapter_for_another_base_is_refused(tiny_bert_dir, other_bert_dir, tmp_
     artifacts.save(artifacts.extract(model, name, head=name), tmp_path / "a")
     other = AdaptedEncoder(load_base(other_bert_dir))
     with pytest.raises(IncompatibleBaseError, match="trained on base"):
-        artifacts.attach(other, artifacts.load(tmp_path / "a"))
+        artifacts.attach(other, kinds.load_dir(tmp_path / "a"))
     assert "a" not in other.adapters
 
 
 def test_hidden_size_mismatch_is_refused(tiny_bert_dir):
     model = AdaptedEncoder(load_base(tiny_bert_dir))
-    art = artifacts.load(FIXTURES / "parity" / "adapters" / "seq_bn")
+    art = kinds.load_dir(FIXTURES / "parity" / "adapters" / "seq_bn")
     art.hidden_size = 64
     with pytest.raises(IncompatibleBaseError, match="hidden size"):
         artifacts.attach(model, art)
@@ -93,7 +93,7 @@ def test_corrupt_weights_are_refused(tiny_bert_dir, tmp_path, corrupt):
     elif corrupt == "nan":
         from safetensors.torch import save_file
 
-        tensors = artifacts.load(d).tensors
+        tensors = kinds.load_dir(d).tensors
         first = sorted(tensors)[0]
         tensors[first] = torch.full_like(tensors[first], float("nan"))
         save_file(tensors, str(w))
@@ -103,7 +103,7 @@ def test_corrupt_weights_are_refused(tiny_bert_dir, tmp_path, corrupt):
         meta["sha256"] = hashlib.sha256(w.read_bytes()).hexdigest()
         (d / "adapter_config.json").write_text(json.dumps(meta))
     with pytest.raises(ArtifactError):
-        artifacts.load(d)
+        kinds.load_dir(d)
 
 
 def test_adapterhub_pickle_is_refused_with_a_conversion_hint(tmp_path):
@@ -113,7 +113,7 @@ def test_adapterhub_pickle_is_refused_with_a_conversion_hint(tmp_path):
     (d / "adapter.safetensors").unlink()
     (d / "pytorch_adapter.bin").write_bytes(pickle.dumps({"evil": 1}))
     with pytest.raises(ArtifactError, match="convert"):
-        artifacts.load(d)
+        kinds.load_dir(d)
 
 
 def test_failed_save_leaves_no_partial_artifact(tiny_bert_dir, tmp_path, monkeypatch):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from composer import artifacts
+from composer import kinds
 from composer.cli import main
 from tests.conftest import write_jsonl
 
@@ -22,7 +22,7 @@ def test_train_adapter_cli_writes_a_loadable_artifact(tiny_bert_dir, tmp_path, t
     assert "training" in captured.err and "6/6" in captured.err  # the tqdm bar reached the end
     summary = json.loads(captured.out.strip().splitlines()[-1])
     assert summary["steps"] == 6 and 0.0 <= summary["validation"]["accuracy"] <= 1.0
-    art = artifacts.load(out)
+    art = kinds.load_dir(out)
     assert art.labels == ["neg", "pos"] and art.head is not None
 
 

@@ -13,10 +13,10 @@ from transformers import (
     XLMRobertaConfig,
 )
 
+from composer.adapters.config import preset
+from composer.adapters.model import AdaptedEncoder
 from composer.base import load_base
 from composer.composition import Single
-from composer.config import preset
-from composer.model import AdaptedEncoder
 
 COMMON = dict(vocab_size=50, max_position_embeddings=40)
 CONFIGS = {
@@ -58,19 +58,18 @@ def test_inert_sites_reproduce_the_plain_encoder(family_dir):
         # Houlsby at both placements with a zero up-projection is the identity, exactly when the
         # site sees the true sublayer output and residual.
         model.add_adapter("h", preset("double_seq_bn", reduction_factor=4, init_weights="mam_adapter"))
-        model.activate(Single("h"))
-        torch.testing.assert_close(model(**batch()).hidden, expected, atol=1e-6, rtol=0)
+        torch.testing.assert_close(model(**batch(), composition=Single("h")).hidden, expected, atol=1e-6, rtol=0)
         for p in model.adapters["h"].parameters():
             p.normal_(0, 0.3)
-        assert (model(**batch()).hidden - expected).abs().max() > 1e-2
+        assert (model(**batch(), composition=Single("h")).hidden - expected).abs().max() > 1e-2
+        assert torch.equal(model(**batch()).hidden, expected)  # and nothing stays behind on the layers
 
 
 def test_gradients_reach_every_site(family_dir):
     _, d = family_dir
     model = AdaptedEncoder(load_base(d, with_tokenizer=False, device="cpu"))
     model.add_adapter("h", preset("double_seq_bn", reduction_factor=4))
-    model.activate(Single("h"))
-    model(**batch()).hidden.pow(2).mean().backward()
+    model(**batch(), composition=Single("h")).hidden.pow(2).mean().backward()
     grads = {n: p.grad for n, p in model.adapters["h"].named_parameters()}
     assert len(grads) == 2 * 2 * 4  # 2 layers x 2 placements x (down, up) x (weight, bias)
     assert all(g is not None and g.abs().sum() > 0 for g in grads.values())

@@ -5,16 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from composer import artifacts
+from composer.adapters import artifacts
+from composer.adapters.config import preset
+from composer.adapters.fusion import FusionConfig
+from composer.adapters.fusion_training import attention_report, build_fused_model, prune_members, pruned, train_fusion
+from composer.adapters.multitask import TaskData, multitask_plan, sampling_weights, train_multitask
+from composer.adapters.training import train_st_adapter
 from composer.base import load_base
 from composer.composition import Fuse, Single
-from composer.config import preset
 from composer.data import Collator, Example, TaskSpec
 from composer.errors import ConfigError
-from composer.fusion import FusionConfig
-from composer.fusion_training import attention_report, build_fused_model, prune_members, pruned, train_fusion
-from composer.multitask import TaskData, multitask_plan, sampling_weights, train_multitask
-from composer.st_adapter import train_st_adapter
 from composer.training import TrainConfig
 from tests.workers.fixtures import toy_rows
 
@@ -76,14 +76,12 @@ def test_shared_and_static_fusions(tiny_bert_dir, members):
     model, _ = build_fused_model(load_base(tiny_bert_dir), members, FusionConfig(shared=True, value=False), "s")
     n_params = sum(p.numel() for p in model.fusions["s"].parameters())
     assert n_params == 2 * (32 * 32 + 32)  # one Q and one K for every site, no V
-    model.activate(Fuse("s"))
     batch = model.base.tokenizer(["good movie"], return_tensors="pt")
-    assert model(**batch).hidden.shape == (1, 4, 32)
+    assert model(**batch, composition=Fuse("s")).hidden.shape == (1, 4, 32)
 
 
 def test_attention_report_and_pruning(tiny_bert_dir, members):
     model, names = build_fused_model(load_base(tiny_bert_dir), members, FusionConfig(dropout=0.0))
-    model.activate(Fuse("fusion"))
     data = examples(12, seed=9)
     col = Collator(model.base.tokenizer, TASK)
     report = attention_report(model, "fusion", data, col)
@@ -91,10 +89,9 @@ def test_attention_report_and_pruning(tiny_bert_dir, members):
     assert sum(report["mean_attention"]) == pytest.approx(1.0, abs=1e-3)
     batch = {k: v for k, v in col(data).items() if k != "labels"}
     with torch.no_grad():
-        full = model(**batch).hidden
+        full = model(**batch, composition=Fuse("fusion")).hidden
         same = pruned(model, "fusion", names, "all")
-        model.activate(Fuse(same))
-        assert torch.allclose(model(**batch).hidden, full, atol=1e-6)
+        assert torch.allclose(model(**batch, composition=Fuse(same)).hidden, full, atol=1e-6)
         keep = prune_members(report, threshold=max(report["mean_attention"]))
         assert len(keep) == 1
         with pytest.raises(ConfigError, match="at least 2"):
@@ -103,7 +100,7 @@ def test_attention_report_and_pruning(tiny_bert_dir, members):
 
 def test_fusing_adapters_with_different_placements_is_refused(tiny_bert_dir, members):
     base = load_base(tiny_bert_dir)
-    from composer.model import AdaptedEncoder
+    from composer.adapters.model import AdaptedEncoder
 
     m = AdaptedEncoder(base)
     artifacts.attach(m, members[0], name="a")
@@ -137,14 +134,16 @@ def test_multitask_trains_one_adapter_and_head_per_task(tiny_bert_dir):
     assert all(torch.equal(before[k], v) for k, v in base.model.state_dict().items())
     arts = run.artifacts(tasks)
     assert [a.kind for a in arts] == ["mt_a", "mt_a"] and arts[0].metrics["accuracy"] == m["sent/accuracy"]
-    run.model.activate(Single("flip"))  # members work alone
+    batch = run.model.base.tokenizer(["good movie"], return_tensors="pt")
+    with torch.no_grad():  # members work alone
+        assert run.model(**batch, head="flip", composition=Single("flip")).logits.shape == (1, 2)
     with pytest.raises(ConfigError, match="at least 2"):
         train_multitask(base, tasks[:1], preset("seq_bn"), cfg)
 
 
 def test_stacked_site_equals_each_adapter_alone_even_with_different_sizes(tiny_bert_dir):
-    from composer.fusion import StackedSite
-    from composer.model import AdaptedEncoder
+    from composer.adapters.fusion import StackedSite
+    from composer.adapters.model import AdaptedEncoder
 
     model = AdaptedEncoder(load_base(tiny_bert_dir)).eval()
     model.add_adapter("small", preset("seq_bn", reduction_factor=16))  # bottleneck 2

@@ -6,10 +6,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from composer import artifacts
+from composer import kinds
+from composer.adapters import artifacts
+from composer.adapters.model import AdaptedEncoder
 from composer.base import load_base
 from composer.composition import Single
-from composer.model import AdaptedEncoder
 from tests.conftest import FIXTURES
 
 PARITY = FIXTURES / "parity"
@@ -40,12 +41,11 @@ def test_plain_base_matches_reference(reference, inputs):
 @pytest.mark.parametrize("preset", PRESETS)
 def test_preset_matches_adapterhub(preset, reference, inputs):
     model = fresh_model()
-    art = artifacts.load(PARITY / "adapters" / preset)
+    art = kinds.load_dir(PARITY / "adapters" / preset)
     name = artifacts.attach(model, art)
-    model.activate(Single(name))
     model.eval()
     with torch.no_grad():
-        hidden = model(**inputs).hidden
+        hidden = model(**inputs, composition=Single(name)).hidden
     expected = reference[f"hidden/{preset}"]
     # the adapter must matter, so that this comparison can fail
     assert (expected - reference["base"]).abs().max() > 1e-2
@@ -54,26 +54,24 @@ def test_preset_matches_adapterhub(preset, reference, inputs):
 
 def test_head_matches_adapterhub(reference, inputs):
     model = fresh_model()
-    name = artifacts.attach(model, artifacts.load(PARITY / "adapters" / "with_head"))
-    model.activate(Single(name))
+    name = artifacts.attach(model, kinds.load_dir(PARITY / "adapters" / "with_head"))
     model.eval()
     with torch.no_grad():
-        logits = model(**inputs, head=name).logits
+        logits = model(**inputs, head=name, composition=Single(name)).logits
     torch.testing.assert_close(logits, reference["logits/with_head"], atol=1e-5, rtol=0)
 
 
 def test_reexport_roundtrip_is_exact(tmp_path, inputs):
     """Imported -> saved in our format -> loaded gives bit-identical outputs."""
     model = fresh_model()
-    name = artifacts.attach(model, artifacts.load(PARITY / "adapters" / "double_seq_bn"))
-    model.activate(Single(name))
+    name = artifacts.attach(model, kinds.load_dir(PARITY / "adapters" / "double_seq_bn"))
     model.eval()
     with torch.no_grad():
-        before = model(**inputs).hidden
+        before = model(**inputs, composition=Single(name)).hidden
     artifacts.save(artifacts.extract(model, name), tmp_path / "ours")
     model2 = fresh_model()
-    model2.activate(Single(artifacts.attach(model2, artifacts.load(tmp_path / "ours"))))
+    name2 = artifacts.attach(model2, kinds.load_dir(tmp_path / "ours"))
     model2.eval()
     with torch.no_grad():
-        after = model2(**inputs).hidden
+        after = model2(**inputs, composition=Single(name2)).hidden
     assert torch.equal(before, after)

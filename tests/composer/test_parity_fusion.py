@@ -6,10 +6,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from composer import artifacts, fusion_artifacts
+from composer import kinds
+from composer.adapters import artifacts, fusion_artifacts
+from composer.adapters.model import AdaptedEncoder
 from composer.base import load_base
 from composer.composition import Fuse
-from composer.model import AdaptedEncoder
 from tests.conftest import FIXTURES
 
 PARITY = FIXTURES / "parity"
@@ -19,9 +20,8 @@ def fused_model(tag: str) -> tuple[AdaptedEncoder, str]:
     model = AdaptedEncoder(load_base(PARITY / "base", with_tokenizer=False, device="cpu"))
     art = fusion_artifacts.import_adapterhub_fusion(PARITY / "fusions" / tag / "fusion")
     for member in art.members:
-        artifacts.attach(model, artifacts.load(PARITY / "fusions" / tag / member))
+        artifacts.attach(model, kinds.load_dir(PARITY / "fusions" / tag / member))
     name = fusion_artifacts.attach(model, art)
-    model.activate(Fuse(name))
     return model.eval(), name
 
 
@@ -29,9 +29,9 @@ def fused_model(tag: str) -> tuple[AdaptedEncoder, str]:
 def test_fusion_matches_adapterhub(tag):
     ref = load_file(PARITY / "expected.safetensors")
     x = load_file(PARITY / "inputs.safetensors")
-    model, _ = fused_model(tag)
+    model, name = fused_model(tag)
     with torch.no_grad():
-        out = model(**x, return_fusion_attention=True)
+        out = model(**x, composition=Fuse(name), return_fusion_attention=True)
     expected = ref[f"fusion/{tag}"]
     assert (expected - ref["base"]).abs().max() > 1e-2
     torch.testing.assert_close(out.hidden, expected, atol=1e-5, rtol=0)
@@ -47,11 +47,11 @@ def test_fusion_matches_adapterhub(tag):
 def test_fusion_is_stable_across_repeated_forwards():
     """The reference anneals its temperature on every forward, inference included; ours is fixed."""
     x = load_file(PARITY / "inputs.safetensors")
-    model, _ = fused_model("seq_bn")
+    model, name = fused_model("seq_bn")
     with torch.no_grad():
-        first = model(**x).hidden
+        first = model(**x, composition=Fuse(name)).hidden
         for _ in range(5):
-            again = model(**x).hidden
+            again = model(**x, composition=Fuse(name)).hidden
     assert torch.equal(first, again)
 
 
@@ -59,13 +59,13 @@ def test_fusion_roundtrip_in_our_format_is_exact(tmp_path):
     x = load_file(PARITY / "inputs.safetensors")
     model, name = fused_model("seq_bn")
     with torch.no_grad():
-        before = model(**x).hidden
+        before = model(**x, composition=Fuse(name)).hidden
     config, weights = fusion_artifacts.to_files(fusion_artifacts.extract(model, name))
-    art, head = fusion_artifacts.from_files(config, weights)
-    assert head == {} and art.members == model.fusions[name].members
+    art = fusion_artifacts.from_files(config, weights)
+    assert art.head_tensors == {} and art.members == model.fusions[name].members
     fresh = AdaptedEncoder(load_base(PARITY / "base", with_tokenizer=False, device="cpu"))
     for member in art.members:
-        artifacts.attach(fresh, artifacts.load(PARITY / "fusions" / "seq_bn" / member))
-    fresh.activate(Fuse(fusion_artifacts.attach(fresh, art)))
+        artifacts.attach(fresh, kinds.load_dir(PARITY / "fusions" / "seq_bn" / member))
+    fused = Fuse(fusion_artifacts.attach(fresh, art))
     with torch.no_grad():
-        assert torch.equal(fresh.eval()(**x).hidden, before)
+        assert torch.equal(fresh.eval()(**x, composition=fused).hidden, before)

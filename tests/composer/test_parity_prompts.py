@@ -6,9 +6,9 @@ import torch
 from safetensors.torch import load_file
 
 from composer.base import load_base
-from composer.prompt_artifacts import from_files, import_adapterhub_prompt, import_peft_prompt, to_files
-from composer.prompt_model import PromptModel
-from composer.prompts import encode_prompted
+from composer.prompts.artifacts import from_files, import_adapterhub_prompt, import_peft_prompt, to_files
+from composer.prompts.model import PromptModel
+from composer.prompts.prompt import encode_prompted
 from tests.conftest import FIXTURES
 
 PARITY = FIXTURES / "parity"

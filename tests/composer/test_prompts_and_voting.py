@@ -9,12 +9,11 @@ from hypothesis import strategies as st
 
 from composer.base import load_base
 from composer.data import Collator, TaskSpec
-from composer.ensemble import predict_ensemble
 from composer.errors import ConfigError
-from composer.prompt_training import train_prompts
-from composer.prompts import PromptConfig
+from composer.prompts.ensemble import predict_ensemble, vote
+from composer.prompts.prompt import PromptConfig
+from composer.prompts.training import train_prompts
 from composer.training import TrainConfig
-from composer.voting import vote
 from tests.composer.test_fusion_training import examples
 
 TASK = TaskSpec("sent", labels=("neg", "pos"))
@@ -105,8 +104,8 @@ def test_prompts_train_as_one_batched_model_and_ensemble_in_one_forward(tiny_ber
 
 
 def test_deep_prompts_train_collapse_and_stay_padding_invariant(tiny_bert_dir):
-    from composer.prompt_artifacts import from_files, to_files
-    from composer.prompt_model import PromptModel
+    from composer.prompts.artifacts import from_files, to_files
+    from composer.prompts.model import PromptModel
 
     base = load_base(tiny_bert_dir)
     data = examples(32, seed=3)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from composer.adapters.config import preset
+from composer.adapters.training import predict_logits, score, train_st_adapter
 from composer.base import load_base, packaged_encoder_dir
-from composer.config import preset
+from composer.composition import Single
 from composer.corpora import load_corpus
 from composer.data import Collator, label_histogram
-from composer.st_adapter import predict_logits, score, train_st_adapter
 from composer.training import TrainConfig
 from tests.assets import require_assets
 
@@ -52,7 +53,9 @@ def test_seq_bn_adapter_learns_rt_polarity_on_the_real_encoder():
     assert run.result.best_metrics["accuracy"] >= 0.68
     test = score(
         corpus.task,
-        predict_logits(run.model, run.name, corpus.test, Collator(base.tokenizer, corpus.task, 64)),
+        predict_logits(
+            run.model, run.name, corpus.test, Collator(base.tokenizer, corpus.task, 64), composition=Single(run.name)
+        ),
         corpus.test,
     )
     assert test["accuracy"] >= majority + 0.09, (test, majority)

@@ -1,19 +1,23 @@
-"""The serving runtime: mixed-adapter batches equal each request alone, LRU eviction, pinning."""
+"""The serving runtime: mixed-adapter batches equal each request alone, LRU eviction, pinning, leases,
+and each module's own max_length."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
-from composer import artifacts
+from composer import kinds
+from composer.adapters import artifacts
+from composer.adapters.config import preset
+from composer.adapters.model import AdaptedEncoder
 from composer.base import load_base
 from composer.composition import Single
-from composer.config import preset
-from composer.data import Collator, Example, TaskSpec
+from composer.data import Example
 from composer.heads import HeadConfig
-from composer.model import AdaptedEncoder
 from composer.serving import Runtime
 
-TASKS = [TaskSpec("a", labels=("neg", "pos")), TaskSpec("b", labels=("x", "y", "z"))]
+ST_A = kinds.get("st_a")
 
 
 def make_artifacts(base_dir, n=4):
@@ -29,42 +33,73 @@ def make_artifacts(base_dir, n=4):
     return arts
 
 
+def load(rt, res, module_id, art):
+    rt.ensure(res, "tiny", module_id, ST_A, lambda: art)
+    rt.release(module_id)
+
+
 def test_mixed_batch_equals_each_request_alone(tiny_bert_dir):
     arts = make_artifacts(tiny_bert_dir)
     rt = Runtime()
     res = rt.resident("tiny", lambda: load_base(tiny_bert_dir))
     for i, art in enumerate(arts):
-        rt.ensure_adapter(res, "tiny", f"id{i}", lambda art=art: art)
+        load(rt, res, f"id{i}", art)
     texts = ["good movie", "the plot was really boring", "fresh food", "sad actor", "love it", "a film"]
     rows = [(f"id{i % 4}", Example(t)) for i, t in enumerate(texts)]
-    mixed = rt.predict_mixed(res, rows)
+    mixed = rt.predict(res, rows)
     for (adapter, ex), got in zip(rows, mixed, strict=True):
-        task = TASKS[int(adapter[2:]) % 2]
-        alone, _ = rt.predict(res, adapter, task, [ex])
-        assert got.shape == alone[0].shape
-        torch.testing.assert_close(got, alone[0], atol=1e-5, rtol=0)
-    # and the plain model: each adapter activated by itself
-    model = res.encoder
-    batch = {k: v for k, v in Collator(res.base.tokenizer, TASKS[0])([rows[0][1]]).items() if k != "labels"}
-    model.activate(Single("id0"))
+        (alone,) = rt.predict(res, [(adapter, ex)])
+        assert got.logits.shape == alone.logits.shape
+        torch.testing.assert_close(got.logits, alone.logits, atol=1e-5, rtol=0)
+    # and a freshly built model with that one adapter
+    fresh = AdaptedEncoder(load_base(tiny_bert_dir)).eval()
+    artifacts.attach(fresh, arts[0], name="id0")
+    batch = res.base.tokenizer([texts[0]], return_tensors="pt")
     with torch.no_grad():
-        torch.testing.assert_close(model(**batch, head="id0").logits[0], mixed[0], atol=1e-5, rtol=0)
+        want = fresh(**batch, head="id0", composition=Single("id0")).logits[0]
+    torch.testing.assert_close(mixed[0].logits, want, atol=1e-5, rtol=0)
 
 
-def test_lru_evicts_by_bytes_but_never_pinned_modules(tiny_bert_dir):
+def test_lru_evicts_by_bytes_but_never_pinned_or_leased_modules(tiny_bert_dir):
     arts = make_artifacts(tiny_bert_dir, n=3)
     one = sum(t.numel() * 4 for t in arts[0].tensors.values())
     rt = Runtime(cache_bytes=int(one * 2.5))
     res = rt.resident("tiny", lambda: load_base(tiny_bert_dir))
-    rt.ensure_adapter(res, "tiny", "id0", lambda: arts[0])
+    load(rt, res, "id0", arts[0])
     rt.pin("id0")
-    rt.ensure_adapter(res, "tiny", "id1", lambda: arts[1])
-    rt.ensure_adapter(res, "tiny", "id2", lambda: arts[2])
-    rt.ensure_adapter(res, "tiny", "id1", lambda: arts[1])  # evicted earlier: a miss, loaded again
+    load(rt, res, "id1", arts[1])
+    load(rt, res, "id2", arts[2])
+    load(rt, res, "id1", arts[1])  # evicted earlier: a miss, loaded again
     ids = [m["id"] for m in rt.loaded()]
     assert "id0" in ids and "id0" in res.encoder.adapters
     assert rt.stats.evictions >= 1 and rt.stats.misses == 4
-    rt.ensure_adapter(res, "tiny", "id0", lambda: arts[0])
+    load(rt, res, "id0", arts[0])
     assert rt.stats.hits == 1
     rt.evict("id1")
     assert "id1" not in res.encoder.adapters and "id1" not in res.encoder.heads
+    # a leased module survives both the LRU and an explicit eviction, which happens at its release
+    rt.ensure(res, "tiny", "id2", ST_A, lambda: arts[2])
+    rt.evict("id2")
+    rt.predict(res, [("id2", Example("still here"))])
+    rt.release("id2")
+    assert "id2" not in res.encoder.adapters and "id2" not in [m["id"] for m in rt.loaded()]
+
+
+def test_serving_truncates_at_the_module_max_length(tiny_bert_dir):
+    (art,) = make_artifacts(tiny_bert_dir, n=1)
+    rt = Runtime()
+    res = rt.resident("tiny", lambda: load_base(tiny_bert_dir))
+    load(rt, res, "short", dataclasses.replace(art, max_length=6))
+    load(rt, res, "long", art)  # no max_length: the base's own limit
+    long_text = Example(" ".join(["good"] * 40))
+    got = rt.predict(res, [("short", long_text), ("long", long_text)])
+    assert rt.cache["short"].max_length == 6 and rt.cache["long"].max_length == res.token_limit
+    fresh = AdaptedEncoder(load_base(tiny_bert_dir)).eval()
+    artifacts.attach(fresh, art, name="a")
+    with torch.no_grad():
+        for row, length in ((got[0], 6), (got[1], None)):
+            kw = {"truncation": True, "max_length": length} if length else {}
+            batch = res.base.tokenizer([long_text.text], return_tensors="pt", **kw)
+            want = fresh(**batch, head="a", composition=Single("a")).logits[0]
+            torch.testing.assert_close(row.logits, want, atol=1e-5, rtol=0)
+    assert not torch.allclose(got[0].logits, got[1].logits, atol=1e-4)

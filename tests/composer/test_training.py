@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from composer.adapters.config import preset
+from composer.adapters.training import train_st_adapter
 from composer.base import load_base
-from composer.config import preset
 from composer.data import Example, infer_task
 from composer.errors import ConfigError, TrainingCancelled
-from composer.st_adapter import train_st_adapter
 from composer.training import Callback, TrainConfig
 
 

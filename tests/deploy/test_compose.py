@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from api.settings import Settings
-from workers.settings import WorkerSettings
+from workers.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -44,7 +43,7 @@ def test_commands_name_real_entry_points(name):
 
 
 def test_environment_matches_the_settings_classes():
-    known = {f"COMPOSER_{f.upper()}" for f in (*Settings.model_fields, *WorkerSettings.model_fields)}
+    known = {f"COMPOSER_{f.upper()}" for f in Settings.model_fields}
     for name, svc in SERVICES.items():
         for var in svc.get("environment", {}) or {}:
             if var.startswith("COMPOSER_"):

@@ -14,7 +14,7 @@ from registry_db.repo import jobs
 from tests.integration.procs import RedisServer, Worker, wait_for
 from tests.workers.fixtures import World, make_world
 from workers.queueing import enqueue
-from workers.settings import WorkerSettings
+from workers.settings import Settings
 
 
 @dataclass
@@ -26,7 +26,7 @@ class Stack:
     workers: list[Worker] = field(default_factory=list)
 
     def publisher(self) -> Celery:
-        s = WorkerSettings(broker_url=self.broker_url, data_dir=self.tmp)
+        s = Settings(broker_url=self.broker_url, data_dir=self.tmp)
         app = Celery("test-publisher", broker=s.broker)
         app.conf.broker_transport_options = s.broker_transport_options
         return app

@@ -15,10 +15,10 @@ from registry_db.repo import catalog, jobs
 from tests.workers.fixtures import adapter_spec, jsonl, make_world, toy_rows
 from workers.handlers import HANDLERS
 from workers.runner import run
-from workers.settings import WorkerSettings
+from workers.settings import Settings
 from workers.submit import submit_job
 
-FAST = WorkerSettings(heartbeat_interval=0.2, stale_after=2, checkpoint_every_steps=5, progress_every_seconds=0)
+FAST = Settings(heartbeat_interval=0.2, stale_after=2, checkpoint_every_steps=5, progress_every_seconds=0)
 
 
 class Outbox:

@@ -6,30 +6,18 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from composer.base import LoadedBase, load_base
-from composer.config import preset
+from composer.adapters.config import preset
+from composer.adapters.training import train_st_adapter
+from composer.base import LoadedBase
 from composer.data import Example, TaskSpec
-from composer.errors import IncompatibleBaseError
 from composer.heads import HeadConfig
-from composer.st_adapter import train_st_adapter
 from composer.training import TrainConfig
 from registry_db.models import BaseModelRow, Job, Task
 from registry_db.repo import adapters, catalog
 from workers import artifact_store
-from workers.catalog import load_dataset_examples, task_spec
-from workers.devices import pick_device
+from workers.catalog import load_dataset_examples, load_registered_base, task_spec
 from workers.runner import Finish, JobContext
 from workers.specs import AdapterJobSpec
-
-
-def load_registered_base(row, device: str):  # type: ignore[no-untyped-def]
-    base = load_base(row.path, name=row.name, num_hidden_layers=row.num_layers, device=device)
-    if base.identity.fingerprint != row.identity:
-        raise IncompatibleBaseError(
-            f"the model at {row.path} no longer matches base model {row.name!r} as registered "
-            f"({base.identity.fingerprint[:12]} != {row.identity[:12]})"
-        )
-    return base
 
 
 def with_checkpoint_default(cfg: TrainConfig, ctx: JobContext) -> TrainConfig:
@@ -58,7 +46,7 @@ def job_inputs(ctx: JobContext, task_ref: str, base_ref: str, train_id: str, val
         val_ds = catalog.get_dataset(s, validation_id) if validation_id else None
     train = load_dataset_examples(ctx.registry, train_ds, task)
     validation = load_dataset_examples(ctx.registry, val_ds, task) if val_ds else []
-    base = load_registered_base(base_row, pick_device(ctx.settings.device))
+    base = load_registered_base(base_row, ctx.settings.device)
     return JobInputs(task, task_spec(task), base_row, base, train, validation)
 
 
@@ -79,10 +67,8 @@ def handle(ctx: JobContext) -> Finish:
 
     def register(s: Session, job: Job) -> dict:
         row = adapters.register_adapter(
-            s, owner_id=job.owner_id, task_id=task.id, base_model_id=base_row.id, kind="st_a", name=name,
-            method_config={"method": "bottleneck", "preset": spec.preset, "config": art.config.to_dict()},
-            hidden_size=art.hidden_size, blob_sha256=weights_sha, config_sha256=config_sha,
-            param_count=artifact_store.param_count(art), metrics=art.metrics, job_id=job.id,
+            s, owner_id=job.owner_id, task_id=task.id, base_model_id=base_row.id, name=name, job_id=job.id,
+            blob_sha256=weights_sha, config_sha256=config_sha, **artifact_store.registration(art, preset=spec.preset),
         )  # fmt: skip
         return {"adapter_id": row.id, "version": row.version}
 
@@ -90,4 +76,4 @@ def handle(ctx: JobContext) -> Finish:
     return Finish(result=result, register=register)
 
 
-__all__ = ["JobInputs", "handle", "job_inputs", "load_registered_base", "with_checkpoint_default"]
+__all__ = ["JobInputs", "handle", "job_inputs", "with_checkpoint_default"]

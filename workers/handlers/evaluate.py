@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from composer import artifacts
+from composer.adapters import artifacts
+from composer.adapters.model import AdaptedEncoder
+from composer.adapters.training import predict_logits, score
 from composer.composition import Single
 from composer.data import Collator
-from composer.model import AdaptedEncoder
-from composer.st_adapter import predict_logits, score
 from registry_db.models import Job
 from registry_db.repo import adapters, catalog
 from workers import artifact_store
-from workers.catalog import load_dataset_examples, task_spec
-from workers.devices import pick_device
-from workers.handlers.adapter import load_registered_base
+from workers.catalog import load_dataset_examples, load_registered_base, task_spec
 from workers.runner import Finish, JobContext
 from workers.specs import EvaluateJobSpec
 
@@ -27,12 +25,15 @@ def handle(ctx: JobContext) -> Finish:
         ds = catalog.get_dataset(s, spec.dataset)
         base_row = catalog.get_base_model(s, row.base_model_id)
     art = artifact_store.fetch(ctx.registry, row)
-    model = AdaptedEncoder(load_registered_base(base_row, pick_device(ctx.settings.device)))
+    model = AdaptedEncoder(load_registered_base(base_row, ctx.settings.device))
     name = artifacts.attach(model, art)
-    model.activate(Single(name))
     examples = load_dataset_examples(ctx.registry, ds, task)
     tspec = task_spec(task)
-    metrics = score(tspec, predict_logits(model, name, examples, Collator(model.base.tokenizer, tspec)), examples)
+    metrics = score(
+        tspec,
+        predict_logits(model, name, examples, Collator(model.base.tokenizer, tspec), composition=Single(name)),
+        examples,
+    )
     ctx.event("metric", {"split": ds.split, "dataset": ds.id, **metrics})
 
     def register(s: Session, job: Job) -> dict:

@@ -6,12 +6,12 @@ import time
 
 from sqlalchemy.orm import Session
 
+from composer.adapters.fusion import FusionConfig
+from composer.adapters.fusion_training import attention_report, prune_members, pruned, train_fusion
+from composer.adapters.training import predict_logits, score
 from composer.composition import Fuse
 from composer.data import Collator
-from composer.fusion import FusionConfig
-from composer.fusion_training import attention_report, prune_members, pruned, train_fusion
 from composer.heads import HeadConfig
-from composer.st_adapter import predict_logits, score
 from registry_db.models import Job
 from registry_db.repo import adapters
 from workers import artifact_store
@@ -21,9 +21,8 @@ from workers.specs import FusionJobSpec
 
 
 def _timed_score(model, name, fusion, task, examples, collate):  # type: ignore[no-untyped-def]
-    model.activate(Fuse(fusion))
     t = time.perf_counter()
-    metrics = score(task, predict_logits(model, name, examples, collate), examples)
+    metrics = score(task, predict_logits(model, name, examples, collate, composition=Fuse(fusion)), examples)
     return metrics, time.perf_counter() - t
 
 
@@ -60,29 +59,24 @@ def handle(ctx: JobContext) -> Finish:
                                 "relative_cost": round(p_s / full_s, 3)}  # fmt: skip
         else:
             result["pruned"] = {"members": [], "note": "fewer than 2 adapters above the threshold; nothing derived"}
-        run.model.activate(Fuse(run.name))
-    config, weights = run.artifact(member_ids, tspec)
-    w_sha, c_sha = ctx.registry.blobs.put(weights), ctx.registry.blobs.put(config)
+    art = run.artifact(member_ids, tspec)
+    art.metrics["mean_attention"] = result["mean_attention"]
+    w_sha, c_sha = artifact_store.store(ctx.registry, art)
     name = spec.name or f"{task.name}-fusion"
 
     def register(s: Session, job: Job) -> dict:
         row = adapters.register_adapter(
-            s, owner_id=job.owner_id, task_id=task.id, base_model_id=base_row.id, kind="fusion", name=name,
-            method_config={"method": "fusion", "config": run.model.fusions[run.name].cfg.to_dict(),
-                           "members": member_ids},
-            hidden_size=base.hidden_size, blob_sha256=w_sha, config_sha256=c_sha,
-            param_count=sum(p.numel() for p in run.model.fusions[run.name].parameters()),
-            metrics={**run.result.best_metrics, "mean_attention": result["mean_attention"]}, job_id=job.id,
+            s, owner_id=job.owner_id, task_id=task.id, base_model_id=base_row.id, name=name, job_id=job.id,
+            blob_sha256=w_sha, config_sha256=c_sha, **artifact_store.registration(art),
         )  # fmt: skip
         adapters.add_fusion_members(s, row.id, member_ids)
         out = {"adapter_id": row.id, "version": row.version}
         if pruned_ids:
+            derived = artifact_store.registration(art, members=pruned_ids, derived_from=row.id)
+            derived["metrics"] = result["pruned"]["metrics"]
             derived_row = adapters.register_adapter(
-                s, owner_id=job.owner_id, task_id=task.id, base_model_id=base_row.id, kind="fusion",
-                name=f"{name}-pruned", hidden_size=base.hidden_size, blob_sha256=w_sha, config_sha256=c_sha,
-                method_config={"method": "fusion", "config": run.model.fusions[run.name].cfg.to_dict(),
-                               "members": pruned_ids, "derived_from": row.id},
-                param_count=row.param_count, metrics=result["pruned"]["metrics"], job_id=job.id,
+                s, owner_id=job.owner_id, task_id=task.id, base_model_id=base_row.id, name=f"{name}-pruned",
+                blob_sha256=w_sha, config_sha256=c_sha, job_id=job.id, **derived,
             )  # fmt: skip
             adapters.add_fusion_members(s, derived_row.id, pruned_ids)
             out["pruned_adapter_id"] = derived_row.id

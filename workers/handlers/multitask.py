@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from composer.config import preset
-from composer.multitask import TaskData, train_multitask
+from composer.adapters.config import preset
+from composer.adapters.multitask import TaskData, train_multitask
 from registry_db.models import Job
 from registry_db.repo import adapters, catalog
 from workers import artifact_store
-from workers.catalog import load_dataset_examples, task_spec
-from workers.devices import pick_device
-from workers.handlers.adapter import load_registered_base, with_checkpoint_default
+from workers.catalog import load_dataset_examples, load_registered_base, task_spec
+from workers.handlers.adapter import with_checkpoint_default
 from workers.runner import Finish, JobContext
 from workers.specs import MultitaskJobSpec
 
@@ -31,7 +30,7 @@ def handle(ctx: JobContext) -> Finish:
         train = load_dataset_examples(ctx.registry, train_ds, task)
         val = load_dataset_examples(ctx.registry, val_ds, task) if val_ds else []
         data.append(TaskData(task_spec(task), train, val))
-    base = load_registered_base(base_row, pick_device(ctx.settings.device))
+    base = load_registered_base(base_row, ctx.settings.device)
     run = train_multitask(
         base, data, preset(spec.preset, **spec.adapter), cfg, alpha=spec.alpha,
         callbacks=[ctx.callback()], resume=ctx.resume,
@@ -44,10 +43,9 @@ def handle(ctx: JobContext) -> Finish:
         ids = []
         for (task, _, _), art, (w_sha, c_sha) in zip(rows, arts, stored, strict=True):
             row = adapters.register_adapter(
-                s, owner_id=job.owner_id, task_id=task.id, base_model_id=base_row.id, kind="mt_a",
-                name=f"{set_name}/{task.name}", hidden_size=art.hidden_size, blob_sha256=w_sha, config_sha256=c_sha,
-                method_config={"method": "bottleneck", "preset": spec.preset, "config": art.config.to_dict()},
-                param_count=artifact_store.param_count(art), metrics=art.metrics, job_id=job.id,
+                s, owner_id=job.owner_id, task_id=task.id, base_model_id=base_row.id, name=f"{set_name}/{task.name}",
+                blob_sha256=w_sha, config_sha256=c_sha, job_id=job.id,
+                **artifact_store.registration(art, preset=spec.preset),
             )  # fmt: skip
             ids.append(row.id)
         mt_set = adapters.create_set(s, owner_id=job.owner_id, kind="mt_a", name=f"{set_name}#{job.id}",

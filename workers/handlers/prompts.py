@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from composer.prompt_artifacts import to_files
-from composer.prompt_training import train_prompts
-from composer.prompts import PromptConfig
+from composer.prompts.prompt import PromptConfig
+from composer.prompts.training import train_prompts
 from registry_db.models import Job
 from registry_db.repo import adapters
+from workers import artifact_store
 from workers.handlers.adapter import job_inputs, with_checkpoint_default
 from workers.runner import Finish, JobContext
 from workers.specs import PromptsJobSpec
@@ -23,21 +23,15 @@ def handle(ctx: JobContext) -> Finish:
     run = train_prompts(base, tspec, train, validation, spec.k, PromptConfig.from_dict(spec.prompt), cfg,
                         callbacks=[ctx.callback()], resume=ctx.resume)  # fmt: skip
     arts = run.artifacts(tspec)
-    stored = []
-    for art in arts:
-        config, weights = to_files(art)
-        stored.append((ctx.registry.blobs.put(weights), ctx.registry.blobs.put(config)))
+    stored = [artifact_store.store(ctx.registry, art) for art in arts]
     name = spec.name or f"{task.name}-prompts"
 
     def register(s: Session, job: Job) -> dict:
         ids = []
         for art, (w_sha, c_sha) in zip(arts, stored, strict=True):
             row = adapters.register_adapter(
-                s, owner_id=job.owner_id, task_id=task.id, base_model_id=base_row.id, kind="soft_prompt",
-                name=f"{name}/{art.name}", hidden_size=art.hidden_size, blob_sha256=w_sha, config_sha256=c_sha,
-                method_config={"method": "prompt_tuning", "config": art.config.to_dict()},
-                param_count=int(art.prompt.numel() + sum(t.numel() for t in art.head_tensors.values())),
-                metrics=art.metrics, job_id=job.id,
+                s, owner_id=job.owner_id, task_id=task.id, base_model_id=base_row.id, name=f"{name}/{art.name}",
+                blob_sha256=w_sha, config_sha256=c_sha, job_id=job.id, **artifact_store.registration(art),
             )  # fmt: skip
             ids.append(row.id)
         ens = adapters.create_set(s, owner_id=job.owner_id, kind="ensemble", name=f"{name}#{job.id}",

@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from composer.base import LoadedBase
-from composer.errors import ConfigError, IncompatibleBaseError
+from composer.errors import ArtifactError, ConfigError, IncompatibleBaseError
 from composer.heads import HeadConfig, PredictionHead, stacked_classify
-from composer.prompt_artifacts import PromptArtifact
-from composer.prompts import PromptConfig, SoftPrompt, encode_prompted, pool_prompted
+from composer.prompts.artifacts import PromptArtifact
+from composer.prompts.prompt import PromptConfig, SoftPrompt, encode_prompted, pool_prompted
 
 
 class PromptModel(nn.Module):
@@ -47,15 +47,24 @@ class PromptModel(nn.Module):
         if art.head is None:
             raise ConfigError(f"prompt {art.name!r} has no head; it cannot classify")
         self.add(name, art.config, art.head)
-        with torch.no_grad():
-            target = self.prompts[name].deep if art.config.kind == "deep" else self.prompts[name].embedding
-            if target is None or target.shape != art.prompt.shape:
-                raise ConfigError(
-                    f"prompt {art.name!r} has shape {tuple(art.prompt.shape)}, which does not fit this base"
-                )
-            target.copy_(art.prompt)
-        self.heads[name].load_state_dict(art.head_tensors, strict=True)
+        try:
+            with torch.no_grad():
+                target = self.prompts[name].deep if art.config.kind == "deep" else self.prompts[name].embedding
+                if target is None or target.shape != art.prompt.shape:
+                    raise ConfigError(
+                        f"prompt {art.name!r} has shape {tuple(art.prompt.shape)}, which does not fit this base"
+                    )
+                target.copy_(art.prompt)
+            self.heads[name].load_state_dict(art.head_tensors, strict=True)
+        except (RuntimeError, ConfigError) as e:
+            self.remove(name)
+            raise ArtifactError(f"prompt {art.name!r}: weights do not fit its config: {e}") from None
         return name
+
+    def remove(self, name: str) -> None:
+        for registry in (self.prompts, self.heads):
+            if name in registry:
+                del registry[name]
 
     def check_batchable(self, names: Sequence[str]) -> PromptConfig:
         if not names:

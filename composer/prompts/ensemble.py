@@ -1,6 +1,6 @@
-"""Prompt-ensemble voting over K prompts' logits, and exact early exit for majority voting.
+"""Prompt ensembles: K prompts' logits from one batched forward, voting, and exact early exit.
 
-Strategies:
+Voting strategies:
 - `majority`: one vote per prompt; ties are broken by the mean probability (and reported);
 - `weighted`: votes weighted by each prompt's validation score, normalised;
 - `mean_prob`: argmax of the mean of the K probability vectors;
@@ -9,11 +9,13 @@ Strategies:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from composer.errors import ConfigError
+from composer.prompts.model import PromptModel
 
 STRATEGIES = ("majority", "weighted", "mean_prob", "mean_logit")
 
@@ -83,3 +85,46 @@ def decided(votes: torch.Tensor, num_labels: int, remaining: int) -> torch.Tenso
     top2 = counts.topk(min(2, num_labels), dim=-1).values
     runner = top2[:, 1] if num_labels > 1 else torch.zeros_like(top2[:, 0])
     return top2[:, 0] > runner + remaining
+
+
+def predict_ensemble(
+    model: PromptModel,
+    names: Sequence[str],
+    batch: dict[str, torch.Tensor],
+    strategy: str = "majority",
+    scores: Sequence[float | None] | None = None,
+    early_exit: bool = False,
+) -> list[RowVote]:
+    """Votes per input. With `early_exit` (majority only) prompts run in order of validation score:
+    first the top ⌊K/2⌋+1 on every row, then the rest only on rows not yet decided. The labels
+    are identical to running all K prompts."""
+    names = list(names)
+    k = len(names)
+    model.check_batchable(names)
+    scores_l = list(scores) if scores is not None else [None] * k
+    check_strategy(strategy, scores_l)
+    if early_exit and strategy != "majority":
+        raise ConfigError("early exit is exact only for majority voting")
+    with torch.no_grad():
+        if not early_exit or k < 3:
+            return vote(model.logits(names, batch), strategy, scores_l)
+        order = sorted(range(k), key=lambda j: -(scores_l[j] if scores_l[j] is not None else float("-inf")))
+        m = k // 2 + 1
+        first = model.logits([names[j] for j in order[:m]], batch)  # [B, m, C]
+        b, _, c = first.shape
+        logits = torch.zeros(b, k, c, dtype=first.dtype)
+        evaluated = torch.zeros(b, k, dtype=torch.bool)
+        logits[:, order[:m]] = first.cpu()
+        evaluated[:, order[:m]] = True
+        done = decided(first.argmax(-1).cpu(), c, remaining=k - m)
+        todo = (~done).nonzero().flatten()
+        if len(todo):
+            sub = {key: v[todo.to(v.device)] for key, v in batch.items()}
+            rest = model.logits([names[j] for j in order[m:]], sub).cpu()
+            for col, j in enumerate(order[m:]):
+                logits[todo, j] = rest[:, col]
+            evaluated[todo.unsqueeze(1), torch.tensor(order[m:]).unsqueeze(0)] = True
+        out = vote(logits, strategy, scores_l, evaluated)
+        for i, row in enumerate(out):
+            row.early_exit = bool(done[i])
+        return out

@@ -11,16 +11,16 @@ from dataclasses import dataclass
 
 import torch
 
-from composer import artifacts, fusion_artifacts
-from composer.artifacts import AdapterArtifact
+from composer.adapters import artifacts, fusion_artifacts
+from composer.adapters.artifacts import AdapterArtifact
+from composer.adapters.fusion import FusionConfig
+from composer.adapters.fusion_artifacts import FusionArtifact
+from composer.adapters.model import AdaptedEncoder
+from composer.adapters.training import head_for, predict_logits, score
 from composer.base import LoadedBase
 from composer.composition import Fuse
 from composer.data import Collator, Example, TaskSpec
-from composer.fusion import FusionConfig
-from composer.fusion_artifacts import FusionArtifact
 from composer.heads import HeadConfig
-from composer.model import AdaptedEncoder
-from composer.st_adapter import head_for, predict_logits, score
 from composer.training import Callback, Objective, TrainConfig, TrainResult, fit
 
 
@@ -45,22 +45,14 @@ class FusionRun:
     model: AdaptedEncoder
     name: str
     result: TrainResult
+    max_length: int
 
-    def artifact(self, member_ids: list[str], task: TaskSpec) -> tuple[bytes, bytes]:
-        """(config, weights) of the fusion and its head; members named by their registry ids."""
-        art = fusion_artifacts.extract(self.model, self.name, members=member_ids)
-        art.metrics = dict(self.result.best_metrics)
-        head = {k: v.detach().cpu() for k, v in self.model.heads[self.name].state_dict().items()}
-        config, weights = fusion_artifacts.to_files(art, head)
-        return _with_head_config(config, self.model.heads[self.name].cfg, task), weights
-
-
-def _with_head_config(config: bytes, head: HeadConfig, task: TaskSpec) -> bytes:
-    import json
-
-    meta = json.loads(config)
-    meta["head"], meta["labels"] = head.to_dict(), list(task.labels)
-    return json.dumps(meta, indent=2, sort_keys=True).encode()
+    def artifact(self, member_ids: list[str], task: TaskSpec) -> FusionArtifact:
+        """The fusion and its head; members named by their registry ids."""
+        return fusion_artifacts.extract(
+            self.model, self.name, members=member_ids, head=self.name, labels=list(task.labels),
+            metrics=dict(self.result.best_metrics), max_length=self.max_length,
+        )  # fmt: skip
 
 
 def train_fusion(
@@ -80,23 +72,25 @@ def train_fusion(
     model, _ = build_fused_model(base, members, fusion_cfg, name)
     model.base_dropout = train_cfg.base_dropout
     model.add_head(name, head_cfg or head_for(task))
-    model.activate(Fuse(name))
+    fused = Fuse(name)
     fusion = model.fusions[name]
     collate = Collator(base.tokenizer, task, train_cfg.max_length)
 
     def loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         labels = batch.pop("labels")
-        logits = model(**batch, head=name).logits
+        logits = model(**batch, head=name, composition=fused).logits
         return model.heads[name].loss(logits, labels) + fusion.regularization()
 
     def evaluate(examples: Sequence[Example]) -> dict[str, float]:
-        return score(task, predict_logits(model, name, examples, collate, train_cfg.batch_size * 2), examples)
+        return score(
+            task, predict_logits(model, name, examples, collate, train_cfg.batch_size * 2, composition=fused), examples
+        )
 
     params = {f"fusions.{name}.{k}": p for k, p in fusion.named_parameters()}
     params.update({f"heads.{name}.{k}": p for k, p in model.heads[name].named_parameters()})
     objective = Objective(module=model, params=params, loss=loss, evaluate=evaluate, metric=task.metric)
     result = fit(objective, train, validation, collate, train_cfg, callbacks, resume=resume, device=model.device)
-    return FusionRun(model=model, name=name, result=result)
+    return FusionRun(model=model, name=name, result=result, max_length=train_cfg.max_length)
 
 
 def attention_report(
@@ -109,7 +103,7 @@ def attention_report(
     with torch.no_grad():
         for i in range(0, len(examples), batch_size):
             batch = {k: v.to(model.device) for k, v in collate(examples[i : i + batch_size]).items() if k != "labels"}
-            out = model(**batch, return_fusion_attention=True)
+            out = model(**batch, composition=Fuse(fusion), return_fusion_attention=True)
             per_example.append(torch.stack(list(out.fusion_attention.values())).mean(0).cpu())  # [B, N]
     att = torch.cat(per_example)
     return {

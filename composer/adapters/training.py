@@ -7,45 +7,30 @@ from dataclasses import dataclass
 
 import torch
 
-from composer import artifacts
-from composer.artifacts import AdapterArtifact
+from composer.adapters import artifacts
+from composer.adapters.artifacts import AdapterArtifact
+from composer.adapters.config import BottleneckConfig
+from composer.adapters.model import AdaptedEncoder
 from composer.base import LoadedBase
-from composer.composition import Single
-from composer.config import BottleneckConfig
+from composer.composition import Composition, Single
 from composer.data import Collator, Example, TaskSpec
-from composer.heads import HeadConfig
-from composer.metrics import classification_metrics, regression_metrics
-from composer.model import AdaptedEncoder
-from composer.training import Callback, Objective, TrainConfig, TrainResult, fit, logits_to_numpy
+from composer.heads import HeadConfig, head_for
+from composer.metrics import score
+from composer.training import Callback, Objective, TrainConfig, TrainResult, fit
 
 
-def predict_logits(
-    model: AdaptedEncoder, head: str, examples: Sequence[Example], collate: Collator, batch_size: int = 64
-) -> torch.Tensor:
-    """Logits for `examples` under the model's active composition, in order."""
+def predict_logits(model: AdaptedEncoder, head: str, examples: Sequence[Example], collate: Collator,
+                   batch_size: int = 64, *, composition: Composition | None) -> torch.Tensor:  # fmt: skip
+    """Logits for `examples` under `composition`, in order."""
     out = []
     was_training = model.training
     model.eval()
     with torch.no_grad():
         for i in range(0, len(examples), batch_size):
             batch = {k: v.to(model.device) for k, v in collate(examples[i : i + batch_size]).items() if k != "labels"}
-            out.append(model(**batch, head=head).logits.float().cpu())
+            out.append(model(**batch, head=head, composition=composition).logits.float().cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
-
-
-def score(task: TaskSpec, logits: torch.Tensor, examples: Sequence[Example]) -> dict[str, float]:
-    import numpy as np
-
-    if task.kind == "regression":
-        gold = np.array([float(e.label) for e in examples])  # type: ignore[arg-type]
-        return regression_metrics(logits_to_numpy([logits]), gold)
-    gold = np.array([task.label_index(e.label) for e in examples])
-    return classification_metrics(logits_to_numpy([logits]), gold)
-
-
-def head_for(task: TaskSpec, pooling: str = "mean") -> HeadConfig:
-    return HeadConfig(kind=task.kind, num_labels=task.num_labels, pooling=pooling)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -53,12 +38,11 @@ class STAdapterRun:
     model: AdaptedEncoder
     name: str
     result: TrainResult
+    max_length: int
 
     def artifact(self, task: TaskSpec) -> AdapterArtifact:
-        art = artifacts.extract(self.model, self.name, head=self.name)
-        art.labels = list(task.labels)
-        art.metrics = dict(self.result.best_metrics)
-        return art
+        return artifacts.extract(self.model, self.name, head=self.name, labels=list(task.labels),
+                                 metrics=dict(self.result.best_metrics), max_length=self.max_length)  # fmt: skip
 
 
 def train_st_adapter(
@@ -79,18 +63,20 @@ def train_st_adapter(
     model.base_dropout = train_cfg.base_dropout
     model.add_adapter(name, adapter_cfg)
     model.add_head(name, head_cfg or head_for(task))
-    model.activate(Single(name))
+    single = Single(name)
     collate = Collator(base.tokenizer, task, train_cfg.max_length)
 
     def loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         labels = batch.pop("labels")
-        return model.heads[name].loss(model(**batch, head=name).logits, labels)
+        return model.heads[name].loss(model(**batch, head=name, composition=single).logits, labels)
 
     def evaluate(examples: Sequence[Example]) -> dict[str, float]:
-        return score(task, predict_logits(model, name, examples, collate, train_cfg.batch_size * 2), examples)
+        return score(
+            task, predict_logits(model, name, examples, collate, train_cfg.batch_size * 2, composition=single), examples
+        )
 
     params = {f"adapters.{name}.{k}": p for k, p in model.adapters[name].named_parameters()}
     params.update({f"heads.{name}.{k}": p for k, p in model.heads[name].named_parameters()})
     objective = Objective(module=model, params=params, loss=loss, evaluate=evaluate, metric=task.metric)
     result = fit(objective, train, validation, collate, train_cfg, callbacks, resume=resume, device=model.device)
-    return STAdapterRun(model=model, name=name, result=result)
+    return STAdapterRun(model=model, name=name, result=result, max_length=train_cfg.max_length)

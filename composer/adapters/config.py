@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from composer.errors import ConfigError
+from composer.injection import PLACEMENTS, Placement
 
 NonLinearity = Literal["relu", "swish", "silu", "gelu", "tanh", "leakyrelu"]
-Placement = Literal["attention", "ffn"]
-PLACEMENTS: tuple[Placement, ...] = ("attention", "ffn")
 INIT_SCHEMES = ("bert", "mam_adapter", "houlsby")
 
 

@@ -14,12 +14,13 @@ from typing import Any
 
 import torch
 
+from composer.adapters.config import BottleneckConfig
+from composer.adapters.model import AdaptedEncoder
 from composer.base import BaseIdentity
-from composer.config import BottleneckConfig
 from composer.errors import ArtifactError, IncompatibleBaseError
 from composer.heads import HeadConfig
-from composer.model import AdaptedEncoder
 from composer.safetensors_io import (
+    load_json,
     sha256_bytes,
     tensors_from_bytes,
     tensors_to_bytes,
@@ -48,6 +49,7 @@ class AdapterArtifact:
     kind: str = "st_a"
     metrics: dict[str, Any] = field(default_factory=dict)
     source: str = FORMAT
+    max_length: int | None = None  # the tokenised length it was trained with; serving truncates there
 
     def config_json(self, sha256: str) -> dict[str, Any]:
         return {
@@ -63,6 +65,7 @@ class AdapterArtifact:
             "hidden_size": self.hidden_size,
             "model_type": self.model_type,
             "metrics": self.metrics,
+            "max_length": self.max_length,
             "sha256": sha256,
         }
 
@@ -107,10 +110,7 @@ def save(art: AdapterArtifact, directory: str | Path) -> Path:
 
 
 def from_files(config_bytes: bytes, weights: bytes) -> AdapterArtifact:
-    try:
-        meta = json.loads(config_bytes)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{CONFIG_NAME} is not valid JSON: {e}") from None
+    meta = load_json(config_bytes, CONFIG_NAME)
     if meta.get("format") != FORMAT:
         raise ArtifactError(f"not a {FORMAT} config (format={meta.get('format')!r})")
     if meta.get("format_version") != FORMAT_VERSION:
@@ -132,27 +132,17 @@ def from_files(config_bytes: bytes, weights: bytes) -> AdapterArtifact:
         model_type=meta.get("model_type"),
         kind=meta.get("kind", "st_a"),
         metrics=meta.get("metrics") or {},
+        max_length=meta.get("max_length"),
     )
 
 
 def load(directory: str | Path) -> AdapterArtifact:
-    """Load our format, or detect and import an AdapterHub directory."""
+    """Load our format from a directory (`composer.kinds.load_dir` also detects and imports foreign ones)."""
     d = Path(directory)
-    cfg_path = d / CONFIG_NAME
-    if not cfg_path.is_file():
-        raise ArtifactError(f"{d} has no {CONFIG_NAME}")
-    try:
-        meta = json.loads(cfg_path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{cfg_path} is not valid JSON: {e}") from None
-    if meta.get("format") == FORMAT:
-        weights_path = d / WEIGHTS_NAME
-        if not weights_path.is_file():
-            raise ArtifactError(f"{d} has no {WEIGHTS_NAME}")
-        return from_files(cfg_path.read_bytes(), weights_path.read_bytes())
-    from composer.importers.adapterhub import import_adapterhub
-
-    return import_adapterhub(d)
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        if not (d / name).is_file():
+            raise ArtifactError(f"{d} has no {name}")
+    return from_files((d / CONFIG_NAME).read_bytes(), (d / WEIGHTS_NAME).read_bytes())
 
 
 def attach(model: AdaptedEncoder, art: AdapterArtifact, name: str | None = None) -> str:

@@ -27,6 +27,7 @@ from torch import nn
 
 from composer.base import LoadedBase
 from composer.errors import ConfigError
+from composer.injection import Scope, inject
 
 Insertion = Literal["input_embeds", "embedding_output"]
 
@@ -133,8 +134,10 @@ def encode_prompted(
     """Hidden states [B, L+T, H] with a per-row shallow prompt [B, L, H] in front of each row; or [B, T, H]
     with per-row deep prompts [B, layers, 2, L, H] as each layer's prefix keys and values."""
     model = base.model
+    router = inject(model, base.family)
     if prompts.dim() == 5:
-        return _encode_deep(base, input_ids, attention_mask, token_type_ids, prompts)
+        with router.scoped(None):  # the bare base: whatever else runs on these layers is not in this forward
+            return _encode_deep(base, input_ids, attention_mask, token_type_ids, prompts)
     b, length = prompts.shape[0], prompts.shape[1]
     mask = torch.cat([attention_mask.new_ones(b, length), attention_mask], dim=1)
     kwargs: dict[str, Any] = {"attention_mask": mask}
@@ -145,19 +148,13 @@ def encode_prompted(
         if has_types:
             tt = token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)
             kwargs["token_type_ids"] = torch.cat([tt.new_zeros(b, length), tt], dim=1)
+        with router.scoped(None):
+            return model(**kwargs).last_hidden_state
+    kwargs["input_ids"] = input_ids
+    if has_types and token_type_ids is not None:
+        kwargs["token_type_ids"] = token_type_ids
+    with router.scoped(Scope(prefix=prompts)):  # prepended to the embedding output, for this forward only
         return model(**kwargs).last_hidden_state
-
-    def prepend(_m: nn.Module, _a: tuple, out: torch.Tensor) -> torch.Tensor:
-        return torch.cat([prompts.to(out.dtype), out], dim=1)
-
-    handle = model.embeddings.register_forward_hook(prepend)
-    try:
-        kwargs["input_ids"] = input_ids
-        if has_types and token_type_ids is not None:
-            kwargs["token_type_ids"] = token_type_ids
-        return model(**kwargs).last_hidden_state
-    finally:
-        handle.remove()
 
 
 def _encode_deep(base: LoadedBase, input_ids: torch.Tensor, attention_mask: torch.Tensor,

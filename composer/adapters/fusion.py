@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from composer.bottleneck import BottleneckAdapter, BottleneckLayer, activation, site_key
-from composer.config import PLACEMENTS
+from composer.adapters.bottleneck import BottleneckAdapter, BottleneckLayer, activation, site_key
+from composer.adapters.config import PLACEMENTS
 from composer.errors import ConfigError
 
 PLACEMENT_FIELDS = ("mh_adapter", "output_adapter", "original_ln_before", "original_ln_after",
@@ -184,6 +184,10 @@ class StackedSite:
                     w_out = w_out @ layer.value.weight.t()
                 self._cache = (stamp, w_in, b_in, w_out.contiguous())
         return self._cache[1], self._cache[2], self._cache[3]
+
+    def nbytes(self) -> int:
+        kept = [self.w_down, self.b_down, self.w_up, self.w_up_t, self.b_up, *(self._cache[1:] if self._cache else ())]
+        return sum(t.numel() * t.element_size() for t in kept)
 
     def down(self, h: torch.Tensor) -> torch.Tensor:
         """All N bottleneck activations in one GEMM: [M, H] -> [M, N*r]."""

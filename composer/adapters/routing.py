@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 import torch
 
-from composer.bottleneck import BottleneckAdapter, site_key
-from composer.config import Placement
-from composer.fusion import Fusion, StackedSite
+from composer.adapters.bottleneck import BottleneckAdapter, site_key
+from composer.adapters.config import Placement
+from composer.adapters.fusion import Fusion, StackedSite
 
 LayerNorm = Callable[[torch.Tensor], torch.Tensor]
 Handler = Callable[[int, Placement, torch.Tensor, torch.Tensor, LayerNorm], torch.Tensor]
@@ -22,28 +22,51 @@ def single(adapter: BottleneckAdapter) -> Handler:
     return handle
 
 
-def fuse(fusion: Fusion, adapters: list[BottleneckAdapter], capture: dict[str, torch.Tensor]) -> Handler:
-    """Fusion over stacked adapters. When `capture` is armed (holds the key "on"), each site's
-    attention probabilities [B, T, N] are stored under its site key."""
-    stacks: dict[str, StackedSite] = {}
-    for key in fusion.site_keys:
-        layers = [a.sites[key] for a in adapters]
-        stacks[key] = StackedSite(layers)  # type: ignore[arg-type]
+def _stamp(adapters: list[BottleneckAdapter]) -> tuple[int, ...]:
+    return tuple(v for a in adapters for p in a.parameters() for v in (p._version, p.data_ptr()))
 
-    def handle(layer: int, placement: Placement, x: torch.Tensor, r: torch.Tensor, ln: LayerNorm) -> torch.Tensor:
-        key = site_key(layer, placement)
-        stack = stacks.get(key)
-        if stack is None:
-            return ln(x + r)
-        last = stack.last
-        h, res = last.pre(x, r, ln)
-        flat = h.reshape(-1, h.shape[-1])
-        context, probs = fusion.layer(key).attend(stack, flat)
-        if "on" in capture:
-            capture[key] = probs.view(*h.shape[:-1], -1).detach()
-        return last.post(context.view_as(h) + res, x, r, ln)
 
-    return handle
+class FusePlan:
+    """A fusion's member adapters stacked per site (one down GEMM, one up GEMM), built once and kept
+    while the fusion is loaded. The fusion's own precomposed inference matrices live on each
+    `StackedSite` and follow the fusion's weights. If a member's weights change, the plan rebuilds."""
+
+    def __init__(self, fusion: Fusion, adapters: list[BottleneckAdapter]):
+        self.fusion, self.adapters = fusion, adapters
+        self._build()
+
+    def _build(self) -> None:
+        self.stamp = _stamp(self.adapters)
+        self.stacks = {key: StackedSite([a.sites[key] for a in self.adapters]) for key in self.fusion.site_keys}  # type: ignore[misc]
+
+    def warm(self) -> None:
+        """Precompose each site's inference matrices now (serving does this at load, not per request)."""
+        for key, stack in self.stacks.items():
+            stack.inference_weights(self.fusion.layer(key))
+
+    def nbytes(self) -> int:
+        return sum(s.nbytes() for s in self.stacks.values())
+
+    def handler(self, capture: dict[str, torch.Tensor] | None = None) -> Handler:
+        """A site handler for one forward; with `capture`, each site's attention [B, T, N] is stored in it."""
+        if _stamp(self.adapters) != self.stamp:
+            self._build()
+        stacks, fusion = self.stacks, self.fusion
+
+        def handle(layer: int, placement: Placement, x: torch.Tensor, r: torch.Tensor, ln: LayerNorm) -> torch.Tensor:
+            key = site_key(layer, placement)
+            stack = stacks.get(key)
+            if stack is None:
+                return ln(x + r)
+            last = stack.last
+            h, res = last.pre(x, r, ln)
+            flat = h.reshape(-1, h.shape[-1])
+            context, probs = fusion.layer(key).attend(stack, flat)
+            if capture is not None:
+                capture[key] = probs.view(*h.shape[:-1], -1).detach()
+            return last.post(context.view_as(h) + res, x, r, ln)
+
+        return handle
 
 
 def _gatherable(adapters: list[BottleneckAdapter | None]) -> bool:
@@ -63,7 +86,7 @@ class GatheredSite:
     """The distinct adapters of a site stacked (bottleneck padded to the widest); each row gathers its own."""
 
     def __init__(self, layers: list, rows: torch.Tensor):
-        from composer.fusion import StackedSite
+        from composer.adapters.fusion import StackedSite
 
         self.stack = StackedSite(layers)
         n, r, hidden = self.stack.n, self.stack.r, self.stack.w_up.shape[1]

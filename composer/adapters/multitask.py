@@ -13,15 +13,15 @@ from dataclasses import dataclass
 
 import torch
 
-from composer import artifacts
-from composer.artifacts import AdapterArtifact
+from composer.adapters import artifacts
+from composer.adapters.artifacts import AdapterArtifact
+from composer.adapters.config import BottleneckConfig
+from composer.adapters.model import AdaptedEncoder
+from composer.adapters.training import head_for, predict_logits, score
 from composer.base import LoadedBase
 from composer.composition import Single
-from composer.config import BottleneckConfig
 from composer.data import Collator, Example, TaskSpec, epoch_order
 from composer.errors import ConfigError
-from composer.model import AdaptedEncoder
-from composer.st_adapter import head_for, predict_logits, score
 from composer.training import Callback, Objective, TrainConfig, TrainResult, fit
 
 
@@ -70,11 +70,12 @@ class MultitaskRun:
     model: AdaptedEncoder
     names: list[str]
     result: TrainResult
+    max_length: int
 
     def artifacts(self, tasks: Sequence[TaskData]) -> list[AdapterArtifact]:
         out = []
         for name, td in zip(self.names, tasks, strict=True):
-            art = artifacts.extract(self.model, name, head=name, kind="mt_a")
+            art = artifacts.extract(self.model, name, head=name, kind="mt_a", max_length=self.max_length)
             art.labels = list(td.task.labels)
             art.metrics = {
                 k.split("/", 1)[1]: v for k, v in self.result.best_metrics.items() if k.startswith(f"{name}/")
@@ -118,14 +119,13 @@ def train_multitask(
     def loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         name = names[int(batch.pop("task"))]
         labels = batch.pop("labels")
-        model.activate(Single(name))
-        return model.heads[name].loss(model(**batch, head=name).logits, labels)
+        return model.heads[name].loss(model(**batch, head=name, composition=Single(name)).logits, labels)
 
     def evaluate(_: Sequence[Example]) -> dict[str, float]:
         metrics: dict[str, float] = {}
         for name, td, col in zip(names, tasks, collators, strict=True):
-            model.activate(Single(name))
-            m = score(td.task, predict_logits(model, name, td.validation, col, train_cfg.batch_size * 2), td.validation)
+            logits = predict_logits(model, name, td.validation, col, train_cfg.batch_size * 2, composition=Single(name))
+            m = score(td.task, logits, td.validation)
             metrics.update({f"{name}/{k}": v for k, v in m.items()})
         metrics["mean"] = sum(metrics[f"{n}/{td.task.metric}"] for n, td in zip(names, tasks, strict=True)) / len(tasks)
         return metrics
@@ -139,4 +139,4 @@ def train_multitask(
         objective, train, train if has_val else [], collate, train_cfg, callbacks,
         resume=resume, device=model.device, plan=plan,
     )  # fmt: skip
-    return MultitaskRun(model=model, names=names, result=result)
+    return MultitaskRun(model=model, names=names, result=result, max_length=train_cfg.max_length)

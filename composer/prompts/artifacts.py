@@ -16,7 +16,7 @@ import torch
 from composer.base import BaseIdentity
 from composer.errors import ArtifactError, ConfigError
 from composer.heads import HeadConfig
-from composer.prompts import PromptConfig
+from composer.prompts.prompt import PromptConfig
 from composer.safetensors_io import read_tensors, sha256_bytes, tensors_from_bytes, tensors_to_bytes
 
 FORMAT = "composer-prompt"
@@ -33,6 +33,11 @@ class PromptArtifact:
     labels: list[str] | None = None
     base: BaseIdentity | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    max_length: int | None = None  # the tokenised length it was trained with; serving truncates there
+
+    @property
+    def kind(self) -> str:
+        return "soft_prompt"
 
 
 def to_files(art: PromptArtifact) -> tuple[bytes, bytes]:
@@ -42,7 +47,7 @@ def to_files(art: PromptArtifact) -> tuple[bytes, bytes]:
         "format": FORMAT, "format_version": 1, "name": art.name, "kind": "soft_prompt", "method": "prompt_tuning",
         "config": art.config.to_dict(), "head": art.head.to_dict() if art.head else None, "labels": art.labels,
         "hidden_size": art.hidden_size, "base": art.base.to_dict() if art.base else None,
-        "metrics": art.metrics, "sha256": sha256_bytes(weights),
+        "metrics": art.metrics, "max_length": art.max_length, "sha256": sha256_bytes(weights),
     }  # fmt: skip
     return json.dumps(meta, indent=2, sort_keys=True).encode(), weights
 
@@ -62,7 +67,7 @@ def from_files(config: bytes, weights: bytes) -> PromptArtifact:
         head=HeadConfig.from_dict(meta["head"]) if meta.get("head") else None,
         head_tensors={k[5:]: v for k, v in tensors.items() if k.startswith("head.")},
         labels=meta.get("labels"), base=BaseIdentity.from_dict(meta["base"]) if meta.get("base") else None,
-        metrics=meta.get("metrics") or {},
+        metrics=meta.get("metrics") or {}, max_length=meta.get("max_length"),
     )  # fmt: skip
 
 

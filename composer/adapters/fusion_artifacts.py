@@ -2,7 +2,9 @@
 
 Ours: `fusion_config.json` + `fusion.safetensors`. The config names the member adapters
 by id (registry id, or the name they had in the model) in order, never by a comma-joined
-string, plus the fusion config, the base identity and the weights' sha256.
+string, plus the fusion config, the target task's head and labels, the `max_length` it was
+trained with, the base identity and the weights' sha256. The weights hold `fusion.*` and
+the head's `head.*`.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ from typing import Any
 
 import torch
 
+from composer.adapters.bottleneck import site_key
+from composer.adapters.fusion import FusionConfig
+from composer.adapters.model import AdaptedEncoder
 from composer.base import BaseIdentity
-from composer.bottleneck import site_key
 from composer.errors import ArtifactError, ConfigError
-from composer.fusion import FusionConfig
-from composer.model import AdaptedEncoder
-from composer.safetensors_io import read_tensors, sha256_bytes, tensors_from_bytes, tensors_to_bytes
+from composer.heads import HeadConfig
+from composer.safetensors_io import load_json, read_tensors, sha256_bytes, tensors_from_bytes, tensors_to_bytes
 
 FORMAT = "composer-fusion"
 _HUB_KEY = re.compile(
@@ -37,10 +40,20 @@ class FusionArtifact:
     tensors: dict[str, torch.Tensor]
     base: BaseIdentity | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    head: HeadConfig | None = None
+    head_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    labels: list[str] | None = None
+    max_length: int | None = None  # the tokenised length it was trained with; serving truncates there
+
+    @property
+    def kind(self) -> str:
+        return "fusion"
 
 
-def extract(model: AdaptedEncoder, fusion: str, members: list[str] | None = None) -> FusionArtifact:
+def extract(model: AdaptedEncoder, fusion: str, members: list[str] | None = None, head: str | None = None,
+            **meta: Any) -> FusionArtifact:  # fmt: skip
     module = model.fusions[fusion]
+    head_module = model.heads[head] if head is not None else None
     return FusionArtifact(
         name=fusion,
         members=list(members or module.members),
@@ -48,12 +61,15 @@ def extract(model: AdaptedEncoder, fusion: str, members: list[str] | None = None
         hidden_size=model.base.hidden_size,
         tensors={k: v.detach().cpu().clone() for k, v in module.state_dict().items()},
         base=model.base.identity,
+        head=head_module.cfg if head_module is not None else None,
+        head_tensors={k: v.detach().cpu().clone() for k, v in head_module.state_dict().items()} if head_module else {},
+        **meta,
     )
 
 
-def to_files(art: FusionArtifact, head: dict[str, torch.Tensor] | None = None) -> tuple[bytes, bytes]:
+def to_files(art: FusionArtifact) -> tuple[bytes, bytes]:
     tensors = {f"fusion.{k}": v for k, v in art.tensors.items()}
-    tensors.update({f"head.{k}": v for k, v in (head or {}).items()})
+    tensors.update({f"head.{k}": v for k, v in art.head_tensors.items()})
     weights = tensors_to_bytes(tensors)
     meta = {
         "format": FORMAT,
@@ -64,14 +80,16 @@ def to_files(art: FusionArtifact, head: dict[str, torch.Tensor] | None = None) -
         "hidden_size": art.hidden_size,
         "base": art.base.to_dict() if art.base else None,
         "metrics": art.metrics,
+        "head": art.head.to_dict() if art.head else None,
+        "labels": art.labels,
+        "max_length": art.max_length,
         "sha256": sha256_bytes(weights),
     }
     return json.dumps(meta, indent=2, sort_keys=True).encode(), weights
 
 
-def from_files(config: bytes, weights: bytes) -> tuple[FusionArtifact, dict[str, torch.Tensor]]:
-    """Returns (fusion artifact, head tensors)."""
-    meta = json.loads(config)
+def from_files(config: bytes, weights: bytes) -> FusionArtifact:
+    meta = load_json(config, "fusion_config.json")
     if meta.get("format") != FORMAT:
         raise ArtifactError(f"not a {FORMAT} config")
     if sha256_bytes(weights) != meta.get("sha256"):
@@ -85,8 +103,12 @@ def from_files(config: bytes, weights: bytes) -> tuple[FusionArtifact, dict[str,
         tensors={k[len("fusion.") :]: v for k, v in tensors.items() if k.startswith("fusion.")},
         base=BaseIdentity.from_dict(meta["base"]) if meta.get("base") else None,
         metrics=meta.get("metrics") or {},
+        head=HeadConfig.from_dict(meta["head"]) if meta.get("head") else None,
+        head_tensors={k[len("head.") :]: v for k, v in tensors.items() if k.startswith("head.")},
+        labels=meta.get("labels"),
+        max_length=meta.get("max_length"),
     )
-    return art, {k[len("head.") :]: v for k, v in tensors.items() if k.startswith("head.")}
+    return art
 
 
 def attach(
@@ -101,8 +123,10 @@ def attach(
     module = model.add_fusion(name, member_names or art.members, art.config)
     try:
         module.load_state_dict(art.tensors, strict=True)
+        if art.head is not None:
+            model.add_head(name, art.head).load_state_dict(art.head_tensors, strict=True)
     except RuntimeError as e:
-        del model.fusions[name]
+        model.remove(name)
         raise ArtifactError(f"fusion {art.name!r}: weights do not fit: {e}") from None
     return name
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from composer.artifacts import AdapterArtifact
-from composer.bottleneck import site_key
-from composer.config import BottleneckConfig
+from composer.adapters.artifacts import AdapterArtifact
+from composer.adapters.bottleneck import site_key
+from composer.adapters.config import BottleneckConfig
 from composer.errors import ArtifactError, ConfigError
 from composer.heads import HeadConfig
 from composer.safetensors_io import read_tensors

@@ -12,15 +12,10 @@ import math
 
 import torch
 from torch import nn
-from transformers.activations import get_activation
 
-from composer.config import PLACEMENTS, BottleneckConfig, Placement
-
-
-def activation(name: str) -> nn.Module:
-    if name == "leakyrelu":
-        return nn.LeakyReLU()
-    return get_activation(name)
+from composer.adapters.config import BottleneckConfig
+from composer.heads import activation
+from composer.injection import PLACEMENTS, Placement
 
 
 def site_key(layer: int, placement: Placement) -> str:

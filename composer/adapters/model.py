@@ -1,4 +1,9 @@
-"""`AdaptedEncoder`: one frozen base, named adapters and heads, and the active composition."""
+"""`AdaptedEncoder`: one frozen base with named adapters, fusions and heads.
+
+The composition a forward runs (`Single`, `Fuse`, `Mixed`, or None for the bare base) is an
+argument of that forward. It lives in a scope that the forward sets and always resets, so
+nothing one request runs stays on the shared layers for the next one.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +12,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from composer import routing
+from composer.adapters import routing
+from composer.adapters.bottleneck import BottleneckAdapter
+from composer.adapters.config import BottleneckConfig
+from composer.adapters.fusion import Fusion, FusionConfig, check_fusable
+from composer.adapters.routing import FusePlan
 from composer.base import LoadedBase
-from composer.bottleneck import BottleneckAdapter
 from composer.composition import Composition, Fuse, Mixed, Single
-from composer.config import BottleneckConfig
 from composer.errors import ConfigError
-from composer.fusion import Fusion, FusionConfig, check_fusable
 from composer.heads import HeadConfig, PredictionHead
-from composer.injection import inject
+from composer.injection import Scope, inject
 
 
 @dataclass
@@ -35,8 +41,7 @@ class AdaptedEncoder(nn.Module):
         self.adapters = nn.ModuleDict()
         self.heads = nn.ModuleDict()
         self.fusions = nn.ModuleDict()
-        self._capture: dict[str, torch.Tensor] = {}
-        self.active: Composition | None = None
+        self._plans: dict[str, FusePlan] = {}  # per loaded fusion: its members stacked, built on first use
         # The frozen base runs without dropout by default (see docs/architecture.md, "Frozen base").
         self.base_dropout = False
         self._accepts_token_types = base.family != "distilbert"
@@ -75,39 +80,51 @@ class AdaptedEncoder(nn.Module):
         self.fusions[name] = fusion
         return fusion
 
-    def activate(self, composition: Composition | None) -> None:
-        """Point every site at a composition. Fusion snapshots its (frozen) adapters' weights here:
-        activate again after changing them."""
+    def remove(self, name: str) -> None:
+        """Drop an adapter, fusion or head of this name (and a fusion's stacked plan)."""
+        for registry in (self.adapters, self.heads, self.fusions):
+            if name in registry:
+                del registry[name]
+        self._plans.pop(name, None)
+
+    def fusion_plan(self, name: str) -> FusePlan:
+        """The stacked members of a fusion, kept until the fusion is removed."""
+        if name not in self.fusions:
+            raise ConfigError(f"unknown fusion {name!r}")
+        plan = self._plans.get(name)
+        if plan is None:
+            fusion: Fusion = self.fusions[name]  # type: ignore[assignment]
+            plan = self._plans[name] = FusePlan(fusion, [self.adapters[m] for m in fusion.members])  # type: ignore[misc]
+        return plan
+
+    def handler(self, composition: Composition | None, capture: dict[str, torch.Tensor] | None = None):  # type: ignore[no-untyped-def]
+        """The site handler of one forward under `composition` (None: the bare base)."""
         if composition is None:
-            handler = None
-        elif isinstance(composition, Single):
+            return None
+        if isinstance(composition, Single):
             if composition.adapter not in self.adapters:
                 raise ConfigError(f"unknown adapter {composition.adapter!r}")
-            handler = routing.single(self.adapters[composition.adapter])  # type: ignore[arg-type]
-        elif isinstance(composition, Fuse):
-            if composition.fusion not in self.fusions:
-                raise ConfigError(f"unknown fusion {composition.fusion!r}")
-            fusion: Fusion = self.fusions[composition.fusion]  # type: ignore[assignment]
-            handler = routing.fuse(fusion, [self.adapters[m] for m in fusion.members], self._capture)  # type: ignore[misc]
-        elif isinstance(composition, Mixed):
+            return routing.single(self.adapters[composition.adapter])  # type: ignore[arg-type]
+        if isinstance(composition, Fuse):
+            return self.fusion_plan(composition.fusion).handler(capture)
+        if isinstance(composition, Mixed):
             missing = sorted({a for a in composition.adapters if a is not None and a not in self.adapters})
             if missing:
                 raise ConfigError(f"unknown adapters {missing}")
-            handler = routing.mixed([self.adapters[a] if a is not None else None for a in composition.adapters])  # type: ignore[misc]
-        else:
-            raise ConfigError(f"unsupported composition {composition!r}")
-        self.active = composition
-        self.router.handler = handler
+            return routing.mixed([self.adapters[a] if a is not None else None for a in composition.adapters])  # type: ignore[misc]
+        raise ConfigError(f"unsupported composition {composition!r}")
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("encoder.")]
 
     # -- running --------------------------------------------------------------------------
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None):
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+               scope: Scope | None = None) -> torch.Tensor:  # fmt: skip
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None and self._accepts_token_types:
             kwargs["token_type_ids"] = token_type_ids
-        return self.encoder(**kwargs).last_hidden_state
+        with self.router.scoped(scope):
+            return self.encoder(**kwargs).last_hidden_state
 
     def forward(
         self,
@@ -115,21 +132,17 @@ class AdaptedEncoder(nn.Module):
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
         head: str | None = None,
+        composition: Composition | None = None,
         return_fusion_attention: bool = False,
     ) -> EncoderOutput:
-        self._capture.clear()
-        if return_fusion_attention:
-            self._capture["on"] = attention_mask
-        try:
-            hidden = self.encode(input_ids, attention_mask, token_type_ids)
-        finally:
-            captured = {k: v for k, v in self._capture.items() if k != "on"}
-            self._capture.clear()
+        capture: dict[str, torch.Tensor] | None = {} if return_fusion_attention else None
+        scope = Scope(handler=self.handler(composition, capture), capture=capture)
+        hidden = self.encode(input_ids, attention_mask, token_type_ids, scope)
         logits = self.heads[head](hidden, attention_mask) if head is not None else None
         attention = None
-        if return_fusion_attention:
+        if capture is not None:
             mask = attention_mask.to(hidden.dtype).unsqueeze(-1)  # [B, T, 1]
-            attention = {k: (p * mask).sum(1) / mask.sum(1).clamp(min=1) for k, p in captured.items()}
+            attention = {k: (p * mask).sum(1) / mask.sum(1).clamp(min=1) for k, p in capture.items()}
         return EncoderOutput(hidden=hidden, logits=logits, fusion_attention=attention)
 
     def train(self, mode: bool = True) -> AdaptedEncoder:

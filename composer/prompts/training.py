@@ -18,10 +18,10 @@ from composer.base import LoadedBase
 from composer.data import Collator, Example, TaskSpec
 from composer.errors import ConfigError
 from composer.heads import HeadConfig
-from composer.prompt_artifacts import PromptArtifact
-from composer.prompt_model import PromptModel
-from composer.prompts import PromptConfig
-from composer.st_adapter import score
+from composer.metrics import score
+from composer.prompts.artifacts import PromptArtifact
+from composer.prompts.model import PromptModel
+from composer.prompts.prompt import PromptConfig
 from composer.training import Callback, Objective, TrainConfig, TrainResult, fit
 
 
@@ -30,6 +30,7 @@ class PromptsRun:
     model: PromptModel
     names: list[str]
     result: TrainResult
+    max_length: int
 
     def artifacts(self, task: TaskSpec) -> list[PromptArtifact]:
         out = []
@@ -42,7 +43,7 @@ class PromptsRun:
                 name=n, config=cfg, hidden_size=self.model.base.hidden_size,
                 prompt=self.model.prompts[n].value().detach().cpu().clone(), head=self.model.heads[n].cfg,
                 head_tensors={k: v.detach().cpu().clone() for k, v in self.model.heads[n].state_dict().items()},
-                labels=list(task.labels), base=self.model.base.identity, metrics=metrics,
+                labels=list(task.labels), base=self.model.base.identity, metrics=metrics, max_length=self.max_length,
             ))  # fmt: skip
         return out
 
@@ -104,4 +105,4 @@ def train_prompts(
     params.update({f"heads.{n}.{key}": p for n in names for key, p in model.heads[n].named_parameters()})
     objective = Objective(module=model, params=params, loss=loss, evaluate=evaluate, metric="mean")
     result = fit(objective, train, validation, collate, train_cfg, callbacks, resume=resume, device=base.device)
-    return PromptsRun(model=model, names=names, result=result)
+    return PromptsRun(model=model, names=names, result=result, max_length=train_cfg.max_length)

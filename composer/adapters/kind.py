@@ -1,0 +1,147 @@
+"""The faces of the adapter family's kinds: st_a and mt_a (bottleneck adapters) and fusion."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from composer.adapters import artifacts, fusion_artifacts
+from composer.adapters.artifacts import AdapterArtifact
+from composer.adapters.fusion_artifacts import FusionArtifact
+from composer.composition import Fuse, Mixed, Single
+from composer.method import MethodKind, Models, Prediction, module_bytes
+
+
+def _json(files: dict[str, bytes], name: str) -> dict[str, Any] | None:
+    try:
+        meta = json.loads(files[name]) if name in files else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def _rows(names: Sequence[str], hidden: torch.Tensor, mask: torch.Tensor, heads: Any) -> list[torch.Tensor]:
+    """Each row's own head on its own hidden states."""
+    out: list[torch.Tensor | None] = [None] * len(names)
+    for head in dict.fromkeys(names):
+        idx = [i for i, n in enumerate(names) if n == head]
+        sel = torch.tensor(idx, device=hidden.device)
+        logits = heads[head](hidden.index_select(0, sel), mask.index_select(0, sel))
+        for j, i in enumerate(idx):
+            out[i] = logits[j].float().cpu()
+    return out  # type: ignore[return-value]
+
+
+class BottleneckKind(MethodKind):
+    """A bottleneck adapter and its head: an ST-A, or one MT-A member."""
+
+    file_names = (artifacts.CONFIG_NAME, artifacts.WEIGHTS_NAME)
+    fusable = True
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def from_files(self, config: bytes, weights: bytes) -> AdapterArtifact:
+        return artifacts.from_files(config, weights)
+
+    def to_files(self, art: AdapterArtifact) -> tuple[bytes, bytes]:
+        return artifacts.to_files(art)
+
+    def detect(self, files: dict[str, bytes]) -> str | None:
+        meta = _json(files, artifacts.CONFIG_NAME)
+        if meta is None or self.name != "st_a":  # one face detects bottleneck files; the artifact names its kind
+            return None
+        if meta.get("format") == artifacts.FORMAT:
+            return "ours"
+        if "config" in meta and "hidden_size" in meta and "peft_type" not in meta:
+            arch = (meta.get("config") or {}).get("architecture")
+            return "adapterhub" if arch in (None, "bottleneck") else None
+        return None
+
+    def import_files(self, files: dict[str, bytes], base_dir: str | None) -> AdapterArtifact:
+        if _json(files, artifacts.CONFIG_NAME).get("format") == artifacts.FORMAT:  # type: ignore[union-attr]
+            return self.from_files(files[artifacts.CONFIG_NAME], files.get(artifacts.WEIGHTS_NAME, b""))
+        from composer.adapters.hub import import_adapterhub
+
+        with tempfile.TemporaryDirectory() as tmp:
+            for fname, blob in files.items():
+                (Path(tmp) / fname).write_bytes(blob)
+            return import_adapterhub(tmp)
+
+    def param_count(self, art: AdapterArtifact) -> int:
+        return int(sum(t.numel() for k, t in art.tensors.items() if k.startswith("adapter.")))
+
+    def method_config(self, art: AdapterArtifact, **extra: Any) -> dict[str, Any]:
+        return {"method": "bottleneck", "config": art.config.to_dict(), "max_length": art.max_length, **extra}
+
+    def attach(self, models: Models, art: AdapterArtifact, name: str, members: Sequence[str] = ()) -> None:
+        artifacts.attach(models.encoder, art, name=name)
+
+    def remove(self, models: Models, name: str) -> None:
+        models.encoder.remove(name)
+
+    def nbytes(self, models: Models, name: str) -> int:
+        enc = models.encoder
+        return module_bytes(enc.adapters[name], enc.heads[name] if name in enc.heads else None)
+
+    def group(self, name: str) -> tuple[str, str]:
+        return ("bottleneck", "")  # ST-A and MT-A rows on any adapters share one mixed forward
+
+    def predict(self, models: Models, names: Sequence[str], batch: dict[str, torch.Tensor],
+                return_attention: bool = False) -> Prediction:  # fmt: skip
+        comp = Single(names[0]) if len(set(names)) == 1 else Mixed(tuple(names))
+        hidden = models.encoder(**batch, composition=comp).hidden
+        return Prediction(_rows(names, hidden, batch["attention_mask"], models.encoder.heads))
+
+
+class FusionKind(MethodKind):
+    """An AdapterFusion over registered adapters, with the target task's head."""
+
+    name = "fusion"
+    file_names = ("fusion_config.json", "fusion.safetensors")
+    importable = False  # its members are registry rows: import them, then train or request the fusion
+
+    def from_files(self, config: bytes, weights: bytes) -> FusionArtifact:
+        return fusion_artifacts.from_files(config, weights)
+
+    def to_files(self, art: FusionArtifact) -> tuple[bytes, bytes]:
+        return fusion_artifacts.to_files(art)
+
+    def detect(self, files: dict[str, bytes]) -> str | None:
+        meta = _json(files, self.file_names[0])
+        if meta is not None and meta.get("format") == fusion_artifacts.FORMAT:
+            return "ours"
+        return "adapterhub" if "adapter_fusion_config.json" in files else None
+
+    def param_count(self, art: FusionArtifact) -> int:
+        return int(sum(t.numel() for t in art.tensors.values()))
+
+    def method_config(self, art: FusionArtifact, **extra: Any) -> dict[str, Any]:
+        return {"method": "fusion", "config": art.config.to_dict(), "members": list(art.members),
+                "max_length": art.max_length, **extra}  # fmt: skip
+
+    def attach(self, models: Models, art: FusionArtifact, name: str, members: Sequence[str] = ()) -> None:
+        fusion_artifacts.attach(models.encoder, art, member_names=list(members) or None, name=name)
+        models.encoder.fusion_plan(name).warm()  # stacked members and precomposed matrices, built at load
+
+    def remove(self, models: Models, name: str) -> None:
+        models.encoder.remove(name)
+
+    def nbytes(self, models: Models, name: str) -> int:
+        enc = models.encoder
+        head = enc.heads[name] if name in enc.heads else None
+        return module_bytes(enc.fusions[name], head) + enc.fusion_plan(name).nbytes()
+
+    def predict(self, models: Models, names: Sequence[str], batch: dict[str, torch.Tensor],
+                return_attention: bool = False) -> Prediction:  # fmt: skip
+        name = names[0]
+        out = models.encoder(**batch, composition=Fuse(name), return_fusion_attention=return_attention)
+        return Prediction(_rows(names, out.hidden, batch["attention_mask"], models.encoder.heads), out.fusion_attention)
+
+
+ST_A, MT_A, FUSION = BottleneckKind("st_a"), BottleneckKind("mt_a"), FusionKind()

@@ -1,1 +1,0 @@
-"""Importers for foreign adapter formats (AdapterHub `adapters`, HF `peft`)."""

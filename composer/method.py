@@ -1,0 +1,111 @@
+"""The face of a method kind: everything api, workers and serving need to know about one kind.
+
+Each kind (st_a, mt_a, fusion, soft_prompt) implements `MethodKind` once, in its family
+package (`composer/adapters/kind.py`, `composer/prompts/kind.py`), and `composer.kinds`
+keys them by name, as peft registers its tuners. Callers look the face up by the
+registry row's kind and never branch on the kind themselves.
+
+The face works on artifacts and bytes only; it knows nothing of databases or HTTP.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+
+if TYPE_CHECKING:
+    from composer.adapters.model import AdaptedEncoder
+    from composer.base import BaseIdentity, LoadedBase
+    from composer.prompts.model import PromptModel
+
+
+class Artifact(Protocol):
+    """What every kind's artifact carries (adapters, fusions and prompts alike)."""
+
+    name: str
+    hidden_size: int
+    base: BaseIdentity | None
+    labels: list[str] | None
+    metrics: dict[str, Any]
+    max_length: int | None
+
+    @property
+    def kind(self) -> str: ...
+
+
+@dataclass
+class Models:
+    """The modules resident on one base: the adapter family's encoder and the prompt family's model."""
+
+    base: LoadedBase
+    encoder: AdaptedEncoder
+    prompts: PromptModel
+
+
+@dataclass
+class Prediction:
+    logits: list[torch.Tensor]  # one per row: [C] (or a scalar for regression)
+    attention: dict[str, torch.Tensor] | None = None  # fusion attention per site, [B, N]
+
+
+class MethodKind(ABC):
+    name: str  # the registry kind
+    file_names: tuple[str, str]  # (config, weights) in our format
+    fusable: bool = False  # can be a member of a fusion
+    ensemble_member: bool = False  # can be one prompt of a prompt ensemble
+    importable: bool = True  # can be uploaded on its own through /v1/adapters/import
+
+    # -- files <-> artifact -----------------------------------------------------------------
+    @abstractmethod
+    def from_files(self, config: bytes, weights: bytes) -> Artifact: ...
+
+    @abstractmethod
+    def to_files(self, art: Any) -> tuple[bytes, bytes]: ...
+
+    def detect(self, files: dict[str, bytes]) -> str | None:
+        """The source format (`ours`, `adapterhub`, `peft`) if these files are an import of this kind."""
+        return None
+
+    def import_files(self, files: dict[str, bytes], base_dir: str | None) -> Artifact:
+        from composer.errors import ArtifactError
+
+        raise ArtifactError(f"{self.name} modules cannot be imported; import their members instead")
+
+    # -- registry facts ---------------------------------------------------------------------
+    @abstractmethod
+    def param_count(self, art: Any) -> int: ...
+
+    @abstractmethod
+    def method_config(self, art: Any, **extra: Any) -> dict[str, Any]: ...
+
+    # -- attach and serve -------------------------------------------------------------------
+    @abstractmethod
+    def attach(self, models: Models, art: Any, name: str, members: Sequence[str] = ()) -> None:
+        """Build the module (and its head) on the resident models under `name`."""
+
+    @abstractmethod
+    def remove(self, models: Models, name: str) -> None: ...
+
+    @abstractmethod
+    def nbytes(self, models: Models, name: str) -> int: ...
+
+    def max_length(self, art: Any, limit: int) -> int:
+        """Where serving truncates inputs: the length the module was trained with, else the base's limit."""
+        return min(art.max_length, limit) if art.max_length else limit
+
+    def group(self, name: str) -> tuple[str, str]:
+        """Rows whose modules share a group run in one forward."""
+        return (self.name, name)
+
+    @abstractmethod
+    def predict(self, models: Models, names: Sequence[str], batch: dict[str, torch.Tensor],
+                return_attention: bool = False) -> Prediction:  # fmt: skip
+        """One forward for a batch whose row i uses module `names[i]` (all of one group)."""
+
+
+def module_bytes(*modules: torch.nn.Module | None) -> int:
+    return sum(p.numel() * p.element_size() for m in modules if m is not None for p in m.parameters())

@@ -1,0 +1,317 @@
+"""No request sees another's state: any interleaving of request kinds on the serving runtime, over two
+resident bases and from several threads, gives the outputs of a freshly built single-purpose model.
+
+The runtime runs ST-As, MT-A-style mixed batches (gathered and group-and-scatter), fusions (with and
+without attention), single soft prompts (shallow, deep, and prepended to the embedding output) and
+prompt ensembles under every voting strategy, with loads, LRU evictions under a small cache, explicit
+evictions and archives while a request holds a lease. Each output is compared, atol 1e-5, with an
+oracle: a model built from a freshly loaded base that has only ever run that one module.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from composer import kinds
+from composer.adapters import artifacts, fusion_artifacts
+from composer.adapters.config import preset
+from composer.adapters.fusion import FusionConfig
+from composer.adapters.model import AdaptedEncoder
+from composer.base import load_base
+from composer.composition import Fuse, Single
+from composer.data import Example
+from composer.heads import HeadConfig
+from composer.prompts.artifacts import PromptArtifact
+from composer.prompts.ensemble import STRATEGIES, predict_ensemble
+from composer.prompts.model import PromptModel
+from composer.prompts.prompt import PromptConfig
+from composer.serving import Runtime
+from tests.conftest import WORDS, make_tiny_bert
+
+ATOL = 1e-5
+ADAPTERS, FUSION, PROMPTS, ENSEMBLE = ("s0", "s1", "s2"), "f", ("p0", "p1", "p2", "deep", "hub"), ("p0", "p1", "p2")
+
+
+def _noise(module: torch.nn.Module, std: float, gen: torch.Generator) -> None:
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * std)
+
+
+def build_modules(base_dir: Path, seed: int) -> dict[str, object]:
+    """Three ST-As (two of one layout, one of another), a fusion over the first two with its head, and five
+    soft prompts: three shallow ones for the ensemble, a deep one, one prepended to the embedding output."""
+    gen = torch.Generator().manual_seed(seed)
+    base = load_base(base_dir)
+    model = AdaptedEncoder(base)
+    arts: dict[str, object] = {}
+    layouts = {"s0": ("seq_bn", 4, 2), "s1": ("seq_bn", 8, 3), "s2": ("double_seq_bn", 4, 2)}
+    for name, (kind, rf, labels) in layouts.items():
+        model.add_adapter(name, preset(kind, reduction_factor=rf))
+        model.add_head(name, HeadConfig(num_labels=labels, pooling="mean"))
+        _noise(model.adapters[name], 0.3, gen)
+        _noise(model.heads[name], 0.3, gen)
+        arts[name] = artifacts.extract(model, name, head=name)
+    model.add_fusion(FUSION, ["s0", "s1"], FusionConfig(dropout=0.0))
+    model.add_head(FUSION, HeadConfig(num_labels=2, pooling="cls"))
+    _noise(model.fusions[FUSION], 0.2, gen)
+    _noise(model.heads[FUSION], 0.3, gen)
+    arts[FUSION] = fusion_artifacts.extract(model, FUSION, head=FUSION)
+    h, layers = base.hidden_size, base.num_layers
+    head = HeadConfig(num_labels=2, layers=1, pooling="mean")
+    shapes = {
+        "p0": (PromptConfig(length=4), (4, h)),
+        "p1": (PromptConfig(length=4), (4, h)),
+        "p2": (PromptConfig(length=4), (4, h)),
+        "deep": (PromptConfig(length=3, kind="deep"), (layers, 2, 3, h)),
+        "hub": (PromptConfig(length=2, insertion="embedding_output"), (2, h)),
+    }
+    for name, (cfg, shape) in shapes.items():
+        heads = PromptModel(base)
+        heads.add(name, cfg, head)
+        _noise(heads.heads[name], 0.5, gen)
+        tensors = {k: v.detach().clone() for k, v in heads.heads[name].state_dict().items()}
+        arts[name] = PromptArtifact(name=name, config=cfg, hidden_size=h, prompt=torch.randn(shape, generator=gen),
+                                    head=head, head_tensors=tensors, labels=["neg", "pos"], base=base.identity,
+                                    metrics={"accuracy": float(torch.rand(1, generator=gen))})  # fmt: skip
+    return arts
+
+
+@dataclass
+class Oracle:
+    """Single-purpose models on freshly loaded bases, one per module, built on first use."""
+
+    base_dir: Path
+    arts: dict[str, object]
+    models: dict[str, object] = field(default_factory=dict)
+
+    def _model(self, name: str):  # type: ignore[no-untyped-def]
+        if name not in self.models:
+            base = load_base(self.base_dir)
+            if name in PROMPTS or name == "ensemble":
+                model = PromptModel(base).eval()
+                for p in ENSEMBLE if name == "ensemble" else (name,):
+                    model.attach(self.arts[p], name=p)  # type: ignore[arg-type]
+            else:
+                model = AdaptedEncoder(base).eval()
+                if name == FUSION:
+                    for m in ("s0", "s1"):
+                        artifacts.attach(model, self.arts[m], name=m)  # type: ignore[arg-type]
+                    fusion_artifacts.attach(model, self.arts[name], ["s0", "s1"], name=name)  # type: ignore[arg-type]
+                else:
+                    artifacts.attach(model, self.arts[name], name=name)  # type: ignore[arg-type]
+            self.models[name] = model
+        return self.models[name]
+
+    def logits(self, name: str, text: str) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        model = self._model(name)
+        batch = model.base.tokenizer([text], return_tensors="pt")
+        with torch.no_grad():
+            if isinstance(model, PromptModel):
+                return model.logits([name], dict(batch))[0, 0], None
+            comp = Fuse(name) if name == FUSION else Single(name)
+            out = model(**batch, head=name, composition=comp, return_fusion_attention=name == FUSION)
+            att = {k: v[0] for k, v in out.fusion_attention.items()} if out.fusion_attention else None
+            return out.logits[0], att
+
+    def ensemble(self, texts: list[str], strategy: str, scores: list[float], early_exit: bool):  # type: ignore[no-untyped-def]
+        model = self._model("ensemble")
+        batch = dict(model.base.tokenizer(texts, padding=True, return_tensors="pt"))
+        return predict_ensemble(model, list(ENSEMBLE), batch, strategy, scores, early_exit)
+
+
+TEXT = st.lists(st.sampled_from(WORDS), min_size=1, max_size=7).map(" ".join)
+TEXTS = st.lists(TEXT, min_size=1, max_size=4)
+
+
+class Bases:
+    """Built once per session: two tiny bases of different identity, their modules and their oracles."""
+
+    made: dict[str, tuple[Path, dict[str, object], Oracle]] = {}
+
+    @classmethod
+    def get(cls, root: Path) -> dict[str, tuple[Path, dict[str, object], Oracle]]:
+        if not cls.made:
+            for key, seed in (("A", 0), ("B", 1)):
+                d = make_tiny_bert(root / key, seed=seed)
+                arts = build_modules(d, seed + 10)
+                cls.made[key] = (d, arts, Oracle(d, arts))
+        return cls.made
+
+
+class ServingMachine(RuleBasedStateMachine):
+    root: Path
+
+    @initialize()
+    def start(self) -> None:
+        self.bases = Bases.get(self.root)
+        one_adapter = sum(t.numel() * 4 for t in self.bases["A"][1]["s0"].tensors.values())  # type: ignore[attr-defined]
+        self.rt = Runtime(cache_bytes=one_adapter * 6)  # small: the LRU evicts during the run
+        self.res = {k: self.rt.resident(k, lambda d=d: load_base(d)) for k, (d, _, _) in self.bases.items()}
+        self.checks = 0
+
+    # -- helpers ------------------------------------------------------------------------------------
+    def _ensure(self, key: str, name: str) -> tuple[str, list[str]]:
+        arts = self.bases[key][1]
+        mid = f"{key}:{name}"
+        members = [(f"{key}:{m}", kinds.get("st_a"), lambda m=m: arts[m]) for m in (("s0", "s1") if name == FUSION else ())]
+        kind = kinds.get("fusion" if name == FUSION else "soft_prompt" if name in PROMPTS else "st_a")
+        self.rt.ensure(self.res[key], key, mid, kind, lambda: arts[name], members)
+        return mid, [m[0] for m in members]
+
+    def _single(self, key: str, name: str, texts: list[str], attention: bool = False) -> None:
+        mid, members = self._ensure(key, name)
+        try:
+            got = self.rt.predict(self.res[key], [(mid, Example(t)) for t in texts], return_attention=attention)
+        finally:
+            self.rt.release(mid, members)
+        for t, row in zip(texts, got, strict=True):
+            want, att = self.bases[key][2].logits(name, t)
+            torch.testing.assert_close(row.logits, want, atol=ATOL, rtol=0)
+            if attention:
+                assert row.attention is not None and att is not None and row.attention.keys() == att.keys()
+                for k in att:
+                    torch.testing.assert_close(row.attention[k], att[k], atol=ATOL, rtol=0)
+            else:
+                assert row.attention is None
+        self.checks += len(texts)
+
+    def _mixed(self, key: str, names: list[str], texts: list[str]) -> None:
+        leases = [self._ensure(key, n) for n in dict.fromkeys(names)]
+        try:
+            rows = [(f"{key}:{n}", Example(t)) for n, t in zip(names, texts, strict=False)]
+            got = self.rt.predict(self.res[key], rows)
+        finally:
+            for mid, members in leases:
+                self.rt.release(mid, members)
+        for (mid, ex), row in zip(rows, got, strict=True):
+            want, _ = self.bases[key][2].logits(mid.split(":")[1], ex.text)
+            torch.testing.assert_close(row.logits, want, atol=ATOL, rtol=0)
+        self.checks += len(rows)
+
+    def _ensemble(self, key: str, texts: list[str], strategy: str, early_exit: bool) -> None:
+        arts = self.bases[key][1]
+        scores = [arts[p].metrics["accuracy"] for p in ENSEMBLE]  # type: ignore[attr-defined]
+        leases = [self._ensure(key, p) for p in ENSEMBLE]
+        try:
+            ids = [f"{key}:{p}" for p in ENSEMBLE]
+            got = self.rt.predict_ensemble(self.res[key], ids, [Example(t) for t in texts], strategy, scores, early_exit)
+        finally:
+            for mid, members in leases:
+                self.rt.release(mid, members)
+        want = self.bases[key][2].ensemble(texts, strategy, scores, early_exit)
+        for g, w in zip(got, want, strict=True):
+            assert (g.label, g.early_exit, g.counts) == (w.label, w.early_exit, w.counts)
+            for a, b in zip(g.per_prompt, w.per_prompt, strict=True):
+                assert (a is None) == (b is None)
+                if a is not None:
+                    assert a[0] == b[0] and abs(a[1] - b[1]) <= ATOL  # type: ignore[index]
+        self.checks += len(texts)
+
+    # -- rules --------------------------------------------------------------------------------------
+    @rule(key=st.sampled_from("AB"), name=st.sampled_from((*ADAPTERS, FUSION, *PROMPTS)))
+    def load(self, key: str, name: str) -> None:
+        mid, members = self._ensure(key, name)
+        self.rt.release(mid, members)
+
+    @rule(key=st.sampled_from("AB"), name=st.sampled_from(ADAPTERS), texts=TEXTS)
+    def predict_adapter(self, key: str, name: str, texts: list[str]) -> None:
+        self._single(key, name, texts)
+
+    @rule(key=st.sampled_from("AB"), texts=TEXTS, attention=st.booleans())
+    def predict_fusion(self, key: str, texts: list[str], attention: bool) -> None:
+        self._single(key, FUSION, texts, attention)
+
+    @rule(key=st.sampled_from("AB"), names=st.lists(st.sampled_from(ADAPTERS), min_size=2, max_size=5), data=st.data())
+    def mixed_batch(self, key: str, names: list[str], data: st.DataObject) -> None:
+        self._mixed(key, names, data.draw(st.lists(TEXT, min_size=len(names), max_size=len(names))))
+
+    @rule(key=st.sampled_from("AB"), name=st.sampled_from(PROMPTS), texts=TEXTS)
+    def single_prompt(self, key: str, name: str, texts: list[str]) -> None:
+        self._single(key, name, texts)
+
+    @rule(key=st.sampled_from("AB"), texts=TEXTS, strategy=st.sampled_from(STRATEGIES), early_exit=st.booleans())
+    def ensemble(self, key: str, texts: list[str], strategy: str, early_exit: bool) -> None:
+        self._ensemble(key, texts, strategy, early_exit and strategy == "majority")
+
+    @rule(key=st.sampled_from("AB"), name=st.sampled_from((*ADAPTERS, FUSION, *PROMPTS)))
+    def evict(self, key: str, name: str) -> None:
+        self.rt.evict(f"{key}:{name}")
+        assert f"{key}:{name}" not in self.rt.cache
+
+    @rule(key=st.sampled_from("AB"), name=st.sampled_from((*ADAPTERS, FUSION)), text=TEXT)
+    def archive_while_in_use(self, key: str, name: str, text: str) -> None:
+        """An archive evicts; a request that holds the module finishes first, with the right answer."""
+        mid, members = self._ensure(key, name)
+        self.rt.evict(mid)
+        try:
+            (row,) = self.rt.predict(self.res[key], [(mid, Example(text))])
+        finally:
+            self.rt.release(mid, members)
+        torch.testing.assert_close(row.logits, self.bases[key][2].logits(name, text)[0], atol=ATOL, rtol=0)
+        assert mid not in self.rt.cache
+
+    @rule(data=st.data())
+    def concurrent(self, data: st.DataObject) -> None:
+        """Several request kinds at once, from threads, on both bases."""
+        jobs = []
+        for _ in range(data.draw(st.integers(2, 5))):
+            key, op = data.draw(st.sampled_from("AB")), data.draw(st.sampled_from(["adapter", "fusion", "prompt", "ens", "mixed"]))
+            texts = data.draw(TEXTS)
+            if op == "adapter":
+                jobs.append((self._single, (key, data.draw(st.sampled_from(ADAPTERS)), texts)))
+            elif op == "fusion":
+                jobs.append((self._single, (key, FUSION, texts, data.draw(st.booleans()))))
+            elif op == "prompt":
+                jobs.append((self._single, (key, data.draw(st.sampled_from(PROMPTS)), texts)))
+            elif op == "ens":
+                jobs.append((self._ensemble, (key, texts, data.draw(st.sampled_from(STRATEGIES)), False)))
+            else:
+                names = data.draw(st.lists(st.sampled_from(ADAPTERS), min_size=len(texts), max_size=len(texts)))
+                jobs.append((self._mixed, (key, names, texts)))
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            for f in [pool.submit(fn, *args) for fn, args in jobs]:
+                f.result()
+
+    @invariant()
+    def nothing_left_on_the_layers(self) -> None:
+        for res in getattr(self, "res", {}).values():
+            assert res.encoder.router.scope is None
+        if hasattr(self, "rt"):
+            assert not self.rt.leases  # every request gave its lease back
+
+
+@pytest.fixture(scope="module")
+def machine_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("stateless")
+
+
+def test_any_interleaving_equals_fresh_single_purpose_models(machine_root: Path) -> None:
+    ServingMachine.root = machine_root
+    run = ServingMachine.TestCase
+    run.settings = settings(max_examples=25, stateful_step_count=12, deadline=None,
+                            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])  # fmt: skip
+    run().runTest()
+
+
+def test_the_reported_sequence(machine_root: Path) -> None:
+    """The issue's reproduction: a prompt, then an ST-A, then a mixed batch of two adapters, then the prompt
+    again. Before per-forward composition the second answer drifted and the third raised a shape error."""
+    ServingMachine.root = machine_root
+    m = ServingMachine()
+    m.start()
+    m._single("A", "p0", ["good movie", "a really boring plot"])
+    m._single("A", "s0", ["good movie"])
+    m._single("A", "p0", ["good movie", "a really boring plot"])
+    m._mixed("A", ["s0", "s1", "s0", "s1"], ["good", "bad film", "the plot", "love it"])
+    m._single("A", "hub", ["good movie", "a really boring plot"])
+    m._ensemble("A", ["good movie", "a really boring plot"], "majority", True)
+    assert m.checks == 13
