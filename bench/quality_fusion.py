@@ -33,10 +33,8 @@ SOURCES = ("rt_polarity", "rt_subjectivity", "conll_uncertainty")
 
 
 def evaluate(model, name, task, rows, max_len, comp):  # type: ignore[no-untyped-def]
-    model.activate(comp)
-    return score(task, predict_logits(model, name, rows, Collator(model.base.tokenizer, task, max_len)), rows)[
-        "accuracy"
-    ]
+    logits = predict_logits(model, name, rows, Collator(model.base.tokenizer, task, max_len), composition=comp)
+    return score(task, logits, rows)["accuracy"]
 
 
 def main() -> None:

@@ -20,11 +20,11 @@ import httpx
 import torch
 
 from bench.common import ROOT, emit, time_ms, write_section
+from composer import kinds
 from composer.adapters import artifacts
 from composer.adapters.config import preset
 from composer.adapters.fusion import FusionConfig
 from composer.adapters.fusion_artifacts import extract as extract_fusion
-from composer.adapters.fusion_artifacts import to_files as fusion_files
 from composer.adapters.model import AdaptedEncoder
 from composer.base import load_base, packaged_encoder_dir
 from composer.data import Example, TaskSpec
@@ -39,6 +39,7 @@ from workers import artifact_store
 from workers.catalog import register_base_model
 
 TASK = TaskSpec("sentiment", labels=("neg", "pos"))
+ST_A = kinds.get("st_a")
 TEXTS = ["a moving and surprisingly funny film", "the plot never gets going", "great value, tastes fresh",
          "an uneven but charming story", "boring", "i would not buy this again", "the actors are wonderful",
          "it was fine, nothing more"]  # fmt: skip
@@ -61,9 +62,9 @@ def make_adapters(n: int) -> list:
 def p3(rt: Runtime, res, reps: int) -> dict[str, float]:
     rows_mixed = [(f"id{i}", Example(t)) for i, t in enumerate(TEXTS)]
     rows_same = [("id0", Example(t)) for t in TEXTS]
-    same = time_ms(lambda: rt.predict_mixed(res, rows_same), reps)
-    mixed = time_ms(lambda: rt.predict_mixed(res, rows_mixed), reps)
-    singles = time_ms(lambda: [rt.predict_mixed(res, [r]) for r in rows_mixed], reps)
+    same = time_ms(lambda: rt.predict(res, rows_same), reps)
+    mixed = time_ms(lambda: rt.predict(res, rows_mixed), reps)
+    singles = time_ms(lambda: [rt.predict(res, [r]) for r in rows_mixed], reps)
     return {"mixed8_over_same8": round(same / mixed, 3), "mixed8_speedup_over_8x_b1": round(singles / mixed, 3),
             "same8_ms": round(same, 2), "mixed8_ms": round(mixed, 2), "eight_b1_ms": round(singles, 2)}  # fmt: skip
 
@@ -76,13 +77,17 @@ def p4(reg: Registry, rows: dict[str, object], base_key: str, reps: int) -> dict
         row = rows["adapters"][i % len(rows["adapters"])]  # type: ignore[index]
         rt.evict(row.id)
         t = time.perf_counter()
-        rt.ensure_adapter(
-            res, base_key, row.id, lambda row=row: artifact_store.fetch(reg, row)
-        )  # blob read + sha256 + build
+        rt.ensure(res, base_key, row.id, ST_A, lambda row=row: artifact_store.fetch(reg, row))  # blob, sha256, build
         cold.append((time.perf_counter() - t) * 1000)
+        rt.release(row.id)
     row0 = rows["adapters"][0]  # type: ignore[index]
-    rt.ensure_adapter(res, base_key, row0.id, lambda: artifact_store.fetch(reg, row0))
-    warm = time_ms(lambda: rt.ensure_adapter(res, base_key, row0.id, lambda: artifact_store.fetch(reg, row0)), 200)
+
+    def hit() -> None:
+        rt.ensure(res, base_key, row0.id, ST_A, lambda: artifact_store.fetch(reg, row0))
+        rt.release(row0.id)
+
+    hit()
+    warm = time_ms(hit, 200)
     from api.loaders import ensure
 
     fusion_row = rows["fusion"]
@@ -91,7 +96,7 @@ def p4(reg: Registry, rows: dict[str, object], base_key: str, reps: int) -> dict
         for key in [fusion_row.id, *[a.id for a in rows["adapters"]]]:  # type: ignore[attr-defined, union-attr]
             rt.evict(key)
         t = time.perf_counter()
-        ensure(rt, reg, fusion_row, "cpu")
+        ensure(rt, reg, fusion_row, rows["base"], rows["adapters"], "cpu").release()  # type: ignore[arg-type]
         fusion_cold.append((time.perf_counter() - t) * 1000)
     return {"cold_load_ms": round(statistics.median(cold), 2), "warm_hit_ms": round(warm, 4),
             "fusion8_cold_load_ms": round(statistics.median(fusion_cold), 2)}  # fmt: skip
@@ -168,31 +173,27 @@ def main() -> None:
     for i, art in enumerate(arts):
         w, c = artifact_store.store(reg, art)
         with reg.tx() as s:
-            rows.append(adapters.register_adapter(s, owner_id=owner, task_id=task.id, base_model_id=base_row.id, kind="st_a",
-                        name=f"a{i}", method_config={"config": art.config.to_dict()}, hidden_size=384, blob_sha256=w, config_sha256=c))  # fmt: skip
+            rows.append(adapters.register_adapter(s, owner_id=owner, task_id=task.id, base_model_id=base_row.id, name=f"a{i}",
+                                                  blob_sha256=w, config_sha256=c, **artifact_store.registration(art)))  # fmt: skip
     fmodel = AdaptedEncoder(load_base(packaged_encoder_dir(), device="cpu"))
     for i, art in enumerate(arts):
         artifacts.attach(fmodel, art, name=rows[i].id)
     fmodel.add_fusion("f", [r.id for r in rows], FusionConfig())
     fmodel.add_head("f", HeadConfig(num_labels=2, pooling="mean"))
-    cfg_b, w_b = fusion_files(extract_fusion(fmodel, "f"), {k: v for k, v in fmodel.heads["f"].state_dict().items()})
-    import json
-
-    meta = json.loads(cfg_b)
-    meta["head"] = HeadConfig(num_labels=2, pooling="mean").to_dict()
-    cfg_b = json.dumps(meta).encode()
+    fart = extract_fusion(fmodel, "f", head="f")
+    w, c = artifact_store.store(reg, fart)
     with reg.tx() as s:
-        frow = adapters.register_adapter(s, owner_id=owner, task_id=task.id, base_model_id=base_row.id, kind="fusion", name="f",
-                                          method_config={}, hidden_size=384, blob_sha256=reg.blobs.put(w_b), config_sha256=reg.blobs.put(cfg_b))  # fmt: skip
+        frow = adapters.register_adapter(s, owner_id=owner, task_id=task.id, base_model_id=base_row.id, name="f",
+                                         blob_sha256=w, config_sha256=c, **artifact_store.registration(fart))  # fmt: skip
         adapters.add_fusion_members(s, frow.id, [r.id for r in rows])
     rt = Runtime()
     res = rt.resident("minilm", lambda: load_base(packaged_encoder_dir(), device="cpu"))
     for i, art in enumerate(arts):
-        rt.ensure_adapter(res, "minilm", f"id{i}", lambda art=art: art)
+        rt.ensure(res, "minilm", f"id{i}", ST_A, lambda art=art: art)
     with torch.no_grad():
         result = p3(rt, res, reps)
-        result.update(p4(reg, {"adapters": rows, "fusion": frow}, base_row.id, reps))
-        raw = time_ms(lambda: rt.predict(res, "id0", TASK, [Example(TEXTS[0])]), 50)
+        result.update(p4(reg, {"adapters": rows, "fusion": frow, "base": base_row}, base_row.id, reps))
+        raw = time_ms(lambda: rt.predict(res, [("id0", Example(TEXTS[0]))]), 50)
     reg.close()
     result.update(p6(tmp, db_url, tmp / "blobs", key, rows[0].id, raw, 10 if a.quick else 60))
     lines = [f"## Serving (6-layer MiniLM, CPU, 2 threads{', --quick' if a.quick else ''})", "",

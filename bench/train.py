@@ -27,7 +27,6 @@ def our_step_factory(base_dropout: bool = False):
     model.base_dropout = base_dropout
     model.add_adapter("a", preset("seq_bn"))
     model.add_head("a", HeadConfig(num_labels=2, pooling="cls"))
-    model.activate(Single("a"))
     model.train()
     params = model.trainable_parameters()
     opt = torch.optim.AdamW(params, lr=1e-4)
@@ -36,7 +35,9 @@ def our_step_factory(base_dropout: bool = False):
     labels = torch.randint(0, 2, (BATCH,))
 
     def step() -> None:
-        loss = model.heads["a"].loss(model(input_ids=ids, attention_mask=mask, head="a").logits, labels)
+        loss = model.heads["a"].loss(
+            model(input_ids=ids, attention_mask=mask, head="a", composition=Single("a")).logits, labels
+        )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()

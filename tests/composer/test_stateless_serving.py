@@ -162,7 +162,9 @@ class ServingMachine(RuleBasedStateMachine):
     def _ensure(self, key: str, name: str) -> tuple[str, list[str]]:
         arts = self.bases[key][1]
         mid = f"{key}:{name}"
-        members = [(f"{key}:{m}", kinds.get("st_a"), lambda m=m: arts[m]) for m in (("s0", "s1") if name == FUSION else ())]
+        members = [
+            (f"{key}:{m}", kinds.get("st_a"), lambda m=m: arts[m]) for m in (("s0", "s1") if name == FUSION else ())
+        ]
         kind = kinds.get("fusion" if name == FUSION else "soft_prompt" if name in PROMPTS else "st_a")
         self.rt.ensure(self.res[key], key, mid, kind, lambda: arts[name], members)
         return mid, [m[0] for m in members]
@@ -203,7 +205,9 @@ class ServingMachine(RuleBasedStateMachine):
         leases = [self._ensure(key, p) for p in ENSEMBLE]
         try:
             ids = [f"{key}:{p}" for p in ENSEMBLE]
-            got = self.rt.predict_ensemble(self.res[key], ids, [Example(t) for t in texts], strategy, scores, early_exit)
+            got = self.rt.predict_ensemble(
+                self.res[key], ids, [Example(t) for t in texts], strategy, scores, early_exit
+            )
         finally:
             for mid, members in leases:
                 self.rt.release(mid, members)
@@ -264,7 +268,10 @@ class ServingMachine(RuleBasedStateMachine):
         """Several request kinds at once, from threads, on both bases."""
         jobs = []
         for _ in range(data.draw(st.integers(2, 5))):
-            key, op = data.draw(st.sampled_from("AB")), data.draw(st.sampled_from(["adapter", "fusion", "prompt", "ens", "mixed"]))
+            key, op = (
+                data.draw(st.sampled_from("AB")),
+                data.draw(st.sampled_from(["adapter", "fusion", "prompt", "ens", "mixed"])),
+            )
             texts = data.draw(TEXTS)
             if op == "adapter":
                 jobs.append((self._single, (key, data.draw(st.sampled_from(ADAPTERS)), texts)))

@@ -1,0 +1,134 @@
+"""Request kinds interleaved over HTTP on one resident base, each compared with a freshly built model;
+and the bad paths between kinds and endpoints: wrong endpoint, regression prompts, a base that changed."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+
+import torch
+
+from api.archives import make_zip
+from composer import kinds
+from composer.adapters import artifacts
+from composer.adapters.config import preset
+from composer.adapters.model import AdaptedEncoder
+from composer.base import load_base
+from composer.composition import Single
+from composer.heads import HeadConfig
+from composer.prompts.model import PromptModel
+from registry_db.repo import adapters, catalog
+from tests.api.conftest import HP
+from tests.conftest import make_tiny_bert
+from workers import artifact_store
+from workers.catalog import register_base_model
+
+INPUTS = [{"text": "good movie"}, {"text": "a really boring plot"}, {"text": "the food was fresh"}]
+
+
+def fresh_prompt_probs(api, prompt_id: str, texts: list[str]) -> torch.Tensor:
+    """The oracle: a PromptModel on a freshly loaded base with only this prompt."""
+    with api.registry.tx() as s:
+        row = adapters.get_adapter(s, prompt_id)
+        base_row = catalog.get_base_model(s, row.base_model_id)
+    model = PromptModel(load_base(base_row.path)).eval()
+    model.attach(artifact_store.fetch(api.registry, row), name="p")
+    batch = dict(model.base.tokenizer(texts, padding=True, return_tensors="pt"))
+    with torch.no_grad():
+        return model.logits(["p"], batch)[:, 0].softmax(-1)
+
+
+def test_prompts_adapters_and_mixed_batches_leave_nothing_behind(api, tiny_bert_dir):
+    ids = api.task_with_data()
+    a, b = api.train_adapter(ids, name="a"), api.train_adapter(ids, name="b")
+    body = {"type": "prompts", "task": "sentiment", "base_model": api.base_id, "train_dataset": ids["train"],
+            "validation_dataset": ids["validation"], "k": 1, "prompt": {"length": 4}, "hyperparameters": HP}  # fmt: skip
+    job = api.client.post("/v1/jobs", json=body, headers=api.h()).json()
+    ens = api.client.get(f"/v1/jobs/{job['id']}", headers=api.h()).json()["result"]["ensemble_id"]
+    prompt = api.client.get(f"/v1/ensembles/{ens}", headers=api.h()).json()["prompts"][0]
+
+    def ensemble() -> list[float]:
+        r = api.client.post(f"/v1/ensembles/{ens}/predict", headers=api.h(), json={"inputs": INPUTS})
+        assert r.status_code == 200, r.text
+        return [o["per_prompt"][0]["probability"] for o in r.json()["outputs"]]
+
+    want = fresh_prompt_probs(api, prompt, [i["text"] for i in INPUTS])
+    alone = ensemble()
+    torch.testing.assert_close(torch.tensor(alone), want.max(-1).values, atol=2e-6, rtol=0)
+    # an ST-A predict, then the ensemble again
+    assert api.client.post("/v1/predict", headers=api.h(), json={"adapter": a, "inputs": INPUTS}).status_code == 200
+    assert ensemble() == alone
+    # two concurrent requests for two adapters (one mixed batch), then the ensemble again
+    out: dict[str, dict] = {}
+
+    def call(ref: str) -> None:
+        out[ref] = api.client.post("/v1/predict", headers=api.h(), json={"adapter": ref, "inputs": INPUTS}).json()
+
+    threads = [threading.Thread(target=call, args=(r,)) for r in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all("outputs" in v for v in out.values()), out
+    assert ensemble() == alone
+    # the single prompt through /v1/predict: the same probabilities as the fresh model
+    r = api.client.post("/v1/predict", headers=api.h(), json={"adapter": prompt, "inputs": INPUTS})
+    assert r.status_code == 200 and r.json()["kind"] == "soft_prompt", r.text
+    got = torch.tensor([[o["probabilities"]["neg"], o["probabilities"]["pos"]] for o in r.json()["outputs"]])
+    torch.testing.assert_close(got, want, atol=2e-6, rtol=0)
+    # and each adapter's answer equals a fresh model's
+    for ref in (a, b):
+        with api.registry.tx() as s:
+            row = adapters.get_adapter(s, ref)
+        model = AdaptedEncoder(load_base(tiny_bert_dir))
+        artifacts.attach(model.eval(), artifact_store.fetch(api.registry, row), name="x")
+        batch = model.base.tokenizer([i["text"] for i in INPUTS], padding=True, return_tensors="pt")
+        with torch.no_grad():
+            probs = model(**batch, head="x", composition=Single("x")).logits.softmax(-1)
+        got = torch.tensor([[o["probabilities"]["neg"], o["probabilities"]["pos"]] for o in out[ref]["outputs"]])
+        torch.testing.assert_close(got, probs, atol=2e-6, rtol=0)
+
+
+def test_each_kind_on_the_wrong_endpoint_is_a_422_naming_the_right_one(api):
+    ids = api.task_with_data()
+    a = api.train_adapter(ids)
+    r = api.client.post("/v1/ensembles", headers=api.h(), json={"name": "e", "task": "sentiment", "prompts": [a]})
+    assert r.status_code == 422 and r.json()["type"].endswith("wrong-endpoint") and "/v1/predict" in r.json()["detail"]
+    body = {"type": "prompts", "task": "sentiment", "base_model": api.base_id, "train_dataset": ids["train"],
+            "k": 2, "prompt": {"length": 4}, "hyperparameters": HP}  # fmt: skip
+    ens = api.client.get(f"/v1/jobs/{api.client.post('/v1/jobs', json=body, headers=api.h()).json()['id']}",
+                         headers=api.h()).json()["result"]["ensemble_id"]  # fmt: skip
+    r = api.client.post("/v1/predict", headers=api.h(), json={"adapter": ens, "inputs": INPUTS})
+    assert r.status_code == 422 and f"/v1/ensembles/{ens}/predict" in r.json()["detail"], r.text
+    r = api.client.post("/v1/predict", headers=api.h(), json={"adapter": "no-such-thing", "inputs": INPUTS})
+    assert r.status_code == 404
+
+
+def test_prompts_for_a_regression_task_are_refused_at_submit(api):
+    r = api.client.post("/v1/tasks", headers=api.h(), json={"name": "score", "kind": "regression", "labels": []})
+    assert r.status_code == 201, r.text
+    rows = b"".join(b'{"text": "good movie", "label": %d}\n' % (i % 5) for i in range(12))
+    ds = api.client.post("/v1/tasks/score/datasets", headers=api.h(), data={"split": "train"},
+                         files={"file": ("t.jsonl", rows)}).json()["id"]  # fmt: skip
+    body = {"type": "prompts", "task": "score", "base_model": api.base_id, "train_dataset": ds, "k": 2}
+    r = api.client.post("/v1/jobs", json=body, headers=api.h())
+    assert r.status_code == 422 and "regression" in r.json()["detail"], r.text
+    assert api.outbox == []  # nothing was queued
+
+
+def test_a_base_whose_files_changed_is_a_409_not_a_500(api, tmp_path, other_bert_dir):
+    moved = make_tiny_bert(tmp_path / "own", seed=7)  # a base of its own, not yet resident
+    row, _ = register_base_model(api.registry, moved, name="copy")
+    model = AdaptedEncoder(load_base(moved))
+    model.add_adapter("x", preset("seq_bn", reduction_factor=4))
+    model.add_head("x", HeadConfig(num_labels=2))
+    files = dict(
+        zip(kinds.get("st_a").file_names, artifacts.to_files(artifacts.extract(model, "x", head="x")), strict=True)
+    )
+    api.task_with_data()
+    r = api.client.post("/v1/adapters/import", headers=api.h(), data={"task": "sentiment", "base_model": row.id},
+                        files={"file": ("x.zip", make_zip(files))})  # fmt: skip
+    assert r.status_code == 201, r.text
+    shutil.copy(other_bert_dir / "model.safetensors", moved / "model.safetensors")  # someone replaced the weights
+    r = api.client.post("/v1/predict", headers=api.h(), json={"adapter": r.json()["id"], "inputs": INPUTS})
+    assert r.status_code == 409 and r.json()["type"].endswith("wrong-base"), r.text
