@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,3 +57,27 @@ def write_section(name: str, markdown: str) -> None:
 def emit(result: dict) -> None:
     """The last line of every benchmark's output: one JSON object."""
     print(json.dumps(result, sort_keys=True))
+
+
+@contextmanager
+def api_server(tmp: Path, db_url: str, blob_dir: str | Path, port: int, **settings: str) -> Iterator[str]:
+    """`uvicorn api.main:app` in its own process on a registry prepared by the bench; yields its URL."""
+    import httpx
+
+    env = {**os.environ, "COMPOSER_DATABASE_URL": db_url, "COMPOSER_BLOB_URL": f"file://{blob_dir}",
+           "COMPOSER_DATA_DIR": str(tmp), "COMPOSER_REGISTER_PACKAGED_ENCODER": "false",
+           **{f"COMPOSER_{k.upper()}": v for k, v in settings.items()}}  # fmt: skip
+    cmd = [sys.executable, "-m", "uvicorn", "api.main:app", "--port", str(port), "--log-level", "warning"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(url + "/healthz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(20)

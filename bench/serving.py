@@ -10,8 +10,6 @@ import argparse
 import asyncio
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,7 +17,7 @@ from pathlib import Path
 import httpx
 import torch
 
-from bench.common import ROOT, emit, time_ms, write_section
+from bench.common import api_server, emit, time_ms, write_section
 from composer import kinds
 from composer.adapters import artifacts
 from composer.adapters.config import preset
@@ -128,25 +126,10 @@ def p6(
     tmp: Path, db_url: str, blob_dir: Path, key: str, adapter: str, raw_ms: float, seconds: float
 ) -> dict[str, float]:
     port = 18000 + os.getpid() % 1000
-    env = {**os.environ, "COMPOSER_DATABASE_URL": db_url, "COMPOSER_BLOB_URL": f"file://{blob_dir}",
-           "COMPOSER_DATA_DIR": str(tmp), "COMPOSER_REGISTER_PACKAGED_ENCODER": "false",
-           "COMPOSER_QUEUE_MAX_ROWS": "4096", "COMPOSER_BATCH_MAX_WAIT_MS": "2"}  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "api.main:app", "--port", str(port), "--log-level", "warning"],
-                            cwd=ROOT, env=env)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                if httpx.get(url + "/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+    with api_server(tmp, db_url, blob_dir, port, queue_max_rows="4096", batch_max_wait_ms="2") as url:
         single, _ = asyncio.run(load(url, key, adapter, 3, 1))  # warm up, then unloaded latency
         single, _ = asyncio.run(load(url, key, adapter, 5, 1))
         lat, errors = asyncio.run(load(url, key, adapter, seconds, 32))
-    finally:
-        proc.terminate()
-        proc.wait(20)
     q = statistics.quantiles(lat, n=100)
     return {"http_overhead_p50_ms": round(statistics.median(single) - raw_ms, 2), "http_p50_unloaded_ms": round(statistics.median(single), 2),
             "raw_forward_ms": round(raw_ms, 2), "load_p50_ms": round(q[49], 1), "load_p99_ms": round(q[98], 1),
