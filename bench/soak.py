@@ -236,7 +236,10 @@ def main() -> None:
              f"request drawn from {result['soak_kinds']} kinds: ST-A (two layouts, so mixed batches gather and scatter), "
              "fusion with and without attention, a shallow and a deep soft prompt alone, and the 3-prompt ensemble "
              "under every strategy, early exit on and off. Every output is compared with a freshly built "
-             "single-purpose model computed beforehand (probabilities to 2e-5, attention to 1e-4, votes exactly).", "",
+             "single-purpose model computed beforehand (probabilities to 2e-5, attention to 1e-4, votes exactly). "
+             "Throughput is far below P6's single-adapter load: a third of the requests are ensembles (three "
+             "prompted forwards each, not batched across requests), requests carry 1-3 inputs, and 32 clients "
+             "share two cores, hence the p50.", "",
              "| requests | throughput | p50 | p99 | mismatches | errors |", "|---|---|---|---|---|---|",
              f"| {result['soak_requests']} | {result['soak_rps']} req/s | {result['soak_p50_ms']} ms | "
              f"{result['soak_p99_ms']} ms | **{result['soak_mismatches']}** | **{result['soak_errors']}** |"]  # fmt: skip

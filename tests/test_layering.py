@@ -26,14 +26,27 @@ FORBIDDEN = {
 }
 
 
-def imported_roots(path: Path) -> set[str]:
-    roots = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+def imported_modules(path: Path) -> set[str]:
+    """Every module imported at run time (imports under `if TYPE_CHECKING:` are for annotations only)."""
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            return
         if isinstance(node, ast.Import):
-            roots |= {a.name.split(".")[0] for a in node.names}
+            found.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            roots.add(node.module.split(".")[0])
-    return roots
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text(), filename=str(path)))
+    return found
+
+
+def imported_roots(path: Path) -> set[str]:
+    return {m.split(".")[0] for m in imported_modules(path)}
 
 
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
@@ -54,3 +67,45 @@ def test_no_module_grows_past_400_lines():
             if n > 400:
                 long[str(f.relative_to(ROOT))] = n
     assert long == {}
+
+
+# The engine modules that the families build on; kinds.py, serving.py and cli.py bring the families together.
+ENGINE = ("base", "checkpoint", "composition", "corpora", "data", "errors", "heads", "injection", "method",
+          "metrics", "safetensors_io", "training")  # fmt: skip
+FAMILIES = ("composer.adapters", "composer.prompts")
+
+
+def _uses(path: Path, package: str) -> bool:
+    return any(m == package or m.startswith(package + ".") for m in imported_modules(path))
+
+
+def test_the_engine_never_imports_a_family_and_families_never_import_each_other():
+    engine = {name: ROOT / "composer" / f"{name}.py" for name in ENGINE}
+    assert all(p.is_file() for p in engine.values())
+    assert {n for n, p in engine.items() if any(_uses(p, f) for f in FAMILIES)} == set()
+    for family in FAMILIES:
+        other = next(f for f in FAMILIES if f != family)
+        files = (ROOT / family.replace(".", "/")).rglob("*.py")
+        assert {str(f.relative_to(ROOT)) for f in files if _uses(f, other)} == set()
+
+
+def test_api_and_workers_never_branch_on_a_method_kind():
+    """A kind's behaviour lives in its face (composer.kinds): no `kind == "fusion"` in the layers above."""
+    from composer.kinds import KINDS
+
+    def literals(node: ast.AST) -> set[str]:
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return {node.value}
+        if isinstance(node, ast.Tuple | ast.List | ast.Set):
+            return set().union(*(literals(e) for e in node.elts))
+        return set()
+
+    branches = []
+    for pkg in ("api", "workers"):
+        for f in (ROOT / pkg).rglob("*.py"):
+            for node in ast.walk(ast.parse(f.read_text())):
+                if isinstance(node, ast.Compare):
+                    found = set().union(literals(node.left), *(literals(c) for c in node.comparators))
+                    if found & set(KINDS):
+                        branches.append(f"{f.relative_to(ROOT)}:{node.lineno}")
+    assert branches == []

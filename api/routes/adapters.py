@@ -22,8 +22,9 @@ router = APIRouter(tags=["adapters"])
 
 def with_lineage(s, row) -> dict:  # type: ignore[no-untyped-def]
     extra = {"sets": [{"id": x.id, "kind": x.kind, "name": x.name} for x in adapters.sets_of(s, row.id)]}
-    if row.kind == "fusion":
-        extra["members"] = [m.id for m in adapters.fusion_members(s, row.id)]
+    members = adapters.fusion_members(s, row.id)
+    if members:
+        extra["members"] = [m.id for m in members]
     return adapter_json(row, **extra)
 
 
