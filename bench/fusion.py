@@ -125,6 +125,8 @@ def main() -> None:
     rows += ["", "Targets: fuse-8 ≤ 1.45× at batch 1 and 8; fuse-16 ≤ 1.6×. Stacked down-projections (one GEMM),",
              "batched up-projections, W_Qᵀ·W_K precomposed at inference and V applied after mixing.",
              f"Median of {rounds} alternating rounds{' (--quick)' if a.quick else ''}."]  # fmt: skip
+    if not ref:
+        rows.append("The `adapters` 1.3.0 row needs the reference venv `.venv-parity` (scripts/parity/README.md).")
     write_section("fusion", "\n".join(rows))
     emit(result)
 

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 def sweep(reg: Registry, settings: Settings, enqueue: Callable[[str, str], bool]) -> dict[str, list[str]]:
     now = utcnow()
     stale_before = now - timedelta(seconds=settings.stale_after)
-    out: dict[str, list[str]] = {"requeued": [], "failed": [], "reenqueued": []}
+    out: dict[str, list[str]] = {"requeued": [], "failed": [], "cancelled": [], "reenqueued": []}
     with reg.tx() as s:
         stale = [j.id for j in jobs.stale_running(s, stale_before)]
     for job_id in stale:
@@ -37,7 +37,11 @@ def sweep(reg: Registry, settings: Settings, enqueue: Callable[[str, str], bool]
             out["requeued"].append(job_id)
             enqueue(job_id, job_type)
         else:
-            out["failed"].append(job_id)
+            out["cancelled" if status == "cancelled" else "failed"].append(job_id)
+    with reg.tx() as s:
+        for job in jobs.queued_with_cancel(s):  # claim refuses them: end them here
+            jobs.requeue_or_fail(s, job.id, "cancel requested; the job was not running")
+            out["cancelled"].append(job.id)
     with reg.tx() as s:
         lost = jobs.queued_before(s, now - timedelta(seconds=settings.requeue_queued_after))
         for job in lost:

@@ -172,9 +172,14 @@ def request_cancel(s: Session, job_id: str, owner_id: str | None = None) -> Job:
 
 
 def requeue_or_fail(s: Session, job_id: str, reason: str) -> Job:
-    """For a job whose worker died or whose message was lost: queue it again, or fail it after max attempts."""
+    """For a job whose worker died or whose message was lost: queue it again, or fail it after max attempts.
+    A job whose cancel was requested ends `cancelled` instead: no worker would ever claim it again."""
     job = get_job(s, job_id)
     if job.status in FINISHED:
+        return job
+    if job.cancel_requested:
+        job = _finish(s, job_id, None, "cancelled")
+        append_event(s, job_id, "status", {"status": "cancelled", "reason": reason})
         return job
     if job.attempts >= job.max_attempts:
         err = {"type": "max_attempts", "message": f"{reason}; gave up after {job.attempts} attempts"}
@@ -195,6 +200,11 @@ def stale_running(s: Session, older_than: datetime) -> list[Job]:
 
 def queued_before(s: Session, older_than: datetime) -> list[Job]:
     return list(s.scalars(select(Job).where(Job.status == "queued", Job.updated_at < older_than)).all())
+
+
+def queued_with_cancel(s: Session) -> list[Job]:
+    """Queued jobs that can never be claimed: their cancel was requested while they ran, then they were requeued."""
+    return list(s.scalars(select(Job).where(Job.status == "queued", Job.cancel_requested.is_(True))).all())
 
 
 def add_checkpoint(s: Session, job_id: str, step: int, attempt: int, sha256: str, size: int) -> Checkpoint:

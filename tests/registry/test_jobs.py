@@ -114,6 +114,31 @@ def test_requeue_then_fail_after_max_attempts(registry):
     assert types.count("requeued") == 1
 
 
+def test_a_cancelled_job_whose_worker_died_ends_cancelled_not_queued_forever(registry):
+    from workers.reconcile import sweep
+    from workers.settings import Settings
+
+    ids = seed(registry)
+    dead, stuck = new_job(registry, ids), new_job(registry, ids)
+    for job_id in (dead, stuck):
+        with registry.tx() as s:
+            jobs.claim(s, job_id, "w1", STALE)
+            jobs.request_cancel(s, job_id)  # running: flagged, to stop at its next step
+    with registry.tx() as s:  # the worker died before that step: requeue_or_fail ends it cancelled
+        assert jobs.requeue_or_fail(s, dead, "worker lost").status == "cancelled"
+    with registry.tx() as s:  # an older build requeued it: claim refuses it, so the sweep must end it
+        job = jobs.get_job(s, stuck)
+        job.status, job.worker = "queued", None
+    with registry.tx() as s:
+        assert jobs.claim(s, stuck, "w2", STALE) is None
+    sent: list[str] = []
+    out = sweep(registry, Settings(), lambda job_id, _type: sent.append(job_id) or True)
+    assert out["cancelled"] == [stuck] and sent == []
+    for job_id in (dead, stuck):
+        assert statuses(registry, job_id)[-1] == "cancelled"
+    assert sweep(registry, Settings(), lambda *_: True)["cancelled"] == []
+
+
 def test_events_are_monotonic_and_paged_by_seq(registry):
     ids = seed(registry)
     job_id = new_job(registry, ids)
