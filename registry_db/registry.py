@@ -63,9 +63,8 @@ class Registry:
         for sha in list(self.blobs.list()):
             if sha in keep or self.blobs.age_seconds(sha) < min_age_seconds:
                 continue
-            if not dry_run:
-                self.blobs.delete(sha)
-            removed.append(sha)
+            if dry_run or self.blobs.delete_if_older(sha, min_age_seconds):  # re-decided against concurrent puts
+                removed.append(sha)
         return removed
 
     def close(self) -> None:

@@ -32,7 +32,8 @@ def verify(sha: str, data: bytes) -> bytes:
 class BlobStore(ABC):
     @abstractmethod
     def put(self, data: bytes) -> str:
-        """Store bytes (idempotently) and return their sha256."""
+        """Store bytes (idempotently) and return their sha256. Storing bytes that are already there
+        refreshes their age, so the GC never takes a blob a writer has just been handed."""
 
     @abstractmethod
     def get(self, sha: str) -> bytes:
@@ -43,6 +44,11 @@ class BlobStore(ABC):
 
     @abstractmethod
     def delete(self, sha: str) -> None: ...
+
+    @abstractmethod
+    def delete_if_older(self, sha: str, min_age_seconds: float) -> bool:
+        """Delete the blob only if no `put` refreshed it in the last `min_age_seconds`, decided atomically
+        against concurrent puts. Returns whether it was deleted."""
 
     @abstractmethod
     def list(self) -> Iterator[str]: ...

@@ -7,9 +7,10 @@ with no shared disk and no extra server.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 
-from sqlalchemy import Engine, delete, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Engine, delete, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from registry_db.blobs.base import BlobStore, check_sha, sha256_hex, verify
 from registry_db.engine import session_factory, transaction
@@ -26,8 +27,10 @@ class DatabaseBlobStore(BlobStore):
 
     def put(self, data: bytes) -> str:
         sha = sha256_hex(data)
-        if self.exists(sha):
-            return sha
+        with transaction(self.sessions) as s:  # already stored: refresh its age (see delete_if_older)
+            res = s.execute(update(BlobObject).where(BlobObject.sha256 == sha).values(created_at=utcnow()))
+            if res.rowcount == 1:  # type: ignore[attr-defined]
+                return sha
         try:
             with transaction(self.sessions) as s:
                 s.add(BlobObject(sha256=sha, size=len(data)))
@@ -55,6 +58,21 @@ class DatabaseBlobStore(BlobStore):
         with transaction(self.sessions) as s:
             s.execute(delete(BlobChunk).where(BlobChunk.sha256 == sha))
             s.execute(delete(BlobObject).where(BlobObject.sha256 == sha))
+
+    def delete_if_older(self, sha: str, min_age_seconds: float) -> bool:
+        """The age test and the delete are one transaction holding the row: a concurrent put's refresh
+        either commits first (the test fails) or waits and then finds no row (and stores it anew)."""
+        cutoff = utcnow() - timedelta(seconds=min_age_seconds)
+        try:
+            with transaction(self.sessions) as s:
+                row = s.scalars(select(BlobObject).where(BlobObject.sha256 == sha).with_for_update()).first()
+                if row is None or row.created_at >= cutoff:
+                    return False
+                s.execute(delete(BlobChunk).where(BlobChunk.sha256 == sha))
+                s.execute(delete(BlobObject).where(BlobObject.sha256 == sha))
+        except OperationalError:  # SQLite: a put committed after our read; its refresh wins
+            return False
+        return True
 
     def list(self) -> Iterator[str]:
         with self.sessions() as s:

@@ -25,8 +25,11 @@ class LocalBlobStore(BlobStore):
     def put(self, data: bytes) -> str:
         sha = sha256_hex(data)
         final = self.path(sha)
-        if final.exists():
+        try:
+            os.utime(final)  # already stored: refresh its age (see delete_if_older)
             return sha
+        except FileNotFoundError:
+            pass
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.root / "tmp" / f"{sha}.{uuid.uuid4().hex[:8]}"
         try:
@@ -54,6 +57,21 @@ class LocalBlobStore(BlobStore):
     def delete(self, sha: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.path(sha).unlink()
+
+    def delete_if_older(self, sha: str, min_age_seconds: float) -> bool:
+        """Move the blob aside first, then look at its age: a `put` that refreshed it before the move is
+        seen (the blob goes back); a `put` after the move finds no file to refresh and writes it anew."""
+        final = self.path(sha)
+        aside = self.root / "tmp" / f"gc.{sha}.{uuid.uuid4().hex[:8]}"
+        try:
+            os.rename(final, aside)
+        except FileNotFoundError:
+            return False
+        if time.time() - aside.stat().st_mtime < min_age_seconds:
+            os.replace(aside, final)  # refreshed: keep it (identical bytes if a put rewrote it meanwhile)
+            return False
+        aside.unlink()
+        return True
 
     def list(self) -> Iterator[str]:
         for p in self.root.glob("??/??/*"):

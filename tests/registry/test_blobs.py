@@ -65,3 +65,44 @@ def test_blob_url_selects_the_backend(registry, tmp_path):
     assert open_blob_store(registry.engine, "db://").describe() == "db://"
     with pytest.raises(ValueError, match="COMPOSER_BLOB_URL"):
         open_blob_store(registry.engine, "s3://bucket")
+
+
+def test_gc_never_deletes_a_blob_a_concurrent_put_has_just_deduplicated(reg):
+    """The race: the GC sees an old orphan; a writer `put`s the same bytes (deduplicated, so nothing is
+    written) and is about to commit a row that references it; then the GC deletes. The put must win."""
+    data = b"weights that a job is about to register"
+    sha = reg.blobs.put(data)
+    make_old(reg, sha)
+    real_age = reg.blobs.age_seconds
+
+    def age_then_a_writer_arrives(s: str) -> float:
+        age = real_age(s)
+        if s == sha:
+            assert reg.blobs.put(data) == sha  # the concurrent writer, between the GC's look and its delete
+        return age
+
+    reg.blobs.age_seconds = age_then_a_writer_arrives
+    try:
+        assert reg.gc(min_age_seconds=60) == []
+    finally:
+        reg.blobs.age_seconds = real_age
+    assert reg.blobs.get(sha) == data
+    make_old(reg, sha)  # with no writer, the same orphan is collected
+    assert reg.gc(min_age_seconds=60) == [sha] and not reg.blobs.exists(sha)
+
+
+def make_old(reg, sha: str, seconds: float = 3 * 3600) -> None:
+    if isinstance(reg.blobs, LocalBlobStore):
+        then = os.path.getmtime(reg.blobs.path(sha)) - seconds
+        os.utime(reg.blobs.path(sha), (then, then))
+    else:
+        from datetime import timedelta
+
+        from registry_db.models import BlobObject, utcnow
+
+        with reg.tx() as s:
+            s.execute(
+                update(BlobObject)
+                .where(BlobObject.sha256 == sha)
+                .values(created_at=utcnow() - timedelta(seconds=seconds))
+            )
