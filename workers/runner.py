@@ -82,10 +82,14 @@ class EventCallback(Callback):
         self.ctx.event("metric", {"step": step, "epoch": epoch, **metrics})
 
     def on_checkpoint(self, step: int, payload: bytes) -> None:
-        sha = self.ctx.registry.blobs.put(payload)
-        self.ctx.registry.retry(
-            lambda s: jobs.add_checkpoint(s, self.ctx.job.id, step, self.ctx.job.attempts, sha, len(payload))
-        )
+        ctx = self.ctx
+        sha = ctx.registry.blobs.put(payload)
+
+        def add(s: Session) -> None:
+            jobs.add_checkpoint(s, ctx.job.id, step, ctx.job.attempts, sha, len(payload))
+            jobs.prune_checkpoints(s, ctx.job.id, ctx.settings.checkpoints_kept_while_running)
+
+        ctx.registry.retry(add)
 
     def should_cancel(self) -> bool:
         if self.ctx.lost.is_set():
@@ -148,10 +152,12 @@ def run(registry: Registry, settings: Settings, job_id: str, handlers: dict[str,
 
         with registry.tx() as s:
             commit(s)
+            jobs.prune_checkpoints(s, job_id, settings.checkpoints_kept_after)
         return "succeeded"
     except TrainingCancelled:
         with registry.tx() as s:
             jobs.mark_cancelled(s, job_id, worker, step=ctx.progress.get("step"))
+            jobs.prune_checkpoints(s, job_id, settings.checkpoints_kept_after)
         return "cancelled"
     except (LostOwnership, Conflict) as e:
         log.warning("job %s: %s; leaving it to its current owner", job_id, e)
@@ -163,6 +169,7 @@ def run(registry: Registry, settings: Settings, job_id: str, handlers: dict[str,
             ctx.event("error", {"type": kind, "message": str(e), "traceback": tb})
             with registry.tx() as s:
                 jobs.fail(s, job_id, worker, {"type": kind, "message": str(e)})
+                jobs.prune_checkpoints(s, job_id, settings.checkpoints_kept_after)
         except Conflict:
             pass
         log.error("job %s failed: %s", job_id, e)

@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     reconcile_interval: float = Field(30.0, gt=0)
     requeue_queued_after: float = Field(300.0, gt=0)
     checkpoint_every_steps: int = Field(50, ge=0)
+    checkpoints_kept_while_running: int = Field(1, ge=1)  # the newest N (each also holds the best-so-far state)
+    checkpoints_kept_after: int = Field(0, ge=0)  # when the job ends; 0 leaves every checkpoint blob to the GC
     progress_every_seconds: float = Field(1.0, ge=0)
     max_attempts: int = Field(3, ge=1)
     device: str | None = None  # default: cuda when visible (CUDA_VISIBLE_DEVICES), else cpu

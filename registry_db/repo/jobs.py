@@ -220,6 +220,16 @@ def add_checkpoint(s: Session, job_id: str, step: int, attempt: int, sha256: str
     return ck
 
 
+def prune_checkpoints(s: Session, job_id: str, keep: int) -> int:
+    """Delete all but the newest `keep` checkpoint rows of a job (their blobs go to the GC). Each checkpoint
+    carries the best-so-far state too, so the newest one is enough both to resume and to keep the best."""
+    rows = s.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step.desc())).all()
+    for ck in rows[keep:]:
+        s.delete(ck)
+    s.flush()
+    return max(0, len(rows) - keep)
+
+
 def latest_checkpoint(s: Session, job_id: str) -> Checkpoint | None:
     stmt = select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step.desc()).limit(1)
     return s.scalars(stmt).first()

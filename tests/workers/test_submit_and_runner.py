@@ -140,3 +140,22 @@ def test_cancel_stops_a_running_job_at_a_step_boundary(world):
         types = [e.type for e in jobs.list_events(s, job.id)]
     assert final.status == "cancelled" and "progress" in types and "cancel_requested" in types
     assert count(world.registry, Adapter) == 0
+
+
+@pytest.mark.parametrize("kept_after", [0, 1, 10])  # 10: what remains is what running kept (1)
+def test_checkpoints_are_pruned_while_running_and_when_the_job_ends(world, kept_after):
+    from registry_db.models import Checkpoint
+
+    settings = FAST.model_copy(update={"checkpoints_kept_after": kept_after})
+    job, _ = submit_job(world.registry, world.owner, "adapter", adapter_spec(world, epochs=3), send=Outbox())
+    assert run(world.registry, settings, job.id, HANDLERS) == "succeeded"
+    with world.registry.tx() as s:
+        saved = [e.payload for e in jobs.list_events(s, job.id) if e.type == "checkpoint"]
+        rows = s.scalars(select(Checkpoint).where(Checkpoint.job_id == job.id)).all()
+        kept = [(c.step, c.blob_sha256) for c in rows]
+    assert len(saved) >= 3  # several checkpoints were written ...
+    newest = max(saved, key=lambda p: p["step"])
+    assert kept == ([(newest["step"], newest["sha256"])] if kept_after else [])  # ... and only these rows remain
+    removed = set(world.registry.gc(min_age_seconds=-1))
+    assert {p["sha256"] for p in saved} - {sha for _, sha in kept} <= removed
+    assert all(world.registry.blobs.exists(sha) for _, sha in kept)
