@@ -3,7 +3,11 @@
 1. creates or migrates the SQLite registry in COMPOSER_DATA_DIR (default ./data);
 2. starts a real Celery worker process on the embedded broker (kombu's SQLAlchemy transport);
 3. starts uvicorn, which registers the packaged encoder at start-up;
-4. prints the URL and the admin key. Ctrl-C stops everything.
+4. prints the URL, and the admin key when this start created one.
+
+Ctrl-C or SIGTERM (what systemd and docker send) stops the API and the worker with it. A port
+that is already taken is refused before anything starts. `adapter-service create-key` mints a
+new admin key for an operator who lost theirs.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,18 +27,35 @@ from registry_db.repo import keys
 
 
 def admin_key(reg: Registry, bootstrap: str | None) -> str | None:
-    """The bootstrap key if given; else a new admin key when none exists (shown once); else None."""
-    if bootstrap:
-        return bootstrap
+    """A new admin key when none exists (the bootstrap value if given), to be shown once; else None.
+    An existing admin key is never printed: keys are stored hashed, and a bootstrap value that
+    did not create a key may not be one that works."""
     with reg.tx() as s:
         if keys.admin_key_exists(s):
             return None
         owner = keys.get_or_create_owner(s, "admin")
-        _, secret = keys.create_key(s, owner.id, ["admin", "train", "read"], name="adapter-service up")
+        _, secret = keys.create_key(s, owner.id, ["admin", "train", "read"], name="adapter-service up", secret=bootstrap)
         return secret
 
 
+def port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _sigterm_is_ctrl_c(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def up(host: str, port: int) -> int:
+    if not port_free(host, port):
+        print(f"error: {host}:{port} is already in use; stop what listens there or pass --port", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _sigterm_is_ctrl_c)
     data_dir = os.path.abspath(os.environ.setdefault("COMPOSER_DATA_DIR", "data"))
     os.makedirs(data_dir, exist_ok=True)
     env = dict(os.environ)
@@ -54,15 +76,20 @@ def up(host: str, port: int) -> int:
     try:
         for _ in range(600):
             if any(p.poll() is not None for p in procs):
-                raise RuntimeError("a process exited during start-up; see its output above")
+                print("error: a process exited during start-up; see its output above", file=sys.stderr)
+                return 1
             try:
                 with urllib.request.urlopen(url + "/healthz", timeout=1):
                     break
             except OSError:
                 time.sleep(0.2)
+        else:
+            print(f"error: the API did not answer on {url} within 2 minutes", file=sys.stderr)
+            return 1
         print("\n" + "=" * 60)
         print(f"  service:   {url}   (API docs: {url}/docs)")
-        print(f"  admin key: {key}" if key else "  admin key: an admin key already exists (keys are shown once)")
+        print(f"  admin key: {key}" if key else "  admin key: one already exists and keys are shown once; "
+              "`adapter-service create-key` mints a new one")  # fmt: skip
         print("  Ctrl-C stops the API and the worker")
         print("=" * 60 + "\n", flush=True)
         while all(p.poll() is None for p in procs):
@@ -71,6 +98,8 @@ def up(host: str, port: int) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not cut the clean-up short
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         for p in procs:
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGTERM)
@@ -82,13 +111,33 @@ def up(host: str, port: int) -> int:
         print("stopped", flush=True)
 
 
+def create_key(owner: str, scopes: list[str], name: str) -> int:
+    """For an operator with access to the registry (the same COMPOSER_* settings as the service)."""
+    upgrade()
+    reg = Registry.from_env()
+    try:
+        with reg.tx() as s:
+            owner_id = keys.get_or_create_owner(s, owner).id
+            _, secret = keys.create_key(s, owner_id, scopes, name=name)
+    finally:
+        reg.close()
+    print(secret)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="adapter-service")
     sub = p.add_subparsers(dest="cmd", required=True)
     u = sub.add_parser("up", help="start the API and a worker with the embedded defaults")
     u.add_argument("--host", default="127.0.0.1")
     u.add_argument("--port", type=int, default=8000)
+    k = sub.add_parser("create-key", help="mint a new key (an admin key by default) and print it once")
+    k.add_argument("--owner", default="admin")
+    k.add_argument("--scopes", default="admin,train,read", help="comma-separated")
+    k.add_argument("--name", default="adapter-service create-key")
     a = p.parse_args(argv)
+    if a.cmd == "create-key":
+        return create_key(a.owner, [x.strip() for x in a.scopes.split(",") if x.strip()], a.name)
     return up(a.host, a.port)
 
 
