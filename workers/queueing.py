@@ -14,7 +14,8 @@ PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "i
 
 
 def queue_for(job_type: str) -> str:
-    return "gpu" if job_type in TRAINING_TYPES or job_type == "evaluate" else "default"
+    """Training goes to the `gpu` queue; light work (evaluate) to `default`, which the CPU worker consumes."""
+    return "gpu" if job_type in TRAINING_TYPES else "default"
 
 
 def enqueue(job_id: str, job_type: str, celery_app: Celery = app) -> bool:

@@ -118,9 +118,12 @@ def _heartbeat_loop(ctx: JobContext, stop: threading.Event) -> None:
 Handler = Callable[[JobContext], Finish]
 
 
-def run(registry: Registry, settings: Settings, job_id: str, handlers: dict[str, Handler]) -> str:
-    """Run one delivery of a job. Returns what happened: succeeded, failed, cancelled, or skipped."""
-    worker = worker_name()
+def run(
+    registry: Registry, settings: Settings, job_id: str, handlers: dict[str, Handler], node: str | None = None
+) -> str:
+    """Run one delivery of a job. Returns what happened: succeeded, failed, cancelled, or skipped.
+    `node` is the Celery worker's name (`gpu@host`); the job's events then say which worker ran it."""
+    worker = f"{node}:{os.getpid()}" if node else worker_name()
     with registry.tx() as s:
         job = jobs.claim(s, job_id, worker, timedelta(seconds=settings.stale_after))
         if job is None:
@@ -130,6 +133,7 @@ def run(registry: Registry, settings: Settings, job_id: str, handlers: dict[str,
             )
             return "skipped"
         ckpt = jobs.latest_checkpoint(s, job_id)
+    log.info("running job %s (%s, attempt %d) as %s", job_id, job.type, job.attempts, worker)
     ctx = JobContext(registry=registry, settings=settings, job=job, worker=worker)
     handler = handlers.get(job.type)
     if handler is None:

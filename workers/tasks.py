@@ -20,14 +20,14 @@ def registry() -> Registry:
     return Registry.from_env(database_url=settings.database_url, blob_url=settings.blob_url)
 
 
-@app.task(name="workers.tasks.run_job", acks_late=True, reject_on_worker_lost=True)
-def run_job(job_id: str) -> str:
+@app.task(name="workers.tasks.run_job", bind=True, acks_late=True, reject_on_worker_lost=True)
+def run_job(self, job_id: str) -> str:  # type: ignore[no-untyped-def]
     from workers.handlers import HANDLERS
     from workers.runner import run
 
     reg = registry()
     try:
-        return run(reg, settings, job_id, HANDLERS)
+        return run(reg, settings, job_id, HANDLERS, node=self.request.hostname)
     finally:
         reg.close()
 
@@ -46,9 +46,19 @@ def _reconcile_loop() -> None:
             return
 
 
+def consumed_queues(consumer: object) -> set[str]:
+    queues = getattr(getattr(consumer, "task_consumer", None), "queues", None) or []
+    return {q.name for q in queues} or set(app.amqp.queues.consume_from or ())
+
+
 @worker_ready.connect
-def _start_reconciler(**_: object) -> None:
-    threading.Thread(target=_reconcile_loop, name="reconcile", daemon=True).start()
+def _start_reconciler(sender: object = None, **_: object) -> None:
+    """The sweep is light work: the workers that consume the `default` queue (the CPU worker, and the
+    embedded one that consumes both) run it; GPU workers keep to training."""
+    if "default" in consumed_queues(sender):
+        threading.Thread(target=_reconcile_loop, name="reconcile", daemon=True).start()
+    else:
+        log.info("this worker does not consume the default queue: the reconcile sweep runs elsewhere")
 
 
 @worker_shutdown.connect

@@ -83,3 +83,21 @@ def test_docker_compose_config_validates_the_file():
     r = subprocess.run([*cli, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], capture_output=True, text=True,
                        env={"PATH": env["PATH"]})  # fmt: skip
     assert r.returncode != 0 and "COMPOSER_BOOTSTRAP_KEY" in r.stderr  # the admin key must be chosen explicitly
+
+
+def test_the_gpu_worker_gets_a_cuda_torch_and_refuses_to_train_on_the_cpu():
+    gpu, api = SERVICES["worker-gpu"], SERVICES["api"]
+    assert gpu["build"]["args"]["TORCH_INDEX"].startswith("cu") and gpu["image"] != api["image"]
+    assert gpu["environment"]["COMPOSER_DEVICE"] == "cuda"
+    assert "ARG TORCH_INDEX" in (ROOT / "Dockerfile").read_text()
+
+
+def test_every_mounted_path_exists_in_the_image_and_belongs_to_its_user():
+    """A named volume on a path the image lacks comes up root-owned, unwritable for the non-root user."""
+    docker = (ROOT / "Dockerfile").read_text()
+    user = next(line.split()[1] for line in docker.splitlines() if line.startswith("USER "))
+    made = next(line for line in docker.splitlines() if "mkdir -p" in line and "chown" in line)
+    targets = {v.split(":")[1] for svc in SERVICES.values() if "image" in svc and "adapter-composer" in svc["image"]
+               for v in svc.get("volumes", [])}  # fmt: skip
+    assert targets and all(t in made.split() for t in targets), (targets, made)
+    assert f"chown {user}" in made
