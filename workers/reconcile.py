@@ -1,5 +1,8 @@
 """The sweep that keeps nothing silently lost: jobs whose worker died, and queued jobs the broker lost.
 
+A job still `queued` after COMPOSER_REQUEUE_QUEUED_AFTER is sent again only when the broker no longer
+holds its message (`held`, see workers/broker.py): a long but healthy backlog is never duplicated.
+
 It runs at worker start and then periodically in every worker's main process. Running it
 on several workers at once is harmless: re-enqueued duplicates back off at claim time.
 """
@@ -18,7 +21,9 @@ from workers.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def sweep(reg: Registry, settings: Settings, enqueue: Callable[[str, str], bool]) -> dict[str, list[str]]:
+def sweep(reg: Registry, settings: Settings, enqueue: Callable[[str, str], bool],
+          held: Callable[[], set[str] | None] = lambda: None) -> dict[str, list[str]]:  # fmt: skip
+    """`held` names the jobs whose messages the broker still holds (None: it cannot tell)."""
     now = utcnow()
     stale_before = now - timedelta(seconds=settings.stale_after)
     out: dict[str, list[str]] = {"requeued": [], "failed": [], "cancelled": [], "reenqueued": []}
@@ -43,10 +48,23 @@ def sweep(reg: Registry, settings: Settings, enqueue: Callable[[str, str], bool]
             jobs.requeue_or_fail(s, job.id, "cancel requested; the job was not running")
             out["cancelled"].append(job.id)
     with reg.tx() as s:
-        lost = jobs.queued_before(s, now - timedelta(seconds=settings.requeue_queued_after))
+        waiting = jobs.queued_before(s, now - timedelta(seconds=settings.requeue_queued_after))
+    in_broker = held() if waiting else set()
+    with reg.tx() as s:
+        lost = [jobs.get_job(s, j.id) for j in waiting if in_broker is None or j.id not in in_broker]
+        lost = [j for j in lost if j.status == "queued"]
         for job in lost:
             job.updated_at = now  # wait another full period before sending it again
-            jobs.append_event(s, job.id, "reenqueued", {"reason": "still queued; the broker may have lost it"})
+            jobs.append_event(
+                s,
+                job.id,
+                "reenqueued",
+                {
+                    "reason": "still queued, and the broker does not hold its message"
+                    if in_broker is not None
+                    else "still queued; the broker may have lost it"
+                },
+            )
         lost_ids = [(j.id, j.type) for j in lost]
     for job_id, job_type in lost_ids:
         if enqueue(job_id, job_type):

@@ -33,13 +33,14 @@ def run_job(self, job_id: str) -> str:  # type: ignore[no-untyped-def]
 
 
 def _reconcile_loop() -> None:
+    from workers.broker import held_job_ids
     from workers.reconcile import sweep
 
     reg = registry()
     _parent_registry.append(reg)
     while True:
         try:
-            sweep(reg, settings, enqueue)
+            sweep(reg, settings, enqueue, held=lambda: held_job_ids(app))
         except Exception:  # noqa: BLE001 - keep sweeping; the next round may succeed
             log.warning("reconcile sweep failed", exc_info=True)
         if _stop.wait(settings.reconcile_interval):
