@@ -11,6 +11,7 @@ from fastapi.staticfiles import StaticFiles
 
 from api import errors
 from api.batcher import MicroBatcher
+from api.limits import RateLimiter
 from api.metrics import install as install_metrics
 from api.routes import adapters, base_models, datasets, ensembles, health, jobs, keys, predict, tasks, ui
 from composer.serving import Runtime
@@ -28,7 +29,7 @@ def bootstrap(registry: Registry, settings: Settings) -> None:
             if not key_repo.admin_key_exists(s):
                 owner = key_repo.get_or_create_owner(s, "admin")
                 key_repo.create_key(
-                    s, owner.id, ["admin", "train", "read"], name="bootstrap", secret=settings.bootstrap_key
+                    s, owner.id, ["operator", "admin", "train", "read"], name="bootstrap", secret=settings.bootstrap_key
                 )
                 log.warning("created the bootstrap admin key")
     if settings.register_packaged_encoder:
@@ -60,6 +61,7 @@ def create_app(
     if send is None:
         from workers.queueing import enqueue as send
     app.state.send = send  # publishes "run job X" to the broker
+    app.state.limiter = RateLimiter(settings.predict_rate_per_key, settings.predict_burst_per_key)
     app.state.runtime = Runtime(cache_bytes=int(settings.serving_cache_mb * (1 << 20)))
     app.state.batcher = MicroBatcher(app.state.runtime, settings.batch_max_rows, settings.batch_max_wait_ms,
                                      settings.queue_max_rows, settings.request_timeout_s)  # fmt: skip

@@ -11,7 +11,9 @@ from api.errors import Problem
 from registry_db.registry import Registry
 from registry_db.repo import keys
 
-SCOPE_ORDER = {"read": 0, "train": 1, "admin": 2}
+# `read` lists and predicts; `train` also uploads and submits; `admin` also manages its own owner's keys;
+# `operator` runs the service: owners, keys for any owner, base models, metrics.
+SCOPE_ORDER = {"read": 0, "train": 1, "admin": 2, "operator": 3}
 
 
 @dataclass(frozen=True)
@@ -21,7 +23,7 @@ class Caller:
     scopes: frozenset[str]
 
     def can(self, scope: str) -> bool:
-        """`admin` implies `train` implies `read`."""
+        """`operator` implies `admin` implies `train` implies `read`."""
         return any(SCOPE_ORDER[s] >= SCOPE_ORDER[scope] for s in self.scopes)
 
 
@@ -56,3 +58,4 @@ def require(scope: str):  # type: ignore[no-untyped-def]
 Reader = Annotated[Caller, Depends(require("read"))]
 Trainer = Annotated[Caller, Depends(require("train"))]
 Admin = Annotated[Caller, Depends(require("admin"))]
+Operator = Annotated[Caller, Depends(require("operator"))]

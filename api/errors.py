@@ -11,11 +11,11 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from composer.errors import ArtifactError, ComposerError, DataError, IncompatibleBaseError
-from registry_db.errors import BlobCorrupted, Conflict, InvalidInput, NotFound
+from registry_db.errors import BlobCorrupted, Conflict, InvalidInput, LimitExceeded, NotFound
 
 BASE = "https://adapter-composer.dev/problems/"
 TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-          409: "Conflict", 413: "Payload Too Large", 415: "Unsupported Media Type", 422: "Unprocessable Content",
+          409: "Conflict", 413: "Payload Too Large", 429: "Too Many Requests", 415: "Unsupported Media Type", 422: "Unprocessable Content",
           500: "Internal Server Error", 503: "Service Unavailable"}  # fmt: skip
 
 
@@ -52,6 +52,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Conflict)
     async def _conflict(request: Request, exc: Conflict) -> JSONResponse:
         return problem(409, "conflict", str(exc), request.url.path)
+
+    @app.exception_handler(LimitExceeded)
+    async def _limit(request: Request, exc: LimitExceeded) -> JSONResponse:
+        return problem(429, "too-many-jobs", str(exc), request.url.path, retry_after=30)
 
     @app.exception_handler(InvalidInput)
     async def _invalid(request: Request, exc: InvalidInput) -> JSONResponse:

@@ -34,7 +34,9 @@ def admin_key(reg: Registry, bootstrap: str | None) -> str | None:
         if keys.admin_key_exists(s):
             return None
         owner = keys.get_or_create_owner(s, "admin")
-        _, secret = keys.create_key(s, owner.id, ["admin", "train", "read"], name="adapter-service up", secret=bootstrap)
+        _, secret = keys.create_key(
+            s, owner.id, ["operator", "admin", "train", "read"], name="adapter-service up", secret=bootstrap
+        )
         return secret
 
 
@@ -131,9 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     u = sub.add_parser("up", help="start the API and a worker with the embedded defaults")
     u.add_argument("--host", default="127.0.0.1")
     u.add_argument("--port", type=int, default=8000)
-    k = sub.add_parser("create-key", help="mint a new key (an admin key by default) and print it once")
+    k = sub.add_parser("create-key", help="mint a new key (an operator key by default) and print it once")
     k.add_argument("--owner", default="admin")
-    k.add_argument("--scopes", default="admin,train,read", help="comma-separated")
+    k.add_argument("--scopes", default="operator,admin,train,read", help="comma-separated")
     k.add_argument("--name", default="adapter-service create-key")
     a = p.parse_args(argv)
     if a.cmd == "create-key":

@@ -17,6 +17,10 @@ class InvalidInput(RegistryError):  # noqa: N818
     """A value violates a registry rule (label set with duplicates, hidden size mismatch, ...)."""
 
 
+class LimitExceeded(RegistryError):  # noqa: N818
+    """An owner is at a configured limit (active jobs); retry later."""
+
+
 class BlobCorrupted(RegistryError):  # noqa: N818
     """A blob's bytes no longer match its sha256. It is never served."""
 

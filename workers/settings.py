@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     requeue_queued_after: float = Field(300.0, gt=0)
     checkpoint_every_steps: int = Field(50, ge=0)
     checkpoints_kept_while_running: int = Field(1, ge=1)  # the newest N (each also holds the best-so-far state)
-    checkpoints_kept_after: int = Field(0, ge=0)  # when the job ends; 0 leaves every checkpoint blob to the GC
+    checkpoints_kept_after: int = Field(1, ge=0)  # when the job ends (its page shows it); 0 leaves all to the GC
     progress_every_seconds: float = Field(1.0, ge=0)
     max_attempts: int = Field(3, ge=1)
     device: str | None = None  # default: cuda when visible (CUDA_VISIBLE_DEVICES), else cpu
@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     batch_max_wait_ms: float = Field(5.0, ge=0)
     queue_max_rows: int = Field(512, ge=1)
     request_timeout_s: float = Field(30.0, gt=0)
+    predict_rate_per_key: float = Field(50.0, ge=0)  # predict calls per second per API key; 0 turns it off
+    predict_burst_per_key: int = Field(100, ge=1)
+    max_active_jobs_per_owner: int = Field(50, ge=0)  # queued + running; 0 turns it off
 
     @model_validator(mode="after")
     def _limits(self) -> Settings:

@@ -40,8 +40,12 @@ def list_adapters(caller: Reader, reg: RegistryDep, task: str | None = None, kin
 
 
 @router.get("/adapters/loaded")
-def loaded(request: Request, caller: Reader) -> list[dict]:
-    return request.app.state.runtime.loaded()
+def loaded(request: Request, caller: Reader, reg: RegistryDep) -> list[dict]:
+    """The caller's modules resident in this replica's serving cache (never another owner's)."""
+    resident = request.app.state.runtime.loaded()
+    with reg.tx() as s:
+        mine = adapters.owned_ids(s, caller.owner_id, [m["id"] for m in resident])
+    return [m for m in resident if m["id"] in mine]
 
 
 @router.get("/adapters/{ref}")

@@ -1,4 +1,4 @@
-"""Base models: register a local model directory (admin), list them."""
+"""Base models: register a local model directory (operator), list them (the server path: operators only)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from api.deps import Admin, Reader, RegistryDep
+from api.deps import Caller, Operator, Reader, RegistryDep
 from api.errors import Problem
 from registry_db.models import BaseModelRow
 from registry_db.repo import catalog
@@ -22,20 +22,21 @@ class BaseModelIn(BaseModel):
     num_layers: int | None = Field(None, ge=1, le=48, description="keep only the first N layers")
 
 
-def base_json(b: BaseModelRow) -> dict:
-    return {"id": b.id, "name": b.name, "identity": b.identity, "architecture": b.architecture,
-            "hidden_size": b.hidden_size, "num_layers": b.num_layers, "path": b.path}  # fmt: skip
+def base_json(b: BaseModelRow, caller: Caller) -> dict:
+    out = {"id": b.id, "name": b.name, "identity": b.identity, "architecture": b.architecture,
+           "hidden_size": b.hidden_size, "num_layers": b.num_layers}  # fmt: skip
+    return {**out, "path": b.path} if caller.can("operator") else out
 
 
 @router.post("/base-models", status_code=201)
-def register(body: BaseModelIn, caller: Admin, reg: RegistryDep) -> dict:
+def register(body: BaseModelIn, caller: Operator, reg: RegistryDep) -> dict:
     if not (Path(body.path) / "config.json").is_file():
         raise Problem(422, "invalid-input", f"{body.path} is not a model directory", field="path")
     row, _ = register_base_model(reg, body.path, name=body.name, num_layers=body.num_layers)
-    return base_json(row)
+    return base_json(row, caller)
 
 
 @router.get("/base-models")
 def list_base_models(caller: Reader, reg: RegistryDep) -> list[dict]:
     with reg.tx() as s:
-        return [base_json(b) for b in catalog.list_base_models(s)]
+        return [base_json(b, caller) for b in catalog.list_base_models(s)]

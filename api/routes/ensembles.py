@@ -117,4 +117,5 @@ def _predict(request: Request, reg, caller, ensemble_id: str, body: EnsemblePred
 async def predict(
     ensemble_id: str, body: EnsemblePredictIn, request: Request, caller: Reader, reg: RegistryDep
 ) -> dict:
+    request.app.state.limiter.take(caller.key_id)
     return await run_in_threadpool(_predict, request, reg, caller, ensemble_id, body)

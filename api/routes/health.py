@@ -1,4 +1,5 @@
-"""/healthz (alive), /readyz (database, broker and blob store reachable), /metrics (Prometheus)."""
+"""/healthz (alive), /readyz (database, broker and blob store reachable), /metrics (Prometheus, with an
+operator key: `Authorization: Bearer`, which Prometheus sends with `authorization: {credentials: ...}`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
+from api.deps import Operator
 from api.errors import problem
 from api.metrics import CACHE, JOBS, LOADED, QUEUE, REGISTRY
 from registry_db.models import JOB_STATUSES
@@ -56,7 +58,7 @@ def readyz(request: Request) -> Response:
 
 
 @router.get("/metrics", response_class=Response)
-def metrics(request: Request) -> Response:
+def metrics(request: Request, caller: Operator) -> Response:
     reg = request.app.state.registry
     with reg.tx() as s:
         counts = jobs.count_by_status(s)

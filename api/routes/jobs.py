@@ -50,7 +50,8 @@ def event_json(e: JobEvent) -> dict:
 
 
 def _submit(request: Request, reg, caller, job_type: str, spec: dict, key: str | None) -> JSONResponse:  # type: ignore[no-untyped-def]
-    job, created = submit_job(reg, caller.owner_id, job_type, spec, key, send=request.app.state.send)
+    limit = request.app.state.settings.max_active_jobs_per_owner
+    job, created = submit_job(reg, caller.owner_id, job_type, spec, key, send=request.app.state.send, max_active=limit)
     if created:
         with reg.tx() as s:
             job = jobs.get_job(s, job.id)

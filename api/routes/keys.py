@@ -1,4 +1,7 @@
-"""API keys (admin). A key's secret is returned once, at creation."""
+"""API keys. A key's secret is returned once, at creation.
+
+An owner's admin manages that owner's keys only. Minting a key for another owner (which creates the
+owner if needed) or an operator key takes the operator scope: an admin can never take over a tenant."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from api.deps import Admin, RegistryDep
+from api.errors import Problem
 from registry_db.models import ApiKey
 from registry_db.repo import keys
 
@@ -16,7 +20,7 @@ router = APIRouter(tags=["keys"])
 
 class KeyIn(BaseModel):
     owner: str | None = Field(None, description="owner name; default: the caller's own owner")
-    scopes: list[Literal["read", "train", "admin"]] = Field(min_length=1)
+    scopes: list[Literal["read", "train", "admin", "operator"]] = Field(min_length=1)
     name: str = ""
 
 
@@ -28,7 +32,14 @@ def key_json(k: ApiKey) -> dict:
 @router.post("/keys", status_code=201)
 def create_key(body: KeyIn, caller: Admin, reg: RegistryDep) -> dict:
     with reg.tx() as s:
-        owner_id = keys.get_or_create_owner(s, body.owner).id if body.owner else caller.owner_id
+        own = keys.get_owner(s, caller.owner_id)
+        other_owner = body.owner is not None and body.owner != own.name
+        if (other_owner or "operator" in body.scopes) and not caller.can("operator"):
+            what = f"a key for owner {body.owner!r}" if other_owner else "an operator key"
+            raise Problem(
+                403, "forbidden", f"minting {what} takes the 'operator' scope; an admin manages its own owner's keys"
+            )
+        owner_id = keys.get_or_create_owner(s, body.owner).id if other_owner else caller.owner_id
         row, secret = keys.create_key(s, owner_id, list(body.scopes), body.name)
         return {**key_json(row), "key": secret}
 

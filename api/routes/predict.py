@@ -69,6 +69,7 @@ def render(row, spec: TaskSpec, members: list[str], outputs: list[RowOutput]) ->
 
 @router.post("/predict", responses={503: {"content": {"application/problem+json": {}}}})
 async def predict(body: PredictIn, request: Request, caller: Reader, reg: RegistryDep) -> dict:
+    request.app.state.limiter.take(caller.key_id)
     batcher = request.app.state.batcher
     batcher.expect()
     try:

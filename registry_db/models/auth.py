@@ -9,7 +9,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from registry_db.models.base import Base, UTCDateTime, new_id, utcnow
 
-SCOPES = ("read", "train", "admin")
+SCOPES = ("read", "train", "admin", "operator")  # each implies the ones before it
 
 
 class Owner(Base):

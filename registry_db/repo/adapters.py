@@ -92,6 +92,12 @@ def visible(viewer_owner_id: str):  # type: ignore[no-untyped-def]
     return or_(Adapter.owner_id == viewer_owner_id, Adapter.visibility == "public")
 
 
+def owned_ids(s: Session, owner_id: str, ids: list[str]) -> set[str]:
+    if not ids:
+        return set()
+    return set(s.scalars(select(Adapter.id).where(Adapter.id.in_(ids), Adapter.owner_id == owner_id)).all())
+
+
 def get_adapter(s: Session, adapter_id: str, viewer_owner_id: str | None = None) -> Adapter:
     row = s.get(Adapter, adapter_id)
     hidden = row is not None and viewer_owner_id is not None

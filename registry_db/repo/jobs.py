@@ -189,6 +189,11 @@ def requeue_or_fail(s: Session, job_id: str, reason: str) -> Job:
     return job
 
 
+def active_count(s: Session, owner_id: str) -> int:
+    stmt = select(func.count()).select_from(Job).where(Job.owner_id == owner_id, Job.status.in_(("queued", "running")))
+    return int(s.scalar(stmt) or 0)
+
+
 def count_by_status(s: Session) -> dict[str, int]:
     return {status: int(n) for status, n in s.execute(select(Job.status, func.count()).group_by(Job.status)).all()}
 

@@ -24,6 +24,13 @@ def create_owner(s: Session, name: str) -> Owner:
     return owner
 
 
+def get_owner(s: Session, owner_id: str) -> Owner:
+    owner = s.get(Owner, owner_id)
+    if owner is None:
+        raise NotFound(f"owner {owner_id} does not exist")
+    return owner
+
+
 def get_or_create_owner(s: Session, name: str) -> Owner:
     owner = s.scalars(select(Owner).where(Owner.name == name)).first()
     return owner or create_owner(s, name)
