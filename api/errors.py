@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from composer.errors import ArtifactError, ComposerError, DataError, IncompatibleBaseError
@@ -52,6 +53,11 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Conflict)
     async def _conflict(request: Request, exc: Conflict) -> JSONResponse:
         return problem(409, "conflict", str(exc), request.url.path)
+
+    @app.exception_handler(OperationalError)
+    async def _registry_down(request: Request, exc: OperationalError) -> JSONResponse:
+        return problem(503, "registry-unavailable", "the registry database is unreachable; retry shortly",
+                       request.url.path, retry_after=2)  # fmt: skip
 
     @app.exception_handler(LimitExceeded)
     async def _limit(request: Request, exc: LimitExceeded) -> JSONResponse:

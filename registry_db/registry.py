@@ -8,6 +8,7 @@ from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, select, union
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from registry_db.blobs import BlobStore, open_blob_store
@@ -33,17 +34,25 @@ class Registry:
         """One transaction: commit on success, roll back on any exception."""
         return transaction(self.sessions)
 
-    def retry(self, fn: Callable[[Session], T], attempts: int = 5) -> T:
-        """Run fn in a transaction, retrying on Conflict (for appends that may race, like event seqs)."""
-        for i in range(attempts):
+    def retry(self, fn: Callable[[Session], T], attempts: int = 5, outage_seconds: float = 60.0) -> T:
+        """Run fn in a transaction, retrying on Conflict (for appends that may race, like event seqs), and
+        through a database outage (a restart, a failover) of up to `outage_seconds`. `fn` must be safe to
+        run again: a commit whose acknowledgement was lost is re-run, so it must refuse to apply twice."""
+        conflicts, deadline, pause = 0, time.monotonic() + outage_seconds, 0.1
+        while True:
             try:
                 with self.tx() as s:
                     return fn(s)
             except Conflict:
-                if i == attempts - 1:
+                conflicts += 1
+                if conflicts >= attempts:
                     raise
-                time.sleep(0.01 * (i + 1))
-        raise AssertionError("unreachable")
+                time.sleep(0.01 * conflicts)
+            except (OperationalError, InterfaceError):
+                if time.monotonic() + pause > deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, 2.0)
 
     def referenced_blobs(self) -> set[str]:
         stmt = union(

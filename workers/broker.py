@@ -1,10 +1,14 @@
-"""What the broker still holds: the job ids of `run_job` messages waiting in a queue or delivered to a
-worker and not yet acknowledged. The reconcile sweep re-sends a long-queued job only when its message
-is not there, so a healthy backlog is never sent twice.
+"""What the broker still holds: the job ids of `run_job` messages waiting in a queue, or delivered to a
+worker moments ago. The reconcile sweep re-sends a long-queued job only when its message is not there,
+so a healthy backlog is never sent twice.
 
-Redis (the lists of the `gpu` and `default` queues, and kombu's `unacked` hash), kombu's SQLAlchemy
-transport (the `kombu_message` table, visible or delivered) and the filesystem transport are read
-directly. For any other broker, or when the broker cannot be read, `held_job_ids` answers None and the
+A queued job's message that was delivered to a worker is about to be claimed (then the job is running),
+or its worker died before claiming it: Redis would only restore it after the visibility timeout (hours),
+and kombu's SQLAlchemy transport never does. So a delivered message counts as held only while it is
+fresh (Redis' `unacked_index` keeps the delivery time); an older one is a lost one.
+
+Redis (the lists of the `gpu` and `default` queues, and the `unacked` hash), kombu's SQLAlchemy transport
+(visible rows of `kombu_message`) and the filesystem transport are read directly. For any other broker, or when the broker cannot be read, `held_job_ids` answers None and the
 sweep falls back to re-sending (duplicates then back off at claim).
 """
 
@@ -39,7 +43,9 @@ def job_id_of(raw: str | bytes | dict[str, Any]) -> str | None:
         return None
 
 
-def _redis(url: str) -> set[str]:
+def _redis(url: str, fresh_seconds: float) -> set[str]:
+    import time
+
     import redis
 
     client = redis.Redis.from_url(url)
@@ -48,8 +54,10 @@ def _redis(url: str) -> set[str]:
         for q in QUEUES:
             for key in (q, *(f"{q}{_PRIORITY_SEP}{p}" for p in (3, 6, 9))):
                 raw.extend(client.lrange(key, 0, -1))
-        for value in client.hvals("unacked"):  # delivered to a worker, not acknowledged: [message, exchange, key]
-            raw.append(json.dumps(json.loads(value)[0]).encode())
+        recent = client.zrangebyscore("unacked_index", time.time() - fresh_seconds, "+inf")
+        for value in client.hmget("unacked", recent) if recent else []:  # [message, exchange, routing key]
+            if value is not None:
+                raw.append(json.dumps(json.loads(value)[0]).encode())
     finally:
         client.close()
     return {j for j in map(job_id_of, raw) if j}
@@ -63,7 +71,7 @@ def _sqlalchemy(url: str) -> set[str]:
         if not inspect(engine).has_table("kombu_message"):
             return set()
         with engine.connect() as c:
-            payloads = c.execute(text("SELECT payload FROM kombu_message")).scalars().all()
+            payloads = c.execute(text("SELECT payload FROM kombu_message WHERE visible")).scalars().all()
     finally:
         engine.dispose()
     return {j for j in map(job_id_of, payloads) if j}
@@ -81,11 +89,12 @@ def _filesystem(folder: str) -> set[str]:
     return found
 
 
-def held_job_ids(app: Celery) -> set[str] | None:
+def held_job_ids(app: Celery, fresh_seconds: float = 60.0) -> set[str] | None:
+    """`fresh_seconds`: how long a delivered, unclaimed message still counts as on its way to a claim."""
     url = app.conf.broker_url or ""
     try:
         if url.startswith(("redis://", "rediss://")):
-            return _redis(url)
+            return _redis(url, fresh_seconds)
         if url.startswith("sqla+"):
             return _sqlalchemy(url[len("sqla+") :])
         if url.startswith("filesystem://"):

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from composer.errors import ComposerError, TrainingCancelled
@@ -154,9 +155,11 @@ def run(
             extra = finish.register(s, current) if finish.register else {}
             jobs.succeed(s, job_id, worker, {**finish.result, **extra})
 
-        with registry.tx() as s:
+        def commit_and_prune(s: Session) -> None:  # re-run after a lost acknowledgement: succeed() then refuses
             commit(s)
             jobs.prune_checkpoints(s, job_id, settings.checkpoints_kept_after)
+
+        registry.retry(commit_and_prune, attempts=1)
         return "succeeded"
     except TrainingCancelled:
         with registry.tx() as s:
@@ -166,6 +169,11 @@ def run(
     except (LostOwnership, Conflict) as e:
         log.warning("job %s: %s; leaving it to its current owner", job_id, e)
         return "skipped"
+    except (OperationalError, InterfaceError) as e:
+        # The registry stayed unreachable: nothing can be recorded now. The job keeps its `running` row and
+        # its checkpoints; once the heartbeat goes stale, a reconcile sweep requeues it and it resumes.
+        log.error("job %s: the registry is unreachable (%s); leaving it to the reconcile sweep", job_id, e)
+        return "interrupted"
     except Exception as e:  # noqa: BLE001 - every failure is recorded on the job
         tb = traceback.format_exc()
         kind = "invalid_input" if isinstance(e, ComposerError | RegistryError) else type(e).__name__

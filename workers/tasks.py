@@ -40,7 +40,7 @@ def _reconcile_loop() -> None:
     _parent_registry.append(reg)
     while True:
         try:
-            sweep(reg, settings, enqueue, held=lambda: held_job_ids(app))
+            sweep(reg, settings, enqueue, held=lambda: held_job_ids(app, settings.requeue_queued_after))
         except Exception:  # noqa: BLE001 - keep sweeping; the next round may succeed
             log.warning("reconcile sweep failed", exc_info=True)
         if _stop.wait(settings.reconcile_interval):
