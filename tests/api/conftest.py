@@ -69,9 +69,13 @@ class Api:
         return job["result"]["adapter_id"]
 
 
-@pytest.fixture()
-def api(tmp_path, tiny_bert_dir):
-    url = f"sqlite:///{tmp_path / 'registry.db'}"
+@pytest.fixture(params=["sqlite", "postgresql"])
+def api(request, tmp_path, tiny_bert_dir):
+    """The API on SQLite (the embedded default) and on PostgreSQL (production)."""
+    if request.param == "postgresql":
+        url = request.getfixturevalue("fresh_pg_database")
+    else:
+        url = f"sqlite:///{tmp_path / 'registry.db'}"
     upgrade(url)
     reg = Registry(make_engine(url), LocalBlobStore(tmp_path / "blobs"))
     base, _ = register_base_model(reg, tiny_bert_dir, name="tiny-bert")

@@ -132,3 +132,70 @@ def test_a_base_whose_files_changed_is_a_409_not_a_500(api, tmp_path, other_bert
     shutil.copy(other_bert_dir / "model.safetensors", moved / "model.safetensors")  # someone replaced the weights
     r = api.client.post("/v1/predict", headers=api.h(), json={"adapter": r.json()["id"], "inputs": INPUTS})
     assert r.status_code == 409 and r.json()["type"].endswith("wrong-base"), r.text
+
+
+def test_refused_archives_answer_4xx_and_leave_nothing_registered(api, tmp_path):
+    import io
+    import pickle
+    import zipfile
+
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from tests.api.conftest import ADMIN
+    from workers.settings import Settings
+
+    api.task_with_data()
+
+    def zip_of(entries, compression=zipfile.ZIP_STORED) -> bytes:  # (name, bytes, is_symlink)
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", compression) as zf:
+            for name, data, link in entries:
+                info = zipfile.ZipInfo(name)
+                info.compress_type = compression
+                if link:
+                    info.external_attr = 0o120777 << 16
+                zf.writestr(info, data)
+        return buf.getvalue()
+
+    wider = make_tiny_bert(tmp_path / "wider", seed=3)  # same family, another architecture: hidden 48, not 32
+    cfg = __import__("json").loads((wider / "config.json").read_text())
+    cfg.update(hidden_size=48, intermediate_size=64)
+    from transformers import BertConfig, BertModel
+
+    BertModel(
+        BertConfig(**{k: v for k, v in cfg.items() if k in BertConfig().to_dict()}), add_pooling_layer=False
+    ).save_pretrained(wider)
+    model = AdaptedEncoder(load_base(wider))
+    model.add_adapter("x", preset("seq_bn", reduction_factor=4))
+    other_arch = dict(zip(kinds.get("st_a").file_names, artifacts.to_files(artifacts.extract(model, "x")), strict=True))
+    adapter_cfg = b'{"config": {}, "hidden_size": 32}'
+    cases = {
+        "zip bomb": (
+            zip_of(
+                [("adapter_config.json", adapter_cfg, False), ("adapter.safetensors", b"\0" * (3 << 20), False)],
+                zipfile.ZIP_DEFLATED,
+            ),
+            413,
+        ),  # fmt: skip
+        "symlink": (zip_of([("adapter_config.json", b"/etc/passwd", True)]), 422),
+        "absolute path": (zip_of([("/etc/adapter_config.json", adapter_cfg, False)]), 422),
+        "dot-dot": (zip_of([("../adapter_config.json", adapter_cfg, False)]), 422),
+        "pickle": (
+            zip_of(
+                [("adapter_config.json", adapter_cfg, False), ("pytorch_adapter.bin", pickle.dumps({"x": 1}), False)]
+            ),
+            422,
+        ),
+        "another architecture": (make_zip(other_arch), 422),
+    }
+    settings = Settings(data_dir=tmp_path, register_packaged_encoder=False, max_upload_mb=1, max_archive_mb=2)
+    blobs = lambda: sorted(p.name for p in (tmp_path / "blobs").rglob("*") if p.is_file())  # noqa: E731
+    with TestClient(create_app(settings, registry=api.registry, send=lambda *_: True)) as client:
+        before = (api.client.get("/v1/adapters", headers=api.h()).json()["items"], blobs())
+        for label, (data, status) in cases.items():
+            r = client.post("/v1/adapters/import", headers={"Authorization": f"Bearer {ADMIN}"},
+                            data={"task": "sentiment", "base_model": api.base_id}, files={"file": ("x.zip", data)})  # fmt: skip
+            assert r.status_code == status, (label, r.text)
+            assert r.headers["content-type"] == "application/problem+json", label
+        assert (api.client.get("/v1/adapters", headers=api.h()).json()["items"], blobs()) == before

@@ -56,8 +56,8 @@ class Stack:
         return self.job(job_id)
 
 
-def make_stack(tmp: Path, base_dir: Path, broker_url: str) -> Stack:
-    world = make_world(tmp, base_dir, n_train=64)
+def make_stack(tmp: Path, base_dir: Path, broker_url: str, db_url: str | None = None) -> Stack:
+    world = make_world(tmp, base_dir, n_train=64, db_url=db_url)
     env = {
         **os.environ,
         "COMPOSER_DATA_DIR": str(tmp),
@@ -83,13 +83,14 @@ def redis_server(tmp_path):
     server.stop()
 
 
-@pytest.fixture(params=["redis", "embedded"])
+@pytest.fixture(params=["redis+postgresql", "embedded"])
 def stack(request, tmp_path, tiny_bert_dir):
-    if request.param == "redis":
-        broker = request.getfixturevalue("redis_server").url
+    """Production (Redis broker, PostgreSQL registry) and the embedded default (SQLite for both)."""
+    if request.param == "redis+postgresql":
+        broker, db = request.getfixturevalue("redis_server").url, request.getfixturevalue("fresh_pg_database")
     else:
-        broker = f"sqla+sqlite:///{tmp_path / 'broker.db'}"
-    st = make_stack(tmp_path, tiny_bert_dir, broker)
+        broker, db = f"sqla+sqlite:///{tmp_path / 'broker.db'}", None
+    st = make_stack(tmp_path, tiny_bert_dir, broker, db)
     yield st
     for w in st.workers:
         w.stop()

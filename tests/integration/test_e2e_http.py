@@ -22,15 +22,16 @@ ADMIN = "e2e-admin-key-0123456789abcdef"
 HP = {"learning_rate": 1e-2, "epochs": 2, "batch_size": 8, "patience": 0}
 
 
-@pytest.fixture(params=["redis", "embedded"])
+@pytest.fixture(params=["redis+postgresql", "embedded"])
 def service(request, tmp_path):
-    if request.param == "redis":
+    """Production (Redis, PostgreSQL) and the embedded default (SQLite registry and broker)."""
+    if request.param == "redis+postgresql":
         redis = RedisServer(tmp_path)
         redis.start()
-        broker = redis.url
+        broker, db = redis.url, request.getfixturevalue("fresh_pg_database")
     else:
         redis, broker = None, f"sqla+sqlite:///{tmp_path / 'broker.db'}"
-    db = f"sqlite:///{tmp_path / 'registry.db'}"
+        db = f"sqlite:///{tmp_path / 'registry.db'}"
     upgrade(db)
     env = {**__import__("os").environ, "COMPOSER_DATA_DIR": str(tmp_path), "COMPOSER_DATABASE_URL": db,
            "COMPOSER_BLOB_URL": f"file://{tmp_path / 'blobs'}", "COMPOSER_BROKER_URL": broker,

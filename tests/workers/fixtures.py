@@ -46,8 +46,9 @@ class World:
     validation: str
 
 
-def make_world(tmp: Path, base_dir: Path, n_train: int = 48) -> World:
-    db_url = f"sqlite:///{tmp / 'registry.db'}"
+def make_world(tmp: Path, base_dir: Path, n_train: int = 48, db_url: str | None = None) -> World:
+    """A registry (SQLite, or the PostgreSQL database `db_url` names) with an owner, a task and its data."""
+    db_url = db_url or f"sqlite:///{tmp / 'registry.db'}"
     upgrade(db_url)
     reg = Registry(make_engine(db_url), LocalBlobStore(tmp / "blobs"))
     with reg.tx() as s:

@@ -18,9 +18,10 @@ from workers.submit import submit_job
 HP = {"learning_rate": 1e-2, "epochs": 2, "batch_size": 8, "patience": 0}
 
 
-@pytest.fixture()
-def world(tmp_path, tiny_bert_dir):
-    w = make_world(tmp_path, tiny_bert_dir)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def world(request, tmp_path, tiny_bert_dir):
+    db = request.getfixturevalue("fresh_pg_database") if request.param == "postgresql" else None
+    w = make_world(tmp_path, tiny_bert_dir, db_url=db)
     with w.registry.tx() as s:
         catalog.create_task(s, w.owner, "flip", "classification", ["neg", "pos"])
     flipped = [{**r, "label": "neg" if r["label"] == "pos" else "pos"} for r in toy_rows(32, 7)]

@@ -32,9 +32,10 @@ class Outbox:
         return self.up
 
 
-@pytest.fixture()
-def world(tmp_path, tiny_bert_dir):
-    w = make_world(tmp_path, tiny_bert_dir)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def world(request, tmp_path, tiny_bert_dir):
+    db = request.getfixturevalue("fresh_pg_database") if request.param == "postgresql" else None
+    w = make_world(tmp_path, tiny_bert_dir, db_url=db)
     yield w
     w.registry.close()
 
