@@ -23,6 +23,7 @@ class Pending:
     module_id: str
     rows: list[Example]
     deadline: float
+    abandoned: bool = False  # the caller went away (timeout, disconnect) and released its module lease
     future: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -70,7 +71,11 @@ class MicroBatcher:
         try:
             return await asyncio.wait_for(asyncio.shield(item.future), self.timeout)
         except TimeoutError:
+            item.abandoned = True
             raise Problem(503, "deadline-exceeded", f"the prediction did not finish within {self.timeout:g}s") from None
+        except asyncio.CancelledError:
+            item.abandoned = True  # its rows must not run: the module may be evicted once the lease is gone
+            raise
 
     async def _loop(self) -> None:
         while True:
@@ -89,6 +94,8 @@ class MicroBatcher:
             self.queued_rows -= rows
             groups: dict[int, list[Pending]] = {}
             for it in items:
+                if it.abandoned:
+                    continue
                 if time.monotonic() > it.deadline:
                     if not it.future.done():
                         it.future.set_exception(

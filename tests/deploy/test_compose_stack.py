@@ -21,8 +21,7 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
-from tests.integration.procs import ROOT, RedisServer, free_port, wait_for
-from tests.workers.fixtures import jsonl, toy_rows
+from tests.integration.procs import ROOT, RedisServer, free_port, seed_over_http, wait_for
 
 ADMIN = "compose-admin-key-0123456789abcdef"
 HP = {"learning_rate": 1e-2, "epochs": 2, "batch_size": 8, "patience": 0}
@@ -117,19 +116,7 @@ def stack(tmp_path, fresh_pg_database):
 def test_the_compose_stack_runs_the_three_user_actions(stack, tiny_bert_dir):
     c = httpx.Client(base_url=f"http://127.0.0.1:{stack.ports['api']}", headers={"Authorization": f"Bearer {ADMIN}"},
                      timeout=60)  # fmt: skip
-    base = c.post("/v1/base-models", json={"path": str(tiny_bert_dir), "name": "tiny"})
-    assert base.status_code == 201, base.text
-    base_id = base.json()["id"]
-    assert (
-        c.post("/v1/tasks", json={"name": "sentiment", "kind": "classification", "labels": ["neg", "pos"]}).status_code
-        == 201
-    )
-    ds = {}
-    for split, n, seed in (("train", 48, 0), ("validation", 16, 1)):
-        r = c.post(
-            "/v1/tasks/sentiment/datasets", data={"split": split}, files={"file": ("d.jsonl", jsonl(toy_rows(n, seed)))}
-        )
-        ds[split] = r.json()["id"]
+    base_id, ds = seed_over_http(c, tiny_bert_dir)
 
     def wait_job(job_id: str) -> dict:
         def done() -> dict | None:

@@ -103,3 +103,22 @@ class Worker:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+def seed_over_http(c, base_dir: Path, n_train: int = 48) -> tuple[str, dict[str, str]]:  # type: ignore[no-untyped-def]
+    """Through the API, as an operator: register the base, create the `sentiment` task and upload its train and
+    validation data. Returns (base model id, {split: dataset id})."""
+    from tests.workers.fixtures import jsonl, toy_rows
+
+    base = c.post("/v1/base-models", json={"path": str(base_dir), "name": "tiny"})
+    assert base.status_code == 201, base.text
+    task = c.post("/v1/tasks", json={"name": "sentiment", "kind": "classification", "labels": ["neg", "pos"]})
+    assert task.status_code == 201, task.text
+    ds = {}
+    for split, n, seed in (("train", n_train, 0), ("validation", 16, 1)):
+        r = c.post(
+            "/v1/tasks/sentiment/datasets", data={"split": split}, files={"file": ("d.jsonl", jsonl(toy_rows(n, seed)))}
+        )
+        assert r.status_code == 201, r.text
+        ds[split] = r.json()["id"]
+    return base.json()["id"], ds

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from registry_db.migrate import upgrade
-from tests.integration.procs import ROOT, RedisServer, Worker, free_port, wait_for
+from tests.integration.procs import ROOT, RedisServer, Worker, free_port, seed_over_http, wait_for
 from tests.workers.fixtures import jsonl, toy_rows
 
 ADMIN = "e2e-admin-key-0123456789abcdef"
@@ -76,17 +76,7 @@ def follow(c: httpx.Client, job_id: str, timeout: float = 300) -> tuple[dict, li
 
 def test_the_users_three_actions_and_the_bad_paths(service, tiny_bert_dir):
     c = httpx.Client(base_url=service, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=60)
-    base = c.post("/v1/base-models", json={"path": str(tiny_bert_dir), "name": "tiny"}).json()["id"]
-    assert (
-        c.post("/v1/tasks", json={"name": "sentiment", "kind": "classification", "labels": ["neg", "pos"]}).status_code
-        == 201
-    )
-    ds = {}
-    for split, n, seed in (("train", 48, 0), ("validation", 16, 1)):
-        r = c.post(
-            "/v1/tasks/sentiment/datasets", data={"split": split}, files={"file": ("d.jsonl", jsonl(toy_rows(n, seed)))}
-        )
-        ds[split] = r.json()["id"]
+    base, ds = seed_over_http(c, tiny_bert_dir)
     bad = c.post("/v1/tasks/sentiment/datasets", data={"split": "train"},
                  files={"file": ("d.jsonl", jsonl(toy_rows(2)) + b'{"text": ""}\n')})  # fmt: skip
     assert bad.status_code == 422 and bad.json()["line"] == 3
