@@ -141,25 +141,44 @@ def test_jobs_survive_kills_and_restarts_of_every_component(chaos, tiny_bert_dir
     figures = {"jobs": len(chaos_ids) + 1, "child_kills": 0, "worker_kills": 0, "redis_restarts": 0,
                "api_restarts": 0, "postgres_restarts": 0}  # fmt: skip
 
-    def running_with_checkpoint() -> str | None:
+    def target() -> tuple[object, int] | None:
+        """A live worker and the pid of its child that runs a chaos job which has written a checkpoint."""
         for j in chaos_ids:
             row = job(j)
-            if row.status == "running" and row.worker and reg.retry(lambda s, j=j: jobs.latest_checkpoint(s, j)):
-                return row.worker
+            if row.status != "running" or not row.worker or not reg.retry(lambda s, j=j: jobs.latest_checkpoint(s, j)):
+                continue
+            node, pid = row.worker.rsplit(":", 1)
+            owners = [w for w in stack.live_workers() if node == f"w{stack.workers.index(w)}@{node.split('@')[1]}"]
+            if owners and alive(int(pid)):
+                return owners[0], int(pid)
         return None
 
+    def next_target() -> tuple[object, int] | None:
+        """Wait for a target; None once every chaos job has ended (the chaos came too late to hit one)."""
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            found = target()
+            if found or all(job(j).status in ("succeeded", "failed", "cancelled") for j in chaos_ids):
+                return found
+            time.sleep(0.2)
+        raise TimeoutError("no running chaos job with a checkpoint appeared")
+
     def kill_child() -> None:
-        worker = wait_for(running_with_checkpoint, 120, "a running job with a checkpoint", 0.2)
-        os.kill(int(worker.rsplit(":", 1)[1]), signal.SIGKILL)
-        figures["child_kills"] += 1
+        found = next_target()
+        if found:
+            try:
+                os.kill(found[1], signal.SIGKILL)
+                figures["child_kills"] += 1
+            except ProcessLookupError:  # it finished its job in between
+                pass
 
     def kill_worker() -> None:
-        worker = wait_for(running_with_checkpoint, 120, "a running job with a checkpoint", 0.2)
-        (w,) = [w for w in stack.live_workers() if worker.startswith(f"w{stack.workers.index(w)}@")]
-        stack.note_processes()
-        w.kill()
-        stack.start_worker()
-        figures["worker_kills"] += 1
+        found = next_target()
+        if found:
+            stack.note_processes()
+            found[0].kill()  # type: ignore[attr-defined]
+            stack.start_worker()
+            figures["worker_kills"] += 1
 
     def restart(name: str, fn: Callable[[], None]) -> Callable[[], None]:
         def go() -> None:
