@@ -42,6 +42,7 @@ def admin_key(reg: Registry, bootstrap: str | None) -> str | None:
 
 def port_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is free
         try:
             sock.bind((host, port))
         except OSError:

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 
@@ -56,23 +57,38 @@ def start(tmp_path, port: int, **env: str) -> tuple[subprocess.Popen, list[str]]
     raise AssertionError("no banner:\n" + "".join(lines))
 
 
-def started(port: int) -> list[int]:
-    """The API and the worker (with its pool children) that `up` started."""
-    pids = pids_of(f"uvicorn api.main:app --host 127.0.0.1 --port {port}") + pids_of(
-        "celery -A workers.app worker -Q gpu,default"
-    )
-    assert len(pids) >= 2, pids
-    return pids
+def started(proc: subprocess.Popen) -> list[int]:
+    """The API and the worker (with its pool children) that this `up` started: its process tree, whatever
+    other workers run on the machine."""
+    tree, todo = [], [proc.pid]
+    while todo:
+        kids = pids_of_parent(todo.pop())
+        tree += kids
+        todo += kids
+    assert len(tree) >= 2, tree
+    return tree
+
+
+def pids_of_parent(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
 
 
 def stop(proc: subprocess.Popen, port: int, children: list[int]) -> None:
     proc.send_signal(signal.SIGTERM)  # what systemd and docker send
     assert proc.wait(60) == 0
-    wait_for(lambda: not any(alive(p) for p in children) and port_is_free(port), 30, "the API and the worker to stop")
+    try:
+        wait_for(
+            lambda: not any(alive(p) for p in children) and port_is_free(port), 30, "the API and the worker to stop"
+        )
+    except TimeoutError:
+        left = {p: Path(f"/proc/{p}/cmdline").read_text().replace("\0", " ")[:200] for p in children if alive(p)}
+        raise AssertionError(f"still running: {left}; port free: {port_is_free(port)}") from None
 
 
 def port_is_free(port: int) -> bool:
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is free
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -84,7 +100,7 @@ def test_sigterm_stops_the_api_and_the_worker_and_keys_are_printed_only_when_cre
     port = free_port()
     proc, lines = start(tmp_path, port, COMPOSER_BOOTSTRAP_KEY=BOOT)
     assert f"admin key: {BOOT}" in "".join(lines)
-    children = started(port)
+    children = started(proc)
     assert httpx.get(f"http://127.0.0.1:{port}/v1/keys", headers={"Authorization": f"Bearer {BOOT}"}).status_code == 200
     stop(proc, port, children)
 
@@ -97,7 +113,7 @@ def test_sigterm_stops_the_api_and_the_worker_and_keys_are_printed_only_when_cre
     assert re.fullmatch(r"ak_[\w-]{20,}", out)
     r = httpx.get(f"http://127.0.0.1:{port}/v1/keys", headers={"Authorization": f"Bearer {out}"})
     assert r.status_code == 200 and len(r.json()) == 2
-    stop(proc, port, started(port))
+    stop(proc, port, started(proc))
 
 
 def test_a_taken_port_is_refused_before_anything_starts(tmp_path):
