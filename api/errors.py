@@ -56,8 +56,13 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(OperationalError)
     async def _registry_down(request: Request, exc: OperationalError) -> JSONResponse:
-        return problem(503, "registry-unavailable", "the registry database is unreachable; retry shortly",
-                       request.url.path, retry_after=2)  # fmt: skip
+        return problem(
+            503,
+            "registry-unavailable",
+            "the registry database is unreachable; retry shortly",
+            request.url.path,
+            retry_after=2,
+        )
 
     @app.exception_handler(LimitExceeded)
     async def _limit(request: Request, exc: LimitExceeded) -> JSONResponse:

@@ -36,5 +36,9 @@ class RateLimiter:
                 b.tokens -= 1
                 return
             wait = (1 - b.tokens) / self.rate
-        raise Problem(429, "rate-limited", f"this key may make {self.rate:g} predict calls per second "
-                      f"(bursts of {self.burst}); retry in {wait:.2f}s", retry_after=max(1, math.ceil(wait)))  # fmt: skip
+        raise Problem(
+            429,
+            "rate-limited",
+            f"this key may make {self.rate:g} predict calls per second (bursts of {self.burst}); retry in {wait:.2f}s",
+            retry_after=max(1, math.ceil(wait)),
+        )

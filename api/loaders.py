@@ -40,8 +40,9 @@ class Lease:
         self.release()
 
 
-def ensure(runtime: Runtime, reg: Registry, row: Adapter, base_row: BaseModelRow, members: list[Adapter],
-           device: str | None) -> Lease:  # fmt: skip
+def ensure(
+    runtime: Runtime, reg: Registry, row: Adapter, base_row: BaseModelRow, members: list[Adapter], device: str | None
+) -> Lease:
     """Make the module (and a fusion's members, in lineage order) resident, leased to the caller."""
     res = resident(runtime, base_row, device)
     specs = [(m.id, kinds.get(m.kind), (lambda m=m: artifact_store.fetch(reg, m))) for m in members]

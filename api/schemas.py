@@ -18,5 +18,13 @@ def examples(rows: list[InputRow]) -> list[Example]:
 
 
 def dataset_json(d: Dataset) -> dict:
-    return {"id": d.id, "task_id": d.task_id, "split": d.split, "format": d.format, "sha256": d.sha256,
-            "row_count": d.row_count, "label_histogram": d.label_histogram, "created_at": d.created_at.isoformat()}  # fmt: skip
+    return {
+        "id": d.id,
+        "task_id": d.task_id,
+        "split": d.split,
+        "format": d.format,
+        "sha256": d.sha256,
+        "row_count": d.row_count,
+        "label_histogram": d.label_histogram,
+        "created_at": d.created_at.isoformat(),
+    }

@@ -91,8 +91,11 @@ def up(host: str, port: int) -> int:
             return 1
         print("\n" + "=" * 60)
         print(f"  service:   {url}   (API docs: {url}/docs)")
-        print(f"  admin key: {key}" if key else "  admin key: one already exists and keys are shown once; "
-              "`adapter-service create-key` mints a new one")  # fmt: skip
+        print(
+            f"  admin key: {key}"
+            if key
+            else "  admin key: one already exists and keys are shown once; `adapter-service create-key` mints a new one"
+        )
         print("  Ctrl-C stops the API and the worker")
         print("=" * 60 + "\n", flush=True)
         while all(p.poll() is None for p in procs):

@@ -64,9 +64,14 @@ def api_server(tmp: Path, db_url: str, blob_dir: str | Path, port: int, **settin
     """`uvicorn api.main:app` in its own process on a registry prepared by the bench; yields its URL."""
     import httpx
 
-    env = {**os.environ, "COMPOSER_DATABASE_URL": db_url, "COMPOSER_BLOB_URL": f"file://{blob_dir}",
-           "COMPOSER_DATA_DIR": str(tmp), "COMPOSER_REGISTER_PACKAGED_ENCODER": "false",
-           **{f"COMPOSER_{k.upper()}": v for k, v in settings.items()}}  # fmt: skip
+    env = {
+        **os.environ,
+        "COMPOSER_DATABASE_URL": db_url,
+        "COMPOSER_BLOB_URL": f"file://{blob_dir}",
+        "COMPOSER_DATA_DIR": str(tmp),
+        "COMPOSER_REGISTER_PACKAGED_ENCODER": "false",
+        **{f"COMPOSER_{k.upper()}": v for k, v in settings.items()},
+    }
     cmd = [sys.executable, "-m", "uvicorn", "api.main:app", "--port", str(port), "--log-level", "warning"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
     url = f"http://127.0.0.1:{port}"

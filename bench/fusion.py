@@ -117,8 +117,10 @@ def main() -> None:
             f"{round(med['single_b8'] / med['base_b8'], 3)} |"]  # fmt: skip
     for n in FUSE_SIZES:
         rows.append(f"| fuse-{n} | {result[f'fuse{n}_over_base_b1']} | {result[f'fuse{n}_over_base_b8']} |")
-    rows.append(f"| fuse-8 through the serving runtime's predict (÷ tokenise + base) | "
-                f"{result['fuse8_runtime_over_base_b1']} | {result['fuse8_runtime_over_base_b8']} |")  # fmt: skip
+    rows.append(
+        f"| fuse-8 through the serving runtime's predict (÷ tokenise + base) | "
+        f"{result['fuse8_runtime_over_base_b1']} | {result['fuse8_runtime_over_base_b8']} |"
+    )
     if ref:
         rows.append(f"| adapters 1.3.0 fuse-8 | {result['adapters_fuse8_over_base_b1']} | "
                     f"{result['adapters_fuse8_over_base_b8']} |")  # fmt: skip

@@ -156,8 +156,18 @@ def main() -> None:
     for i, art in enumerate(arts):
         w, c = artifact_store.store(reg, art)
         with reg.tx() as s:
-            rows.append(adapters.register_adapter(s, owner_id=owner, task_id=task.id, base_model_id=base_row.id, name=f"a{i}",
-                                                  blob_sha256=w, config_sha256=c, **artifact_store.registration(art)))  # fmt: skip
+            rows.append(
+                adapters.register_adapter(
+                    s,
+                    owner_id=owner,
+                    task_id=task.id,
+                    base_model_id=base_row.id,
+                    name=f"a{i}",
+                    blob_sha256=w,
+                    config_sha256=c,
+                    **artifact_store.registration(art),
+                )
+            )
     fmodel = AdaptedEncoder(load_base(packaged_encoder_dir(), device="cpu"))
     for i, art in enumerate(arts):
         artifacts.attach(fmodel, art, name=rows[i].id)
@@ -166,8 +176,16 @@ def main() -> None:
     fart = extract_fusion(fmodel, "f", head="f")
     w, c = artifact_store.store(reg, fart)
     with reg.tx() as s:
-        frow = adapters.register_adapter(s, owner_id=owner, task_id=task.id, base_model_id=base_row.id, name="f",
-                                         blob_sha256=w, config_sha256=c, **artifact_store.registration(fart))  # fmt: skip
+        frow = adapters.register_adapter(
+            s,
+            owner_id=owner,
+            task_id=task.id,
+            base_model_id=base_row.id,
+            name="f",
+            blob_sha256=w,
+            config_sha256=c,
+            **artifact_store.registration(fart),
+        )
         adapters.add_fusion_members(s, frow.id, [r.id for r in rows])
     rt = Runtime()
     res = rt.resident("minilm", lambda: load_base(packaged_encoder_dir(), device="cpu"))

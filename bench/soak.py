@@ -45,9 +45,16 @@ from workers import artifact_store
 from workers.catalog import register_base_model
 
 LABELS = ["neg", "pos"]
-TEXTS = ["a moving and surprisingly funny film", "the plot never gets going", "great value, tastes fresh",
-         "an uneven but charming story", "boring", "i would not buy this again", "the actors are wonderful",
-         "it was fine, nothing more"]  # fmt: skip
+TEXTS = [
+    "a moving and surprisingly funny film",
+    "the plot never gets going",
+    "great value, tastes fresh",
+    "an uneven but charming story",
+    "boring",
+    "i would not buy this again",
+    "the actors are wonderful",
+    "it was fine, nothing more",
+]
 TOL = 2e-5  # responses round probabilities to 6 decimals
 
 
@@ -71,18 +78,27 @@ def build_modules() -> dict[str, object]:
     arts["fusion"] = fusion_artifacts.extract(model, "fusion", head="fusion", labels=LABELS, max_length=64)
     h, layers = base.hidden_size, base.num_layers
     head = HeadConfig(num_labels=2, layers=1, pooling="mean")
-    for name, cfg, shape in [*((f"p{i}", PromptConfig(length=8), (8, h)) for i in range(3)),
-                             ("deep", PromptConfig(length=4, kind="deep"), (layers, 2, 4, h))]:  # fmt: skip
+    for name, cfg, shape in [
+        *((f"p{i}", PromptConfig(length=8), (8, h)) for i in range(3)),
+        ("deep", PromptConfig(length=4, kind="deep"), (layers, 2, 4, h)),
+    ]:
         tmp = PromptModel(base)
         tmp.add(name, cfg, head)
         with torch.no_grad():
             for p in tmp.heads[name].parameters():
                 p.add_(torch.randn(p.shape, generator=gen) * 0.5)
         arts[name] = PromptArtifact(
-            name=name, config=cfg, hidden_size=h, prompt=torch.randn(shape, generator=gen) * 0.5, head=head,
-            head_tensors={k: v.detach().clone() for k, v in tmp.heads[name].state_dict().items()}, labels=LABELS,
-            base=base.identity, metrics={"accuracy": 0.6 + 0.1 * float(torch.rand(1, generator=gen))}, max_length=64,
-        )  # fmt: skip
+            name=name,
+            config=cfg,
+            hidden_size=h,
+            prompt=torch.randn(shape, generator=gen) * 0.5,
+            head=head,
+            head_tensors={k: v.detach().clone() for k, v in tmp.heads[name].state_dict().items()},
+            labels=LABELS,
+            base=base.identity,
+            metrics={"accuracy": 0.6 + 0.1 * float(torch.rand(1, generator=gen))},
+            max_length=64,
+        )
     return arts
 
 
@@ -134,14 +150,29 @@ def register(tmp: Path, arts: dict[str, object]) -> tuple[str, str, dict[str, st
     for name, art in arts.items():
         w, c = artifact_store.store(reg, art)  # type: ignore[arg-type]
         with reg.tx() as s:
-            row = adapters.register_adapter(s, owner_id=owner, task_id=task.id, base_model_id=base_row.id, name=name,
-                                            blob_sha256=w, config_sha256=c, **artifact_store.registration(art))  # type: ignore[arg-type]  # fmt: skip
+            row = adapters.register_adapter(
+                s,
+                owner_id=owner,
+                task_id=task.id,
+                base_model_id=base_row.id,
+                name=name,
+                blob_sha256=w,
+                config_sha256=c,
+                **artifact_store.registration(art),
+            )  # type: ignore[arg-type]
             ids[name] = row.id
             if name == "fusion":
                 adapters.add_fusion_members(s, row.id, [ids["s0"], ids["s1"], ids["s2"]])
     with reg.tx() as s:
-        ens = adapters.create_set(s, owner_id=owner, kind="ensemble", name="e", task_id=task.id, voting="majority",
-                                  adapter_ids=[ids["p0"], ids["p1"], ids["p2"]])  # fmt: skip
+        ens = adapters.create_set(
+            s,
+            owner_id=owner,
+            kind="ensemble",
+            name="e",
+            task_id=task.id,
+            voting="majority",
+            adapter_ids=[ids["p0"], ids["p1"], ids["p2"]],
+        )
         ids["ensemble"] = ens.id
     reg.close()
     return db_url, key, ids, str(tmp / "blobs")
@@ -214,9 +245,17 @@ async def soak(url: str, key: str, ids: dict[str, str], want: dict, seconds: flo
 
         await asyncio.gather(*[client(i) for i in range(clients)])
     q = statistics.quantiles(lat, n=100)
-    return {"soak_requests": len(lat), "soak_rps": round(len(lat) / seconds, 1), "soak_p50_ms": round(q[49], 1),
-            "soak_p99_ms": round(q[98], 1), "soak_errors": counts["errors"], "soak_mismatches": counts["mismatches"],
-            "soak_kinds": len(per_kind), "soak_clients": clients, "soak_seconds": seconds}  # fmt: skip
+    return {
+        "soak_requests": len(lat),
+        "soak_rps": round(len(lat) / seconds, 1),
+        "soak_p50_ms": round(q[49], 1),
+        "soak_p99_ms": round(q[98], 1),
+        "soak_errors": counts["errors"],
+        "soak_mismatches": counts["mismatches"],
+        "soak_kinds": len(per_kind),
+        "soak_clients": clients,
+        "soak_seconds": seconds,
+    }
 
 
 def main() -> None:
@@ -231,18 +270,23 @@ def main() -> None:
     port = 19000 + os.getpid() % 1000
     with api_server(tmp, db_url, blobs, port, queue_max_rows="4096", request_timeout_s="60") as url:
         result = asyncio.run(soak(url, key, ids, want, 10 if a.quick else 60, 32))
-    lines = [f"## HTTP soak: every request kind at once (6-layer MiniLM, CPU, 2 threads{', --quick' if a.quick else ''})", "",
-             f"{result['soak_clients']} concurrent clients for {result['soak_seconds']} s against `uvicorn api.main:app`, each "
-             f"request drawn from {result['soak_kinds']} kinds: ST-A (two layouts, so mixed batches gather and scatter), "
-             "fusion with and without attention, a shallow and a deep soft prompt alone, and the 3-prompt ensemble "
-             "under every strategy, early exit on and off. Every output is compared with a freshly built "
-             "single-purpose model computed beforehand (probabilities to 2e-5, attention to 1e-4, votes exactly). "
-             "Throughput is far below P6's single-adapter load: a third of the requests are ensembles (three "
-             "prompted forwards each, not batched across requests), requests carry 1-3 inputs, and 32 clients "
-             "share two cores, hence the p50.", "",
-             "| requests | throughput | p50 | p99 | mismatches | errors |", "|---|---|---|---|---|---|",
-             f"| {result['soak_requests']} | {result['soak_rps']} req/s | {result['soak_p50_ms']} ms | "
-             f"{result['soak_p99_ms']} ms | **{result['soak_mismatches']}** | **{result['soak_errors']}** |"]  # fmt: skip
+    lines = [
+        f"## HTTP soak: every request kind at once (6-layer MiniLM, CPU, 2 threads{', --quick' if a.quick else ''})",
+        "",
+        f"{result['soak_clients']} concurrent clients for {result['soak_seconds']} s against `uvicorn api.main:app`, each "
+        f"request drawn from {result['soak_kinds']} kinds: ST-A (two layouts, so mixed batches gather and scatter), "
+        "fusion with and without attention, a shallow and a deep soft prompt alone, and the 3-prompt ensemble "
+        "under every strategy, early exit on and off. Every output is compared with a freshly built "
+        "single-purpose model computed beforehand (probabilities to 2e-5, attention to 1e-4, votes exactly). "
+        "Throughput is far below P6's single-adapter load: a third of the requests are ensembles (three "
+        "prompted forwards each, not batched across requests), requests carry 1-3 inputs, and 32 clients "
+        "share two cores, hence the p50.",
+        "",
+        "| requests | throughput | p50 | p99 | mismatches | errors |",
+        "|---|---|---|---|---|---|",
+        f"| {result['soak_requests']} | {result['soak_rps']} req/s | {result['soak_p50_ms']} ms | "
+        f"{result['soak_p99_ms']} ms | **{result['soak_mismatches']}** | **{result['soak_errors']}** |",
+    ]
     write_section("soak", "\n".join(lines))
     emit(result)
 

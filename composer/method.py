@@ -10,9 +10,13 @@ The face works on artifacts and bytes only; it knows nothing of databases or HTT
 
 from __future__ import annotations
 
+import json
+import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
@@ -102,9 +106,28 @@ class MethodKind(ABC):
         return (self.name, name)
 
     @abstractmethod
-    def predict(self, models: Models, names: Sequence[str], batch: dict[str, torch.Tensor],
-                return_attention: bool = False) -> Prediction:  # fmt: skip
+    def predict(
+        self, models: Models, names: Sequence[str], batch: dict[str, torch.Tensor], return_attention: bool = False
+    ) -> Prediction:
         """One forward for a batch whose row i uses module `names[i]` (all of one group)."""
+
+
+def json_config(files: dict[str, bytes], name: str) -> dict[str, Any]:
+    """The JSON object in `files[name]`, or {} when it is missing or not a JSON object (detection only)."""
+    try:
+        meta = json.loads(files[name]) if name in files else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+@contextmanager
+def as_directory(files: dict[str, bytes]) -> Iterator[Path]:
+    """The files in a temporary directory, for importers that read a directory."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for fname, blob in files.items():
+            (Path(tmp) / fname).write_bytes(blob)
+        yield Path(tmp)
 
 
 def module_bytes(*modules: torch.nn.Module | None) -> int:

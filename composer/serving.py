@@ -85,8 +85,15 @@ class Runtime:
             return self.residents[base_key]
 
     # -- loading, leases and eviction -----------------------------------------------------------
-    def ensure(self, res: Resident, base_key: str, module_id: str, kind: MethodKind, load: Loader,
-               members: Sequence[tuple[str, MethodKind, Loader]] = ()) -> None:  # fmt: skip
+    def ensure(
+        self,
+        res: Resident,
+        base_key: str,
+        module_id: str,
+        kind: MethodKind,
+        load: Loader,
+        members: Sequence[tuple[str, MethodKind, Loader]] = (),
+    ) -> None:
         """Load the module (after its members) if needed, and lease it and its members until `release`."""
         with self._lock:
             for member_id, member_kind, member_load in members:
@@ -106,8 +113,9 @@ class Runtime:
                         self.evict(i)
             self._shrink()
 
-    def _ensure(self, res: Resident, base_key: str, module_id: str, kind: MethodKind, load: Loader,
-                members: Sequence[str]) -> None:  # fmt: skip
+    def _ensure(
+        self, res: Resident, base_key: str, module_id: str, kind: MethodKind, load: Loader, members: Sequence[str]
+    ) -> None:
         if module_id in self.cache:
             self.cache.move_to_end(module_id)
             self.stats.hits += 1
@@ -170,8 +178,12 @@ class Runtime:
             rows: list[dict[str, list[int]]] = [{}] * len(inputs)
             for length in set(max_lengths):
                 idx = [i for i, m in enumerate(max_lengths) if m == length]
-                sub = tok([texts[i] for i in idx], [pair_args[i] for i in idx] if pair_args else None,
-                          truncation=True, max_length=length)  # fmt: skip
+                sub = tok(
+                    [texts[i] for i in idx],
+                    [pair_args[i] for i in idx] if pair_args else None,
+                    truncation=True,
+                    max_length=length,
+                )
                 for j, i in enumerate(idx):
                     rows[i] = {k: sub[k][j] for k in keys if k in sub}
             enc = tok.pad(rows, return_tensors="pt")
@@ -197,8 +209,15 @@ class Runtime:
                     out[i] = RowOutput(pred.logits[j], att)
         return out  # type: ignore[return-value]
 
-    def predict_ensemble(self, res: Resident, prompt_ids: list[str], inputs: Sequence[Example], strategy: str,
-                         scores: list[float | None], early_exit: bool) -> list[RowVote]:  # fmt: skip
+    def predict_ensemble(
+        self,
+        res: Resident,
+        prompt_ids: list[str],
+        inputs: Sequence[Example],
+        strategy: str,
+        scores: list[float | None],
+        early_exit: bool,
+    ) -> list[RowVote]:
         entries = [self._entry(p) for p in prompt_ids]
         if any(not e.kind.ensemble_member for e in entries):
             raise ConfigError("an ensemble is made of soft prompts only")

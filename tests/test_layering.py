@@ -70,8 +70,20 @@ def test_no_module_grows_past_400_lines():
 
 
 # The engine modules that the families build on; kinds.py, serving.py and cli.py bring the families together.
-ENGINE = ("base", "checkpoint", "composition", "corpora", "data", "errors", "heads", "injection", "method",
-          "metrics", "safetensors_io", "training")  # fmt: skip
+ENGINE = (
+    "base",
+    "checkpoint",
+    "composition",
+    "corpora",
+    "data",
+    "errors",
+    "heads",
+    "injection",
+    "method",
+    "metrics",
+    "safetensors_io",
+    "training",
+)
 FAMILIES = ("composer.adapters", "composer.prompts")
 
 

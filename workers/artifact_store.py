@@ -27,5 +27,10 @@ def fetch(reg: Registry, row: Adapter) -> Any:
 def registration(art: Artifact, **method_extra: Any) -> dict[str, Any]:
     """The registry fields a stored artifact brings: kind, method config, hidden size, parameter count, metrics."""
     face = kinds.get(art.kind)
-    return {"kind": face.name, "method_config": face.method_config(art, **method_extra),
-            "hidden_size": art.hidden_size, "param_count": face.param_count(art), "metrics": dict(art.metrics)}  # fmt: skip
+    return {
+        "kind": face.name,
+        "method_config": face.method_config(art, **method_extra),
+        "hidden_size": art.hidden_size,
+        "param_count": face.param_count(art),
+        "metrics": dict(art.metrics),
+    }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from composer.base import LoadedBase, load_base, pick_device
+from composer.base import LoadedBase, load_base
 from composer.data import TaskSpec, label_histogram, parse_examples
 from composer.errors import IncompatibleBaseError
 from registry_db.models import BaseModelRow, Dataset, Task
@@ -61,7 +61,7 @@ def load_dataset_examples(reg: Registry, ds: Dataset, task: Task):  # type: igno
 
 def load_registered_base(row: BaseModelRow, device: str | None = None) -> LoadedBase:
     """Load a registered base model, refusing it if the files no longer match the registered identity."""
-    base = load_base(row.path, name=row.name, num_hidden_layers=row.num_layers, device=pick_device(device))
+    base = load_base(row.path, name=row.name, num_hidden_layers=row.num_layers, device=device)
     if base.identity.fingerprint != row.identity:
         raise IncompatibleBaseError(
             f"the model at {row.path} no longer matches base model {row.name!r} as registered "

@@ -21,8 +21,12 @@ from workers.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def sweep(reg: Registry, settings: Settings, enqueue: Callable[[str, str], bool],
-          held: Callable[[], set[str] | None] = lambda: None) -> dict[str, list[str]]:  # fmt: skip
+def sweep(
+    reg: Registry,
+    settings: Settings,
+    enqueue: Callable[[str, str], bool],
+    held: Callable[[], set[str] | None] = lambda: None,
+) -> dict[str, list[str]]:
     """`held` names the jobs whose messages the broker still holds (None: it cannot tell)."""
     now = utcnow()
     stale_before = now - timedelta(seconds=settings.stale_after)

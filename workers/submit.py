@@ -41,8 +41,10 @@ def submit_job(
     try:
         with reg.tx() as s:
             if limit and jobs.active_count(s, owner_id) >= limit:
-                raise LimitExceeded(f"this owner has {limit} jobs queued or running, the most it may; "
-                                    "submit again when one has finished")  # fmt: skip
+                raise LimitExceeded(
+                    f"this owner has {limit} jobs queued or running, the most it may; "
+                    "submit again when one has finished"
+                )
             job = jobs.create_job(
                 s, owner_id, job_type, normalised, idempotency_key, max_attempts=get_settings().max_attempts
             )

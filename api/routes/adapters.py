@@ -98,9 +98,16 @@ def _register_import(reg, owner_id, files, task_ref, base_ref, name):  # type: i
         raise Problem(422, "label-mismatch", f"module labels {art.labels} != task labels {task.labels}")
     w_sha, c_sha = artifact_store.store(reg, art)
     with reg.tx() as s:
-        row = adapters.register_adapter(s, owner_id=owner_id, task_id=task.id, base_model_id=base.id,
-                                        name=name or art.name, blob_sha256=w_sha, config_sha256=c_sha,
-                                        **artifact_store.registration(art, source=source))  # fmt: skip
+        row = adapters.register_adapter(
+            s,
+            owner_id=owner_id,
+            task_id=task.id,
+            base_model_id=base.id,
+            name=name or art.name,
+            blob_sha256=w_sha,
+            config_sha256=c_sha,
+            **artifact_store.registration(art, source=source),
+        )
         return adapter_json(row, format=source)
 
 

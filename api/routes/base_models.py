@@ -23,8 +23,14 @@ class BaseModelIn(BaseModel):
 
 
 def base_json(b: BaseModelRow, caller: Caller) -> dict:
-    out = {"id": b.id, "name": b.name, "identity": b.identity, "architecture": b.architecture,
-           "hidden_size": b.hidden_size, "num_layers": b.num_layers}  # fmt: skip
+    out = {
+        "id": b.id,
+        "name": b.name,
+        "identity": b.identity,
+        "architecture": b.architecture,
+        "hidden_size": b.hidden_size,
+        "num_layers": b.num_layers,
+    }
     return {**out, "path": b.path} if caller.can("operator") else out
 
 

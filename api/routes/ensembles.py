@@ -54,13 +54,23 @@ def create_ensemble(body: EnsembleIn, caller: Trainer, reg: RegistryDep) -> dict
     with reg.tx() as s:
         task = catalog.get_task(s, caller.owner_id, body.task)
         if task.kind != "classification":
-            raise Problem(422, "invalid-input", f"task {task.name!r} is a {task.kind} task; an ensemble votes over "
-                          "classes (serve a regression prompt alone through POST /v1/predict)", field="task")  # fmt: skip
+            raise Problem(
+                422,
+                "invalid-input",
+                f"task {task.name!r} is a {task.kind} task; an ensemble votes over "
+                "classes (serve a regression prompt alone through POST /v1/predict)",
+                field="task",
+            )
         rows = [adapters.resolve_adapter(s, caller.owner_id, p) for p in body.prompts]
         for r in rows:
             if not kinds.get(r.kind).ensemble_member:
-                raise Problem(422, "wrong-endpoint", f"{r.id} is a {r.kind}, not a soft prompt; an ensemble holds "
-                              "soft prompts only, and POST /v1/predict serves it", field="prompts")  # fmt: skip
+                raise Problem(
+                    422,
+                    "wrong-endpoint",
+                    f"{r.id} is a {r.kind}, not a soft prompt; an ensemble holds "
+                    "soft prompts only, and POST /v1/predict serves it",
+                    field="prompts",
+                )
             if r.task_id != task.id:
                 raise Problem(422, "invalid-input", f"prompt {r.id} belongs to another task", field="prompts")
         if len({r.base_model_id for r in rows}) != 1:
@@ -98,8 +108,9 @@ def _predict(request: Request, reg, caller, ensemble_id: str, body: EnsemblePred
     rt, device = request.app.state.runtime, request.app.state.settings.device
     with ExitStack() as leases:
         held = [leases.enter_context(ensure(rt, reg, r, base_rows[r.base_model_id], [], device)) for r in rows]
-        votes = rt.predict_ensemble(held[0].resident, [r.id for r in rows], examples(body.inputs), strategy, scores,
-                                    body.early_exit)  # fmt: skip
+        votes = rt.predict_ensemble(
+            held[0].resident, [r.id for r in rows], examples(body.inputs), strategy, scores, body.early_exit
+        )
     out = []
     for v in votes:
         out.append({

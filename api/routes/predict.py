@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import Reader, RegistryDep
 from api.errors import Problem
-from api.loaders import Lease, ensure
+from api.loaders import ensure
 from api.schemas import InputRow, examples
 from composer.data import TaskSpec
 from composer.serving import RowOutput
@@ -36,8 +36,12 @@ def resolve(request: Request, reg, caller, body: PredictIn):  # type: ignore[no-
                 adapters.get_ensemble(s, caller.owner_id, body.adapter)
             except NotFound:
                 raise Problem(404, "not-found", f"adapter {body.adapter!r} not found") from None
-            raise Problem(422, "wrong-endpoint", f"{body.adapter} is a prompt ensemble; query it with "
-                          f"POST /v1/ensembles/{body.adapter}/predict", field="adapter") from None  # fmt: skip
+            raise Problem(
+                422,
+                "wrong-endpoint",
+                f"{body.adapter} is a prompt ensemble; query it with POST /v1/ensembles/{body.adapter}/predict",
+                field="adapter",
+            ) from None
         task = catalog.get_task(s, row.owner_id, row.task_id)
         members = adapters.fusion_members(s, row.id)
         base_row = catalog.get_base_model(s, row.base_model_id)
@@ -77,7 +81,6 @@ async def predict(body: PredictIn, request: Request, caller: Reader, reg: Regist
     except BaseException:
         batcher.gone()
         raise
-    lease: Lease
     with lease:
         inputs = examples(body.inputs)
         if body.return_fusion_attention and members:  # inspection requests run alone

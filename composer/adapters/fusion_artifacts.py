@@ -50,8 +50,9 @@ class FusionArtifact:
         return "fusion"
 
 
-def extract(model: AdaptedEncoder, fusion: str, members: list[str] | None = None, head: str | None = None,
-            **meta: Any) -> FusionArtifact:  # fmt: skip
+def extract(
+    model: AdaptedEncoder, fusion: str, members: list[str] | None = None, head: str | None = None, **meta: Any
+) -> FusionArtifact:
     module = model.fusions[fusion]
     head_module = model.heads[head] if head is not None else None
     return FusionArtifact(

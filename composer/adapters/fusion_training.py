@@ -50,9 +50,14 @@ class FusionRun:
     def artifact(self, member_ids: list[str], task: TaskSpec) -> FusionArtifact:
         """The fusion and its head; members named by their registry ids."""
         return fusion_artifacts.extract(
-            self.model, self.name, members=member_ids, head=self.name, labels=list(task.labels),
-            metrics=dict(self.result.best_metrics), max_length=self.max_length,
-        )  # fmt: skip
+            self.model,
+            self.name,
+            members=member_ids,
+            head=self.name,
+            labels=list(task.labels),
+            metrics=dict(self.result.best_metrics),
+            max_length=self.max_length,
+        )
 
 
 def train_fusion(

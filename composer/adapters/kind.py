@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,15 +11,7 @@ from composer.adapters import artifacts, fusion_artifacts
 from composer.adapters.artifacts import AdapterArtifact
 from composer.adapters.fusion_artifacts import FusionArtifact
 from composer.composition import Fuse, Mixed, Single
-from composer.method import MethodKind, Models, Prediction, module_bytes
-
-
-def _json(files: dict[str, bytes], name: str) -> dict[str, Any] | None:
-    try:
-        meta = json.loads(files[name]) if name in files else None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return meta if isinstance(meta, dict) else None
+from composer.method import MethodKind, Models, Prediction, as_directory, json_config, module_bytes
 
 
 def _rows(names: Sequence[str], hidden: torch.Tensor, mask: torch.Tensor, heads: Any) -> list[torch.Tensor]:
@@ -53,8 +42,8 @@ class BottleneckKind(MethodKind):
         return artifacts.to_files(art)
 
     def detect(self, files: dict[str, bytes]) -> str | None:
-        meta = _json(files, artifacts.CONFIG_NAME)
-        if meta is None or self.name != "st_a":  # one face detects bottleneck files; the artifact names its kind
+        meta = json_config(files, artifacts.CONFIG_NAME)
+        if not meta or self.name != "st_a":  # one face detects bottleneck files; the artifact names its kind
             return None
         if meta.get("format") == artifacts.FORMAT:
             return "ours"
@@ -64,14 +53,12 @@ class BottleneckKind(MethodKind):
         return None
 
     def import_files(self, files: dict[str, bytes], base_dir: str | None) -> AdapterArtifact:
-        if _json(files, artifacts.CONFIG_NAME).get("format") == artifacts.FORMAT:  # type: ignore[union-attr]
+        if json_config(files, artifacts.CONFIG_NAME).get("format") == artifacts.FORMAT:
             return self.from_files(files[artifacts.CONFIG_NAME], files.get(artifacts.WEIGHTS_NAME, b""))
         from composer.adapters.hub import import_adapterhub
 
-        with tempfile.TemporaryDirectory() as tmp:
-            for fname, blob in files.items():
-                (Path(tmp) / fname).write_bytes(blob)
-            return import_adapterhub(tmp)
+        with as_directory(files) as d:
+            return import_adapterhub(d)
 
     def param_count(self, art: AdapterArtifact) -> int:
         return int(sum(t.numel() for k, t in art.tensors.items() if k.startswith("adapter.")))
@@ -92,8 +79,9 @@ class BottleneckKind(MethodKind):
     def group(self, name: str) -> tuple[str, str]:
         return ("bottleneck", "")  # ST-A and MT-A rows on any adapters share one mixed forward
 
-    def predict(self, models: Models, names: Sequence[str], batch: dict[str, torch.Tensor],
-                return_attention: bool = False) -> Prediction:  # fmt: skip
+    def predict(
+        self, models: Models, names: Sequence[str], batch: dict[str, torch.Tensor], return_attention: bool = False
+    ) -> Prediction:
         comp = Single(names[0]) if len(set(names)) == 1 else Mixed(tuple(names))
         hidden = models.encoder(**batch, composition=comp).hidden
         return Prediction(_rows(names, hidden, batch["attention_mask"], models.encoder.heads))
@@ -113,8 +101,7 @@ class FusionKind(MethodKind):
         return fusion_artifacts.to_files(art)
 
     def detect(self, files: dict[str, bytes]) -> str | None:
-        meta = _json(files, self.file_names[0])
-        if meta is not None and meta.get("format") == fusion_artifacts.FORMAT:
+        if json_config(files, self.file_names[0]).get("format") == fusion_artifacts.FORMAT:
             return "ours"
         return "adapterhub" if "adapter_fusion_config.json" in files else None
 
@@ -122,8 +109,13 @@ class FusionKind(MethodKind):
         return int(sum(t.numel() for t in art.tensors.values()))
 
     def method_config(self, art: FusionArtifact, **extra: Any) -> dict[str, Any]:
-        return {"method": "fusion", "config": art.config.to_dict(), "members": list(art.members),
-                "max_length": art.max_length, **extra}  # fmt: skip
+        return {
+            "method": "fusion",
+            "config": art.config.to_dict(),
+            "members": list(art.members),
+            "max_length": art.max_length,
+            **extra,
+        }
 
     def attach(self, models: Models, art: FusionArtifact, name: str, members: Sequence[str] = ()) -> None:
         fusion_artifacts.attach(models.encoder, art, member_names=list(members) or None, name=name)
@@ -137,8 +129,9 @@ class FusionKind(MethodKind):
         head = enc.heads[name] if name in enc.heads else None
         return module_bytes(enc.fusions[name], head) + enc.fusion_plan(name).nbytes()
 
-    def predict(self, models: Models, names: Sequence[str], batch: dict[str, torch.Tensor],
-                return_attention: bool = False) -> Prediction:  # fmt: skip
+    def predict(
+        self, models: Models, names: Sequence[str], batch: dict[str, torch.Tensor], return_attention: bool = False
+    ) -> Prediction:
         name = names[0]
         out = models.encoder(**batch, composition=Fuse(name), return_fusion_attention=return_attention)
         return Prediction(_rows(names, out.hidden, batch["attention_mask"], models.encoder.heads), out.fusion_attention)

@@ -118,8 +118,13 @@ class AdaptedEncoder(nn.Module):
         return [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("encoder.")]
 
     # -- running --------------------------------------------------------------------------
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None,
-               scope: Scope | None = None) -> torch.Tensor:  # fmt: skip
+    def encode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        scope: Scope | None = None,
+    ) -> torch.Tensor:
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None and self._accepts_token_types:
             kwargs["token_type_ids"] = token_type_ids

@@ -19,8 +19,15 @@ from composer.metrics import score
 from composer.training import Callback, Objective, TrainConfig, TrainResult, fit
 
 
-def predict_logits(model: AdaptedEncoder, head: str, examples: Sequence[Example], collate: Collator,
-                   batch_size: int = 64, *, composition: Composition | None) -> torch.Tensor:  # fmt: skip
+def predict_logits(
+    model: AdaptedEncoder,
+    head: str,
+    examples: Sequence[Example],
+    collate: Collator,
+    batch_size: int = 64,
+    *,
+    composition: Composition | None,
+) -> torch.Tensor:
     """Logits for `examples` under `composition`, in order."""
     out = []
     was_training = model.training
@@ -41,8 +48,14 @@ class STAdapterRun:
     max_length: int
 
     def artifact(self, task: TaskSpec) -> AdapterArtifact:
-        return artifacts.extract(self.model, self.name, head=self.name, labels=list(task.labels),
-                                 metrics=dict(self.result.best_metrics), max_length=self.max_length)  # fmt: skip
+        return artifacts.extract(
+            self.model,
+            self.name,
+            head=self.name,
+            labels=list(task.labels),
+            metrics=dict(self.result.best_metrics),
+            max_length=self.max_length,
+        )
 
 
 def train_st_adapter(

@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from composer.method import MethodKind, Models, Prediction, module_bytes
+from composer.method import MethodKind, Models, Prediction, as_directory, json_config, module_bytes
 from composer.prompts import artifacts
 from composer.prompts.artifacts import PromptArtifact
-
-
-def _meta(files: dict[str, bytes], name: str) -> dict[str, Any]:
-    try:
-        meta = json.loads(files[name]) if name in files else {}
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return {}
-    return meta if isinstance(meta, dict) else {}
 
 
 class SoftPromptKind(MethodKind):
@@ -35,9 +24,9 @@ class SoftPromptKind(MethodKind):
         return artifacts.to_files(art)
 
     def detect(self, files: dict[str, bytes]) -> str | None:
-        if _meta(files, self.file_names[0]).get("format") == artifacts.FORMAT:
+        if json_config(files, self.file_names[0]).get("format") == artifacts.FORMAT:
             return "ours"
-        meta = _meta(files, "adapter_config.json")
+        meta = json_config(files, "adapter_config.json")
         if meta.get("peft_type") == "PROMPT_TUNING":
             return "peft"
         if (meta.get("config") or {}).get("architecture") == "prompt_tuning":
@@ -48,12 +37,10 @@ class SoftPromptKind(MethodKind):
         source = self.detect(files)
         if source == "ours":
             return self.from_files(files[self.file_names[0]], files.get(self.file_names[1], b""))
-        with tempfile.TemporaryDirectory() as tmp:
-            for fname, blob in files.items():
-                (Path(tmp) / fname).write_bytes(blob)
+        with as_directory(files) as d:
             if source == "peft":
-                return artifacts.import_peft_prompt(tmp, base_dir=base_dir)
-            return artifacts.import_adapterhub_prompt(tmp)
+                return artifacts.import_peft_prompt(d, base_dir=base_dir)
+            return artifacts.import_adapterhub_prompt(d)
 
     def param_count(self, art: PromptArtifact) -> int:
         return int(art.prompt.numel() + sum(t.numel() for t in art.head_tensors.values()))
@@ -75,8 +62,9 @@ class SoftPromptKind(MethodKind):
             limit -= art.config.length  # the prompt takes positions in front of the input
         return min(art.max_length, limit) if art.max_length else limit
 
-    def predict(self, models: Models, names: Sequence[str], batch: dict[str, torch.Tensor],
-                return_attention: bool = False) -> Prediction:  # fmt: skip
+    def predict(
+        self, models: Models, names: Sequence[str], batch: dict[str, torch.Tensor], return_attention: bool = False
+    ) -> Prediction:
         logits = models.prompts.logits([names[0]], batch)[:, 0]  # [B, C], or [B] for regression
         return Prediction([row.float().cpu() for row in logits])
 

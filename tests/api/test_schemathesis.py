@@ -87,16 +87,40 @@ def two_owners(tmp_path_factory, tiny_bert_dir):
         task = catalog.create_task(s, a, "sentiment", "classification", ["neg", "pos"])
     ds, _ = upload_dataset(reg, a, "sentiment", "train", jsonl(toy_rows(8)), "t.jsonl")
     with reg.tx() as s:
-        row = adapters.register_adapter(s, owner_id=a, task_id=task.id, base_model_id=base.id, name="a",
-                                        blob_sha256=w, config_sha256=c, **artifact_store.registration(art))  # fmt: skip
+        row = adapters.register_adapter(
+            s,
+            owner_id=a,
+            task_id=task.id,
+            base_model_id=base.id,
+            name="a",
+            blob_sha256=w,
+            config_sha256=c,
+            **artifact_store.registration(art),
+        )
         adapters.set_alias(s, a, task.id, "production", row.id)
         ens = adapters.create_set(s, owner_id=a, kind="ensemble", name="e", adapter_ids=[row.id], task_id=task.id)
         job = jobs.create_job(s, a, "adapter", {"task": task.id})
-    ids = {"ref": row.id, "adapter": row.id, "adapters": [row.id, row.id], "prompts": [row.id], "key_id": a_key.id,
-           "dataset_id": ds.id, "dataset": ds.id, "train_dataset": ds.id, "validation_dataset": ds.id, "job_id": job.id,
-           "ensemble_id": ens.id, "name": "sentiment", "task": "sentiment", "alias": "production"}  # fmt: skip
-    app = create_app(Settings(data_dir=tmp, register_packaged_encoder=False, max_upload_mb=0.05), registry=reg,
-                     send=lambda job_id, job_type: True)  # fmt: skip
+    ids = {
+        "ref": row.id,
+        "adapter": row.id,
+        "adapters": [row.id, row.id],
+        "prompts": [row.id],
+        "key_id": a_key.id,
+        "dataset_id": ds.id,
+        "dataset": ds.id,
+        "train_dataset": ds.id,
+        "validation_dataset": ds.id,
+        "job_id": job.id,
+        "ensemble_id": ens.id,
+        "name": "sentiment",
+        "task": "sentiment",
+        "alias": "production",
+    }
+    app = create_app(
+        Settings(data_dir=tmp, register_packaged_encoder=False, max_upload_mb=0.05),
+        registry=reg,
+        send=lambda job_id, job_type: True,
+    )
     return app, reg, ids
 
 

@@ -41,8 +41,16 @@ def fresh_prompt_probs(api, prompt_id: str, texts: list[str]) -> torch.Tensor:
 def test_prompts_adapters_and_mixed_batches_leave_nothing_behind(api, tiny_bert_dir):
     ids = api.task_with_data()
     a, b = api.train_adapter(ids, name="a"), api.train_adapter(ids, name="b")
-    body = {"type": "prompts", "task": "sentiment", "base_model": api.base_id, "train_dataset": ids["train"],
-            "validation_dataset": ids["validation"], "k": 1, "prompt": {"length": 4}, "hyperparameters": HP}  # fmt: skip
+    body = {
+        "type": "prompts",
+        "task": "sentiment",
+        "base_model": api.base_id,
+        "train_dataset": ids["train"],
+        "validation_dataset": ids["validation"],
+        "k": 1,
+        "prompt": {"length": 4},
+        "hyperparameters": HP,
+    }
     job = api.client.post("/v1/jobs", json=body, headers=api.h()).json()
     ens = api.client.get(f"/v1/jobs/{job['id']}", headers=api.h()).json()["result"]["ensemble_id"]
     prompt = api.client.get(f"/v1/ensembles/{ens}", headers=api.h()).json()["prompts"][0]
@@ -94,10 +102,18 @@ def test_each_kind_on_the_wrong_endpoint_is_a_422_naming_the_right_one(api):
     a = api.train_adapter(ids)
     r = api.client.post("/v1/ensembles", headers=api.h(), json={"name": "e", "task": "sentiment", "prompts": [a]})
     assert r.status_code == 422 and r.json()["type"].endswith("wrong-endpoint") and "/v1/predict" in r.json()["detail"]
-    body = {"type": "prompts", "task": "sentiment", "base_model": api.base_id, "train_dataset": ids["train"],
-            "k": 2, "prompt": {"length": 4}, "hyperparameters": HP}  # fmt: skip
-    ens = api.client.get(f"/v1/jobs/{api.client.post('/v1/jobs', json=body, headers=api.h()).json()['id']}",
-                         headers=api.h()).json()["result"]["ensemble_id"]  # fmt: skip
+    body = {
+        "type": "prompts",
+        "task": "sentiment",
+        "base_model": api.base_id,
+        "train_dataset": ids["train"],
+        "k": 2,
+        "prompt": {"length": 4},
+        "hyperparameters": HP,
+    }
+    ens = api.client.get(
+        f"/v1/jobs/{api.client.post('/v1/jobs', json=body, headers=api.h()).json()['id']}", headers=api.h()
+    ).json()["result"]["ensemble_id"]
     r = api.client.post("/v1/predict", headers=api.h(), json={"adapter": ens, "inputs": INPUTS})
     assert r.status_code == 422 and f"/v1/ensembles/{ens}/predict" in r.json()["detail"], r.text
     r = api.client.post("/v1/predict", headers=api.h(), json={"adapter": "no-such-thing", "inputs": INPUTS})
@@ -108,8 +124,9 @@ def test_prompts_for_a_regression_task_are_refused_at_submit(api):
     r = api.client.post("/v1/tasks", headers=api.h(), json={"name": "score", "kind": "regression", "labels": []})
     assert r.status_code == 201, r.text
     rows = b"".join(b'{"text": "good movie", "label": %d}\n' % (i % 5) for i in range(12))
-    ds = api.client.post("/v1/tasks/score/datasets", headers=api.h(), data={"split": "train"},
-                         files={"file": ("t.jsonl", rows)}).json()["id"]  # fmt: skip
+    ds = api.client.post(
+        "/v1/tasks/score/datasets", headers=api.h(), data={"split": "train"}, files={"file": ("t.jsonl", rows)}
+    ).json()["id"]
     body = {"type": "prompts", "task": "score", "base_model": api.base_id, "train_dataset": ds, "k": 2}
     r = api.client.post("/v1/jobs", json=body, headers=api.h())
     assert r.status_code == 422 and "regression" in r.json()["detail"], r.text
@@ -126,8 +143,12 @@ def test_a_base_whose_files_changed_is_a_409_not_a_500(api, tmp_path, other_bert
         zip(kinds.get("st_a").file_names, artifacts.to_files(artifacts.extract(model, "x", head="x")), strict=True)
     )
     api.task_with_data()
-    r = api.client.post("/v1/adapters/import", headers=api.h(), data={"task": "sentiment", "base_model": row.id},
-                        files={"file": ("x.zip", make_zip(files))})  # fmt: skip
+    r = api.client.post(
+        "/v1/adapters/import",
+        headers=api.h(),
+        data={"task": "sentiment", "base_model": row.id},
+        files={"file": ("x.zip", make_zip(files))},
+    )
     assert r.status_code == 201, r.text
     shutil.copy(other_bert_dir / "model.safetensors", moved / "model.safetensors")  # someone replaced the weights
     r = api.client.post("/v1/predict", headers=api.h(), json={"adapter": r.json()["id"], "inputs": INPUTS})
@@ -177,7 +198,7 @@ def test_refused_archives_answer_4xx_and_leave_nothing_registered(api, tmp_path)
                 zipfile.ZIP_DEFLATED,
             ),
             413,
-        ),  # fmt: skip
+        ),
         "symlink": (zip_of([("adapter_config.json", b"/etc/passwd", True)]), 422),
         "absolute path": (zip_of([("/etc/adapter_config.json", adapter_cfg, False)]), 422),
         "dot-dot": (zip_of([("../adapter_config.json", adapter_cfg, False)]), 422),
@@ -194,8 +215,12 @@ def test_refused_archives_answer_4xx_and_leave_nothing_registered(api, tmp_path)
     with TestClient(create_app(settings, registry=api.registry, send=lambda *_: True)) as client:
         before = (api.client.get("/v1/adapters", headers=api.h()).json()["items"], blobs())
         for label, (data, status) in cases.items():
-            r = client.post("/v1/adapters/import", headers={"Authorization": f"Bearer {ADMIN}"},
-                            data={"task": "sentiment", "base_model": api.base_id}, files={"file": ("x.zip", data)})  # fmt: skip
+            r = client.post(
+                "/v1/adapters/import",
+                headers={"Authorization": f"Bearer {ADMIN}"},
+                data={"task": "sentiment", "base_model": api.base_id},
+                files={"file": ("x.zip", data)},
+            )
             assert r.status_code == status, (label, r.text)
             assert r.headers["content-type"] == "application/problem+json", label
         assert (api.client.get("/v1/adapters", headers=api.h()).json()["items"], blobs()) == before

@@ -17,8 +17,11 @@ def test_an_owners_admin_manages_its_own_keys_only(api):
     r = api.client.post("/v1/keys", headers=h, json={"scopes": ["train"]})
     assert r.status_code == 201 and r.json()["owner_id"] == api.client.get("/v1/keys", headers=h).json()[0]["owner_id"]
     # taking over another tenant, or minting an operator, takes the operator scope
-    for body in ({"scopes": ["admin"], "owner": "globex"}, {"scopes": ["admin"], "owner": "admin"},
-                 {"scopes": ["operator"]}):  # fmt: skip
+    for body in (
+        {"scopes": ["admin"], "owner": "globex"},
+        {"scopes": ["admin"], "owner": "admin"},
+        {"scopes": ["operator"]},
+    ):
         r = api.client.post("/v1/keys", headers=h, json=body)
         assert r.status_code == 403 and "operator" in r.json()["detail"], body
     assert api.client.post("/v1/keys", headers=h, json={"scopes": ["read"], "owner": "acme"}).status_code == 201
@@ -61,8 +64,14 @@ def test_loaded_modules_and_metrics_are_not_shared_across_tenants(api):
 def limited(api, tmp_path):
     """The same registry behind an app with tight limits: 2 predict calls per second (bursts of 3), one
     active job per owner; submitted jobs are only recorded, never run."""
-    settings = Settings(data_dir=tmp_path, bootstrap_key=ADMIN, register_packaged_encoder=False, predict_rate_per_key=2,
-                        predict_burst_per_key=3, max_active_jobs_per_owner=1)  # fmt: skip
+    settings = Settings(
+        data_dir=tmp_path,
+        bootstrap_key=ADMIN,
+        register_packaged_encoder=False,
+        predict_rate_per_key=2,
+        predict_burst_per_key=3,
+        max_active_jobs_per_owner=1,
+    )
     app = create_app(settings, registry=api.registry, send=lambda job_id, job_type: True)
     with TestClient(app) as client:
         yield client
@@ -82,8 +91,13 @@ def test_predict_calls_are_limited_per_key_with_retry_after(api, limited):
 
 def test_active_jobs_are_limited_per_owner_at_submit(api, limited):
     ids = api.task_with_data()
-    body = {"type": "adapter", "task": "sentiment", "base_model": api.base_id, "train_dataset": ids["train"],
-            "hyperparameters": HP}  # fmt: skip
+    body = {
+        "type": "adapter",
+        "task": "sentiment",
+        "base_model": api.base_id,
+        "train_dataset": ids["train"],
+        "hyperparameters": HP,
+    }
     assert limited.post("/v1/jobs", headers=api.h(), json=body).status_code == 202  # queued, never run
     r = limited.post("/v1/jobs", headers=api.h(), json=body)
     assert r.status_code == 429 and r.json()["type"].endswith("too-many-jobs") and "Retry-After" in r.headers

@@ -79,9 +79,17 @@ def build_modules(base_dir: Path, seed: int) -> dict[str, object]:
         heads.add(name, cfg, head)
         _noise(heads.heads[name], 0.5, gen)
         tensors = {k: v.detach().clone() for k, v in heads.heads[name].state_dict().items()}
-        arts[name] = PromptArtifact(name=name, config=cfg, hidden_size=h, prompt=torch.randn(shape, generator=gen),
-                                    head=head, head_tensors=tensors, labels=["neg", "pos"], base=base.identity,
-                                    metrics={"accuracy": float(torch.rand(1, generator=gen))})  # fmt: skip
+        arts[name] = PromptArtifact(
+            name=name,
+            config=cfg,
+            hidden_size=h,
+            prompt=torch.randn(shape, generator=gen),
+            head=head,
+            head_tensors=tensors,
+            labels=["neg", "pos"],
+            base=base.identity,
+            metrics={"accuracy": float(torch.rand(1, generator=gen))},
+        )
     return arts
 
 
@@ -304,8 +312,12 @@ def machine_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_any_interleaving_equals_fresh_single_purpose_models(machine_root: Path) -> None:
     ServingMachine.root = machine_root
     run = ServingMachine.TestCase
-    run.settings = settings(max_examples=25, stateful_step_count=12, deadline=None,
-                            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])  # fmt: skip
+    run.settings = settings(
+        max_examples=25,
+        stateful_step_count=12,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
     run().runTest()
 
 

@@ -97,7 +97,11 @@ def test_every_mounted_path_exists_in_the_image_and_belongs_to_its_user():
     docker = (ROOT / "Dockerfile").read_text()
     user = next(line.split()[1] for line in docker.splitlines() if line.startswith("USER "))
     made = next(line for line in docker.splitlines() if "mkdir -p" in line and "chown" in line)
-    targets = {v.split(":")[1] for svc in SERVICES.values() if "image" in svc and "adapter-composer" in svc["image"]
-               for v in svc.get("volumes", [])}  # fmt: skip
+    targets = {
+        v.split(":")[1]
+        for svc in SERVICES.values()
+        if "image" in svc and "adapter-composer" in svc["image"]
+        for v in svc.get("volumes", [])
+    }
     assert targets and all(t in made.split() for t in targets), (targets, made)
     assert f"chown {user}" in made

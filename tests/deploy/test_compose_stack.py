@@ -66,8 +66,14 @@ class Stack:
 
     def start(self, name: str) -> subprocess.Popen:
         log = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115 - the process writes to it for its whole life
-        proc = subprocess.Popen(self.command(name), cwd=ROOT, env=self.env(name), stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            self.command(name),
+            cwd=ROOT,
+            env=self.env(name),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.procs[name] = proc
         return proc
 
@@ -114,8 +120,9 @@ def stack(tmp_path, fresh_pg_database):
 
 
 def test_the_compose_stack_runs_the_three_user_actions(stack, tiny_bert_dir):
-    c = httpx.Client(base_url=f"http://127.0.0.1:{stack.ports['api']}", headers={"Authorization": f"Bearer {ADMIN}"},
-                     timeout=60)  # fmt: skip
+    c = httpx.Client(
+        base_url=f"http://127.0.0.1:{stack.ports['api']}", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=60
+    )
     base_id, ds = seed_over_http(c, tiny_bert_dir)
 
     def wait_job(job_id: str) -> dict:
@@ -141,21 +148,39 @@ def test_the_compose_stack_runs_the_three_user_actions(stack, tiny_bert_dir):
     }
     adapters = []
     for name in ("a", "b"):
-        job = c.post("/v1/jobs", json={"type": "adapter", **common, "name": name, "adapter": {"reduction_factor": 4},
-                                       "hyperparameters": HP}).json()  # fmt: skip
+        job = c.post(
+            "/v1/jobs",
+            json={"type": "adapter", **common, "name": name, "adapter": {"reduction_factor": 4}, "hyperparameters": HP},
+        ).json()
         adapters.append(wait_job(job["id"])["result"]["adapter_id"])
         assert ran_on(job["id"]).startswith("gpu@")
     # 2. fuse them
-    job = c.post("/v1/fusions", json={"task": "sentiment", "adapters": adapters, "train_dataset": ds["train"],
-                                      "validation_dataset": ds["validation"], "hyperparameters": HP}).json()  # fmt: skip
+    job = c.post(
+        "/v1/fusions",
+        json={
+            "task": "sentiment",
+            "adapters": adapters,
+            "train_dataset": ds["train"],
+            "validation_dataset": ds["validation"],
+            "hyperparameters": HP,
+        },
+    ).json()
     fusion = wait_job(job["id"])["result"]["adapter_id"]
     r = c.post(
         "/v1/predict", json={"adapter": fusion, "inputs": [{"text": "good movie"}], "return_fusion_attention": True}
     )
     assert r.status_code == 200 and r.json()["outputs"][0]["fusion_attention"]["adapters"] == adapters
     # 3. prompts, then query the ensemble
-    job = c.post("/v1/jobs", json={"type": "prompts", **common, "k": 3, "prompt": {"length": 4},
-                                   "hyperparameters": {**HP, "learning_rate": 3e-2}}).json()  # fmt: skip
+    job = c.post(
+        "/v1/jobs",
+        json={
+            "type": "prompts",
+            **common,
+            "k": 3,
+            "prompt": {"length": 4},
+            "hyperparameters": {**HP, "learning_rate": 3e-2},
+        },
+    ).json()
     ens = wait_job(job["id"])["result"]["ensemble_id"]
     r = c.post(f"/v1/ensembles/{ens}/predict", json={"inputs": [{"text": "good movie"}], "early_exit": True})
     assert r.status_code == 200 and len(r.json()["outputs"][0]["per_prompt"]) == 3

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy import create_engine, text
 
-from tests.integration.procs import ROOT, RedisServer, Worker, free_port, require_binary, wait_for
+from tests.integration.procs import ROOT, RedisServer, Worker, alive, children, free_port, require_binary, wait_for
 
 
 class PostgresServer:
@@ -65,19 +65,6 @@ class PostgresServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def children(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
-
-
 class Api:
     def __init__(self, env: dict[str, str], log: Path):
         self.env, self.log, self.port = env, log, free_port()
@@ -86,8 +73,14 @@ class Api:
 
     def start(self) -> None:
         out = open(self.log, "ab")  # noqa: SIM115 - uvicorn writes to it for its whole life
-        self.proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "api.main:app", "--port", str(self.port)],
-                                     cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "api.main:app", "--port", str(self.port)],
+            cwd=ROOT,
+            env=self.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
         def up() -> bool:
             try:

@@ -122,3 +122,16 @@ def seed_over_http(c, base_dir: Path, n_train: int = 48) -> tuple[str, dict[str,
         assert r.status_code == 201, r.text
         ds[split] = r.json()["id"]
     return base.json()["id"], ds
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False

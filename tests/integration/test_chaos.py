@@ -45,13 +45,23 @@ def chaos(tmp_path):
     pg.create_database()
     redis.start()
     upgrade(pg.url)
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("COMPOSER_")},
-           "COMPOSER_DATA_DIR": str(tmp_path), "COMPOSER_DATABASE_URL": pg.url, "COMPOSER_BLOB_URL": "db://",
-           "COMPOSER_BROKER_URL": redis.url, "COMPOSER_BOOTSTRAP_KEY": ADMIN,
-           "COMPOSER_REGISTER_PACKAGED_ENCODER": "false", "COMPOSER_HEARTBEAT_INTERVAL": "0.5",
-           "COMPOSER_STALE_AFTER": "4", "COMPOSER_RECONCILE_INTERVAL": "1", "COMPOSER_REQUEUE_QUEUED_AFTER": "4",
-           "COMPOSER_CHECKPOINT_EVERY_STEPS": "10", "COMPOSER_PROGRESS_EVERY_SECONDS": "0.5",
-           "COMPOSER_MAX_ATTEMPTS": "20", "OMP_NUM_THREADS": "1"}  # fmt: skip
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("COMPOSER_")},
+        "COMPOSER_DATA_DIR": str(tmp_path),
+        "COMPOSER_DATABASE_URL": pg.url,
+        "COMPOSER_BLOB_URL": "db://",
+        "COMPOSER_BROKER_URL": redis.url,
+        "COMPOSER_BOOTSTRAP_KEY": ADMIN,
+        "COMPOSER_REGISTER_PACKAGED_ENCODER": "false",
+        "COMPOSER_HEARTBEAT_INTERVAL": "0.5",
+        "COMPOSER_STALE_AFTER": "4",
+        "COMPOSER_RECONCILE_INTERVAL": "1",
+        "COMPOSER_REQUEUE_QUEUED_AFTER": "4",
+        "COMPOSER_CHECKPOINT_EVERY_STEPS": "10",
+        "COMPOSER_PROGRESS_EVERY_SECONDS": "0.5",
+        "COMPOSER_MAX_ATTEMPTS": "20",
+        "OMP_NUM_THREADS": "1",
+    }
     stack = ChaosStack(tmp_path, env)
     stack.api.start()
     for _ in range(2):
@@ -95,9 +105,16 @@ def test_jobs_survive_kills_and_restarts_of_every_component(chaos, tiny_bert_dir
         ).status_code
         == 201
     )
-    ds = {split: call(stack, "POST", "/v1/tasks/sentiment/datasets", data={"split": split},
-                      files={"file": ("d.jsonl", jsonl(toy_rows(n, seed)))}).json()["id"]
-          for split, n, seed in (("train", 96, 0), ("validation", 16, 1))}  # fmt: skip
+    ds = {
+        split: call(
+            stack,
+            "POST",
+            "/v1/tasks/sentiment/datasets",
+            data={"split": split},
+            files={"file": ("d.jsonl", jsonl(toy_rows(n, seed)))},
+        ).json()["id"]
+        for split, n, seed in (("train", 96, 0), ("validation", 16, 1))
+    }
     common = {
         "task": "sentiment",
         "base_model": base,
@@ -120,26 +137,54 @@ def test_jobs_survive_kills_and_restarts_of_every_component(chaos, tiny_bert_dir
         return {j: job(j).status for j in ids}
 
     # fusion members, trained undisturbed
-    members = [submit({"type": "adapter", **common, "name": f"m{i}", "hyperparameters": {**HP, "epochs": 1, "seed": i}}, f"m{i}")
-               for i in range(2)]  # fmt: skip
+    members = [
+        submit(
+            {"type": "adapter", **common, "name": f"m{i}", "hyperparameters": {**HP, "epochs": 1, "seed": i}}, f"m{i}"
+        )
+        for i in range(2)
+    ]
     assert set(finished(members, 300).values()) == {"succeeded"}
     members = [job(m).result["adapter_id"] for m in members]
     specs = [
         {"type": "adapter", **common, "name": f"a{i}", "hyperparameters": {**HP, "epochs": 15, "seed": i}}
         for i in range(3)
     ]
-    specs += [{"type": "prompts", **common, "name": f"p{i}", "k": 2, "prompt": {"length": 4},
-               "hyperparameters": {**HP, "epochs": 10, "learning_rate": 3e-2, "seed": i}} for i in range(2)]  # fmt: skip
-    specs.append({"type": "fusion", "task": "sentiment", "adapters": members, "train_dataset": ds["train"],
-                  "validation_dataset": ds["validation"], "name": "f", "hyperparameters": {**HP, "epochs": 10}})  # fmt: skip
+    specs += [
+        {
+            "type": "prompts",
+            **common,
+            "name": f"p{i}",
+            "k": 2,
+            "prompt": {"length": 4},
+            "hyperparameters": {**HP, "epochs": 10, "learning_rate": 3e-2, "seed": i},
+        }
+        for i in range(2)
+    ]
+    specs.append(
+        {
+            "type": "fusion",
+            "task": "sentiment",
+            "adapters": members,
+            "train_dataset": ds["train"],
+            "validation_dataset": ds["validation"],
+            "name": "f",
+            "hyperparameters": {**HP, "epochs": 10},
+        }
+    )
 
     reference = [submit(spec, f"ref{i}") for i, spec in enumerate(specs)]
     assert set(finished(reference, 600).values()) == {"succeeded"}
 
     chaos_ids = [submit(spec, f"chaos{i}") for i, spec in enumerate(specs)]
     victim = submit({"type": "adapter", **common, "name": "victim", "hyperparameters": {**HP, "epochs": 40}}, "victim")
-    figures = {"jobs": len(chaos_ids) + 1, "child_kills": 0, "worker_kills": 0, "redis_restarts": 0,
-               "api_restarts": 0, "postgres_restarts": 0}  # fmt: skip
+    figures = {
+        "jobs": len(chaos_ids) + 1,
+        "child_kills": 0,
+        "worker_kills": 0,
+        "redis_restarts": 0,
+        "api_restarts": 0,
+        "postgres_restarts": 0,
+    }
 
     def target() -> tuple[object, int] | None:
         """A live worker and the pid of its child that runs a chaos job which has written a checkpoint."""
@@ -188,9 +233,15 @@ def test_jobs_survive_kills_and_restarts_of_every_component(chaos, tiny_bert_dir
 
         return go
 
-    schedule = [kill_child, restart("redis", lambda: (redis.stop(), redis.start())), kill_worker,
-                restart("api", lambda: (stack.api.stop(), stack.api.start())), kill_child,
-                restart("postgres", pg.restart), kill_worker]  # fmt: skip
+    schedule = [
+        kill_child,
+        restart("redis", lambda: (redis.stop(), redis.start())),
+        kill_worker,
+        restart("api", lambda: (stack.api.stop(), stack.api.start())),
+        kill_child,
+        restart("postgres", pg.restart),
+        kill_worker,
+    ]
     for i, action in enumerate(schedule):
         action()
         if i == 1:
@@ -211,12 +262,21 @@ def test_jobs_survive_kills_and_restarts_of_every_component(chaos, tiny_bert_dir
         )
 
     duplicates = sum(max(0, len(produced(c)) - len(produced(r))) for c, r in zip(chaos_ids, reference, strict=True))
-    mismatched = [c for c, r in zip(chaos_ids, reference, strict=True)
-                  if [a.blob_sha256 for a in produced(c)] != [a.blob_sha256 for a in produced(r)]]  # fmt: skip
+    mismatched = [
+        c
+        for c, r in zip(chaos_ids, reference, strict=True)
+        if [a.blob_sha256 for a in produced(c)] != [a.blob_sha256 for a in produced(r)]
+    ]
     stack.stop()
     orphans = [p for p in stack.seen if alive(p)]
-    figures.update(jobs_lost=len(lost), duplicates=duplicates, resumed=len(resumed), mismatched_results=len(mismatched),
-                   orphans=len(orphans), attempts=sum(job(j).attempts for j in chaos_ids))  # fmt: skip
+    figures.update(
+        jobs_lost=len(lost),
+        duplicates=duplicates,
+        resumed=len(resumed),
+        mismatched_results=len(mismatched),
+        orphans=len(orphans),
+        attempts=sum(job(j).attempts for j in chaos_ids),
+    )
     print(json.dumps(figures, sort_keys=True))
     if os.environ.get("COMPOSER_CHAOS_REPORT"):
         with open(os.environ["COMPOSER_CHAOS_REPORT"], "w") as f:

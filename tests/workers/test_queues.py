@@ -10,8 +10,10 @@ from workers import tasks
 from workers.queueing import queue_for
 
 
-@pytest.mark.parametrize(("job_type", "queue"), [("adapter", "gpu"), ("multitask", "gpu"), ("fusion", "gpu"),
-                                                 ("prompts", "gpu"), ("evaluate", "default")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("job_type", "queue"),
+    [("adapter", "gpu"), ("multitask", "gpu"), ("fusion", "gpu"), ("prompts", "gpu"), ("evaluate", "default")],
+)
 def test_training_goes_to_the_gpu_queue_and_light_work_to_the_default_queue(job_type, queue):
     assert queue_for(job_type) == queue
 
