@@ -111,3 +111,44 @@ def stacked_classify(heads: list[PredictionHead], pooled: torch.Tensor) -> torch
 
 def head_for(task: TaskSpec, pooling: str = "mean") -> HeadConfig:
     return HeadConfig(kind=task.kind, num_labels=task.num_labels, pooling=pooling)  # type: ignore[arg-type]
+
+
+def peft_seq_cls_head(
+    tensors: dict[str, torch.Tensor], base_dir: str | None
+) -> tuple[HeadConfig, dict[str, torch.Tensor]] | None:
+    """The head of a PEFT SEQ_CLS artifact: its classifier from `modules_to_save`, and the pooler it reads
+    (dense + tanh on position 0) from the base checkpoint, which PEFT does not copy. None: no classifier."""
+    from pathlib import Path
+
+    from composer.errors import ArtifactError
+    from composer.safetensors_io import read_tensors
+
+    clf = {
+        k.split("classifier.")[-1]: v for k, v in tensors.items() if ".classifier." in k or k.startswith("classifier.")
+    }
+    if not clf:
+        return None
+    if set(clf) != {"weight", "bias"}:
+        raise ArtifactError(f"modules_to_save: the classifier has {sorted(clf)}, expected weight and bias")
+    if base_dir is None:
+        raise ConfigError("a PEFT SEQ_CLS artifact needs the base directory for its pooler weights")
+    base = read_tensors(Path(base_dir) / "model.safetensors")
+    pooler = {k.split("pooler.dense.")[-1]: v for k, v in base.items() if "pooler.dense." in k}
+    if set(pooler) != {"weight", "bias"}:
+        raise ArtifactError("the base checkpoint has no pooler; the PEFT classifier cannot be reproduced")
+    n = clf["weight"].shape[0]
+    cfg = HeadConfig(
+        kind="classification" if n > 1 else "regression",
+        num_labels=n,
+        layers=2,
+        activation="tanh",
+        pooling="first_token",
+        dropout=0.1,
+    )
+    weights = {
+        "dense.weight": pooler["weight"],
+        "dense.bias": pooler["bias"],
+        "out.weight": clf["weight"],
+        "out.bias": clf["bias"],
+    }
+    return cfg, weights

@@ -37,6 +37,8 @@ PLACEMENTS: tuple[Placement, ...] = ("attention", "ffn")
 SiteHandler = Callable[
     [int, Placement, torch.Tensor, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]], torch.Tensor
 ]
+# (layer, linear name inside the layer, input) -> what to add to that linear's output, or None
+LinearHandler = Callable[[int, str, torch.Tensor], torch.Tensor | None]
 
 
 @dataclass
@@ -46,6 +48,7 @@ class Scope:
     handler: SiteHandler | None = None
     capture: dict[str, torch.Tensor] | None = None  # fusion attention per site key, when asked for
     prefix: torch.Tensor | None = None  # [B, L, H] prepended to the embedding output (AdapterHub prompts)
+    linear: LinearHandler | None = None  # low-rank updates of the layers' linear projections (LoRA)
     scratch: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)  # DistilBERT's x and r
 
 
@@ -80,6 +83,17 @@ class FamilySpec:
     style: str  # "output_module" or "distilbert"
     attention_module: str = "attention.output"
     ffn_module: str = "output"
+    # every linear projection inside one layer, by its name there (LoRA targets match these, as PEFT's
+    # target_modules match a module name or its last components)
+    linears: tuple[str, ...] = (
+        "attention.self.query",
+        "attention.self.key",
+        "attention.self.value",
+        "attention.output.dense",
+        "intermediate.dense",
+        "output.dense",
+    )
+    default_lora_targets: tuple[str, ...] = ("query", "value")
 
 
 FAMILIES: dict[str, FamilySpec] = {
@@ -87,7 +101,12 @@ FAMILIES: dict[str, FamilySpec] = {
     "roberta": FamilySpec("encoder.layer", "output_module"),
     "xlm-roberta": FamilySpec("encoder.layer", "output_module"),
     "electra": FamilySpec("encoder.layer", "output_module"),
-    "distilbert": FamilySpec("transformer.layer", "distilbert"),
+    "distilbert": FamilySpec(
+        "transformer.layer",
+        "distilbert",
+        linears=("attention.q_lin", "attention.k_lin", "attention.v_lin", "attention.out_lin", "ffn.lin1", "ffn.lin2"),
+        default_lora_targets=("q_lin", "v_lin"),
+    ),
 }
 
 
@@ -150,6 +169,22 @@ def _patch_distilbert_block(block: nn.Module, layer: int, router: Router) -> lis
     return handles
 
 
+def _patch_linears(block: nn.Module, layer: int, names: tuple[str, ...], router: Router) -> None:
+    """Each linear projection adds what the scope's linear handler returns for it (nothing without one)."""
+    for name in names:
+        lin: nn.Linear = _layers(block, name)  # type: ignore[assignment]
+
+        def forward(x: torch.Tensor, lin: nn.Linear = lin, name: str = name) -> torch.Tensor:
+            out = nn.functional.linear(x, lin.weight, lin.bias)
+            scope = router.scope
+            if scope is None or scope.linear is None:
+                return out
+            delta = scope.linear(layer, name, x)
+            return out if delta is None else out + delta
+
+        lin.forward = forward  # type: ignore[method-assign]
+
+
 def _patch_embeddings(model: nn.Module, router: Router) -> None:
     """A prompt in the scope is prepended to the embedding output (after its LayerNorm)."""
 
@@ -174,6 +209,7 @@ def inject(model: nn.Module, family: str) -> Router:
             _patch_output_module(_layers(block, spec.ffn_module), i, "ffn", router)
         else:
             _patch_distilbert_block(block, i, router)
+        _patch_linears(block, i, spec.linears, router)
     _patch_embeddings(model, router)
     object.__setattr__(model, "_composer_router", router)
     return router

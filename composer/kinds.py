@@ -6,12 +6,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from composer.adapters.kind import FUSION, MT_A, ST_A
+from composer.adapters.kind import FUSION, LORA, MT_A, ST_A
+from composer.base import LoadedBase
 from composer.errors import ArtifactError, ConfigError
-from composer.method import Artifact, MethodKind
+from composer.method import Artifact, MethodKind, Models
 from composer.prompts.kind import SOFT_PROMPT
 
-KINDS: dict[str, MethodKind] = {k.name: k for k in (ST_A, MT_A, FUSION, SOFT_PROMPT)}
+KINDS: dict[str, MethodKind] = {k.name: k for k in (ST_A, MT_A, LORA, FUSION, SOFT_PROMPT)}
 
 
 def get(name: str) -> MethodKind:
@@ -28,7 +29,7 @@ def detect(files: dict[str, bytes]) -> tuple[MethodKind, str]:
             return kind, source
     raise ArtifactError(
         "no config of a known format: ours (adapter_config.json, fusion_config.json, prompt_config.json), "
-        "AdapterHub bottleneck or prompt-tuning adapters, or PEFT prompt tuning"
+        "AdapterHub bottleneck, LoRA or prompt-tuning adapters, or PEFT LoRA or prompt tuning"
     )
 
 
@@ -43,3 +44,12 @@ def load_dir(directory: str | os.PathLike[str], base_dir: str | os.PathLike[str]
     if not d.is_dir():
         raise ArtifactError(f"{d} is not a directory")
     return load_files({p.name: p.read_bytes() for p in d.iterdir() if p.is_file()}, base_dir)
+
+
+def check_fits(kind: MethodKind, art: Artifact, base: LoadedBase) -> None:
+    """Attach `art` to a throwaway model on `base`, so every name, shape and base check that serving
+    would make refuses a bad upload now (ComposerError), before anything is registered."""
+    from composer.adapters.model import AdaptedEncoder
+    from composer.prompts.model import PromptModel
+
+    kind.attach(Models(base, AdaptedEncoder(base), PromptModel(base)), art, "__probe__")

@@ -30,8 +30,8 @@ class BottleneckTraining(Spec):
     """Fields shared by the jobs that train bottleneck adapters."""
 
     base_model: str
-    preset: str = "seq_bn"
-    adapter: dict[str, Any] = Field(default_factory=dict)  # BottleneckConfig field overrides
+    preset: str = "seq_bn"  # a bottleneck preset, or "lora"
+    adapter: dict[str, Any] = Field(default_factory=dict)  # BottleneckConfig or LoraConfig field overrides
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     name: str | None = None
 
@@ -43,11 +43,12 @@ class BottleneckTraining(Spec):
     def train_config(self) -> TrainConfig:
         return TrainConfig.from_dict(self.hyperparameters)
 
-    def check_configs(self) -> None:
-        """Build the training and adapter configs once, so their own validation refuses bad values."""
+    def check_configs(self, architecture: str, num_layers: int) -> None:
+        """Build the training and adapter configs once, so their own validation refuses bad values,
+        and check the adapter config against the base it will train on (LoRA targets, layers)."""
         try:
             self.train_config()
-            preset(self.preset, **self.adapter)
+            preset(self.preset, **self.adapter).check_base(architecture, num_layers)
         except ComposerError as e:
             raise InvalidInput(str(e)) from None
 
@@ -72,6 +73,13 @@ class MultitaskJobSpec(BottleneckTraining):
 
     tasks: list[TaskDataSpec] = Field(min_length=2)
     alpha: float = Field(0.5, ge=0, le=1)
+
+    @field_validator("preset")
+    @classmethod
+    def _bottleneck(cls, v: str) -> str:
+        if v == "lora":
+            raise ValueError("multi-task adapters are bottleneck adapters (they are fused); choose a bottleneck preset")
+        return v
 
 
 FUSION_DEFAULTS = {"learning_rate": 5e-5, "epochs": 10, "patience": 3}
@@ -147,9 +155,9 @@ def _dataset_of_task(s: Session, owner_id: str, dataset_id: str, task_id: str, r
 def check_against_registry(s: Session, owner_id: str, job_type: str, spec: Spec) -> dict[str, Any]:
     """Resolve names to ids and refuse what cannot run. Returns the normalised spec to store."""
     if isinstance(spec, AdapterJobSpec):
-        spec.check_configs()
         task = catalog.get_task(s, owner_id, spec.task)
         base = catalog.get_base_model(s, spec.base_model)
+        spec.check_configs(base.architecture, base.num_layers)
         train = _dataset_of_task(s, owner_id, spec.train_dataset, task.id, "train")
         if train.split != "train":
             raise InvalidInput(f"dataset {train.id} is a {train.split} split, not train")
@@ -157,8 +165,8 @@ def check_against_registry(s: Session, owner_id: str, job_type: str, spec: Spec)
             _dataset_of_task(s, owner_id, spec.validation_dataset, task.id, "validation")
         return spec.model_copy(update={"task": task.id, "base_model": base.id}).model_dump()
     if isinstance(spec, MultitaskJobSpec):
-        spec.check_configs()
         base = catalog.get_base_model(s, spec.base_model)
+        spec.check_configs(base.architecture, base.num_layers)
         items = []
         for t in spec.tasks:
             task = catalog.get_task(s, owner_id, t.task)

@@ -9,10 +9,10 @@ from starlette.concurrency import run_in_threadpool
 from api.archives import make_zip, read_zip
 from api.deps import Reader, RegistryDep, Trainer
 from api.errors import Problem
-from api.loaders import adapter_json
+from api.loaders import adapter_json, resident
 from composer import kinds
 from composer.base import BaseIdentity
-from composer.errors import ArtifactError
+from composer.errors import ArtifactError, ComposerError
 from registry_db.repo import adapters, catalog
 from workers import artifact_store
 from workers.catalog import task_spec
@@ -74,10 +74,12 @@ async def import_adapter(request: Request, caller: Trainer, reg: RegistryDep, fi
     if len(data) > settings.max_upload_mb * (1 << 20):
         raise Problem(413, "payload-too-large", f"uploads are limited to {settings.max_upload_mb} MB")
     files = read_zip(data, int(settings.max_archive_mb * (1 << 20)))
-    return await run_in_threadpool(_register_import, reg, caller.owner_id, files, task, base_model, name)
+    runtime, device = request.app.state.runtime, settings.device
+    return await run_in_threadpool(_register_import, reg, caller.owner_id, files, task, base_model, name,
+                                   lambda base_row: resident(runtime, base_row, device).base)  # fmt: skip
 
 
-def _register_import(reg, owner_id, files, task_ref, base_ref, name):  # type: ignore[no-untyped-def]
+def _register_import(reg, owner_id, files, task_ref, base_ref, name, load_base):  # type: ignore[no-untyped-def]
     with reg.tx() as s:
         task = catalog.get_task(s, owner_id, task_ref)
         base = catalog.get_base_model(s, base_ref)
@@ -92,7 +94,15 @@ def _register_import(reg, owner_id, files, task_ref, base_ref, name):  # type: i
         raise Problem(422, "wrong-base", f"this module was trained on base {art.base.name!r}, not {base.name!r}")
     if art.hidden_size != base.hidden_size:
         raise Problem(422, "wrong-base", f"module hidden size {art.hidden_size} != base {base.hidden_size}")
+    if art.model_type and art.model_type != base.architecture:
+        raise Problem(422, "wrong-base", f"the module is for a {art.model_type} model; the base is {base.architecture}")
     art.base = art.base or BaseIdentity(base.name, base.config_hash, base.weights_hash)
+    try:
+        kinds.check_fits(face, art, load_base(base))
+    except ComposerError as e:
+        raise Problem(
+            422, "invalid-artifact", f"the module does not fit base {base.name!r}: {e}", field="file"
+        ) from None
     labels = list(task_spec(task).labels)
     if art.labels and labels and labels != list(art.labels):
         raise Problem(422, "label-mismatch", f"module labels {art.labels} != task labels {task.labels}")

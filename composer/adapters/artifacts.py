@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from composer.adapters.config import BottleneckConfig
+from composer.adapters.config import AdapterConfig, config_from, method_of
 from composer.adapters.model import AdaptedEncoder
 from composer.base import BaseIdentity
 from composer.errors import ArtifactError, IncompatibleBaseError
@@ -39,7 +39,7 @@ class AdapterArtifact:
     """An adapter (and optional head) in memory, independent of any model instance."""
 
     name: str
-    config: BottleneckConfig
+    config: AdapterConfig  # a bottleneck adapter's or a LoRA's
     hidden_size: int
     tensors: dict[str, torch.Tensor]  # "adapter.<site>.<param>" and "head.<param>"
     head: HeadConfig | None = None
@@ -57,7 +57,7 @@ class AdapterArtifact:
             "format_version": FORMAT_VERSION,
             "name": self.name,
             "kind": self.kind,
-            "method": "bottleneck",
+            "method": method_of(self.config),
             "config": self.config.to_dict(),
             "head": self.head.to_dict() if self.head else None,
             "labels": self.labels,
@@ -77,9 +77,11 @@ def extract(model: AdaptedEncoder, adapter: str, head: str | None = None, **meta
     if head is not None:
         tensors.update({f"head.{k}": v.detach().cpu().clone() for k, v in model.heads[head].state_dict().items()})
         head_cfg = model.heads[head].cfg
+    cfg = model.adapters[adapter].cfg
+    meta.setdefault("kind", "st_a" if method_of(cfg) == "bottleneck" else "lora")
     return AdapterArtifact(
         name=adapter,
-        config=model.adapters[adapter].cfg,
+        config=cfg,
         hidden_size=model.base.hidden_size,
         tensors=tensors,
         head=head_cfg,
@@ -119,11 +121,9 @@ def from_files(config_bytes: bytes, weights: bytes) -> AdapterArtifact:
         )
     if sha256_bytes(weights) != meta.get("sha256"):
         raise ArtifactError("checksum mismatch: adapter.safetensors does not match the sha256 in its config")
-    if meta.get("method") != "bottleneck":
-        raise ArtifactError(f"unsupported method {meta.get('method')!r}")
     return AdapterArtifact(
         name=str(meta["name"]),
-        config=BottleneckConfig.from_dict(meta["config"]),
+        config=config_from(str(meta.get("method")), meta["config"]),
         hidden_size=int(meta["hidden_size"]),
         tensors=tensors_from_bytes(weights, WEIGHTS_NAME),
         head=HeadConfig.from_dict(meta["head"]) if meta.get("head") else None,

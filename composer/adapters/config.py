@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
+from composer.adapters.lora import LoraConfig
 from composer.errors import ConfigError
 from composer.injection import PLACEMENTS, Placement
 
@@ -54,6 +55,12 @@ class BottleneckConfig:
         if not (self.mh_adapter or self.output_adapter):
             raise ConfigError("an adapter needs at least one placement (mh_adapter or output_adapter)")
         object.__setattr__(self, "leave_out", tuple(int(i) for i in self.leave_out))
+
+    def check_base(self, family: str, num_layers: int) -> None:
+        """Refuse, naming the field, what a base of this family and depth does not have."""
+        bad = [i for i in self.leave_out if not 0 <= i < num_layers]
+        if bad:
+            raise ConfigError(f"leave_out: the base has layers 0..{num_layers - 1}, got {bad}")
 
     @property
     def placements(self) -> tuple[Placement, ...]:
@@ -110,8 +117,30 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def preset(name: str, **overrides: Any) -> BottleneckConfig:
+AdapterConfig: TypeAlias = BottleneckConfig | LoraConfig
+
+# LoRA on the query and value projections (Hu et al. 2021), PEFT's default targets for BERT.
+PRESETS["lora"] = {"method": "lora"}
+
+
+def preset(name: str, **overrides: Any) -> AdapterConfig:
     """Build a config from a preset name, with field overrides validated like any config."""
     if name not in PRESETS:
         raise ConfigError(f"unknown adapter preset {name!r}; known presets: {sorted(PRESETS)}")
-    return BottleneckConfig.from_dict({**PRESETS[name], **overrides})
+    fields = {**PRESETS[name], **overrides}
+    if fields.pop("method", "bottleneck") == "lora":
+        return LoraConfig.from_dict(fields)
+    return BottleneckConfig.from_dict(fields)
+
+
+def method_of(cfg: AdapterConfig) -> str:
+    """The `method` an artifact's config records: "bottleneck" or "lora"."""
+    return "bottleneck" if isinstance(cfg, BottleneckConfig) else "lora"
+
+
+def config_from(method: str, data: dict[str, Any]) -> AdapterConfig:
+    if method == "bottleneck":
+        return BottleneckConfig.from_dict(data)
+    if method == "lora":
+        return LoraConfig.from_dict(data)
+    raise ConfigError(f"unsupported adapter method {method!r}; known: bottleneck, lora")

@@ -77,7 +77,7 @@ class BottleneckKind(MethodKind):
         return module_bytes(enc.adapters[name], enc.heads[name] if name in enc.heads else None)
 
     def group(self, name: str) -> tuple[str, str]:
-        return ("bottleneck", "")  # ST-A and MT-A rows on any adapters share one mixed forward
+        return ("adapters", "")  # ST-A, MT-A and LoRA rows on any adapters share one mixed forward
 
     def predict(
         self, models: Models, names: Sequence[str], batch: dict[str, torch.Tensor], return_attention: bool = False
@@ -85,6 +85,34 @@ class BottleneckKind(MethodKind):
         comp = Single(names[0]) if len(set(names)) == 1 else Mixed(tuple(names))
         hidden = models.encoder(**batch, composition=comp).hidden
         return Prediction(_rows(names, hidden, batch["attention_mask"], models.encoder.heads))
+
+
+class LoraKind(BottleneckKind):
+    """A LoRA and its head. It serves in the same mixed forwards as bottleneck adapters; it is not fusable."""
+
+    fusable = False
+
+    def __init__(self) -> None:
+        super().__init__("lora")
+
+    def detect(self, files: dict[str, bytes]) -> str | None:
+        meta = json_config(files, artifacts.CONFIG_NAME)
+        if meta.get("peft_type") == "LORA":
+            return "peft"
+        if (meta.get("config") or {}).get("architecture") == "lora" and "peft_type" not in meta:
+            return "adapterhub"
+        return None
+
+    def import_files(self, files: dict[str, bytes], base_dir: str | None) -> AdapterArtifact:
+        from composer.adapters.lora_import import import_adapterhub_lora, import_peft_lora
+
+        with as_directory(files) as d:
+            if self.detect(files) == "peft":
+                return import_peft_lora(files, d, base_dir)
+            return import_adapterhub_lora(files, d)
+
+    def method_config(self, art: AdapterArtifact, **extra: Any) -> dict[str, Any]:
+        return {"method": "lora", "config": art.config.to_dict(), "max_length": art.max_length, **extra}
 
 
 class FusionKind(MethodKind):
@@ -137,4 +165,4 @@ class FusionKind(MethodKind):
         return Prediction(_rows(names, out.hidden, batch["attention_mask"], models.encoder.heads), out.fusion_attention)
 
 
-ST_A, MT_A, FUSION = BottleneckKind("st_a"), BottleneckKind("mt_a"), FusionKind()
+ST_A, MT_A, LORA, FUSION = BottleneckKind("st_a"), BottleneckKind("mt_a"), LoraKind(), FusionKind()

@@ -12,13 +12,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from composer.adapters import routing
+from composer.adapters import lora, routing
 from composer.adapters.bottleneck import BottleneckAdapter
-from composer.adapters.config import BottleneckConfig
+from composer.adapters.config import AdapterConfig, BottleneckConfig
 from composer.adapters.fusion import Fusion, FusionConfig, check_fusable
+from composer.adapters.lora import LoraAdapter
 from composer.adapters.routing import FusePlan
 from composer.base import LoadedBase
-from composer.composition import Composition, Fuse, Mixed, Single
+from composer.composition import Composition, Fuse, Single
 from composer.errors import ConfigError
 from composer.heads import HeadConfig, PredictionHead
 from composer.injection import Scope, inject
@@ -51,10 +52,16 @@ class AdaptedEncoder(nn.Module):
         return self.base.device
 
     # -- building -------------------------------------------------------------------------
-    def add_adapter(self, name: str, cfg: BottleneckConfig) -> BottleneckAdapter:
+    def add_adapter(self, name: str, cfg: AdapterConfig) -> BottleneckAdapter | LoraAdapter:
+        """A bottleneck adapter or a LoRA, by its config."""
         if name in self.adapters:
             raise ConfigError(f"adapter {name!r} already exists")
-        adapter = BottleneckAdapter(cfg, self.base.hidden_size, self.base.num_layers).to(self.device)
+        adapter: BottleneckAdapter | LoraAdapter
+        if isinstance(cfg, BottleneckConfig):
+            adapter = BottleneckAdapter(cfg, self.base.hidden_size, self.base.num_layers)
+        else:
+            adapter = LoraAdapter.for_encoder(cfg, self.encoder, self.base.family, self.base.num_layers)
+        adapter = adapter.to(self.device)
         adapter.train(self.training)  # a module added to a model in eval mode must not run dropout
         self.adapters[name] = adapter
         return adapter
@@ -74,6 +81,9 @@ class AdaptedEncoder(nn.Module):
         if missing:
             raise ConfigError(f"unknown adapters {missing}")
         adapters = [self.adapters[m] for m in members]
+        loras = [m for m, a in zip(members, adapters, strict=True) if isinstance(a, LoraAdapter)]
+        if loras:
+            raise ConfigError(f"LoRA adapters cannot be fused (AdapterFusion fuses bottleneck adapters): {loras}")
         check_fusable(adapters)  # type: ignore[arg-type]
         fusion = Fusion(cfg or FusionConfig(), members, adapters[0]).to(self.device)  # type: ignore[arg-type]
         fusion.train(self.training)
@@ -97,22 +107,27 @@ class AdaptedEncoder(nn.Module):
             plan = self._plans[name] = FusePlan(fusion, [self.adapters[m] for m in fusion.members])  # type: ignore[misc]
         return plan
 
-    def handler(self, composition: Composition | None, capture: dict[str, torch.Tensor] | None = None):  # type: ignore[no-untyped-def]
-        """The site handler of one forward under `composition` (None: the bare base)."""
+    def scope(self, composition: Composition | None, capture: dict[str, torch.Tensor] | None = None) -> Scope:
+        """What one forward under `composition` asks of the shared layers (None: the bare base): site
+        handlers for bottleneck adapters and fusions, linear handlers for LoRAs."""
         if composition is None:
-            return None
-        if isinstance(composition, Single):
-            if composition.adapter not in self.adapters:
-                raise ConfigError(f"unknown adapter {composition.adapter!r}")
-            return routing.single(self.adapters[composition.adapter])  # type: ignore[arg-type]
+            return Scope()
         if isinstance(composition, Fuse):
-            return self.fusion_plan(composition.fusion).handler(capture)
-        if isinstance(composition, Mixed):
-            missing = sorted({a for a in composition.adapters if a is not None and a not in self.adapters})
-            if missing:
-                raise ConfigError(f"unknown adapters {missing}")
-            return routing.mixed([self.adapters[a] if a is not None else None for a in composition.adapters])  # type: ignore[misc]
-        raise ConfigError(f"unsupported composition {composition!r}")
+            return Scope(handler=self.fusion_plan(composition.fusion).handler(capture), capture=capture)
+        names = (composition.adapter,) if isinstance(composition, Single) else getattr(composition, "adapters", None)
+        if names is None:
+            raise ConfigError(f"unsupported composition {composition!r}")
+        missing = sorted({a for a in names if a is not None and a not in self.adapters})
+        if missing:
+            raise ConfigError(f"unknown adapters {missing}")
+        modules = [self.adapters[a] if a is not None else None for a in names]
+        bottlenecks = [m if isinstance(m, BottleneckAdapter) else None for m in modules]
+        loras = [m if isinstance(m, LoraAdapter) else None for m in modules]
+        handler = None
+        if any(b is not None for b in bottlenecks):
+            single = len(bottlenecks) == 1 or all(b is bottlenecks[0] for b in bottlenecks)
+            handler = routing.single(bottlenecks[0]) if single else routing.mixed(bottlenecks)  # type: ignore[arg-type]
+        return Scope(handler=handler, linear=lora.gathered(loras), capture=capture)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("encoder.")]
@@ -141,7 +156,7 @@ class AdaptedEncoder(nn.Module):
         return_fusion_attention: bool = False,
     ) -> EncoderOutput:
         capture: dict[str, torch.Tensor] | None = {} if return_fusion_attention else None
-        scope = Scope(handler=self.handler(composition, capture), capture=capture)
+        scope = self.scope(composition, capture)
         hidden = self.encode(input_ids, attention_mask, token_type_ids, scope)
         logits = self.heads[head](hidden, attention_mask) if head is not None else None
         attention = None

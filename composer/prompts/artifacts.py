@@ -15,7 +15,7 @@ import torch
 
 from composer.base import BaseIdentity
 from composer.errors import ArtifactError, ConfigError
-from composer.heads import HeadConfig
+from composer.heads import HeadConfig, peft_seq_cls_head
 from composer.prompts.prompt import PromptConfig
 from composer.safetensors_io import read_tensors, sha256_bytes, tensors_from_bytes, tensors_to_bytes
 
@@ -99,19 +99,7 @@ def import_peft_prompt(directory: str | Path, base_dir: str | Path | None = None
     prompt = tensors["prompt_embeddings"]
     cfg = PromptConfig(length=int(meta["num_virtual_tokens"]), insertion="input_embeds", init="uniform")
     art = PromptArtifact(name=d.name, config=cfg, hidden_size=int(meta["token_dim"]), prompt=prompt)
-    clf = {
-        k.split("classifier.")[-1]: v for k, v in tensors.items() if ".classifier." in k or k.startswith("classifier.")
-    }
-    if clf and meta.get("task_type") == "SEQ_CLS":
-        if base_dir is None:
-            raise ConfigError("a PEFT SEQ_CLS prompt needs the base directory for its pooler weights")
-        base = read_tensors(Path(base_dir) / "model.safetensors")
-        pooler = {k.split("pooler.dense.")[-1]: v for k, v in base.items() if "pooler.dense." in k}
-        if set(pooler) != {"weight", "bias"}:
-            raise ArtifactError("the base checkpoint has no pooler; the PEFT classifier cannot be reproduced")
-        n = clf["weight"].shape[0]
-        art.head = HeadConfig(kind="classification" if n > 1 else "regression", num_labels=n, layers=2,
-                              activation="tanh", pooling="first_token", dropout=0.1)  # fmt: skip
-        art.head_tensors = {"dense.weight": pooler["weight"], "dense.bias": pooler["bias"],
-                            "out.weight": clf["weight"], "out.bias": clf["bias"]}  # fmt: skip
+    head = peft_seq_cls_head(tensors, str(base_dir) if base_dir is not None else None)
+    if head is not None and meta.get("task_type") == "SEQ_CLS":
+        art.head, art.head_tensors = head
     return art

@@ -138,6 +138,45 @@ def prompt_fixtures(x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def lora_fixtures(x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """PEFT LoRA SEQ_CLS classifiers (on prompts/peft_base) and an AdapterHub LoRAConfig adapter with a head."""
+    from adapters import LoRAConfig
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import BertForSequenceClassification
+
+    out: dict[str, torch.Tensor] = {}
+    peft_cfgs = {
+        "peft_qv": LoraConfig(task_type=TaskType.SEQ_CLS, r=4, lora_alpha=8),
+        "peft_wide": LoraConfig(
+            task_type=TaskType.SEQ_CLS, r=2, lora_alpha=5, use_rslora=True,
+            target_modules=["query", "key", "value", "dense"], layers_to_transform=[1],
+        ),
+    }  # fmt: skip
+    for j, (tag, cfg) in enumerate(peft_cfgs.items()):
+        clf = BertForSequenceClassification.from_pretrained(OUT / "prompts" / "peft_base").eval()
+        model = get_peft_model(clf, cfg)
+        gen = torch.Generator().manual_seed(600 + j)
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+        model.eval()
+        with torch.no_grad():
+            out[f"lora/{tag}"] = model(**x).logits
+        model.save_pretrained(str(OUT / "lora" / tag), safe_serialization=True)
+
+    model = BertAdapterModel.from_pretrained(OUT / "base").eval()
+    model.add_adapter("hub_lora", config=LoRAConfig(r=4, alpha=8, intermediate_lora=True, output_lora=True))
+    model.add_classification_head("hub_lora", num_labels=3)
+    randomise(model, ["hub_lora"], seed=650)
+    model.set_active_adapters("hub_lora")
+    model.eval()
+    with torch.no_grad():
+        out["lora/adapterhub"] = model(**x).logits
+    model.save_adapter(str(OUT / "lora" / "adapterhub"), "hub_lora", with_head=True, use_safetensors=True)
+    return out
+
+
 def main() -> None:
     if OUT.exists():
         shutil.rmtree(OUT)
@@ -176,11 +215,15 @@ def main() -> None:
 
     expected.update(fusion_fixtures(x))
     expected.update(prompt_fixtures(x))
+    expected.update(lora_fixtures(x))
     save_file({k: v.contiguous() for k, v in expected.items()}, str(OUT / "expected.safetensors"))
     meta = {"adapters": adapters.__version__, "torch": torch.__version__, "presets": PRESETS}
     import transformers
 
+    import peft
+
     meta["transformers"] = transformers.__version__
+    meta["peft"] = peft.__version__
     (OUT / "versions.json").write_text(json.dumps(meta, indent=2) + "\n")
     print("wrote", OUT)
 

@@ -1,0 +1,174 @@
+"""LoRA (Hu et al., 2021): a low-rank update `x A^T B^T * alpha/r` added to chosen linear projections.
+
+The numerics follow PEFT 0.21 (`lora.Linear`: `base(x) + lora_B(lora_A(dropout(x))) * scaling`) and
+AdapterHub `adapters` 1.3.0 (`LoRALinear`, composition "add"), which compute the same thing. The
+projections are the encoder's own linears; `composer.injection` lets each of them add what the
+forward's scope asks for, so a LoRA is never merged into shared weights and rows of one batch can
+use different LoRAs: each row gathers its own A and B, as Punica's BGMV kernel does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from composer.errors import ConfigError
+from composer.injection import FAMILIES, LinearHandler
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] | None = None  # linear names (or their last parts); None: query and value
+    layers: tuple[int, ...] | None = None  # PEFT's layers_to_transform; None: every layer
+    use_rslora: bool = False  # scaling alpha / sqrt(r) instead of alpha / r
+
+    def __post_init__(self) -> None:
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
+            raise ConfigError(f"r (the LoRA rank) must be an integer >= 1, got {self.r!r}")
+        if not isinstance(self.alpha, (int, float)) or isinstance(self.alpha, bool) or self.alpha <= 0:
+            raise ConfigError(f"alpha must be a number > 0, got {self.alpha!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.target_modules is not None:
+            if isinstance(self.target_modules, str) or not self.target_modules:
+                raise ConfigError("target_modules must be a non-empty list of module names")
+            object.__setattr__(self, "target_modules", tuple(str(t) for t in self.target_modules))
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / math.sqrt(self.r) if self.use_rslora else self.alpha / self.r
+
+    def targets(self, family: str) -> tuple[str, ...]:
+        """The linear names inside one layer that this config adapts; unknown names are refused."""
+        spec = FAMILIES[family]
+        wanted = self.target_modules or spec.default_lora_targets
+        found: list[str] = []
+        for t in wanted:
+            # a full name inside the layer matches itself only; a short one every linear it ends
+            hits = [t] if t in spec.linears else [n for n in spec.linears if n.endswith("." + t)]
+            if not hits:
+                short = sorted({n.rsplit(".", 1)[-1] for n in spec.linears} | set(spec.linears))
+                raise ConfigError(f"target_modules: a {family} layer has no linear module {t!r}; it has {short}")
+            found += hits
+        return tuple(n for n in spec.linears if n in found)
+
+    def check_base(self, family: str, num_layers: int) -> None:
+        """Refuse, naming the field, what a base of this family and depth does not have."""
+        self.targets(family)
+        bad = [i for i in self.layers or () if not 0 <= i < num_layers]
+        if bad:
+            raise ConfigError(f"layers: the base has layers 0..{num_layers - 1}, got {bad}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for k in ("target_modules", "layers"):
+            d[k] = list(d[k]) if d[k] is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LoraConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known - {"method"}
+        if unknown:
+            raise ConfigError(f"unknown LoRA config fields: {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class LoraLinear(nn.Module):
+    """The update of one linear: A [r, in], B [out, r]; B starts at zero, so training starts from the base."""
+
+    def __init__(self, in_features: int, out_features: int, cfg: LoraConfig):
+        super().__init__()
+        self.A = nn.Parameter(torch.empty(cfg.r, in_features))
+        self.B = nn.Parameter(torch.zeros(out_features, cfg.r))
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))  # as nn.Linear, PEFT and AdapterHub do
+        self.scaling = cfg.scaling
+        self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(nn.functional.linear(self.dropout(x), self.A), self.B) * self.scaling
+
+
+def site_name(layer: int, linear: str) -> str:
+    return f"L{layer}_{linear.replace('.', '_')}"
+
+
+class LoraAdapter(nn.Module):
+    """The LoRA updates of one adapter, one `LoraLinear` per (layer, target linear)."""
+
+    def __init__(self, cfg: LoraConfig, shapes: dict[tuple[int, str], tuple[int, int]]):
+        super().__init__()
+        self.cfg = cfg
+        self.sites = nn.ModuleDict({site_name(i, n): LoraLinear(fi, fo, cfg) for (i, n), (fi, fo) in shapes.items()})
+        self.by_target: dict[tuple[int, str], LoraLinear] = {k: self.sites[site_name(*k)] for k in shapes}  # type: ignore[misc]
+
+    @classmethod
+    def for_encoder(cls, cfg: LoraConfig, model: nn.Module, family: str, num_layers: int) -> LoraAdapter:
+        spec = FAMILIES[family]
+        cfg.check_base(family, num_layers)
+        targets = cfg.targets(family)
+        blocks = model.get_submodule(spec.layers_path)
+        shapes = {}
+        for i in cfg.layers if cfg.layers is not None else range(num_layers):
+            for name in targets:
+                lin = blocks[i].get_submodule(name)
+                shapes[(i, name)] = (lin.in_features, lin.out_features)
+        return cls(cfg, shapes)
+
+    def handler(self) -> LinearHandler:
+        by_target = self.by_target
+
+        def handle(layer: int, name: str, x: torch.Tensor) -> torch.Tensor | None:
+            site = by_target.get((layer, name))
+            return None if site is None else site(x)
+
+        return handle
+
+
+def gathered(adapters: list[LoraAdapter | None]) -> LinearHandler | None:
+    """Rows on different LoRAs (None: no LoRA) in one forward. Per linear, the distinct adapters' A and
+    B (scaling folded into B, ranks zero-padded to the widest, one zero slot for rows without a LoRA)
+    are stacked once; each row gathers its own pair and two batched matmuls apply them (BGMV)."""
+    distinct = [a for a in dict.fromkeys(a for a in adapters if a is not None)]
+    if not distinct:
+        return None
+    if len(distinct) == 1 and all(a is distinct[0] for a in adapters):
+        return distinct[0].handler()
+    slot = {id(a): i for i, a in enumerate(distinct)}
+    rows = torch.tensor([slot[id(a)] if a is not None else len(distinct) for a in adapters])
+    keys = {k for a in distinct for k in a.by_target}
+    stacks: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def stack(key: tuple[int, str]) -> tuple[torch.Tensor, torch.Tensor]:
+        sites = [a.by_target.get(key) for a in distinct]
+        some = next(s for s in sites if s is not None)
+        r = max(s.A.shape[0] for s in sites if s is not None)
+        a_all = some.A.new_zeros(len(distinct) + 1, r, some.A.shape[1])
+        b_all = some.B.new_zeros(len(distinct) + 1, some.B.shape[0], r)
+        for i, s in enumerate(sites):
+            if s is not None:
+                a_all[i, : s.A.shape[0]] = s.A
+                b_all[i, :, : s.A.shape[0]] = s.B * s.scaling
+        return a_all, b_all
+
+    def handle(layer: int, name: str, x: torch.Tensor) -> torch.Tensor | None:
+        key = (layer, name)
+        if key not in keys:
+            return None
+        if key not in stacks:
+            stacks[key] = stack(key)
+        a_all, b_all = stacks[key]
+        idx = rows.to(x.device)
+        return torch.bmm(torch.bmm(x, a_all[idx].transpose(1, 2)), b_all[idx].transpose(1, 2))
+
+    return handle
