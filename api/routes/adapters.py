@@ -106,6 +106,13 @@ def _register_import(reg, owner_id, files, task_ref, base_ref, name, load_base):
     labels = list(task_spec(task).labels)
     if art.labels and labels and labels != list(art.labels):
         raise Problem(422, "label-mismatch", f"module labels {art.labels} != task labels {task.labels}")
+    head = getattr(art, "head", None)
+    if head is not None and labels and head.kind == "classification" and head.num_labels != len(labels):
+        raise Problem(
+            422,
+            "label-mismatch",
+            f"the module's head has {head.num_labels} classes; task {task.name!r} has {len(labels)}",
+        )
     w_sha, c_sha = artifact_store.store(reg, art)
     with reg.tx() as s:
         row = adapters.register_adapter(

@@ -24,8 +24,14 @@ class BaseModelRow(Base):
     architecture: Mapped[str] = mapped_column(String(40))
     hidden_size: Mapped[int] = mapped_column(Integer)
     num_layers: Mapped[int] = mapped_column(Integer)
-    path: Mapped[str] = mapped_column(String(1000))
+    path: Mapped[str] = mapped_column(String(1000))  # config and tokenizer (and weights, unless derived)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # A derived base: `parent_id`'s architecture and tokenizer with the encoder weights a job fine-tuned
+    # (a multi-task adapter job), stored once as a blob. Owned by the job's owner; plain bases have none.
+    parent_id: Mapped[str | None] = mapped_column(ForeignKey("base_models.id"), default=None)
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), default=None)
+    owner_id: Mapped[str | None] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"), default=None)
+    weights_sha256: Mapped[str | None] = mapped_column(String(64), default=None)
     __table_args__ = (CheckConstraint("hidden_size > 0", name="hidden_size_positive"),)
 
 

@@ -56,10 +56,24 @@ class Api:
         return ids
 
     def train_adapter(
-        self, ids: dict[str, str], name: str | None = None, key: str = ADMIN, task: str = "sentiment"
+        self,
+        ids: dict[str, str],
+        name: str | None = None,
+        key: str = ADMIN,
+        task: str = "sentiment",
+        preset: str = "seq_bn",
+        adapter: dict | None = None,
     ) -> str:
-        body = {"type": "adapter", "task": task, "base_model": self.base_id, "train_dataset": ids["train"],
-                "validation_dataset": ids["validation"], "adapter": {"reduction_factor": 4}, "hyperparameters": HP}  # fmt: skip
+        body = {
+            "type": "adapter",
+            "task": task,
+            "base_model": self.base_id,
+            "train_dataset": ids["train"],
+            "validation_dataset": ids["validation"],
+            "preset": preset,
+            "adapter": {"reduction_factor": 4} if adapter is None else adapter,
+            "hyperparameters": HP,
+        }
         if name:
             body["name"] = name
         r = self.client.post("/v1/jobs", json=body, headers=self.h(key))

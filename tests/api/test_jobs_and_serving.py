@@ -52,7 +52,10 @@ def test_bad_job_specs_are_refused_before_queueing(api):
     ids = api.task_with_data()
     base = {"type": "adapter", "task": "sentiment", "base_model": api.base_id, "train_dataset": ids["train"]}
     cases = [({"hyperparameters": {"learning_rate": 0}}, 422), ({"hyperparameters": {"epochs": 0}}, 422),
-             ({"train_dataset": "ds_nope"}, 404), ({"base_model": "bm_nope"}, 404), ({"preset": "lora"}, 422)]  # fmt: skip
+             ({"train_dataset": "ds_nope"}, 404), ({"base_model": "bm_nope"}, 404), ({"preset": "nope"}, 422),
+             ({"preset": "lora", "adapter": {"r": 0}}, 422),
+             ({"preset": "lora", "adapter": {"target_modules": ["gate_proj"]}}, 422),
+             ({"preset": "lora", "adapter": {"layers": [40]}}, 422)]  # fmt: skip
     for change, status in cases:
         r = api.client.post("/v1/jobs", json={**base, **change}, headers=api.h())
         assert r.status_code == status, (change, r.text)
