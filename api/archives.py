@@ -13,7 +13,8 @@ PICKLE_NAMES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
 def read_zip(data: bytes, max_uncompressed: int) -> dict[str, bytes]:
-    """The archive's regular files by basename. Refuses symlinks, absolute or `..` paths and zip bombs."""
+    """The archive's regular files by their path inside it (posix, no leading "./"). Refuses symlinks,
+    absolute or `..` paths, pickles and zip bombs. `composer.kinds.plan_archive` reads the layout."""
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile:
@@ -33,7 +34,9 @@ def read_zip(data: bytes, max_uncompressed: int) -> dict[str, bytes]:
         name = path.name
         if name.endswith(PICKLE_NAMES):
             raise Problem(422, "pickle-refused", f"{name} is a pickle; only safetensors are accepted", field="file")
-        files[name] = zf.read(info)
+        if name.startswith(".") or "__MACOSX" in path.parts:
+            continue  # macOS and editor litter, never a module file
+        files[path.as_posix()] = zf.read(info)
     return files
 
 

@@ -130,10 +130,12 @@ def peft_seq_cls_head(
         return None
     if set(clf) != {"weight", "bias"}:
         raise ArtifactError(f"modules_to_save: the classifier has {sorted(clf)}, expected weight and bias")
-    if base_dir is None:
-        raise ConfigError("a PEFT SEQ_CLS artifact needs the base directory for its pooler weights")
-    base = read_tensors(Path(base_dir) / "model.safetensors")
-    pooler = {k.split("pooler.dense.")[-1]: v for k, v in base.items() if "pooler.dense." in k}
+    pooler = {k.split("pooler.dense.")[-1]: v for k, v in tensors.items() if "pooler.dense." in k}
+    if not pooler:  # not in modules_to_save: the base's own pooler
+        if base_dir is None:
+            raise ConfigError("a PEFT SEQ_CLS artifact needs the base directory for its pooler weights")
+        base = read_tensors(Path(base_dir) / "model.safetensors")
+        pooler = {k.split("pooler.dense.")[-1]: v for k, v in base.items() if "pooler.dense." in k}
     if set(pooler) != {"weight", "bias"}:
         raise ArtifactError("the base checkpoint has no pooler; the PEFT classifier cannot be reproduced")
     n = clf["weight"].shape[0]

@@ -4,12 +4,14 @@ face up here (`get(row.kind)`) instead of branching on the kind."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from composer.adapters.kind import FUSION, LORA, MT_A, ST_A
 from composer.base import LoadedBase
 from composer.errors import ArtifactError, ConfigError
-from composer.method import Artifact, MethodKind, Models
+from composer.method import Artifact, MethodKind, Models, json_config
 from composer.prompts.kind import SOFT_PROMPT
 
 KINDS: dict[str, MethodKind] = {k.name: k for k in (ST_A, MT_A, LORA, FUSION, SOFT_PROMPT)}
@@ -46,10 +48,65 @@ def load_dir(directory: str | os.PathLike[str], base_dir: str | os.PathLike[str]
     return load_files({p.name: p.read_bytes() for p in d.iterdir() if p.is_file()}, base_dir)
 
 
-def check_fits(kind: MethodKind, art: Artifact, base: LoadedBase) -> None:
-    """Attach `art` to a throwaway model on `base`, so every name, shape and base check that serving
-    would make refuses a bad upload now (ComposerError), before anything is registered."""
+def check_fits(
+    kind: MethodKind, art: Artifact, base: LoadedBase, members: Sequence[tuple[MethodKind, Artifact]] = ()
+) -> None:
+    """Attach `art` (after its members, for a fusion) to a throwaway model on `base`, so every name, shape
+    and base check that serving would make refuses a bad upload now (ComposerError), before anything is
+    registered."""
     from composer.adapters.model import AdaptedEncoder
     from composer.prompts.model import PromptModel
 
-    kind.attach(Models(base, AdaptedEncoder(base), PromptModel(base)), art, "__probe__")
+    models = Models(base, AdaptedEncoder(base), PromptModel(base))
+    names = [f"__probe_member_{i}__" for i in range(len(members))]
+    for name, (face, member) in zip(names, members, strict=True):
+        face.attach(models, member, name)
+    kind.attach(models, art, "__probe__", names)
+
+
+@dataclass
+class ArchivePlan:
+    """What an uploaded archive holds: one module (`single`), or an AdapterHub fusion saved with its
+    members (`fusion`, and `members` by folder in the fusion's order)."""
+
+    single: dict[str, bytes] | None = None
+    fusion: dict[str, bytes] | None = None
+    members: dict[str, dict[str, bytes]] = field(default_factory=dict)
+
+
+def plan_archive(files: dict[str, bytes]) -> ArchivePlan:
+    """Read an archive's layout from its file paths. One folder of files (at the root or nested) is one
+    module. Folders of adapters plus one folder with `adapter_fusion_config.json` are a fusion with its
+    members (AdapterHub's `save_adapter` per member and `save_adapter_fusion`). Anything else holding
+    several modules is refused, listing what was found."""
+    folders: dict[str, dict[str, bytes]] = {}
+    for path, blob in files.items():
+        parent, _, name = path.rpartition("/")
+        folders.setdefault(parent, {})[name] = blob
+    if len(folders) == 1:
+        return ArchivePlan(single=next(iter(folders.values())))
+    fusions = [f for f, fs in folders.items() if "adapter_fusion_config.json" in fs]
+    found = []
+    for folder, fs in sorted(folders.items()):
+        try:
+            kind, source = detect(fs)
+            found.append(f"{folder or '.'}/: {kind.name} ({source})")
+        except ArtifactError:
+            found.append(f"{folder or '.'}/: {sorted(fs)}")
+    if len(fusions) != 1:
+        raise ArtifactError(
+            f"the archive holds {len(folders)} folders in no layout this service knows: {'; '.join(found)}. "
+            "Upload one module per archive, or an AdapterHub fusion saved with its members "
+            "(one folder per member from save_adapter, and one folder from save_adapter_fusion)"
+        )
+    fusion = folders.pop(fusions[0])
+    names = json_config(fusion, "adapter_fusion_config.json").get("adapter_names") or []
+    by_name = {f.rpartition("/")[2]: f for f in folders}
+    by_name.update({json_config(fs, "adapter_config.json").get("name"): f for f, fs in folders.items()})
+    missing = [n for n in names if n not in by_name]
+    if missing or len(names) != len(folders):
+        raise ArtifactError(
+            f"the fusion fuses {names}, but the archive's member folders are {sorted(folders)} "
+            f"(missing: {missing}); found: {'; '.join(found)}"
+        )
+    return ArchivePlan(fusion=fusion, members={by_name[n]: folders[by_name[n]] for n in names})

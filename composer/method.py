@@ -24,6 +24,7 @@ import torch
 if TYPE_CHECKING:
     from composer.adapters.model import AdaptedEncoder
     from composer.base import BaseIdentity, LoadedBase
+    from composer.exporting import Target
     from composer.prompts.model import PromptModel
 
 
@@ -78,6 +79,20 @@ class MethodKind(ABC):
         from composer.errors import ArtifactError
 
         raise ArtifactError(f"{self.name} modules cannot be imported; import their members instead")
+
+    # -- export -----------------------------------------------------------------------------
+    formats: tuple[str, ...] = ("native",)  # what `export` writes: ours, and the references' layouts
+
+    def export(
+        self, art: Any, fmt: str, target: Target, members: Sequence[Any] = (), with_head: bool = True
+    ) -> dict[str, bytes]:
+        """The module's files (by path) in `fmt`; a fusion's members are written beside it."""
+        if fmt not in self.formats:
+            from composer.errors import ConfigError
+
+            raise ConfigError(f"format: a {self.name} downloads as {list(self.formats)}, not {fmt!r}")
+        config, weights = self.to_files(art)
+        return {self.file_names[0]: config, self.file_names[1]: weights}
 
     # -- registry facts ---------------------------------------------------------------------
     @abstractmethod

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Literal
+
 from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
@@ -9,13 +13,13 @@ from starlette.concurrency import run_in_threadpool
 from api.archives import make_zip, read_zip
 from api.deps import Reader, RegistryDep, Trainer
 from api.errors import Problem
+from api.imports import register_import
 from api.loaders import adapter_json, resident
 from composer import kinds
-from composer.base import BaseIdentity
-from composer.errors import ArtifactError, ComposerError
+from composer.errors import ComposerError
+from composer.exporting import Target
 from registry_db.repo import adapters, catalog
 from workers import artifact_store
-from workers.catalog import task_spec
 
 router = APIRouter(tags=["adapters"])
 
@@ -55,15 +59,41 @@ def get_adapter(ref: str, caller: Reader, reg: RegistryDep) -> dict:
 
 
 @router.get("/adapters/{ref}/download", response_class=Response)
-def download(ref: str, caller: Reader, reg: RegistryDep) -> Response:
+def download(
+    ref: str,
+    caller: Reader,
+    reg: RegistryDep,
+    format: Literal["native", "adapterhub", "peft"] = "native",
+    with_head: bool = True,
+) -> Response:
+    """The module as stored (`native`), or in AdapterHub's or PEFT's layout; a fusion with its members."""
     with reg.tx() as s:
         row = adapters.resolve_adapter(s, caller.owner_id, ref)
+        base = catalog.get_base_model(s, row.base_model_id)
+        members = adapters.fusion_members(s, row.id)
     if row.blob_sha256 is None or row.config_sha256 is None:
         raise Problem(404, "not-found", f"adapter {row.id} has no stored weights")
-    cfg_name, w_name = kinds.get(row.kind).file_names
-    data = make_zip({cfg_name: reg.blobs.get(row.config_sha256), w_name: reg.blobs.get(row.blob_sha256)})
-    return Response(data, media_type="application/zip",
-                    headers={"Content-Disposition": f'attachment; filename="{row.name.replace("/", "_")}-v{row.version}.zip"'})  # fmt: skip
+    face = kinds.get(row.kind)
+    if format == "native":
+        cfg_name, w_name = face.file_names
+        files = {cfg_name: reg.blobs.get(row.config_sha256), w_name: reg.blobs.get(row.blob_sha256)}
+    else:
+        target = Target(base.name, base.architecture, base.num_layers, _num_heads(base.path))
+        art, member_arts = artifact_store.fetch(reg, row), [artifact_store.fetch(reg, m) for m in members]
+        try:
+            files = face.export(art, format, target, member_arts, with_head)
+        except ComposerError as e:
+            raise Problem(422, "unsupported-format", str(e), field="format") from None
+    stem = f"{row.name.replace('/', '_')}-v{row.version}" + ("" if format == "native" else f"-{format}")
+    return Response(make_zip(files), media_type="application/zip",
+                    headers={"Content-Disposition": f'attachment; filename="{stem}.zip"'})  # fmt: skip
+
+
+def _num_heads(path: str) -> int:
+    try:
+        return int(json.loads((Path(path) / "config.json").read_text()).get("num_attention_heads", 0))
+    except (OSError, ValueError):
+        return 0
 
 
 @router.post("/adapters/import", status_code=201)
@@ -75,57 +105,8 @@ async def import_adapter(request: Request, caller: Trainer, reg: RegistryDep, fi
         raise Problem(413, "payload-too-large", f"uploads are limited to {settings.max_upload_mb} MB")
     files = read_zip(data, int(settings.max_archive_mb * (1 << 20)))
     runtime, device = request.app.state.runtime, settings.device
-    return await run_in_threadpool(_register_import, reg, caller.owner_id, files, task, base_model, name,
+    return await run_in_threadpool(register_import, reg, caller.owner_id, files, task, base_model, name,
                                    lambda base_row: resident(runtime, base_row, device).base)  # fmt: skip
-
-
-def _register_import(reg, owner_id, files, task_ref, base_ref, name, load_base):  # type: ignore[no-untyped-def]
-    with reg.tx() as s:
-        task = catalog.get_task(s, owner_id, task_ref)
-        base = catalog.get_base_model(s, base_ref)
-    try:
-        face, source = kinds.detect(files)
-    except ArtifactError as e:
-        raise Problem(422, "unknown-format", str(e), field="file") from None
-    if not face.importable:
-        raise Problem(422, "unsupported-import", f"importing {face.name} archives is not supported; import its members")
-    art = face.import_files(files, base.path)
-    if art.base is not None and art.base.fingerprint != base.identity:
-        raise Problem(422, "wrong-base", f"this module was trained on base {art.base.name!r}, not {base.name!r}")
-    if art.hidden_size != base.hidden_size:
-        raise Problem(422, "wrong-base", f"module hidden size {art.hidden_size} != base {base.hidden_size}")
-    if art.model_type and art.model_type != base.architecture:
-        raise Problem(422, "wrong-base", f"the module is for a {art.model_type} model; the base is {base.architecture}")
-    art.base = art.base or BaseIdentity(base.name, base.config_hash, base.weights_hash)
-    try:
-        kinds.check_fits(face, art, load_base(base))
-    except ComposerError as e:
-        raise Problem(
-            422, "invalid-artifact", f"the module does not fit base {base.name!r}: {e}", field="file"
-        ) from None
-    labels = list(task_spec(task).labels)
-    if art.labels and labels and labels != list(art.labels):
-        raise Problem(422, "label-mismatch", f"module labels {art.labels} != task labels {task.labels}")
-    head = getattr(art, "head", None)
-    if head is not None and labels and head.kind == "classification" and head.num_labels != len(labels):
-        raise Problem(
-            422,
-            "label-mismatch",
-            f"the module's head has {head.num_labels} classes; task {task.name!r} has {len(labels)}",
-        )
-    w_sha, c_sha = artifact_store.store(reg, art)
-    with reg.tx() as s:
-        row = adapters.register_adapter(
-            s,
-            owner_id=owner_id,
-            task_id=task.id,
-            base_model_id=base.id,
-            name=name or art.name,
-            blob_sha256=w_sha,
-            config_sha256=c_sha,
-            **artifact_store.registration(art, source=source),
-        )
-        return adapter_json(row, format=source)
 
 
 @router.post("/adapters/{ref}/archive")

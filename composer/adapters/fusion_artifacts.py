@@ -19,6 +19,7 @@ import torch
 
 from composer.adapters.bottleneck import site_key
 from composer.adapters.fusion import FusionConfig
+from composer.adapters.hub import _head
 from composer.adapters.model import AdaptedEncoder
 from composer.base import BaseIdentity
 from composer.errors import ArtifactError, ConfigError
@@ -152,10 +153,14 @@ def import_adapterhub_fusion(directory: str | Path) -> FusionArtifact:
             raise ArtifactError(f"unexpected AdapterHub fusion weight {key!r}")
         placement = "attention" if m.group(2) == "attention.output" else "ffn"
         tensors[f"sites.{site_key(int(m.group(1)), placement)}.{m.group(3)}.{m.group(4)}"] = value
+    head, labels, head_tensors = _head(d)  # saved with_head=True: the fusion's own classification head
     return FusionArtifact(
         name=str(meta.get("name", d.name)).replace(",", "+"),
         members=list(meta["adapter_names"]),
         config=cfg,
         hidden_size=int(meta["hidden_size"]),
         tensors=tensors,
+        head=head,
+        head_tensors={k[len("head.") :]: v for k, v in head_tensors.items()},
+        labels=labels,
     )

@@ -7,10 +7,11 @@ from typing import Any
 
 import torch
 
-from composer.adapters import artifacts, fusion_artifacts
+from composer.adapters import artifacts, export, fusion_artifacts
 from composer.adapters.artifacts import AdapterArtifact
 from composer.adapters.fusion_artifacts import FusionArtifact
 from composer.composition import Fuse, Mixed, Single
+from composer.exporting import Target
 from composer.method import MethodKind, Models, Prediction, as_directory, json_config, module_bytes
 
 
@@ -31,6 +32,14 @@ class BottleneckKind(MethodKind):
 
     file_names = (artifacts.CONFIG_NAME, artifacts.WEIGHTS_NAME)
     fusable = True
+    formats = ("native", "adapterhub")
+
+    def export(
+        self, art: AdapterArtifact, fmt: str, target: Target, members: Sequence[Any] = (), with_head: bool = True
+    ) -> dict[str, bytes]:
+        if fmt == "adapterhub":
+            return export.bottleneck_to_hub(art, target, with_head=with_head)
+        return super().export(art, fmt, target)
 
     def __init__(self, name: str):
         self.name = name
@@ -91,6 +100,16 @@ class LoraKind(BottleneckKind):
     """A LoRA and its head. It serves in the same mixed forwards as bottleneck adapters; it is not fusable."""
 
     fusable = False
+    formats = ("native", "adapterhub", "peft")
+
+    def export(
+        self, art: AdapterArtifact, fmt: str, target: Target, members: Sequence[Any] = (), with_head: bool = True
+    ) -> dict[str, bytes]:
+        if fmt == "adapterhub":
+            return export.lora_to_hub(art, target, with_head=with_head)
+        if fmt == "peft":
+            return export.lora_to_peft(art, target, with_head=with_head)
+        return MethodKind.export(self, art, fmt, target)
 
     def __init__(self) -> None:
         super().__init__("lora")
@@ -120,7 +139,15 @@ class FusionKind(MethodKind):
 
     name = "fusion"
     file_names = ("fusion_config.json", "fusion.safetensors")
-    importable = False  # its members are registry rows: import them, then train or request the fusion
+    importable = False  # alone: it imports with its members (composer.kinds.plan_archive)
+    formats = ("native", "adapterhub")
+
+    def export(
+        self, art: FusionArtifact, fmt: str, target: Target, members: Sequence[Any] = (), with_head: bool = True
+    ) -> dict[str, bytes]:
+        if fmt == "adapterhub":
+            return export.fusion_to_hub(art, list(members), target, with_head=with_head)
+        return super().export(art, fmt, target)
 
     def from_files(self, config: bytes, weights: bytes) -> FusionArtifact:
         return fusion_artifacts.from_files(config, weights)
@@ -132,6 +159,11 @@ class FusionKind(MethodKind):
         if json_config(files, self.file_names[0]).get("format") == fusion_artifacts.FORMAT:
             return "ours"
         return "adapterhub" if "adapter_fusion_config.json" in files else None
+
+    def import_files(self, files: dict[str, bytes], base_dir: str | None) -> FusionArtifact:
+        """An AdapterHub fusion folder (save_adapter_fusion); its members come from their own folders."""
+        with as_directory(files) as d:
+            return fusion_artifacts.import_adapterhub_fusion(d)
 
     def param_count(self, art: FusionArtifact) -> int:
         return int(sum(t.numel() for t in art.tensors.values()))

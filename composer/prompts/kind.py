@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from composer.exporting import Target
 from composer.method import MethodKind, Models, Prediction, as_directory, json_config, module_bytes
 from composer.prompts import artifacts
 from composer.prompts.artifacts import PromptArtifact
@@ -16,6 +17,16 @@ class SoftPromptKind(MethodKind):
     name = "soft_prompt"
     file_names = ("prompt_config.json", "prompt.safetensors")
     ensemble_member = True
+    formats = ("native", "peft")
+
+    def export(
+        self, art: PromptArtifact, fmt: str, target: Target, members: Sequence[Any] = (), with_head: bool = True
+    ) -> dict[str, bytes]:
+        if fmt == "peft":
+            from composer.prompts.export import prompt_to_peft
+
+            return prompt_to_peft(art, target, with_head=with_head)
+        return super().export(art, fmt, target)
 
     def from_files(self, config: bytes, weights: bytes) -> PromptArtifact:
         return artifacts.from_files(config, weights)

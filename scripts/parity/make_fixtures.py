@@ -97,6 +97,39 @@ def fusion_fixtures(x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def fusion_with_head_fixture(x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A fusion saved the way AdapterHub users ship one: a folder per member (save_adapter) and a folder for
+    the fusion with its classification head (save_adapter_fusion(..., with_head=True)); its probabilities."""
+    from adapters.composition import Fuse
+
+    model = BertAdapterModel.from_pretrained(OUT / "base").eval()
+    names = ["sentiment", "topic", "nli"]
+    for n in names:
+        model.add_adapter(n, config="seq_bn")
+    model.add_adapter_fusion(Fuse(*names), "dynamic")
+    fusion_name = ",".join(names)
+    model.add_classification_head(fusion_name, num_labels=3, id2label={0: "neg", 1: "neu", 2: "pos"})
+    randomise(model, names, seed=700)
+    gen = torch.Generator().manual_seed(701)
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if "adapter_fusion_layer" in pname:
+                p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+            elif pname.startswith(f"heads.{fusion_name}."):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    model.set_active_adapters(Fuse(*names))
+    model.active_head = fusion_name
+    model.eval()
+    with torch.no_grad():
+        probs = model(**x).logits.softmax(-1)
+    d = OUT / "fusions" / "with_head"
+    d.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        model.save_adapter(str(d / n), n, use_safetensors=True)
+    model.save_adapter_fusion(str(d / "fusion"), fusion_name, with_head=True, use_safetensors=True)
+    return {"fusion/with_head_probs": probs}
+
+
 def prompt_fixtures(x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """adapters 1.3.0 prompt tuning (hidden states), and a PEFT prompt-tuning classifier (logits)."""
     from adapters import PromptTuningConfig
@@ -214,13 +247,13 @@ def main() -> None:
     model.save_adapter(str(OUT / "adapters" / "with_head"), "with_head", with_head=True, use_safetensors=True)
 
     expected.update(fusion_fixtures(x))
+    expected.update(fusion_with_head_fixture(x))
     expected.update(prompt_fixtures(x))
     expected.update(lora_fixtures(x))
     save_file({k: v.contiguous() for k, v in expected.items()}, str(OUT / "expected.safetensors"))
     meta = {"adapters": adapters.__version__, "torch": torch.__version__, "presets": PRESETS}
-    import transformers
-
     import peft
+    import transformers
 
     meta["transformers"] = transformers.__version__
     meta["peft"] = peft.__version__

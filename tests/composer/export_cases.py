@@ -1,0 +1,135 @@
+"""Fixed modules, built from seeds, that the export round trip checks: each is exported by our code
+(scripts/parity/export_fixtures.py writes tests/fixtures/parity/exports/<case>/), loaded by the reference
+in the parity venv (scripts/parity/check_exports.py writes exports/expected.safetensors), and held to
+those outputs by tests/composer/test_exports.py."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from composer import kinds
+from composer.adapters import artifacts, fusion_artifacts
+from composer.adapters.config import preset
+from composer.adapters.fusion import FusionConfig
+from composer.adapters.model import AdaptedEncoder
+from composer.base import LoadedBase, load_base
+from composer.composition import Fuse, Single
+from composer.exporting import Target
+from composer.heads import HeadConfig
+from composer.method import Models
+from composer.prompts.artifacts import PromptArtifact
+from composer.prompts.model import PromptModel
+from composer.prompts.prompt import PromptConfig
+from tests.conftest import FIXTURES
+
+PARITY = FIXTURES / "parity"
+EXPORTS = PARITY / "exports"
+BASES = {"tiny": PARITY / "base", "peft": PARITY / "prompts" / "peft_base"}
+
+
+@dataclass
+class Case:
+    base: str  # key of BASES
+    kind: str
+    fmt: str
+    art: Any
+    members: list[Any] = field(default_factory=list)
+
+    def loaded_base(self) -> LoadedBase:
+        return load_base(BASES[self.base], with_tokenizer=False, device="cpu")
+
+    def target(self) -> Target:
+        base = self.loaded_base()
+        return Target(base.identity.name, base.family, base.num_layers, base.model.config.num_attention_heads)
+
+    def export(self) -> dict[str, bytes]:
+        return kinds.get(self.kind).export(self.art, self.fmt, self.target(), self.members)
+
+    def logits(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Ours, on a fresh model with only this module."""
+        base = self.loaded_base()
+        models = Models(base, AdaptedEncoder(base).eval(), PromptModel(base).eval())
+        names = [f"m{i}" for i in range(len(self.members))]
+        for name, member in zip(names, self.members, strict=True):
+            kinds.get(member.kind).attach(models, member, name)
+        kinds.get(self.kind).attach(models, self.art, "x", names)
+        with torch.no_grad():
+            if self.kind == "soft_prompt":
+                return models.prompts.logits(["x"], x)[:, 0]
+            comp = Fuse("x") if self.kind == "fusion" else Single("x")
+            return models.encoder(**x, head="x", composition=comp).logits
+
+
+def _noise(module: torch.nn.Module, gen: torch.Generator, std: float = 0.3) -> None:
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * std)
+
+
+def _adapter(base_key: str, cfg: Any, labels: list[str] | None, seed: int, pooling: str = "cls") -> Any:
+    gen = torch.Generator().manual_seed(seed)
+    base = load_base(BASES[base_key], with_tokenizer=False, device="cpu")
+    model = AdaptedEncoder(base)
+    module = model.add_adapter("a", cfg)
+    _noise(module, gen, 0.2)
+    head = None
+    if labels:
+        head = "a"
+        _noise(model.add_head("a", HeadConfig(num_labels=len(labels), pooling=pooling)), gen)  # type: ignore[arg-type]
+    return artifacts.extract(model, "a", head=head, labels=labels, max_length=32)
+
+
+def _fusion(seed: int) -> tuple[Any, list[Any]]:
+    torch.manual_seed(seed)  # the fusion's own initialisation, which the noise below perturbs
+    gen = torch.Generator().manual_seed(seed)
+    base = load_base(BASES["tiny"], with_tokenizer=False, device="cpu")
+    model = AdaptedEncoder(base)
+    members = []
+    for name in ("alpha", "beta"):
+        _noise(model.add_adapter(name, preset("seq_bn")), gen, 0.2)
+        members.append(artifacts.extract(model, name))
+    model.add_fusion("f", ["alpha", "beta"], FusionConfig(dropout=0.0))
+    with torch.no_grad():
+        for p in model.fusions["f"].parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+    _noise(model.add_head("f", HeadConfig(num_labels=3, pooling="cls")), gen)
+    return fusion_artifacts.extract(model, "f", head="f", labels=["x", "y", "z"]), members
+
+
+def _prompt(seed: int) -> PromptArtifact:
+    gen = torch.Generator().manual_seed(seed)
+    base = load_base(BASES["peft"], with_tokenizer=False, device="cpu")
+    head = HeadConfig(num_labels=2, pooling="first_token")
+    holder = PromptModel(base)
+    holder.add("p", PromptConfig(length=4), head)
+    _noise(holder.heads["p"], gen)
+    return PromptArtifact(
+        name="p", config=PromptConfig(length=4), hidden_size=base.hidden_size,
+        prompt=torch.randn(4, base.hidden_size, generator=gen),
+        head=head, head_tensors={k: v.detach().clone() for k, v in holder.heads["p"].state_dict().items()},
+        labels=["neg", "pos"], base=base.identity,
+    )  # fmt: skip
+
+
+def cases() -> dict[str, Case]:
+    fusion, members = _fusion(803)
+    lora_hub = preset("lora", r=4, alpha=6, target_modules=["query", "value", "intermediate.dense"], layers=[1])
+    lora_peft = preset("lora", r=3, alpha=5, use_rslora=True, target_modules=["query", "key", "value", "attention.output.dense"])  # fmt: skip
+    return {
+        "st_a_adapterhub": Case("tiny", "st_a", "adapterhub", _adapter("tiny", preset("double_seq_bn"), ["a", "b", "c"], 800)),
+        "lora_adapterhub": Case("tiny", "lora", "adapterhub", _adapter("tiny", lora_hub, ["a", "b", "c"], 801)),
+        "lora_peft": Case("peft", "lora", "peft", _adapter("peft", lora_peft, ["neg", "pos"], 802)),
+        "fusion_adapterhub": Case("tiny", "fusion", "adapterhub", fusion, members),
+        "prompt_peft": Case("peft", "soft_prompt", "peft", _prompt(804)),
+    }  # fmt: skip
+
+
+def write(case: Case, directory: Path) -> None:
+    for name, blob in case.export().items():
+        path = directory / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(blob)
