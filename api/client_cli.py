@@ -99,6 +99,13 @@ def main(argv: list[str] | None = None) -> int:
     ad = a.add_parser("download")
     ad.add_argument("adapter")
     ad.add_argument("--out", required=True)
+    ad.add_argument(
+        "--format",
+        choices=["native", "adapterhub", "peft"],
+        default="native",
+        help="ours, or the layout AdapterHub `adapters` or PEFT load (a fusion comes with its members)",
+    )
+    ad.add_argument("--without-head", action="store_true", help="export the module without its prediction head")
     args = p.parse_args(argv)
     if not args.key:
         p.error("an API key is needed: --key or COMPOSER_KEY")
@@ -140,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
             out = c.call("POST", "/v1/adapters/import", data={"task": args.task, "base_model": args.base_model},
                          files={"file": (Path(args.archive).name, fh)})  # fmt: skip
     else:
-        Path(args.out).write_bytes(c.call("GET", f"/v1/adapters/{args.adapter}/download"))
+        query = f"?format={args.format}" + ("&with_head=false" if args.without_head else "")
+        Path(args.out).write_bytes(c.call("GET", f"/v1/adapters/{args.adapter}/download{query}"))
         out = {"written": args.out}
     print(json.dumps(out, indent=2))
     return 0
