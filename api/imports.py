@@ -69,7 +69,7 @@ def register_import(
 ) -> dict[str, Any]:
     with reg.tx() as s:
         task = catalog.get_task(s, owner_id, task_ref)
-        base = catalog.get_base_model(s, base_ref)
+        base = catalog.get_base_model(s, base_ref, owner_id)
     try:
         plan = kinds.plan_archive(files)
     except ArtifactError as e:

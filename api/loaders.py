@@ -16,8 +16,9 @@ from workers import artifact_store
 from workers.catalog import load_registered_base
 
 
-def resident(runtime: Runtime, base_row: BaseModelRow, device: str | None) -> Resident:
-    return runtime.resident(base_row.id, lambda: load_registered_base(base_row, device))
+def resident(runtime: Runtime, base_row: BaseModelRow, device: str | None, reg: Registry) -> Resident:
+    """The base resident in this process (loaded once; a derived base's weights from the blob store)."""
+    return runtime.resident(base_row.id, lambda: load_registered_base(base_row, device, reg))
 
 
 @dataclass
@@ -44,7 +45,7 @@ def ensure(
     runtime: Runtime, reg: Registry, row: Adapter, base_row: BaseModelRow, members: list[Adapter], device: str | None
 ) -> Lease:
     """Make the module (and a fusion's members, in lineage order) resident, leased to the caller."""
-    res = resident(runtime, base_row, device)
+    res = resident(runtime, base_row, device, reg)
     specs = [(m.id, kinds.get(m.kind), (lambda m=m: artifact_store.fetch(reg, m))) for m in members]
     runtime.ensure(res, base_row.id, row.id, kinds.get(row.kind), lambda: artifact_store.fetch(reg, row), specs)
     return Lease(runtime, res, row.id, [m.id for m in members])

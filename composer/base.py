@@ -191,3 +191,25 @@ def packaged_encoder_dir() -> Path | None:
         return None
     d = Path(list(spec.submodule_search_locations)[0]) / "model"
     return d if (d / "config.json").is_file() else None
+
+
+def base_weights(base: LoadedBase) -> dict[str, torch.Tensor]:
+    """The encoder's weights on the CPU, to store a derived base (a base a job fine-tuned)."""
+    return {k: v.detach().to("cpu").contiguous() for k, v in base.model.state_dict().items()}
+
+
+def derive(base: LoadedBase, name: str, weights: dict[str, torch.Tensor] | None = None) -> BaseIdentity:
+    """Make `base` a derived base: load `weights` (if given) strictly, then name it and hash its weights.
+    The result's identity differs from the parent's as soon as one weight does, so a module trained
+    on one can never be served on the other."""
+    if weights is not None:
+        with torch.no_grad():
+            missing, unexpected = base.model.load_state_dict(weights, strict=False)
+        if missing or unexpected:
+            raise IncompatibleBaseError(
+                f"derived base {name!r}: weights do not fit the parent (missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
+    base.identity = BaseIdentity(
+        name=name, config_hash=base.identity.config_hash, weights_hash=weights_hash(base.model)
+    )
+    return base.identity

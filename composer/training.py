@@ -88,6 +88,8 @@ class Objective:
     evaluate: Callable[[Sequence[Example]], dict[str, float]]
     metric: str
     extra_state: dict[str, Any] = field(default_factory=dict)
+    # parameters (by name prefix) that train at their own learning rate, e.g. a fine-tuned base
+    learning_rates: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -139,7 +141,18 @@ def fit(
     if cfg.max_steps:
         total = min(total, cfg.max_steps)
     warmup = int(cfg.warmup_ratio * total)
-    opt = torch.optim.AdamW(list(params.values()), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+    def lr_of(name: str) -> float:
+        return next(
+            (lr for prefix, lr in objective.learning_rates.items() if name.startswith(prefix)), cfg.learning_rate
+        )
+
+    groups: dict[float, list[nn.Parameter]] = {}
+    for name, p in params.items():
+        groups.setdefault(lr_of(name), []).append(p)
+    opt = torch.optim.AdamW(
+        [{"params": ps, "lr": lr} for lr, ps in groups.items()], lr=cfg.learning_rate, weight_decay=cfg.weight_decay
+    )
 
     def schedule(step: int) -> float:
         if step < warmup:

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from registry_db.blobs import BlobStore, open_blob_store
 from registry_db.engine import make_engine, session_factory, transaction
 from registry_db.errors import Conflict
-from registry_db.models import Adapter, Checkpoint, Dataset
+from registry_db.models import Adapter, BaseModelRow, Checkpoint, Dataset
 
 T = TypeVar("T")
 
@@ -60,6 +60,7 @@ class Registry:
             select(Adapter.blob_sha256).where(Adapter.blob_sha256.is_not(None)),
             select(Adapter.config_sha256).where(Adapter.config_sha256.is_not(None)),
             select(Checkpoint.blob_sha256),
+            select(BaseModelRow.weights_sha256).where(BaseModelRow.weights_sha256.is_not(None)),  # derived bases
         )
         with self.sessions() as s:
             return {r[0] for r in s.execute(stmt)}

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from composer.base import LoadedBase, load_base
+from composer.base import LoadedBase, derive, load_base
 from composer.data import TaskSpec, label_histogram, parse_examples
 from composer.errors import IncompatibleBaseError
 from registry_db.models import BaseModelRow, Dataset, Task
@@ -59,9 +60,33 @@ def load_dataset_examples(reg: Registry, ds: Dataset, task: Task):  # type: igno
     return parse_examples(reg.blobs.get(ds.sha256), ds.format, task_spec(task))  # type: ignore[arg-type]
 
 
-def load_registered_base(row: BaseModelRow, device: str | None = None) -> LoadedBase:
-    """Load a registered base model, refusing it if the files no longer match the registered identity."""
+def derived_weights(reg: Registry, sha: str, cache_dir: Path | None) -> dict:  # type: ignore[type-arg]
+    """A derived base's weights. With a cache directory they are fetched from the blob store once per
+    machine (into `<cache_dir>/bases/<sha>.safetensors`) and read from there by every later job; the
+    blob store verifies the checksum, and the cached file is only ever written whole (rename)."""
+    from safetensors.torch import load, load_file
+
+    if cache_dir is None:
+        return load(reg.blobs.get(sha))
+    path = Path(cache_dir) / "bases" / f"{sha}.safetensors"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(reg.blobs.get(sha))
+        os.replace(tmp, path)
+    return load_file(path)
+
+
+def load_registered_base(
+    row: BaseModelRow, device: str | None = None, reg: Registry | None = None, cache_dir: Path | None = None
+) -> LoadedBase:
+    """Load a registered base model, refusing it if the files no longer match the registered identity.
+    A derived base is its parent's files (`row.path`) with the fine-tuned weights from the blob store."""
     base = load_base(row.path, name=row.name, num_hidden_layers=row.num_layers, device=device)
+    if row.weights_sha256 is not None:
+        if reg is None:
+            raise IncompatibleBaseError(f"base model {row.name!r} is derived: its weights are in the blob store")
+        derive(base, row.name, derived_weights(reg, row.weights_sha256, cache_dir))
     if base.identity.fingerprint != row.identity:
         raise IncompatibleBaseError(
             f"the model at {row.path} no longer matches base model {row.name!r} as registered "

@@ -22,10 +22,11 @@ from typing import Any
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
+from composer.base import LoadedBase
 from composer.errors import ComposerError, TrainingCancelled
 from composer.training import Callback
 from registry_db.errors import Conflict, RegistryError
-from registry_db.models import Job
+from registry_db.models import BaseModelRow, Job
 from registry_db.registry import Registry
 from registry_db.repo import jobs
 from workers.settings import Settings
@@ -57,6 +58,12 @@ class JobContext:
 
     def event(self, type_: str, payload: dict[str, Any]) -> None:
         self.registry.retry(lambda s: jobs.append_event(s, self.job.id, type_, payload))
+
+    def load_base(self, row: BaseModelRow) -> LoadedBase:
+        """A registered base (a derived one from the blob store, cached on this machine) on the job's device."""
+        from workers.catalog import load_registered_base
+
+        return load_registered_base(row, self.settings.device, self.registry, self.settings.data_dir)
 
     def callback(self) -> Callback:
         return EventCallback(self)

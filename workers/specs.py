@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy.orm import Session
 
 from composer import kinds
@@ -69,10 +69,22 @@ class TaskDataSpec(Spec):
 
 
 class MultitaskJobSpec(BottleneckTraining):
-    """Train one adapter per task jointly (MT-A set), N >= 2 tasks."""
+    """Train MT-As (AdapterFusion §2.2): N >= 2 task adapters and the base fine-tuned jointly, registered as
+    a derived base model with the N adapters bound to it."""
 
     tasks: list[TaskDataSpec] = Field(min_length=2)
-    alpha: float = Field(0.5, ge=0, le=1)
+    alpha: float | None = Field(None, ge=0, le=1)  # tasks sampled ∝ size^alpha (default 0.5) ...
+    temperature: float | None = Field(None, ge=1)  # ... or ∝ size^(1/temperature); give one of the two
+    base_learning_rate: float = Field(2e-5, gt=0, le=1e-2)  # the base's own learning rate
+
+    @model_validator(mode="after")
+    def _one_sampling(self) -> MultitaskJobSpec:
+        if self.alpha is not None and self.temperature is not None:
+            raise ValueError("give alpha or temperature for the task sampling, not both")
+        return self
+
+    def sampling_alpha(self) -> float:
+        return 1.0 / self.temperature if self.temperature is not None else (0.5 if self.alpha is None else self.alpha)
 
     @field_validator("preset")
     @classmethod
@@ -156,7 +168,7 @@ def check_against_registry(s: Session, owner_id: str, job_type: str, spec: Spec)
     """Resolve names to ids and refuse what cannot run. Returns the normalised spec to store."""
     if isinstance(spec, AdapterJobSpec):
         task = catalog.get_task(s, owner_id, spec.task)
-        base = catalog.get_base_model(s, spec.base_model)
+        base = catalog.get_base_model(s, spec.base_model, owner_id)
         spec.check_configs(base.architecture, base.num_layers)
         train = _dataset_of_task(s, owner_id, spec.train_dataset, task.id, "train")
         if train.split != "train":
@@ -165,7 +177,7 @@ def check_against_registry(s: Session, owner_id: str, job_type: str, spec: Spec)
             _dataset_of_task(s, owner_id, spec.validation_dataset, task.id, "validation")
         return spec.model_copy(update={"task": task.id, "base_model": base.id}).model_dump()
     if isinstance(spec, MultitaskJobSpec):
-        base = catalog.get_base_model(s, spec.base_model)
+        base = catalog.get_base_model(s, spec.base_model, owner_id)
         spec.check_configs(base.architecture, base.num_layers)
         items = []
         for t in spec.tasks:
@@ -193,7 +205,7 @@ def check_against_registry(s: Session, owner_id: str, job_type: str, spec: Spec)
                 f"task {task.name!r} is a {task.kind} task; prompt ensembles vote over classes, so prompts train "
                 "for classification tasks only (train an adapter for a regression task)"
             )
-        base = catalog.get_base_model(s, spec.base_model)
+        base = catalog.get_base_model(s, spec.base_model, owner_id)
         _dataset_of_task(s, owner_id, spec.train_dataset, task.id, "train")
         if spec.validation_dataset:
             _dataset_of_task(s, owner_id, spec.validation_dataset, task.id, "validation")

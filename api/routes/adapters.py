@@ -106,7 +106,7 @@ async def import_adapter(request: Request, caller: Trainer, reg: RegistryDep, fi
     files = read_zip(data, int(settings.max_archive_mb * (1 << 20)))
     runtime, device = request.app.state.runtime, settings.device
     return await run_in_threadpool(register_import, reg, caller.owner_id, files, task, base_model, name,
-                                   lambda base_row: resident(runtime, base_row, device).base)  # fmt: skip
+                                   lambda base_row: resident(runtime, base_row, device, reg).base)  # fmt: skip
 
 
 @router.post("/adapters/{ref}/archive")

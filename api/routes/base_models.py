@@ -30,6 +30,10 @@ def base_json(b: BaseModelRow, caller: Caller) -> dict:
         "architecture": b.architecture,
         "hidden_size": b.hidden_size,
         "num_layers": b.num_layers,
+        # a derived base (fine-tuned by a multi-task job): its parent and the job, its lineage
+        "parent_id": b.parent_id,
+        "job_id": b.job_id,
+        "derived": b.weights_sha256 is not None,
     }
     return {**out, "path": b.path} if caller.can("operator") else out
 
@@ -45,4 +49,12 @@ def register(body: BaseModelIn, caller: Operator, reg: RegistryDep) -> dict:
 @router.get("/base-models")
 def list_base_models(caller: Reader, reg: RegistryDep) -> list[dict]:
     with reg.tx() as s:
-        return [base_json(b, caller) for b in catalog.list_base_models(s)]
+        owner = None if caller.can("operator") else caller.owner_id
+        return [base_json(b, caller) for b in catalog.list_base_models(s, owner)]
+
+
+@router.get("/base-models/{ref}")
+def get_base_model(ref: str, caller: Reader, reg: RegistryDep) -> dict:
+    with reg.tx() as s:
+        owner = None if caller.can("operator") else caller.owner_id
+        return base_json(catalog.get_base_model(s, ref, owner), caller)

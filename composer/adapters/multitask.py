@@ -1,9 +1,18 @@
-"""Recipe: multi-task adapters (MT-A), stage one of AdapterFusion, on a frozen base.
+"""Recipe: multi-task adapters (MT-A) as AdapterFusion defines them (Pfeiffer et al., 2021, §2.2).
 
-One adapter and one head per task, trained jointly: each step draws one task, with
-probability ∝ size^α (α = 0.5 by default, so small tasks are not drowned), and a batch
-from that task. Unlike the paper's MT-A variant, the base stays frozen: every member is
-then an ordinary adapter of this base that can be fused, swapped or served alone.
+N task adapters and their heads are trained in parallel on a multi-task objective, and the
+pretrained weights Θ are fine-tuned along with them (at their own, lower learning rate). Each
+step draws one task, with probability ∝ size^α (α = 0.5 by default; α = 1/T for a sampling
+temperature T), and a batch from that task.
+
+The result is a *derived base* (the fine-tuned Θ, with its own identity) and N adapters bound
+to it. Every task is validated at every evaluation; the base is kept from the evaluation with
+the best mean score (the N adapters must share one base to be fused), and then each task's own
+adapter and head are picked from the evaluation where they score best *on that base*, so each
+task gets its best checkpoint and every pick is validated on the base it will be served with.
+
+The earlier frozen-base variant shared nothing between the tasks (its joint loss split into N
+independent terms: N ST-As trained in interleaved steps) and is gone.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ from composer.adapters.artifacts import AdapterArtifact
 from composer.adapters.config import BottleneckConfig
 from composer.adapters.model import AdaptedEncoder
 from composer.adapters.training import head_for, predict_logits, score
-from composer.base import LoadedBase
+from composer.base import BaseIdentity, LoadedBase, base_weights, derive
 from composer.composition import Single
 from composer.data import Collator, Example, TaskSpec, epoch_order
 from composer.errors import ConfigError
@@ -71,17 +80,24 @@ class MultitaskRun:
     names: list[str]
     result: TrainResult
     max_length: int
+    selection: dict[str, dict[str, float]]  # per task: the picked evaluation's step, epoch and metrics
 
     def artifacts(self, tasks: Sequence[TaskData]) -> list[AdapterArtifact]:
+        """The N adapters, bound to the derived base (`derive_base` first)."""
         out = []
         for name, td in zip(self.names, tasks, strict=True):
             art = artifacts.extract(self.model, name, head=name, kind="mt_a", max_length=self.max_length)
             art.labels = list(td.task.labels)
-            art.metrics = {
-                k.split("/", 1)[1]: v for k, v in self.result.best_metrics.items() if k.startswith(f"{name}/")
-            }
+            art.metrics = {k: v for k, v in self.selection[name].items() if k not in ("step", "epoch")}
             out.append(art)
         return out
+
+    def derive_base(self, name: str) -> BaseIdentity:
+        """Name the fine-tuned encoder and hash it: the identity the N adapters are bound to."""
+        return derive(self.model.base, name)
+
+    def base_weights(self) -> dict[str, torch.Tensor]:
+        return base_weights(self.model.base)
 
 
 def train_multitask(
@@ -90,9 +106,11 @@ def train_multitask(
     adapter_cfg: BottleneckConfig,
     train_cfg: TrainConfig,
     alpha: float = 0.5,
+    base_learning_rate: float = 2e-5,
     callbacks: Sequence[Callback] = (),
     resume: bytes | None = None,
 ) -> MultitaskRun:
+    """Fine-tune `base` (in place) jointly with one adapter and head per task."""
     if len(tasks) < 2:
         raise ConfigError("a multi-task adapter set needs at least 2 tasks")
     names = [td.task.name for td in tasks]
@@ -100,15 +118,21 @@ def train_multitask(
         raise ConfigError(f"task names must be unique, got {names}")
     if not 0 <= alpha <= 1:
         raise ConfigError(f"alpha must be in [0, 1], got {alpha}")
+    if not base_learning_rate > 0:
+        raise ConfigError(f"base_learning_rate must be > 0, got {base_learning_rate}")
     torch.manual_seed(train_cfg.seed)
     model = AdaptedEncoder(base)
-    model.base_dropout = train_cfg.base_dropout
+    model.base_dropout = True  # the base is fine-tuned: it trains with its dropout, as in full fine-tuning
     collators = []
     for td in tasks:
         model.add_adapter(td.task.name, adapter_cfg)
         model.add_head(td.task.name, head_for(td.task))
         collators.append(Collator(base.tokenizer, td.task, train_cfg.max_length))
     train = [TaggedExample(e.text, e.label, e.text_pair, task=t) for t, td in enumerate(tasks) for e in td.train]
+    own = {n: {f"adapters.{n}.{k}": p for k, p in model.adapters[n].named_parameters()} for n in names}
+    for n in names:
+        own[n].update({f"heads.{n}.{k}": p for k, p in model.heads[n].named_parameters()})
+    snapshots: list[tuple[dict[str, float], dict[str, dict[str, torch.Tensor]]]] = []
 
     def collate(examples: Sequence[Example]) -> dict[str, torch.Tensor]:
         t = examples[0].task  # type: ignore[attr-defined]
@@ -121,22 +145,62 @@ def train_multitask(
         labels = batch.pop("labels")
         return model.heads[name].loss(model(**batch, head=name, composition=Single(name)).logits, labels)
 
-    def evaluate(_: Sequence[Example]) -> dict[str, float]:
+    def validate() -> dict[str, float]:
         metrics: dict[str, float] = {}
         for name, td, col in zip(names, tasks, collators, strict=True):
             logits = predict_logits(model, name, td.validation, col, train_cfg.batch_size * 2, composition=Single(name))
-            m = score(td.task, logits, td.validation)
-            metrics.update({f"{name}/{k}": v for k, v in m.items()})
+            metrics.update({f"{name}/{k}": v for k, v in score(td.task, logits, td.validation).items()})
         metrics["mean"] = sum(metrics[f"{n}/{td.task.metric}"] for n, td in zip(names, tasks, strict=True)) / len(tasks)
         return metrics
 
-    params = {f"adapters.{n}.{k}": p for n in names for k, p in model.adapters[n].named_parameters()}
-    params.update({f"heads.{n}.{k}": p for n in names for k, p in model.heads[n].named_parameters()})
-    objective = Objective(module=model, params=params, loss=loss, evaluate=evaluate, metric="mean")
+    def evaluate(_: Sequence[Example]) -> dict[str, float]:
+        metrics = validate()
+        snapshots.append((metrics, {n: {k: p.detach().clone() for k, p in ps.items()} for n, ps in own.items()}))
+        return metrics
+
+    for p in base.model.parameters():
+        p.requires_grad_(True)
+    params = {f"encoder.{k}": p for k, p in base.model.named_parameters()}
+    for ps in own.values():
+        params.update(ps)
+    objective = Objective(module=model, params=params, loss=loss, evaluate=evaluate, metric="mean",
+                          learning_rates={"encoder.": base_learning_rate})  # fmt: skip
     has_val = all(td.validation for td in tasks)
     plan = multitask_plan([len(td.train) for td in tasks], train_cfg.batch_size, alpha, train_cfg.seed)
-    result = fit(
-        objective, train, train if has_val else [], collate, train_cfg, callbacks,
-        resume=resume, device=model.device, plan=plan,
-    )  # fmt: skip
-    return MultitaskRun(model=model, names=names, result=result, max_length=train_cfg.max_length)
+    try:
+        result = fit(
+            objective, train, train if has_val else [], collate, train_cfg, callbacks,
+            resume=resume, device=model.device, plan=plan,
+        )  # fmt: skip
+    finally:
+        for p in base.model.parameters():
+            p.requires_grad_(False)
+    model.eval()
+    selection = {n: {"step": float(result.steps), **_task_metrics(result.best_metrics, n)} for n in names}
+    if has_val and snapshots:
+        selection = _pick_per_task(model, names, tasks, own, snapshots, validate, result)
+    return MultitaskRun(model=model, names=names, result=result, max_length=train_cfg.max_length, selection=selection)
+
+
+def _task_metrics(metrics: dict[str, float], name: str) -> dict[str, float]:
+    return {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith(f"{name}/")}
+
+
+def _pick_per_task(model, names, tasks, own, snapshots, validate, result):  # type: ignore[no-untyped-def]
+    """With the base at its best-mean evaluation (fit restored it), give each task the adapter and head of
+    the evaluation where that task scores best on this base."""
+    best: dict[str, tuple[float, int, dict[str, float]]] = {}
+    with torch.no_grad():
+        for i, (_, state) in enumerate(snapshots):
+            for n in names:
+                for k, p in own[n].items():
+                    p.copy_(state[n][k])
+            metrics = validate()
+            for n, td in zip(names, tasks, strict=True):
+                value = metrics[f"{n}/{td.task.metric}"]
+                if n not in best or value > best[n][0]:
+                    best[n] = (value, i, _task_metrics(metrics, n))
+        for n in names:
+            for k, p in own[n].items():
+                p.copy_(snapshots[best[n][1]][1][n][k])
+    return {n: {"evaluation": float(i), **m} for n, (_, i, m) in best.items()}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from registry_db.errors import InvalidInput, NotFound
@@ -27,15 +27,20 @@ def register_base_model(s: Session, **fields: Any) -> tuple[BaseModelRow, bool]:
     return row, True
 
 
-def get_base_model(s: Session, ref: str) -> BaseModelRow:
+def get_base_model(s: Session, ref: str, owner_id: str | None = None) -> BaseModelRow:
+    """By id or name. With `owner_id`, a derived base of another owner does not exist for the caller."""
     row = s.get(BaseModelRow, ref) or s.scalars(select(BaseModelRow).where(BaseModelRow.name == ref)).first()
-    if row is None:
+    if row is None or (owner_id is not None and row.owner_id not in (None, owner_id)):
         raise NotFound(f"base model {ref!r} does not exist")
     return row
 
 
-def list_base_models(s: Session) -> list[BaseModelRow]:
-    return list(s.scalars(select(BaseModelRow).order_by(BaseModelRow.name)).all())
+def list_base_models(s: Session, owner_id: str | None = None) -> list[BaseModelRow]:
+    """Every base (an operator's view), or the shared ones plus `owner_id`'s derived ones."""
+    q = select(BaseModelRow).order_by(BaseModelRow.name)
+    if owner_id is not None:
+        q = q.where(or_(BaseModelRow.owner_id.is_(None), BaseModelRow.owner_id == owner_id))
+    return list(s.scalars(q).all())
 
 
 def create_task(s: Session, owner_id: str, name: str, kind: str, labels: list[str], metric: str | None = None) -> Task:

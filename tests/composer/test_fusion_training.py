@@ -122,23 +122,46 @@ def test_multitask_sampling_follows_size_to_the_alpha():
     assert plan(0) == multitask_plan([100, 400], 4, 0.5, 0)(0)  # a pure function of the epoch (resumable)
 
 
-def test_multitask_trains_one_adapter_and_head_per_task(tiny_bert_dir):
+def test_multitask_fine_tunes_the_base_jointly_into_a_derived_base(tiny_bert_dir):
+    from composer.adapters import artifacts
+    from composer.adapters.model import AdaptedEncoder
+    from composer.adapters.training import predict_logits
+    from composer.base import derive
+    from composer.data import Collator
+    from composer.errors import IncompatibleBaseError
+    from composer.metrics import score
+
     base = load_base(tiny_bert_dir)
+    parent = base.identity
     before = {k: v.clone() for k, v in base.model.state_dict().items()}
     sent, flip = examples(32, 1), examples(16, 3, True)
     tasks = [TaskData(TASK, sent, sent), TaskData(FLIP, flip, flip)]  # fit checks: the tiny model barely generalises
     cfg = TrainConfig(learning_rate=1e-2, epochs=8, batch_size=4, patience=0)
-    run = train_multitask(base, tasks, preset("seq_bn", reduction_factor=4), cfg)
+    run = train_multitask(base, tasks, preset("seq_bn", reduction_factor=4), cfg, base_learning_rate=1e-3)
     m = run.result.best_metrics
     assert m["sent/accuracy"] >= 0.75 and m["flip/accuracy"] >= 0.75 and "mean" in m
-    assert all(torch.equal(before[k], v) for k, v in base.model.state_dict().items())
+    # Θ was fine-tuned with the adapters (§2.2), and is frozen again afterwards
+    assert any(not torch.equal(before[k], v) for k, v in base.model.state_dict().items())
+    assert not any(p.requires_grad for p in base.model.parameters())
+    derived = run.derive_base("tiny+mt")
+    assert derived.fingerprint != parent.fingerprint and derived.config_hash == parent.config_hash
     arts = run.artifacts(tasks)
-    assert [a.kind for a in arts] == ["mt_a", "mt_a"] and arts[0].metrics["accuracy"] == m["sent/accuracy"]
-    batch = run.model.base.tokenizer(["good movie"], return_tensors="pt")
-    with torch.no_grad():  # members work alone
-        assert run.model(**batch, head="flip", composition=Single("flip")).logits.shape == (1, 2)
+    assert [a.kind for a in arts] == ["mt_a", "mt_a"] and all(a.base == derived for a in arts)
+    # each task's pick is its best evaluation on the derived base, and its metrics are what that base scores
+    weights = run.base_weights()
+    fresh = load_base(tiny_bert_dir)
+    with pytest.raises(IncompatibleBaseError):
+        artifacts.attach(AdaptedEncoder(fresh), arts[0])  # an MT-A never serves on the parent
+    assert derive(fresh, "tiny+mt", weights) == derived  # the stored weights reproduce the identity
+    model = AdaptedEncoder(fresh).eval()
+    for art, td in zip(arts, tasks, strict=True):
+        name = artifacts.attach(model, art)
+        col = Collator(fresh.tokenizer, td.task, cfg.max_length)
+        got = score(td.task, predict_logits(model, name, td.validation, col, composition=Single(name)), td.validation)
+        assert got["accuracy"] == pytest.approx(art.metrics["accuracy"]) == pytest.approx(run.selection[name]["accuracy"])
+        assert run.selection[name]["accuracy"] >= m[f"{name}/accuracy"] - 1e-9  # never below the joint pick
     with pytest.raises(ConfigError, match="at least 2"):
-        train_multitask(base, tasks[:1], preset("seq_bn"), cfg)
+        train_multitask(load_base(tiny_bert_dir), tasks[:1], preset("seq_bn"), cfg)
 
 
 def test_stacked_site_equals_each_adapter_alone_even_with_different_sizes(tiny_bert_dir):

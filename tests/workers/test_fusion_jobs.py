@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from registry_db.errors import InvalidInput
+from registry_db.errors import InvalidInput, NotFound
 from registry_db.models import Adapter
 from registry_db.repo import adapters, catalog, jobs
 from tests.workers.fixtures import adapter_spec, jsonl, make_world, toy_rows
@@ -53,17 +53,38 @@ def fusion_spec(w, ids, **kw):
             "hyperparameters": HP, **kw}  # fmt: skip
 
 
-def test_multitask_job_registers_a_set_with_one_adapter_per_task(world):
+def test_multitask_job_registers_a_derived_base_and_its_adapters(world):
     w = world
-    spec = {"base_model": w.base, "adapter": {"reduction_factor": 4}, "hyperparameters": HP,
+    spec = {"base_model": w.base, "adapter": {"reduction_factor": 4}, "hyperparameters": HP, "temperature": 2,
             "tasks": [{"task": "sentiment", "train_dataset": w.train, "validation_dataset": w.validation},
                       {"task": "flip", "train_dataset": w.flip_train}]}  # fmt: skip
     done = submit_and_run(w, "multitask", spec)
+    derived_id = done.result["base_model_id"]
     with w.registry.tx() as s:
         members = adapters.set_members(s, done.result["set_id"])
         assert [m.id for m in members] == done.result["adapter_ids"]
         assert {m.kind for m in members} == {"mt_a"} and len(members) == 2
         assert {catalog.get_task(s, w.owner, m.task_id).name for m in members} == {"sentiment", "flip"}
+        derived, parent = catalog.get_base_model(s, derived_id), catalog.get_base_model(s, w.base)
+        # its own identity, lineage to the parent and the job, weights stored once, owned by the job's owner
+        assert derived.identity != parent.identity and derived.config_hash == parent.config_hash
+        assert (derived.parent_id, derived.job_id, derived.owner_id) == (w.base, done.id, w.owner)
+        assert {m.base_model_id for m in members} == {derived_id}
+        with pytest.raises(NotFound):
+            catalog.get_base_model(s, derived_id, owner_id="someone-else")
+    assert w.registry.blobs.exists(derived.weights_sha256)
+    assert derived.weights_sha256 not in w.registry.gc(min_age_seconds=0)  # the GC keeps a derived base
+    # the stored weights reproduce the registered identity (load_registered_base checks it)
+    from workers.catalog import load_registered_base
+
+    assert load_registered_base(derived, "cpu", w.registry).identity.fingerprint == derived.identity
+    # an MT-A and an ST-A of the parent base cannot be fused; two MT-As of the derived base can
+    st_a = submit_and_run(w, "adapter", adapter_spec(w)).result["adapter_id"]
+    with pytest.raises(InvalidInput, match="different base"):
+        submit_job(w.registry, w.owner, "fusion", fusion_spec(w, [members[0].id, st_a]), send=Outbox())
+    fused = submit_and_run(w, "fusion", fusion_spec(w, [m.id for m in members]))
+    with w.registry.tx() as s:
+        assert adapters.get_adapter(s, fused.result["adapter_id"]).base_model_id == derived_id
 
 
 def test_fusion_job_registers_lineage_attention_and_a_pruned_fusion(world):

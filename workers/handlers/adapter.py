@@ -15,7 +15,7 @@ from composer.training import TrainConfig
 from registry_db.models import BaseModelRow, Job, Task
 from registry_db.repo import adapters, catalog
 from workers import artifact_store
-from workers.catalog import load_dataset_examples, load_registered_base, task_spec
+from workers.catalog import load_dataset_examples, task_spec
 from workers.runner import Finish, JobContext
 from workers.specs import AdapterJobSpec
 
@@ -46,7 +46,7 @@ def job_inputs(ctx: JobContext, task_ref: str, base_ref: str, train_id: str, val
         val_ds = catalog.get_dataset(s, validation_id) if validation_id else None
     train = load_dataset_examples(ctx.registry, train_ds, task)
     validation = load_dataset_examples(ctx.registry, val_ds, task) if val_ds else []
-    base = load_registered_base(base_row, ctx.settings.device)
+    base = ctx.load_base(base_row)
     return JobInputs(task, task_spec(task), base_row, base, train, validation)
 
 

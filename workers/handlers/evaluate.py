@@ -12,7 +12,7 @@ from composer.data import Collator
 from registry_db.models import Job
 from registry_db.repo import adapters, catalog
 from workers import artifact_store
-from workers.catalog import load_dataset_examples, load_registered_base, task_spec
+from workers.catalog import load_dataset_examples, task_spec
 from workers.runner import Finish, JobContext
 from workers.specs import EvaluateJobSpec
 
@@ -25,7 +25,7 @@ def handle(ctx: JobContext) -> Finish:
         ds = catalog.get_dataset(s, spec.dataset)
         base_row = catalog.get_base_model(s, row.base_model_id)
     art = artifact_store.fetch(ctx.registry, row)
-    model = AdaptedEncoder(load_registered_base(base_row, ctx.settings.device))
+    model = AdaptedEncoder(ctx.load_base(base_row))
     name = artifacts.attach(model, art)
     examples = load_dataset_examples(ctx.registry, ds, task)
     tspec = task_spec(task)

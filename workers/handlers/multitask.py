@@ -1,4 +1,6 @@
-"""`multitask` jobs: train an MT-A set (one adapter and head per task, jointly) and register it."""
+"""`multitask` jobs: train MT-As (N task adapters with the base fine-tuned jointly) and register the
+derived base (stored once in the blob store, with lineage to its parent and the job) and the N adapters,
+bound to it, as a set."""
 
 from __future__ import annotations
 
@@ -6,10 +8,11 @@ from sqlalchemy.orm import Session
 
 from composer.adapters.config import preset
 from composer.adapters.multitask import TaskData, train_multitask
+from composer.safetensors_io import tensors_to_bytes
 from registry_db.models import Job
 from registry_db.repo import adapters, catalog
 from workers import artifact_store
-from workers.catalog import load_dataset_examples, load_registered_base, task_spec
+from workers.catalog import load_dataset_examples, task_spec
 from workers.handlers.adapter import with_checkpoint_default
 from workers.runner import Finish, JobContext
 from workers.specs import MultitaskJobSpec
@@ -30,26 +33,36 @@ def handle(ctx: JobContext) -> Finish:
         train = load_dataset_examples(ctx.registry, train_ds, task)
         val = load_dataset_examples(ctx.registry, val_ds, task) if val_ds else []
         data.append(TaskData(task_spec(task), train, val))
-    base = load_registered_base(base_row, ctx.settings.device)
+    base = ctx.load_base(base_row)
     run = train_multitask(
-        base, data, preset(spec.preset, **spec.adapter), cfg, alpha=spec.alpha,
-        callbacks=[ctx.callback()], resume=ctx.resume,
+        base, data, preset(spec.preset, **spec.adapter), cfg, alpha=spec.sampling_alpha(),
+        base_learning_rate=spec.base_learning_rate, callbacks=[ctx.callback()], resume=ctx.resume,
     )  # fmt: skip
+    derived = run.derive_base(f"{base_row.name}+mt:{ctx.job.id}")
+    weights_sha = ctx.registry.blobs.put(tensors_to_bytes(run.base_weights()))
+    ctx.event("derived_base", {"identity": derived.fingerprint, "parent": base_row.id, "weights_sha256": weights_sha})
     arts = run.artifacts(data)
     stored = [artifact_store.store(ctx.registry, a) for a in arts]
     set_name = spec.name or "+".join(td.task.name for td in data)
 
     def register(s: Session, job: Job) -> dict:
+        derived_row, _ = catalog.register_base_model(
+            s, name=derived.name, identity=derived.fingerprint, config_hash=derived.config_hash,
+            weights_hash=derived.weights_hash, architecture=base_row.architecture, hidden_size=base_row.hidden_size,
+            num_layers=base_row.num_layers, path=base_row.path, parent_id=base_row.id, job_id=job.id,
+            owner_id=job.owner_id, weights_sha256=weights_sha,
+        )  # fmt: skip
         ids = []
         for (task, _, _), art, (w_sha, c_sha) in zip(rows, arts, stored, strict=True):
             row = adapters.register_adapter(
-                s, owner_id=job.owner_id, task_id=task.id, base_model_id=base_row.id, name=f"{set_name}/{task.name}",
-                blob_sha256=w_sha, config_sha256=c_sha, job_id=job.id,
+                s, owner_id=job.owner_id, task_id=task.id, base_model_id=derived_row.id,
+                name=f"{set_name}/{task.name}", blob_sha256=w_sha, config_sha256=c_sha, job_id=job.id,
                 **artifact_store.registration(art, preset=spec.preset),
             )  # fmt: skip
             ids.append(row.id)
         mt_set = adapters.create_set(s, owner_id=job.owner_id, kind="mt_a", name=f"{set_name}#{job.id}",
                                      adapter_ids=ids, job_id=job.id)  # fmt: skip
-        return {"adapter_ids": ids, "set_id": mt_set.id}
+        return {"adapter_ids": ids, "set_id": mt_set.id, "base_model_id": derived_row.id}
 
-    return Finish(result={"metrics": run.result.best_metrics, "steps": run.result.steps}, register=register)
+    result = {"metrics": run.result.best_metrics, "selection": run.selection, "steps": run.result.steps}
+    return Finish(result=result, register=register)
