@@ -101,10 +101,14 @@ def parse_examples(
                 raise DataError(f"invalid JSON: {e.msg}", i) from None
             examples.append(_check_row(row, i, task, need_label))
     elif fmt == "csv":
-        reader = csv.DictReader(io.StringIO(text))
-        if reader.fieldnames is None or "text" not in reader.fieldnames:
+        reader = csv.DictReader(io.StringIO(text, newline=""))  # csv reads \r, \n and \r\n itself
+        try:
+            fieldnames = reader.fieldnames
+        except csv.Error as e:
+            raise DataError(f"malformed CSV header: {e}", 1) from None
+        if fieldnames is None or "text" not in fieldnames:
             raise DataError("CSV needs a header with a 'text' column (and 'label')", 1)
-        if need_label and "label" not in reader.fieldnames:
+        if need_label and "label" not in fieldnames:
             raise DataError("CSV header has no 'label' column", 1)
         try:
             for row in reader:

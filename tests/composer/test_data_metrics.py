@@ -32,6 +32,7 @@ def test_jsonl_and_csv_parse_the_same_rows():
         (b"text,label\nok,pos\n,neg\n", "csv", 3, "'text' is missing or empty"),
         (b"text,label\nok,pos\nfine,\n", "csv", 3, "'label' is missing"),
         (b"words,label\nok,pos\n", "csv", 1, "header"),
+        (b"\r0", "csv", 1, "header"),  # a lone carriage return (schemathesis found a 500 here)
     ],
 )
 def test_bad_rows_name_their_line(data, fmt, line, reason):
