@@ -39,6 +39,11 @@ _PEFT_NEUTRAL: dict[str, Any] = {
     "alpha_pattern": {},
     "layer_replication": None,
     "use_qalora": False,
+    "lora_bias": False,
+    "target_parameters": None,
+    "alora_invocation_tokens": None,
+    "trainable_token_indices": None,
+    "use_bdlora": None,
 }
 _HUB_NEUTRAL: dict[str, Any] = {
     "composition_mode": "add",
