@@ -13,7 +13,8 @@ and an eviction asked for while it is leased (an archive, say) happens at its re
 from __future__ import annotations
 
 import threading
-from collections import Counter, OrderedDict
+import time
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,6 +76,8 @@ class Runtime:
         self.pinned: set[str] = set()
         self.leases: Counter[str] = Counter()
         self.doomed: set[str] = set()  # evictions asked for while leased
+        self.loading: dict[str, threading.Event] = {}  # modules being loaded, outside the lock
+        self.load_seconds: deque[float] = deque(maxlen=4096)  # the latest cold loads (load + attach)
         self._lock = threading.RLock()  # the cache and leases; concurrent requests for a cold module load it once
 
     def resident(self, base_key: str, load_base: Callable[[], LoadedBase]) -> Resident:
@@ -94,38 +97,71 @@ class Runtime:
         load: Loader,
         members: Sequence[tuple[str, MethodKind, Loader]] = (),
     ) -> None:
-        """Load the module (after its members) if needed, and lease it and its members until `release`."""
-        with self._lock:
+        """Load the module (after its members) if needed, and lease it and its members until `release`.
+
+        A cold module is loaded outside the runtime's lock: requests for other modules keep being
+        served meanwhile, and concurrent first requests for the same module wait for one load."""
+        leased: list[str] = []
+        try:
             for member_id, member_kind, member_load in members:
-                self._ensure(res, base_key, member_id, member_kind, member_load, ())
-            self._ensure(res, base_key, module_id, kind, load, [m[0] for m in members])
-            for i in (module_id, *(m[0] for m in members)):
-                self.leases[i] += 1
+                self._lease(res, base_key, member_id, member_kind, member_load, ())
+                leased.append(member_id)
+            self._lease(res, base_key, module_id, kind, load, [m[0] for m in members])
+        except BaseException:
+            with self._lock:
+                for i in leased:
+                    self._unlease(i)
+            raise
+        with self._lock:
             self._shrink()
 
     def release(self, module_id: str, members: Sequence[str] = ()) -> None:
         with self._lock:
             for i in (module_id, *members):
-                self.leases[i] -= 1
-                if self.leases[i] <= 0:
-                    del self.leases[i]
-                    if i in self.doomed:
-                        self.evict(i)
+                self._unlease(i)
             self._shrink()
 
-    def _ensure(
+    def _unlease(self, module_id: str) -> None:
+        self.leases[module_id] -= 1
+        if self.leases[module_id] <= 0:
+            del self.leases[module_id]
+            if module_id in self.doomed:
+                self.evict(module_id)
+
+    def _lease(
         self, res: Resident, base_key: str, module_id: str, kind: MethodKind, load: Loader, members: Sequence[str]
     ) -> None:
-        if module_id in self.cache:
-            self.cache.move_to_end(module_id)
-            self.stats.hits += 1
-            return
-        self.stats.misses += 1
-        art = load()
-        with res.lock:
-            kind.attach(res, art, module_id, members)
-        limit = res.token_limit
-        self.cache[module_id] = Loaded(base_key, kind, kind.nbytes(res, module_id), kind.max_length(art, limit))
+        """Lease a loaded module, or load it once (the first caller loads; the others wait for it)."""
+        while True:
+            with self._lock:
+                if module_id in self.cache:
+                    self.cache.move_to_end(module_id)
+                    self.stats.hits += 1
+                    self.leases[module_id] += 1
+                    return
+                pending = self.loading.get(module_id)
+                if pending is None:
+                    pending = self.loading[module_id] = threading.Event()
+                    self.stats.misses += 1
+                    break
+            pending.wait()  # another request is loading it; then it is in the cache (or that load failed)
+        loaded = False
+        try:
+            t0 = time.perf_counter()
+            art = load()
+            with res.lock:
+                kind.attach(res, art, module_id, members)
+            entry = Loaded(base_key, kind, kind.nbytes(res, module_id), kind.max_length(art, res.token_limit))
+            with self._lock:
+                self.cache[module_id] = entry
+                self.leases[module_id] += 1
+                self.load_seconds.append(time.perf_counter() - t0)
+            loaded = True
+        finally:
+            with self._lock:
+                self.loading.pop(module_id).set()
+                if not loaded:
+                    self.doomed.discard(module_id)
 
     def _shrink(self) -> None:
         while sum(v.nbytes for v in self.cache.values()) > self.cache_bytes:
@@ -136,8 +172,8 @@ class Runtime:
 
     def evict(self, module_id: str) -> None:
         with self._lock:
-            if module_id in self.leases:
-                self.doomed.add(module_id)
+            if module_id in self.leases or module_id in self.loading:
+                self.doomed.add(module_id)  # evicted when the last request holding it (or loading it) is done
                 return
             self.doomed.discard(module_id)
             entry = self.cache.pop(module_id, None)

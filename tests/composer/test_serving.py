@@ -103,3 +103,50 @@ def test_serving_truncates_at_the_module_max_length(tiny_bert_dir):
             want = fresh(**batch, head="a", composition=Single("a")).logits[0]
             torch.testing.assert_close(row.logits, want, atol=1e-5, rtol=0)
     assert not torch.allclose(got[0].logits, got[1].logits, atol=1e-4)
+
+
+def test_a_cold_module_loads_once_while_other_modules_keep_serving(tiny_bert_dir):
+    """A thundering herd: 8 concurrent first requests for one cold adapter load it once, and a request for
+    a loaded adapter is answered while that load is still running (the load holds no runtime lock)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    arts = make_artifacts(tiny_bert_dir, n=2)
+    rt = Runtime()
+    res = rt.resident("tiny", lambda: load_base(tiny_bert_dir))
+    load(rt, res, "warm", arts[0])
+    calls, started, other_done = [], threading.Event(), threading.Event()
+
+    def slow_load():  # type: ignore[no-untyped-def]
+        calls.append(1)
+        started.set()
+        assert other_done.wait(30), "a request for a loaded module waited for another module's load"
+        return arts[1]
+
+    def cold(_: int) -> torch.Tensor:
+        rt.ensure(res, "tiny", "cold", ST_A, slow_load)
+        try:
+            return rt.predict(res, [("cold", Example("good movie"))])[0].logits
+        finally:
+            rt.release("cold")
+
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(cold, i) for i in range(8)]
+        assert started.wait(30)
+        rt.ensure(res, "tiny", "warm", ST_A, lambda: arts[0])
+        warm = rt.predict(res, [("warm", Example("good movie"))])
+        rt.release("warm")
+        other_done.set()
+        outs = [f.result(timeout=60) for f in futures]
+    assert len(calls) == 1 and warm[0].logits.shape == (2,)
+    assert all(torch.equal(o, outs[0]) for o in outs) and not rt.leases and not rt.loading
+
+    # a failed load is not cached: the next request (or a waiter) loads again
+    def broken():  # type: ignore[no-untyped-def]
+        raise ValueError("blob store down")
+
+    import pytest
+
+    with pytest.raises(ValueError):
+        rt.ensure(res, "tiny", "bad", ST_A, broken)
+    assert "bad" not in rt.cache and not rt.leases
