@@ -8,8 +8,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import CollectorRegistry
 
 from api import errors
+from api.adapter_metrics import AdapterMetrics
 from api.batcher import MicroBatcher
 from api.limits import RateLimiter
 from api.metrics import install as install_metrics
@@ -65,6 +67,11 @@ def create_app(
     app.state.runtime = Runtime(cache_bytes=int(settings.serving_cache_mb * (1 << 20)))
     app.state.batcher = MicroBatcher(app.state.runtime, settings.batch_max_rows, settings.batch_max_wait_ms,
                                      settings.queue_max_rows, settings.request_timeout_s)  # fmt: skip
+    app.state.adapter_metrics = AdapterMetrics(
+        lambda: app.state.runtime.stats.per_module, settings.metrics_top_adapters
+    )
+    app.state.metrics_registry = CollectorRegistry()  # this app's own series (the module-level ones are shared)
+    app.state.metrics_registry.register(app.state.adapter_metrics)
     errors.install(app)
     install_metrics(app)
     app.include_router(health.router)

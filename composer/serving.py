@@ -59,6 +59,7 @@ class CacheStats:
     hits: int = 0
     misses: int = 0
     evictions: int = 0
+    per_module: Counter[tuple[str, str]] = field(default_factory=Counter)  # (module id, "hits"/"misses")
 
 
 @dataclass
@@ -137,12 +138,14 @@ class Runtime:
                 if module_id in self.cache:
                     self.cache.move_to_end(module_id)
                     self.stats.hits += 1
+                    self.stats.per_module[(module_id, "hits")] += 1
                     self.leases[module_id] += 1
                     return
                 pending = self.loading.get(module_id)
                 if pending is None:
                     pending = self.loading[module_id] = threading.Event()
                     self.stats.misses += 1
+                    self.stats.per_module[(module_id, "misses")] += 1
                     break
             pending.wait()  # another request is loading it; then it is in the cache (or that load failed)
         loaded = False

@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     max_archive_mb: float = Field(200.0, gt=0)  # uncompressed size cap for imported archives
     register_packaged_encoder: bool = True
     serving_cache_mb: float = Field(512.0, gt=0)
+    metrics_top_adapters: int = Field(100, ge=1, le=10000)  # adapters with their own label on /metrics
     sse_poll_seconds: float = Field(0.5, gt=0)
     batch_max_rows: int = Field(32, ge=1)
     batch_max_wait_ms: float = Field(5.0, ge=0)

@@ -71,4 +71,5 @@ def metrics(request: Request, caller: Operator) -> Response:
         counter = CACHE.labels(event)
         counter.inc(max(0, current - counter._value.get()))
     LOADED.set(len(rt.cache))
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    body = generate_latest(REGISTRY) + generate_latest(request.app.state.metrics_registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

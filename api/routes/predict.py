@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import time
+
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
@@ -73,6 +75,7 @@ def render(row, spec: TaskSpec, members: list[str], outputs: list[RowOutput]) ->
 
 @router.post("/predict", responses={503: {"content": {"application/problem+json": {}}}})
 async def predict(body: PredictIn, request: Request, caller: Reader, reg: RegistryDep) -> dict:
+    t0 = time.perf_counter()
     request.app.state.limiter.take(caller.key_id)
     batcher = request.app.state.batcher
     batcher.expect()
@@ -89,4 +92,5 @@ async def predict(body: PredictIn, request: Request, caller: Reader, reg: Regist
             outputs = await run_in_threadpool(request.app.state.runtime.predict, lease.resident, rows, True)
         else:
             outputs = await batcher.submit(lease.resident, row.id, inputs)
+    request.app.state.adapter_metrics.observe(row.id, time.perf_counter() - t0)
     return render(row, spec, members, outputs)
