@@ -57,6 +57,30 @@ def readyz(request: Request) -> Response:
     return problem(503, "not-ready", "a dependency is unreachable", "/readyz", checks=checks)
 
 
+@router.get("/serving/stats")
+def serving_stats(request: Request, caller: Operator) -> dict:
+    """The serving cache of this API process (operators): hits, misses, evictions, what is resident, and
+    the cold loads (artifact fetch + attach) of the latest 4,096 misses."""
+    rt = request.app.state.runtime
+    loads = sorted(rt.load_seconds)
+    loaded = rt.loaded()
+
+    def pct(q: float) -> float | None:
+        return round(loads[min(len(loads) - 1, int(q * len(loads)))] * 1000, 3) if loads else None
+
+    return {
+        "hits": rt.stats.hits,
+        "misses": rt.stats.misses,
+        "evictions": rt.stats.evictions,
+        "resident_modules": len(loaded),
+        "resident_bytes": sum(m["bytes"] for m in loaded),
+        "cache_bytes": rt.cache_bytes,
+        "cold_loads": len(loads),
+        "cold_load_p50_ms": pct(0.5),
+        "cold_load_p99_ms": pct(0.99),
+    }
+
+
 @router.get("/metrics", response_class=Response)
 def metrics(request: Request, caller: Operator) -> Response:
     reg = request.app.state.registry
