@@ -58,7 +58,7 @@ def best_fusion(base, task, train, val, test, members, cfg: TrainConfig, max_len
 
 
 def run_seed(seed: int, a: argparse.Namespace, layers: int, sizes, out: list[dict], t0: float, path: Path) -> None:  # type: ignore[no-untyped-def]
-    src_rows, max_len, val_n = (300, 64, 150) if a.quick else (600, 64, 300)
+    src_rows, max_len, val_n = (300, 64, 150) if a.quick else (400, 48, 200)
     base = load_base(packaged_encoder_dir(), num_hidden_layers=layers)
     cfg = dict(batch_size=32, max_length=max_len, seed=seed)
     st_cfg = TrainConfig(learning_rate=ST_LR, epochs=2, patience=2, **cfg)
@@ -69,8 +69,8 @@ def run_seed(seed: int, a: argparse.Namespace, layers: int, sizes, out: list[dic
         sources[name] = (c, run.artifact(c.task))
     foods = load_corpus("fine_foods")
     val, test = foods.validation[:val_n], foods.test
-    tgt_cfg = TrainConfig(learning_rate=ST_LR, epochs=2 if a.quick else 6, patience=2, **{**cfg, "batch_size": 16})
-    fusion_cfg = TrainConfig.from_dict({**tgt_cfg.to_dict(), "epochs": 2 if a.quick else 4, "patience": 2})
+    tgt_cfg = TrainConfig(learning_rate=ST_LR, epochs=2 if a.quick else 5, patience=2, **{**cfg, "batch_size": 16})
+    fusion_cfg = TrainConfig.from_dict({**tgt_cfg.to_dict(), "epochs": 2 if a.quick else 3, "patience": 2})
     lrs = FUSION_LRS[:1] + FUSION_LRS[-1:] if a.quick else FUSION_LRS
     for n in sizes:
         c = foods.subset(n, seed=seed)

@@ -88,9 +88,9 @@ class MultitaskJobSpec(BottleneckTraining):
 
     @field_validator("preset")
     @classmethod
-    def _bottleneck(cls, v: str) -> str:
-        if v == "lora":
-            raise ValueError("multi-task adapters are bottleneck adapters (they are fused); choose a bottleneck preset")
+    def _fusable(cls, v: str) -> str:
+        if v in PRESETS and not preset(v).fusable:
+            raise ValueError(f"multi-task adapters are fused, and {v!r} adapters cannot be; choose a bottleneck preset")
         return v
 
 

@@ -56,6 +56,8 @@ class BottleneckConfig:
             raise ConfigError("an adapter needs at least one placement (mh_adapter or output_adapter)")
         object.__setattr__(self, "leave_out", tuple(int(i) for i in self.leave_out))
 
+    fusable = True  # AdapterFusion fuses bottleneck adapters
+
     def check_base(self, family: str, num_layers: int) -> None:
         """Refuse, naming the field, what a base of this family and depth does not have."""
         bad = [i for i in self.leave_out if not 0 <= i < num_layers]

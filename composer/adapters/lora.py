@@ -44,6 +44,8 @@ class LoraConfig:
         if self.layers is not None:
             object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
 
+    fusable = False  # AdapterFusion fuses bottleneck adapters, not low-rank updates
+
     @property
     def scaling(self) -> float:
         return self.alpha / math.sqrt(self.r) if self.use_rslora else self.alpha / self.r
