@@ -17,27 +17,11 @@ import torch
 from composer.adapters.artifacts import AdapterArtifact
 from composer.adapters.config import BottleneckConfig
 from composer.adapters.fusion_artifacts import FusionArtifact
+from composer.adapters.hub import BN_FIELDS
 from composer.adapters.lora import LoraConfig, site_name
 from composer.errors import ConfigError
 from composer.exporting import Target, exportable_head, hub_head, hub_meta, peft_head, to_json
 from composer.safetensors_io import tensors_to_bytes
-
-_BN_FIELDS = (
-    "mh_adapter",
-    "output_adapter",
-    "reduction_factor",
-    "non_linearity",
-    "original_ln_before",
-    "original_ln_after",
-    "residual_before_ln",
-    "adapter_residual_before_ln",
-    "ln_before",
-    "ln_after",
-    "is_parallel",
-    "scaling",
-    "init_weights",
-    "dropout",
-)
 
 
 def _split(art: AdapterArtifact) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -51,7 +35,7 @@ def bottleneck_to_hub(
 ) -> dict[str, bytes]:
     cfg: BottleneckConfig = art.config  # type: ignore[assignment]
     name = name or art.name
-    raw = {f: getattr(cfg, f) for f in _BN_FIELDS} | {"leave_out": list(cfg.leave_out)}  # bottleneck: no "architecture"
+    raw = {f: getattr(cfg, f) for f in BN_FIELDS} | {"leave_out": list(cfg.leave_out)}  # bottleneck: no "architecture"
     down = 1 if cfg.ln_before else 0
     table = {
         "down": f"adapter_down.{down}",

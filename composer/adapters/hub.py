@@ -34,7 +34,7 @@ _NEUTRAL = {
     "cross_adapter": False,
     "stochastic_depth": 0.0,
 }
-_FIELDS = (
+BN_FIELDS = (  # the BnConfig fields we implement, by AdapterHub's names
     "mh_adapter",
     "output_adapter",
     "reduction_factor",
@@ -62,7 +62,7 @@ def _config(raw: dict[str, Any]) -> BottleneckConfig:
         raise ConfigError("per-layer reduction_factor mappings are not supported")
     if raw.get("residual_before_ln") == "post_add":
         raise ConfigError("residual_before_ln='post_add' is not supported")
-    data = {k: raw[k] for k in _FIELDS if k in raw}
+    data = {k: raw[k] for k in BN_FIELDS if k in raw}
     if isinstance(data.get("scaling"), int):
         data["scaling"] = float(data["scaling"])
     return BottleneckConfig.from_dict(data)

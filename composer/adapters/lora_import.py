@@ -61,6 +61,12 @@ def _neutral(raw: dict[str, Any], table: dict[str, Any], where: str) -> None:
             raise ConfigError(f"{where}: {k}={value!r} is not supported (only {neutral!r})")
 
 
+def _rank(r: Any) -> int:
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise ConfigError(f"r (the LoRA rank) must be an integer >= 1, got {r!r}")
+    return r
+
+
 def _weights(tensors: dict[str, torch.Tensor], key_re: re.Pattern[str], r: int, where: str):  # type: ignore[no-untyped-def]
     """(our tensors, linear names, layers, model type) from a foreign checkpoint's LoRA keys."""
     out: dict[str, torch.Tensor] = {}
@@ -103,9 +109,7 @@ def import_peft_lora(files: dict[str, bytes], directory: Path, base_dir: str | N
     _neutral(meta, _PEFT_NEUTRAL, "PEFT adapter_config.json")
     if isinstance(meta.get("target_modules"), str):
         raise ConfigError("target_modules: a regular expression is not supported; list the module names")
-    r = meta.get("r")
-    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-        raise ConfigError(f"r (the LoRA rank) must be an integer >= 1, got {r!r}")
+    r = _rank(meta.get("r"))
     if "adapter_model.safetensors" not in files:
         raise ArtifactError("adapter_model.safetensors is missing")
     raw = read_tensors(directory / "adapter_model.safetensors")
@@ -144,9 +148,7 @@ def import_adapterhub_lora(files: dict[str, bytes], directory: Path) -> AdapterA
     if raw.get("architecture") != "lora":
         raise ConfigError(f"architecture: only 'lora' imports as a LoRA, got {raw.get('architecture')!r}")
     _neutral(raw, _HUB_NEUTRAL, "AdapterHub adapter_config.json")
-    r = raw.get("r", 8)
-    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-        raise ConfigError(f"r (the LoRA rank) must be an integer >= 1, got {r!r}")
+    r = _rank(raw.get("r", 8))
     if "adapter.safetensors" not in files:
         raise ArtifactError("adapter.safetensors is missing")
     weights = read_tensors(directory / "adapter.safetensors")

@@ -198,21 +198,30 @@ def lora_fixtures(x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             out[f"lora/{tag}"] = model(**x).logits
         model.save_pretrained(str(OUT / "lora" / tag), safe_serialization=True)
 
-    model = BertAdapterModel.from_pretrained(OUT / "base").eval()
-    model.add_adapter("hub_lora", config=LoRAConfig(r=4, alpha=8, intermediate_lora=True, output_lora=True))
-    model.add_classification_head("hub_lora", num_labels=3)
-    randomise(model, ["hub_lora"], seed=650)
-    model.set_active_adapters("hub_lora")
-    model.eval()
-    with torch.no_grad():
-        out["lora/adapterhub"] = model(**x).logits
-    model.save_adapter(str(OUT / "lora" / "adapterhub"), "hub_lora", with_head=True, use_safetensors=True)
+    lora = LoRAConfig(r=4, alpha=8, intermediate_lora=True, output_lora=True)
+    out["lora/adapterhub"] = adapter_with_head("hub_lora", lora, 650, x, OUT / "lora" / "adapterhub")
     return out
 
 
+def adapter_with_head(name: str, config, seed: int, x: dict[str, torch.Tensor], directory: Path) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """An AdapterHub adapter with a 3-class classification head, saved the way AdapterHub ships them; its logits."""
+    model = BertAdapterModel.from_pretrained(OUT / "base").eval()
+    model.add_adapter(name, config=config)
+    model.add_classification_head(name, num_labels=3)
+    randomise(model, [name], seed=seed)
+    model.set_active_adapters(name)
+    model.eval()
+    with torch.no_grad():
+        logits = model(**x).logits
+    model.save_adapter(str(directory), name, with_head=True, use_safetensors=True)
+    return logits
+
+
 def main() -> None:
-    if OUT.exists():
-        shutil.rmtree(OUT)
+    if OUT.exists():  # everything but exports/ (export_fixtures.py and check_exports.py own that)
+        for child in OUT.iterdir():
+            if child.name != "exports":
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
     (OUT / "adapters").mkdir(parents=True)
     torch.manual_seed(0)
     base = BertModel(tiny_config(), add_pooling_layer=False).eval()
@@ -235,16 +244,7 @@ def main() -> None:
             expected[f"hidden/{preset}"] = model(**x).last_hidden_state
         model.save_adapter(str(OUT / "adapters" / preset), preset, use_safetensors=True)
 
-    # An adapter with a classification head, saved the way AdapterHub ships them.
-    model = BertAdapterModel.from_pretrained(OUT / "base").eval()
-    model.add_adapter("with_head", config="seq_bn")
-    model.add_classification_head("with_head", num_labels=3)
-    randomise(model, ["with_head"], seed=7)
-    model.set_active_adapters("with_head")
-    model.eval()
-    with torch.no_grad():
-        expected["logits/with_head"] = model(**x).logits
-    model.save_adapter(str(OUT / "adapters" / "with_head"), "with_head", with_head=True, use_safetensors=True)
+    expected["logits/with_head"] = adapter_with_head("with_head", "seq_bn", 7, x, OUT / "adapters" / "with_head")
 
     expected.update(fusion_fixtures(x))
     expected.update(fusion_with_head_fixture(x))

@@ -10,6 +10,7 @@ import zipfile
 
 import torch
 
+from api.archives import make_zip
 from composer import kinds
 from composer.adapters.model import AdaptedEncoder
 from composer.base import load_base
@@ -21,14 +22,6 @@ from workers.catalog import register_base_model
 
 ARCHIVE = FIXTURES / "parity" / "fusions" / "with_head"
 TEXTS = ["good movie", "a bad and boring plot", "fine", "great acting but awful ending"]
-
-
-def _zip(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for n, b in files.items():
-            zf.writestr(n, b)
-    return buf.getvalue()
 
 
 def _unzip(data: bytes) -> dict[str, bytes]:
@@ -76,7 +69,7 @@ def test_adapterhub_fusion_archive_imports_with_members_and_round_trips(api, tmp
 
     def upload(files: dict[str, bytes]):  # type: ignore[no-untyped-def]
         return api.client.post("/v1/adapters/import", headers=api.h(), data={"task": "tone", "base_model": base_row.id},
-                               files={"file": ("fusion.zip", _zip(files))})  # fmt: skip
+                               files={"file": ("fusion.zip", make_zip(files))})  # fmt: skip
 
     before = len(api.client.get("/v1/adapters", headers=api.h()).json()["items"])
     two = {k: v for k, v in _archive().items() if k.startswith(("sentiment/", "topic/"))}

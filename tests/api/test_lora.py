@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from api.archives import make_zip
 from composer import kinds
 from composer.adapters import artifacts
 from composer.adapters.model import AdaptedEncoder
@@ -78,14 +79,6 @@ def test_lora_job_serves_alone_and_beside_bottleneck_adapters(api, tiny_bert_dir
     assert r.status_code == 422 and "lora" in r.json()["detail"]
 
 
-def _zip(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for n, b in files.items():
-            zf.writestr(n, b)
-    return buf.getvalue()
-
-
 def test_peft_lora_import_serves_and_bad_uploads_register_nothing(api, tmp_path):
     # the PEFT fixture's base (BERT with a pooler), with a tokenizer so that it serves text
     base_dir = tmp_path / "peft-base"
@@ -101,7 +94,7 @@ def test_peft_lora_import_serves_and_bad_uploads_register_nothing(api, tmp_path)
 
     def upload(files: dict[str, bytes], base: str = base_row.id, task: str = "two"):  # type: ignore[no-untyped-def]
         return api.client.post("/v1/adapters/import", headers=api.h(), data={"task": task, "base_model": base},
-                               files={"file": ("peft.zip", _zip(files))})  # fmt: skip
+                               files={"file": ("peft.zip", make_zip(files))})  # fmt: skip
 
     r = upload(files)
     assert r.status_code == 201, r.text
