@@ -160,17 +160,18 @@ def attach(model: AdaptedEncoder, art: AdapterArtifact, name: str | None = None)
         model.base.identity.check_same(art.base, what=f"adapter {art.name!r}")
     else:
         art.base = model.base.identity
-    adapter_sd = {k[len("adapter.") :]: v for k, v in art.tensors.items() if k.startswith("adapter.")}
-    head_sd = {k[len("head.") :]: v for k, v in art.tensors.items() if k.startswith("head.")}
-    module = model.add_adapter(name, art.config)
+    # copies: the module never shares storage with the artifact, which a cache may keep and hand out again
+    adapter_sd = {k[len("adapter.") :]: v.clone() for k, v in art.tensors.items() if k.startswith("adapter.")}
+    head_sd = {k[len("head.") :]: v.clone() for k, v in art.tensors.items() if k.startswith("head.")}
     try:
-        module.load_state_dict(adapter_sd, strict=True)
+        model.add_adapter(name, art.config, weights=adapter_sd)
         if art.head is not None:
-            model.add_head(name, art.head).load_state_dict(head_sd, strict=True)
+            model.add_head(name, art.head, weights=head_sd)
         elif head_sd:
             raise ArtifactError("weights contain a head but the config declares none")
     except (RuntimeError, ArtifactError) as e:
-        del model.adapters[name]
+        if name in model.adapters:
+            del model.adapters[name]
         if name in model.heads:
             del model.heads[name]
         raise ArtifactError(f"adapter {art.name!r}: weights do not fit its config: {e}") from None

@@ -33,6 +33,16 @@ class EncoderOutput:
     fusion_attention: dict[str, torch.Tensor] | None = None
 
 
+def _built(build, weights: dict[str, torch.Tensor] | None):  # type: ignore[no-untyped-def]
+    """`build()`, initialised; or, with weights, built on the meta device and given the weights (strict)."""
+    if weights is None:
+        return build()
+    with torch.device("meta"):
+        module = build()
+    module.load_state_dict(weights, strict=True, assign=True)
+    return module
+
+
 class AdaptedEncoder(nn.Module):
     def __init__(self, base: LoadedBase):
         super().__init__()
@@ -52,22 +62,26 @@ class AdaptedEncoder(nn.Module):
         return self.base.device
 
     # -- building -------------------------------------------------------------------------
-    def add_adapter(self, name: str, cfg: AdapterConfig) -> BottleneckAdapter | LoraAdapter:
-        """A bottleneck adapter or a LoRA, by its config."""
+    def add_adapter(
+        self, name: str, cfg: AdapterConfig, weights: dict[str, torch.Tensor] | None = None
+    ) -> BottleneckAdapter | LoraAdapter:
+        """A bottleneck adapter or a LoRA, by its config: freshly initialised, or with `weights` (loaded
+        strictly; the module is built without initialising, which loading would overwrite anyway)."""
         if name in self.adapters:
             raise ConfigError(f"adapter {name!r} already exists")
-        adapter: BottleneckAdapter | LoraAdapter
-        if isinstance(cfg, BottleneckConfig):
-            adapter = BottleneckAdapter(cfg, self.base.hidden_size, self.base.num_layers)
-        else:
-            adapter = LoraAdapter.for_encoder(cfg, self.encoder, self.base.family, self.base.num_layers)
-        adapter = adapter.to(self.device)
+
+        def build() -> BottleneckAdapter | LoraAdapter:
+            if isinstance(cfg, BottleneckConfig):
+                return BottleneckAdapter(cfg, self.base.hidden_size, self.base.num_layers)
+            return LoraAdapter.for_encoder(cfg, self.encoder, self.base.family, self.base.num_layers)
+
+        adapter = _built(build, weights).to(self.device)
         adapter.train(self.training)  # a module added to a model in eval mode must not run dropout
         self.adapters[name] = adapter
         return adapter
 
-    def add_head(self, name: str, cfg: HeadConfig) -> PredictionHead:
-        head = PredictionHead(cfg, self.base.hidden_size).to(self.device)
+    def add_head(self, name: str, cfg: HeadConfig, weights: dict[str, torch.Tensor] | None = None) -> PredictionHead:
+        head = _built(lambda: PredictionHead(cfg, self.base.hidden_size), weights).to(self.device)
         head.train(self.training)
         self.heads[name] = head
         return head
