@@ -64,7 +64,11 @@ def create_app(
         from workers.queueing import enqueue as send
     app.state.send = send  # publishes "run job X" to the broker
     app.state.limiter = RateLimiter(settings.predict_rate_per_key, settings.predict_burst_per_key)
-    app.state.runtime = Runtime(cache_bytes=int(settings.serving_cache_mb * (1 << 20)))
+    host_mb = settings.serving_host_cache_mb
+    app.state.runtime = Runtime(
+        cache_bytes=int(settings.serving_cache_mb * (1 << 20)),
+        host_bytes=None if host_mb is None else int(host_mb * (1 << 20)),
+    )
     app.state.batcher = MicroBatcher(app.state.runtime, settings.batch_max_rows, settings.batch_max_wait_ms,
                                      settings.queue_max_rows, settings.request_timeout_s)  # fmt: skip
     app.state.adapter_metrics = AdapterMetrics(

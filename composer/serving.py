@@ -59,6 +59,7 @@ class CacheStats:
     hits: int = 0
     misses: int = 0
     evictions: int = 0
+    host_hits: int = 0  # misses served from the host tier (no blob fetch)
     per_module: Counter[tuple[str, str]] = field(default_factory=Counter)  # (module id, "hits"/"misses")
 
 
@@ -69,7 +70,12 @@ class RowOutput:
 
 
 class Runtime:
-    def __init__(self, cache_bytes: int = 512 << 20):
+    """Two tiers, as S-LoRA keeps adapters in host memory and moves them to the device on demand: the
+    *resident* tier (modules attached to a base, `cache_bytes`) and the *host* tier (their artifacts,
+    already fetched and checked, `host_bytes`). The LRU evicts from the resident tier only, so an
+    evicted module comes back with an attach, without the blob store; archiving forgets both."""
+
+    def __init__(self, cache_bytes: int = 512 << 20, host_bytes: int | None = None):
         self.residents: dict[str, Resident] = {}
         self.cache: OrderedDict[str, Loaded] = OrderedDict()
         self.cache_bytes = cache_bytes
@@ -78,6 +84,8 @@ class Runtime:
         self.leases: Counter[str] = Counter()
         self.doomed: set[str] = set()  # evictions asked for while leased
         self.loading: dict[str, threading.Event] = {}  # modules being loaded, outside the lock
+        self.host: OrderedDict[str, tuple[Artifact, int]] = OrderedDict()  # artifacts and their bytes, LRU
+        self.host_bytes = 4 * cache_bytes if host_bytes is None else host_bytes
         self.load_seconds: deque[float] = deque(maxlen=4096)  # the latest cold loads (load + attach)
         self._lock = threading.RLock()  # the cache and leases; concurrent requests for a cold module load it once
 
@@ -151,7 +159,11 @@ class Runtime:
         loaded = False
         try:
             t0 = time.perf_counter()
-            art = load()
+            with self._lock:
+                kept = self.host.pop(module_id, None)
+            art = kept[0] if kept is not None else load()
+            if kept is not None:
+                self.stats.host_hits += 1
             with res.lock:
                 kind.attach(res, art, module_id, members)
             entry = Loaded(base_key, kind, kind.nbytes(res, module_id), kind.max_length(art, res.token_limit))
@@ -159,6 +171,7 @@ class Runtime:
                 self.cache[module_id] = entry
                 self.leases[module_id] += 1
                 self.load_seconds.append(time.perf_counter() - t0)
+                self._keep(module_id, art, entry.nbytes)
             loaded = True
         finally:
             with self._lock:
@@ -166,15 +179,26 @@ class Runtime:
                 if not loaded:
                     self.doomed.discard(module_id)
 
+    def _keep(self, module_id: str, art: Artifact, nbytes: int) -> None:
+        """Keep an artifact in the host tier (most recent last), within its budget."""
+        self.host[module_id] = (art, nbytes)
+        self.host.move_to_end(module_id)
+        while sum(n for _, n in self.host.values()) > self.host_bytes and len(self.host) > 1:
+            self.host.popitem(last=False)
+
     def _shrink(self) -> None:
         while sum(v.nbytes for v in self.cache.values()) > self.cache_bytes:
             victims = [k for k in self.cache if k not in self.pinned and k not in self.leases]
             if not victims:
                 break
-            self.evict(victims[0])
+            self.evict(victims[0], forget=False)
 
-    def evict(self, module_id: str) -> None:
+    def evict(self, module_id: str, forget: bool = True) -> None:
+        """Detach a module (when no request holds it). `forget` (an archive) drops its artifact too; the LRU
+        keeps it in the host tier."""
         with self._lock:
+            if forget:
+                self.host.pop(module_id, None)
             if module_id in self.leases or module_id in self.loading:
                 self.doomed.add(module_id)  # evicted when the last request holding it (or loading it) is done
                 return

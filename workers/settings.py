@@ -40,7 +40,8 @@ class Settings(BaseSettings):
     max_upload_mb: float = Field(50.0, gt=0)
     max_archive_mb: float = Field(200.0, gt=0)  # uncompressed size cap for imported archives
     register_packaged_encoder: bool = True
-    serving_cache_mb: float = Field(512.0, gt=0)
+    serving_cache_mb: float = Field(512.0, gt=0)  # modules attached to a resident base
+    serving_host_cache_mb: float | None = Field(None, ge=0)  # their artifacts in host memory; default 4x the above
     metrics_top_adapters: int = Field(100, ge=1, le=10000)  # adapters with their own label on /metrics
     sse_poll_seconds: float = Field(0.5, gt=0)
     batch_max_rows: int = Field(32, ge=1)

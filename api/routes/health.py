@@ -72,6 +72,8 @@ def serving_stats(request: Request, caller: Operator) -> dict:
         "hits": rt.stats.hits,
         "misses": rt.stats.misses,
         "evictions": rt.stats.evictions,
+        "host_hits": rt.stats.host_hits,
+        "host_modules": len(rt.host),
         "resident_modules": len(loaded),
         "resident_bytes": sum(m["bytes"] for m in loaded),
         "cache_bytes": rt.cache_bytes,

@@ -158,7 +158,9 @@ def test_multitask_fine_tunes_the_base_jointly_into_a_derived_base(tiny_bert_dir
         name = artifacts.attach(model, art)
         col = Collator(fresh.tokenizer, td.task, cfg.max_length)
         got = score(td.task, predict_logits(model, name, td.validation, col, composition=Single(name)), td.validation)
-        assert got["accuracy"] == pytest.approx(art.metrics["accuracy"]) == pytest.approx(run.selection[name]["accuracy"])
+        assert (
+            got["accuracy"] == pytest.approx(art.metrics["accuracy"]) == pytest.approx(run.selection[name]["accuracy"])
+        )
         assert run.selection[name]["accuracy"] >= m[f"{name}/accuracy"] - 1e-9  # never below the joint pick
     with pytest.raises(ConfigError, match="at least 2"):
         train_multitask(load_base(tiny_bert_dir), tasks[:1], preset("seq_bn"), cfg)

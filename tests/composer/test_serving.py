@@ -150,3 +150,35 @@ def test_a_cold_module_loads_once_while_other_modules_keep_serving(tiny_bert_dir
     with pytest.raises(ValueError):
         rt.ensure(res, "tiny", "bad", ST_A, broken)
     assert "bad" not in rt.cache and not rt.leases
+
+
+def test_an_evicted_module_reloads_from_host_memory_and_an_archived_one_does_not(tiny_bert_dir):
+    arts = make_artifacts(tiny_bert_dir, n=3)
+    one = sum(t.numel() * 4 for t in arts[0].tensors.values())
+    rt = Runtime(cache_bytes=int(one * 1.5), host_bytes=one * 10)  # one resident module at a time
+    res = rt.resident("tiny", lambda: load_base(tiny_bert_dir))
+    fetches: list[str] = []
+
+    def loader(i: int):  # type: ignore[no-untyped-def]
+        def fetch():  # type: ignore[no-untyped-def]
+            fetches.append(f"id{i}")
+            return arts[i]
+
+        return fetch
+
+    def ask(i: int) -> torch.Tensor:
+        rt.ensure(res, "tiny", f"id{i}", ST_A, loader(i))
+        try:
+            return rt.predict(res, [(f"id{i}", Example("good movie"))])[0].logits
+        finally:
+            rt.release(f"id{i}")
+
+    first = ask(0)
+    ask(1)  # evicts id0 from the resident tier
+    assert "id0" not in rt.cache and "id0" in rt.host
+    assert torch.equal(ask(0), first)  # back without a fetch, same answer
+    assert fetches == ["id0", "id1"] and rt.stats.host_hits == 1
+    rt.evict("id0")  # an archive forgets it in both tiers
+    assert "id0" not in rt.cache and "id0" not in rt.host
+    ask(0)
+    assert fetches == ["id0", "id1", "id0"]

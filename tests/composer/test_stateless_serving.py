@@ -37,7 +37,12 @@ from composer.serving import Runtime
 from tests.conftest import WORDS, make_tiny_bert
 
 ATOL = 1e-5
-ADAPTERS, FUSION, PROMPTS, ENSEMBLE = ("s0", "s1", "s2", "l0", "l1"), "f", ("p0", "p1", "p2", "deep", "hub"), ("p0", "p1", "p2")
+ADAPTERS, FUSION, PROMPTS, ENSEMBLE = (
+    ("s0", "s1", "s2", "l0", "l1"),
+    "f",
+    ("p0", "p1", "p2", "deep", "hub"),
+    ("p0", "p1", "p2"),
+)
 
 
 def _noise(module: torch.nn.Module, std: float, gen: torch.Generator) -> None:
