@@ -100,7 +100,7 @@ def _predict(request: Request, reg, caller, ensemble_id: str, body: EnsemblePred
         raise Problem(422, "invalid-input", "the ensemble has no prompts (K = 0)")
     archived = [r.id for r in rows if r.status == "archived"]
     if archived:
-        raise Problem(409, "archived", f"the ensemble's prompts {archived} are archived")
+        raise Problem(404, "archived", f"the ensemble's prompts {archived} are archived: it no longer serves")
     spec = task_spec(task)
     strategy = body.strategy or e.voting or "majority"
     scores = [r.metrics.get(spec.metric) for r in rows]

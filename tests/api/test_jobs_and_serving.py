@@ -91,7 +91,7 @@ def test_fusion_with_attention_aliases_and_archive(api):
     assert api.client.post(f"/v1/adapters/{b}/archive", headers=api.h()).json()["status"] == "archived"
     assert b not in {m["id"] for m in api.client.get("/v1/adapters/loaded", headers=api.h()).json()}
     r = api.client.post("/v1/predict", headers=api.h(), json={"adapter": b, "inputs": [{"text": "x"}]})
-    assert r.status_code == 409
+    assert r.status_code == 404 and r.json()["type"].endswith("archived")
 
 
 def test_prompts_and_the_ensemble_endpoint(api):

@@ -225,3 +225,33 @@ def test_refused_archives_answer_4xx_and_leave_nothing_registered(api, tmp_path)
             assert r.status_code == status, (label, r.text)
             assert r.headers["content-type"] == "application/problem+json", label
         assert (api.client.get("/v1/adapters", headers=api.h()).json()["items"], blobs()) == before
+
+
+def test_requests_racing_an_archive_are_served_or_404_never_500(api):
+    """Predicts for one cold adapter from 8 threads while it is archived: each is served from what was
+    loaded (with the right answer) or answers 404 `archived`; nothing is left resident afterwards."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ids = api.task_with_data()
+    a = api.train_adapter(ids)
+    want = None
+    codes = []
+
+    def ask(_: int) -> tuple[int, dict]:
+        r = api.client.post("/v1/predict", headers=api.h(), json={"adapter": a, "inputs": [{"text": "good movie"}]})
+        return r.status_code, r.json()
+
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(ask, i) for i in range(16)]
+        assert api.client.post(f"/v1/adapters/{a}/archive", headers=api.h()).status_code == 200
+        for f in futures:
+            code, body = f.result()
+            codes.append(code)
+            if code == 200:
+                want = want or body["outputs"]
+                assert body["outputs"] == want
+            else:
+                assert code == 404 and body["type"].endswith("archived"), body
+    assert set(codes) <= {200, 404}
+    assert ask(0)[0] == 404
+    assert a not in {m["id"] for m in api.client.get("/v1/adapters/loaded", headers=api.h()).json()}
