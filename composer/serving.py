@@ -26,8 +26,9 @@ from composer.base import LoadedBase
 from composer.data import Example
 from composer.errors import ConfigError
 from composer.method import Artifact, MethodKind, Models
+from composer.planner import PlanChooser, bucket
 from composer.prompts.ensemble import RowVote, predict_ensemble
-from composer.prompts.model import PromptModel
+from composer.prompts.model import PLANS, PromptModel
 
 Loader = Callable[[], Artifact]
 
@@ -86,6 +87,7 @@ class Runtime:
         self.loading: dict[str, threading.Event] = {}  # modules being loaded, outside the lock
         self.host: OrderedDict[str, tuple[Artifact, int]] = OrderedDict()  # artifacts and their bytes, LRU
         self.host_bytes = 4 * cache_bytes if host_bytes is None else host_bytes
+        self.ensemble_plans = PlanChooser(PLANS)  # batched, sequential or chunked, by measurement per shape
         self.load_seconds: deque[float] = deque(maxlen=4096)  # the latest cold loads (load + attach)
         self._lock = threading.RLock()  # the cache and leases; concurrent requests for a cold module load it once
 
@@ -285,4 +287,12 @@ class Runtime:
         if any(not e.kind.ensemble_member for e in entries):
             raise ConfigError("an ensemble is made of soft prompts only")
         batch = self.tokenize(res, inputs, [min(e.max_length for e in entries)] * len(inputs))
-        return predict_ensemble(res.prompts, prompt_ids, batch, strategy, scores, early_exit)
+        b, t = batch["input_ids"].shape
+        if b < 8:  # one forward is fastest for a handful of rows
+            return predict_ensemble(res.prompts, prompt_ids, batch, strategy, scores, early_exit)
+        key = (len(prompt_ids), bucket(b), bucket(t), early_exit)
+        plan = self.ensemble_plans.choose(key)
+        t0 = time.perf_counter()
+        out = predict_ensemble(res.prompts, prompt_ids, batch, strategy, scores, early_exit, plan)
+        self.ensemble_plans.record(key, plan, time.perf_counter() - t0)
+        return out

@@ -80,6 +80,7 @@ def serving_stats(request: Request, caller: Operator) -> dict:
         "cold_loads": len(loads),
         "cold_load_p50_ms": pct(0.5),
         "cold_load_p99_ms": pct(0.99),
+        "ensemble_plans": rt.ensemble_plans.chosen(),  # (K, rows, tokens, early exit) -> the plan it runs
     }
 
 

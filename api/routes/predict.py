@@ -48,7 +48,9 @@ def resolve(request: Request, reg, caller, body: PredictIn):  # type: ignore[no-
         members = adapters.fusion_members(s, row.id)
         base_row = catalog.get_base_model(s, row.base_model_id)
     if row.status == "archived":
-        raise Problem(404, "archived", f"adapter {row.id} is archived: it no longer serves (its row and lineage remain)")
+        raise Problem(
+            404, "archived", f"adapter {row.id} is archived: it no longer serves (its row and lineage remain)"
+        )
     lease = ensure(request.app.state.runtime, reg, row, base_row, members, request.app.state.settings.device)
     return row, task_spec(task), [m.id for m in members], lease
 

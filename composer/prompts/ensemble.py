@@ -94,10 +94,11 @@ def predict_ensemble(
     strategy: str = "majority",
     scores: Sequence[float | None] | None = None,
     early_exit: bool = False,
+    plan: str = "batched",
 ) -> list[RowVote]:
     """Votes per input. With `early_exit` (majority only) prompts run in order of validation score:
     first the top ⌊K/2⌋+1 on every row, then the rest only on rows not yet decided. The labels
-    are identical to running all K prompts."""
+    are identical to running all K prompts. `plan` is how the forwards run (`PromptModel.logits`)."""
     names = list(names)
     k = len(names)
     model.check_batchable(names)
@@ -107,10 +108,10 @@ def predict_ensemble(
         raise ConfigError("early exit is exact only for majority voting")
     with torch.no_grad():
         if not early_exit or k < 3:
-            return vote(model.logits(names, batch), strategy, scores_l)
+            return vote(model.logits(names, batch, plan), strategy, scores_l)
         order = sorted(range(k), key=lambda j: -(scores_l[j] if scores_l[j] is not None else float("-inf")))
         m = k // 2 + 1
-        first = model.logits([names[j] for j in order[:m]], batch)  # [B, m, C]
+        first = model.logits([names[j] for j in order[:m]], batch, plan)  # [B, m, C]
         b, _, c = first.shape
         logits = torch.zeros(b, k, c, dtype=first.dtype)
         evaluated = torch.zeros(b, k, dtype=torch.bool)
@@ -120,7 +121,7 @@ def predict_ensemble(
         todo = (~done).nonzero().flatten()
         if len(todo):
             sub = {key: v[todo.to(v.device)] for key, v in batch.items()}
-            rest = model.logits([names[j] for j in order[m:]], sub).cpu()
+            rest = model.logits([names[j] for j in order[m:]], sub, plan).cpu()
             for col, j in enumerate(order[m:]):
                 logits[todo, j] = rest[:, col]
             evaluated[todo.unsqueeze(1), torch.tensor(order[m:]).unsqueeze(0)] = True

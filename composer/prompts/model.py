@@ -14,6 +14,15 @@ from composer.heads import HeadConfig, PredictionHead, stacked_classify
 from composer.prompts.artifacts import PromptArtifact
 from composer.prompts.prompt import PromptConfig, SoftPrompt, encode_prompted, pool_prompted
 
+PLANS = ("batched", "sequential", "chunked")
+
+
+def _rows(batch: dict[str, torch.Tensor], start: int, stop: int) -> dict[str, torch.Tensor]:
+    """Rows start:stop of a padded batch, cut to their own longest input (right padding)."""
+    mask = batch["attention_mask"][start:stop]
+    width = max(1, int(mask.sum(1).max()))
+    return {k: v[start:stop, :width] for k, v in batch.items()}
+
 
 class PromptModel(nn.Module):
     def __init__(self, base: LoadedBase):
@@ -77,8 +86,23 @@ class PromptModel(nn.Module):
             raise ConfigError("prompts of different lengths or insertion points cannot share one forward")
         return self.prompts[names[0]].cfg
 
-    def logits(self, names: Sequence[str], batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """[B, K, C] (or [B, K] for regression): every input under every prompt, in one forward."""
+    def logits(
+        self, names: Sequence[str], batch: dict[str, torch.Tensor], plan: str = "batched", chunk_rows: int = 32
+    ) -> torch.Tensor:
+        """[B, K, C] (or [B, K] for regression): every input under every prompt. The plan says how the
+        K x B prompted rows are executed, never what they compute: `batched`, one forward of K*B rows;
+        `sequential`, K forwards of B rows; `chunked`, forwards of about `chunk_rows` prompted rows, each
+        cut to its own longest input (fewer pad tokens)."""
+        if plan == "batched":
+            return self._logits(names, batch)
+        if plan == "sequential":
+            return torch.cat([self._logits([n], batch) for n in names], dim=1)
+        if plan == "chunked":
+            b, step = batch["input_ids"].shape[0], max(1, chunk_rows // len(names))
+            return torch.cat([self._logits(names, _rows(batch, i, i + step)) for i in range(0, b, step)], dim=0)
+        raise ConfigError(f"unknown execution plan {plan!r}; known: {list(PLANS)}")
+
+    def _logits(self, names: Sequence[str], batch: dict[str, torch.Tensor]) -> torch.Tensor:
         cfg = self.check_batchable(names)
         k = len(names)
         ids, mask = batch["input_ids"], batch["attention_mask"]

@@ -125,3 +125,55 @@ def test_deep_prompts_train_collapse_and_stay_padding_invariant(tiny_bert_dir):
         torch.testing.assert_close(fresh.logits(names, alone)[0], fresh.logits(names, batch)[0], atol=1e-5, rtol=0)
     with pytest.raises(ConfigError, match="reparam_hidden"):
         PromptConfig(kind="shallow", reparam_hidden=8)
+
+
+def _ensemble_model(tiny_bert_dir, k: int = 5):  # type: ignore[no-untyped-def]
+    from composer.heads import HeadConfig
+    from composer.prompts.model import PromptModel
+
+    model = PromptModel(load_base(tiny_bert_dir)).eval()
+    gen = torch.Generator().manual_seed(3)
+    for i in range(k):
+        model.add(f"p{i}", PromptConfig(length=3), HeadConfig(num_labels=3, pooling="mean"))
+        with torch.no_grad():
+            for p in [*model.prompts[f"p{i}"].parameters(), *model.heads[f"p{i}"].parameters()]:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    return model
+
+
+@pytest.mark.parametrize("plan", ["sequential", "chunked"])
+def test_every_execution_plan_computes_what_one_batched_forward_does(tiny_bert_dir, plan):
+    from tests.conftest import WORDS
+
+    model = _ensemble_model(tiny_bert_dir)
+    names = [f"p{i}" for i in range(5)]
+    texts = [" ".join(WORDS[i : i + 1 + (i * 7) % 13]) for i in range(11)]  # lengths vary: chunks trim padding
+    batch = dict(model.base.tokenizer(texts, padding=True, return_tensors="pt"))
+    with torch.no_grad():
+        want = model.logits(names, batch)
+        got = model.logits(names, batch, plan, chunk_rows=8)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    scores = [0.9, 0.8, 0.7, 0.6, 0.5]
+    for early in (False, True):
+        a = predict_ensemble(model, names, batch, "majority", scores, early)
+        b = predict_ensemble(model, names, batch, "majority", scores, early, plan)
+        assert [(r.label, r.early_exit, r.counts) for r in a] == [(r.label, r.early_exit, r.counts) for r in b]
+    with pytest.raises(ConfigError, match="plan"):
+        model.logits(names, batch, "sideways")
+
+
+def test_the_plan_chooser_tries_each_plan_then_runs_the_fastest():
+    from composer.planner import PlanChooser, bucket
+
+    assert [bucket(n) for n in (1, 8, 9, 32, 33)] == [1, 8, 16, 32, 64]
+    chooser = PlanChooser(["batched", "sequential", "chunked"], trials=2, refresh=10)
+    cost = {"batched": 6.0, "sequential": 5.0, "chunked": 3.0}
+    seen = []
+    for _ in range(9):
+        plan = chooser.choose("k5-b32")
+        seen.append(plan)
+        chooser.record("k5-b32", plan, cost[plan])
+    assert seen[:6] == ["batched", "batched", "sequential", "sequential", "chunked", "chunked"]
+    assert seen[6:] == ["chunked"] * 3 and chooser.chosen() == {"k5-b32": "chunked"}
+    assert chooser.choose("k5-b32") == "batched"  # the 10th call re-measures the slowest
+    assert chooser.choose("other") == "batched"  # a new shape starts its own trials
