@@ -1,4 +1,5 @@
-"""Serving at fleet scale: 1,000 ST-As on the real encoder behind `/v1/predict`.
+"""Serving at fleet scale: 1,000 adapters (three quarters ST-As, a quarter LoRAs) on the real encoder
+behind `/v1/predict`.
 
 Every adapter is a real registry row with its blobs (random small weights, a one-layer head). 32
 concurrent HTTP clients send a Zipf(1.1) mix over the 1,000 adapters for 60 s, then the same load
@@ -56,13 +57,13 @@ def register(tmp: Path, n: int) -> tuple[str, str, list[str], str, int]:
     gen = torch.Generator().manual_seed(0)
     ids, one = [], 0
     for i in range(n):
-        model.add_adapter("a", preset("seq_bn"))
+        model.add_adapter("a", preset("lora", r=8) if i % 4 == 3 else preset("seq_bn"))  # a quarter are LoRAs
         model.add_head("a", HeadConfig(num_labels=2, layers=1, pooling="mean"))
         with torch.no_grad():
             for p in [*model.adapters["a"].parameters(), *model.heads["a"].parameters()]:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
         art = artifacts.extract(model, "a", head="a", labels=LABELS, max_length=64)
-        one = one or sum(t.numel() * t.element_size() for t in art.tensors.values())
+        one = max(one, sum(t.numel() * t.element_size() for t in art.tensors.values()))
         model.remove("a")
         w, c = artifact_store.store(reg, art)
         with reg.tx() as s:
@@ -148,7 +149,8 @@ def main() -> None:
     lines = [
         f"## Fleet scale: {n:,} adapters behind /v1/predict (6-layer MiniLM, CPU, 2 threads{', --quick' if a.quick else ''})",
         "",
-        f"{n:,} ST-As (real registry rows and blobs; {one / 1e3:.0f} kB each), {clients} HTTP clients for {seconds} s,",
+        f"{n:,} adapters, 3/4 ST-As and 1/4 LoRAs (real registry rows and blobs; up to {one / 1e3:.0f} kB each), "
+        f"{clients} HTTP clients for {seconds} s,",
         f"one input per request. The cache holds about {fit} adapters ({cache_mb} MB), so adapters are evicted",
         "and loaded again during the run. Zipf(1.1) over all of them, against the same load over 8 adapters.",
         "",
