@@ -30,7 +30,7 @@ class FakePrompts:
         if not names:
             raise ConfigError("K = 0")
 
-    def logits(self, names, batch):
+    def logits(self, names, batch, plan="batched"):
         rows = batch["row"]
         self.calls.append((len(rows), len(names)))
         cols = [int(n) for n in names]
