@@ -7,7 +7,10 @@ a derived base); a fusion of the source ST-As + the target ST-A; a fusion of the
 derived base. Each fusion's learning rate is chosen on validation from a grid at and below the
 ST-A's (the paper uses 5e-5). Validation picks the epoch; test is held out. Mean ± std over seeds.
 
-    .venv/bin/python -m bench.quality_fusion [--quick] [--seeds 3]
+    .venv/bin/python -m bench.quality_fusion [--quick] [--seeds 3] [--resume] [--table-only]
+
+A full run takes hours on 2 CPU cores; it keeps every finished row in bench/results/quality_fusion.json,
+and `--resume` runs only the rows missing there.
 """
 
 from __future__ import annotations
@@ -58,6 +61,9 @@ def best_fusion(base, task, train, val, test, members, cfg: TrainConfig, max_len
 
 
 def run_seed(seed: int, a: argparse.Namespace, layers: int, sizes, out: list[dict], t0: float, path: Path) -> None:  # type: ignore[no-untyped-def]
+    sizes = [n for n in sizes if not any(r["seed"] == seed and r["n"] == n for r in out)]  # --resume
+    if not sizes:
+        return
     src_rows, max_len, val_n = (300, 64, 150) if a.quick else (400, 48, 200)
     base = load_base(packaged_encoder_dir(), num_hidden_layers=layers)
     cfg = dict(batch_size=32, max_length=max_len, seed=seed)
@@ -98,7 +104,7 @@ def run_seed(seed: int, a: argparse.Namespace, layers: int, sizes, out: list[dic
             row[label], row[f"{label}_lr"] = (v, t), lr
             row[f"{label}_attention"] = dict(zip(names, att, strict=True))
         out.append(row)
-        path.write_text(json.dumps(out, indent=2))  # kept after every row: a long run cut short keeps its rows
+        path.write_text(json.dumps(out, indent=2) + "\n")  # kept after every row: a run cut short resumes
         print(json.dumps(row), f"({time.time() - t0:.0f}s)", flush=True)
 
 
@@ -112,19 +118,22 @@ def table(results: list[dict], layers: int, quick: bool, seeds: int) -> str:
     lines = [
         f"## Fusion quality on real data ({layers}-layer MiniLM, {seeds} seed(s){', --quick' if quick else ''})",
         "",
+        "Sources: 400 training rows each (2 epochs); target ST-A: 5 epochs; MT-A: 2 epochs; each fusion: 3 epochs",
+        "per learning rate; inputs cut at 48 tokens; validation 200 rows; `--resume` continues a run cut short.",
+        "",
         f"Target fine foods (test: {len(foods.test):,} reviews of other products; majority {majority:.3f}); sources",
         "RT polarity, RT subjectivity, CoNLL uncertainty. MT-A: the four tasks trained jointly with the base",
         "fine-tuned (lr 2e-5; adapters 1e-3), fused on that derived base. Each fusion's learning rate is chosen",
         f"on validation from {', '.join(f'{x:g}' for x in FUSION_LRS)}. Accuracy, mean ± std over seeds.",
         "",
-        "| target rows | split | ST-A | MT-A (joint) | Fusion (ST-As) | Fusion (MT-As) |",
-        "|---|---|---|---|---|---|",
+        "| target rows | seeds | split | ST-A | MT-A (joint) | Fusion (ST-As) | Fusion (MT-As) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for n in sorted({r["n"] for r in results}):
         rows = [r for r in results if r["n"] == n]
         for i, split in enumerate(("validation", "test")):
             cells = [mean_std([r[m][i] for r in rows]) for m in METHODS]
-            lines.append(f"| {n} | {split} | " + " | ".join(cells) + " |")
+            lines.append(f"| {n} | {len(rows)} | {split} | " + " | ".join(cells) + " |")
     lines += ["", "Learning rates chosen on validation, and mean attention on the target's own adapter:", ""]
     for n in sorted({r["n"] for r in results}):
         rows = [r for r in results if r["n"] == n]
@@ -139,23 +148,25 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--seeds", type=int, default=None)
-    ap.add_argument("--table-only", action="store_true", help="write the docs table from runs/quality_fusion.json")
+    ap.add_argument("--table-only", action="store_true", help="write the docs table from the rows kept so far")
+    ap.add_argument("--resume", action="store_true", help="keep the rows of an earlier run and run the others")
     a = ap.parse_args()
     torch.set_num_threads(2)
     layers = 2 if a.quick else 6
     sizes = (250,) if a.quick else (250, 500, 1000)
     seeds = a.seeds or (1 if a.quick else 3)
     t0 = time.time()
-    results: list[dict] = []
-    out = Path(ROOT / "runs")
-    out.mkdir(exist_ok=True)
-    if a.table_only:  # a run cut short: the table from what it wrote, with the seeds it has
-        results = json.loads((out / "quality_fusion.json").read_text())
-        done = sorted({r["seed"] for r in results})
-        write_section("quality_fusion", table(results, layers, a.quick, len(done)))
+    # the full run's rows are kept in the repository (hours of CPU); --quick ones in runs/
+    path = (
+        ROOT / "runs" / "quality_fusion_quick.json" if a.quick else ROOT / "bench" / "results" / "quality_fusion.json"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    results: list[dict] = json.loads(path.read_text()) if (a.resume or a.table_only) and path.is_file() else []
+    if a.table_only:  # the table from the rows kept so far, with the seeds each size has
+        write_section("quality_fusion", table(results, layers, a.quick, len({r["seed"] for r in results})))
         return
     for seed in range(seeds):
-        run_seed(seed, a, layers, sizes, results, t0, out / "quality_fusion.json")
+        run_seed(seed, a, layers, sizes, results, t0, path)
     write_section("quality_fusion", table(results, layers, a.quick, seeds))
     keys = {
         f"n{n}_{m}_test_mean": statistics.mean(r[m][1] for r in results if r["n"] == n) for n in sizes for m in METHODS
