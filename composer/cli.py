@@ -62,6 +62,8 @@ def cmd_train_adapter(a: argparse.Namespace) -> int:
         seed=a.seed,
     )
     overrides = {"reduction_factor": a.reduction_factor} if a.reduction_factor else {}
+    if a.rank:
+        overrides["r"] = a.rank  # --preset lora
     bar = ProgressBar()
     try:
         run = train_st_adapter(base, task, train, validation, preset(a.preset, **overrides), cfg, callbacks=[bar])
@@ -99,7 +101,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--labels", help="comma-separated label set (default: sorted labels of the training file)")
     t.add_argument("--metric", default="accuracy")
     t.add_argument("--preset", default="seq_bn", choices=sorted(PRESETS))
-    t.add_argument("--reduction-factor", type=float)
+    t.add_argument("--reduction-factor", type=float, help="bottleneck presets")
+    t.add_argument("--rank", type=int, help="--preset lora: the rank r")
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--epochs", type=int, default=3)
     t.add_argument("--batch-size", type=int, default=32)

@@ -33,3 +33,18 @@ def test_cli_reports_bad_rows_with_line_numbers(tiny_bert_dir, tmp_path, toy_row
     assert rc == 2
     assert "line 4" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_train_adapter_cli_trains_a_lora(tiny_bert_dir, tmp_path, toy_rows, capsys):
+    train = write_jsonl(tmp_path / "train.jsonl", toy_rows)
+    val = write_jsonl(tmp_path / "val.jsonl", toy_rows[:4] + toy_rows[-4:])
+    out = tmp_path / "lora"
+    rc = main(
+        ["train-adapter", "--base", str(tiny_bert_dir), "--train", str(train), "--validation", str(val),
+         "--out", str(out), "--epochs", "1", "--batch-size", "4", "--preset", "lora", "--rank", "2"]
+    )  # fmt: skip
+    assert rc == 0
+    art = kinds.load_dir(out)
+    assert art.kind == "lora" and art.config.r == 2 and art.head is not None
+    # B starts at zero: training moved it
+    assert any(t.abs().max() > 0 for k, t in art.tensors.items() if k.endswith(".B"))
