@@ -100,6 +100,7 @@ class TrainResult:
     history: list[dict[str, Any]]
     stopped_early: bool
     resumed_at: int
+    best_step: int | None = None  # the step of the kept evaluation; 0 is the one before training (if asked)
 
 
 def _rng_state() -> dict[str, torch.Tensor]:
@@ -128,6 +129,7 @@ def fit(
     resume: bytes | None = None,
     device: torch.device | None = None,
     plan: Callable[[int], list[list[int]]] | None = None,
+    evaluate_at_start: bool = False,
 ) -> TrainResult:
     """Train `objective`. `plan(epoch)` gives the batches of one epoch as index lists into `train`
     (default: a seeded shuffle cut into batch_size pieces); it must be a pure function of the epoch."""
@@ -201,13 +203,15 @@ def fit(
         for cb in callbacks:
             cb.on_evaluate(s["step"], s["epoch"], metrics)
         if s["best"] is None or score > s["best"]:
-            s["best"], s["best_metrics"], s["bad"] = score, metrics, 0
+            s["best"], s["best_metrics"], s["bad"], s["best_step"] = score, metrics, 0, s["step"]
             best_params = {k: p.detach().clone() for k, p in params.items()}
         else:
             s["bad"] += 1
         return bool(cfg.patience and s["bad"] >= cfg.patience)
 
     stop = s.get("stopped", False)
+    if evaluate_at_start and validation and s["step"] == 0 and not s["history"]:
+        evaluate()  # the starting point is a candidate: training must beat it to replace it
     while not stop and s["epoch"] < cfg.epochs:
         epoch_plan = plan(s["epoch"])
         while s["pos"] < len(epoch_plan):
@@ -255,6 +259,7 @@ def fit(
         history=s["history"],
         stopped_early=bool(s.get("stopped")) and s["epoch"] < cfg.epochs,
         resumed_at=resumed_at,
+        best_step=s.get("best_step"),
     )
 
 

@@ -110,6 +110,10 @@ class FusionJobSpec(Spec):
     prune_threshold: float | None = Field(None, gt=0, lt=1)
     name: str | None = None
     base_model: str | None = None  # filled in at submit from the adapters
+    # start from the target task's own adapter when it is a member (its head, attention on it)
+    warm_start: bool = True
+    # fail, instead of registering a copy of the start, when no epoch beats it on validation
+    require_improvement: bool = False
 
     def train_config(self) -> TrainConfig:
         return TrainConfig.from_dict({**FUSION_DEFAULTS, **self.hyperparameters})

@@ -162,7 +162,14 @@ def fusion_to_hub(
         "dropout_prob": cfg.dropout,
     }
     weights = {}
+    priors = [v for k, v in art.tensors.items() if k.endswith(".prior")]
+    if any(bool(p.abs().max() > 0) for p in priors):
+        raise ConfigError(
+            "fusion: a warm-started fusion's member priors have no AdapterHub equivalent; use format=native"
+        )
     for key, value in art.tensors.items():  # sites.L{i}_{placement}.{query|key|value}.{param}
+        if key.endswith(".prior"):
+            continue
         _, site, proj, param = key.split(".")
         layer, placement = site[1:].split("_", 1)
         where = "attention.output" if placement == "attention" else "output"

@@ -63,9 +63,12 @@ class FusionConfig:
 
 
 class FusionLayer(nn.Module):
-    def __init__(self, hidden_size: int, cfg: FusionConfig):
+    def __init__(self, hidden_size: int, cfg: FusionConfig, members: int):
         super().__init__()
         self.cfg = cfg
+        # A learned score per member, added before the softmax. Zero (AdapterHub's fusion) unless a warm
+        # start puts the attention on the target task's own adapter (`warm_start`).
+        self.prior = nn.Parameter(torch.zeros(members))
         self.query = nn.Linear(hidden_size, hidden_size)
         self.key = nn.Linear(hidden_size, hidden_size)
         self.value = nn.Linear(hidden_size, hidden_size, bias=False) if cfg.value else None
@@ -108,7 +111,7 @@ class FusionLayer(nn.Module):
         d = stack.down(h)  # [M, N*r]
         qk = self.query_key(h)  # [M, H]
         scores = (d * (qk @ stack.w_up_t)).view(m, n, r).sum(-1) + qk @ stack.b_up.t()
-        probs = torch.softmax(self.dropout(scores) / self.cfg.temperature, dim=-1)
+        probs = torch.softmax(self.dropout(scores) / self.cfg.temperature + self.prior, dim=-1)
         mixed = torch.addmm(probs @ stack.b_up, (d.view(m, n, r) * probs.unsqueeze(-1)).view(m, n * r), stack.w_up)
         return (self.value(mixed) if self.value is not None else mixed), probs
 
@@ -126,7 +129,7 @@ class FusionLayer(nn.Module):
         z = torch.addmm(b_in, h, w_in)  # [M, N*r | N*r | N]
         d = stack.act(z[:, : n * r])
         scores = (d * z[:, n * r : 2 * n * r]).view(m, n, r).sum(-1) + z[:, 2 * n * r :]
-        probs = torch.softmax(scores, dim=-1)
+        probs = torch.softmax(scores + self.prior, dim=-1)
         mixed_in = torch.cat([(d.view(m, n, r) * probs.unsqueeze(-1)).view(m, n * r), probs], dim=1)
         return mixed_in @ w_out, probs
 
@@ -216,12 +219,24 @@ class Fusion(nn.Module):
         hidden = template.hidden_size
         keys = [site_key(i, p) for i in range(template.num_layers) for p in PLACEMENTS if template.site(i, p)]
         if cfg.shared:
-            self.shared = FusionLayer(hidden, cfg)
+            self.shared = FusionLayer(hidden, cfg, len(members))
             self.sites = nn.ModuleDict()
         else:
             self.shared = None
-            self.sites = nn.ModuleDict({k: FusionLayer(hidden, cfg) for k in keys})
+            self.sites = nn.ModuleDict({k: FusionLayer(hidden, cfg, len(members)) for k in keys})
         self.site_keys = keys
+
+    def layers(self) -> list[FusionLayer]:
+        return [self.shared] if self.shared is not None else list(self.sites.values())  # type: ignore[list-item]
+
+    def warm_start(self, member: int, margin: float = 12.0) -> None:
+        """Put the attention on one member (the target task's own adapter): its prior is `margin` above the
+        others at every site, so with V = I the first forward is that adapter's to within e^-margin.
+        The priors stay trainable (Adam moves them however small their gradient)."""
+        with torch.no_grad():
+            for lay in self.layers():
+                lay.prior.zero_()
+                lay.prior[member] = margin
 
     def layer(self, key: str) -> FusionLayer:
         return self.shared if self.shared is not None else self.sites[key]  # type: ignore[return-value]

@@ -123,8 +123,11 @@ def attach(
     if art.base is not None:
         model.base.identity.check_same(art.base, what=f"fusion {art.name!r}")
     module = model.add_fusion(name, member_names or art.members, art.config)
+    # fusions saved before member priors existed (and AdapterHub's) have none: a zero prior is that fusion
+    tensors = {k: torch.zeros_like(v) for k, v in module.state_dict().items() if k.endswith(".prior")}
+    tensors.update(art.tensors)
     try:
-        module.load_state_dict(art.tensors, strict=True)
+        module.load_state_dict(tensors, strict=True)
         if art.head is not None:
             model.add_head(name, art.head).load_state_dict(art.head_tensors, strict=True)
     except RuntimeError as e:

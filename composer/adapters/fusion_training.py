@@ -20,6 +20,7 @@ from composer.adapters.training import head_for, predict_logits, score
 from composer.base import LoadedBase
 from composer.composition import Fuse
 from composer.data import Collator, Example, TaskSpec
+from composer.errors import ConfigError
 from composer.heads import HeadConfig
 from composer.training import Callback, Objective, TrainConfig, TrainResult, fit
 
@@ -40,12 +41,46 @@ def build_fused_model(
     return model, names
 
 
+def fusion_model(
+    base: LoadedBase,
+    task: TaskSpec,
+    members: Sequence[AdapterArtifact],
+    fusion_cfg: FusionConfig,
+    name: str = "fusion",
+    start: int | None = None,
+    head_cfg: HeadConfig | None = None,
+) -> AdaptedEncoder:
+    """The fused model before training: fresh (uniform attention, a new head), or warm-started on member
+    `start` (its head copied, the attention on it, V = I), whose first forward is that adapter's."""
+    model, _ = build_fused_model(base, members, fusion_cfg, name)
+    if start is None:
+        model.add_head(name, head_cfg or head_for(task))
+        return model
+    own = members[start]
+    if own.head is None or (own.labels and list(own.labels) != list(task.labels)):
+        raise ConfigError(f"member {start} has no head for task {task.name!r}: it cannot be the warm start")
+    head = {k[len("head.") :]: v.clone() for k, v in own.tensors.items() if k.startswith("head.")}
+    model.add_head(name, own.head, weights=head)
+    model.fusions[name].warm_start(start)
+    return model
+
+
 @dataclass
 class FusionRun:
     model: AdaptedEncoder
     name: str
     result: TrainResult
     max_length: int
+
+    @property
+    def winner(self) -> str:
+        """Which evaluation the registered fusion is: an epoch, or its start."""
+        if self.result.best_step == 0:
+            return "none: the fusion did not improve on its start"
+        for entry in self.result.history:
+            if entry["step"] == self.result.best_step:
+                return f"epoch {entry['epoch'] + 1}"
+        return "unknown (resumed)"
 
     def artifact(self, member_ids: list[str], task: TaskSpec) -> FusionArtifact:
         """The fusion and its head; members named by their registry ids."""
@@ -72,13 +107,17 @@ def train_fusion(
     callbacks: Sequence[Callback] = (),
     resume: bytes | None = None,
     name: str = "fusion",
+    start: int | None = None,
 ) -> FusionRun:
+    """With `start`, the index of the member that is the target task's own adapter, the fusion starts
+    as that adapter: its head is copied and the attention put on it (V stays the identity), so the first
+    forward is that adapter's. Validation runs before the first step too, and the best evaluation is
+    kept: the registered fusion never scores below its start on validation."""
     torch.manual_seed(train_cfg.seed)
-    model, _ = build_fused_model(base, members, fusion_cfg, name)
+    model = fusion_model(base, task, members, fusion_cfg, name, start, head_cfg)
     model.base_dropout = train_cfg.base_dropout
-    model.add_head(name, head_cfg or head_for(task))
-    fused = Fuse(name)
     fusion = model.fusions[name]
+    fused = Fuse(name)
     collate = Collator(base.tokenizer, task, train_cfg.max_length)
 
     def loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -94,7 +133,8 @@ def train_fusion(
     params = {f"fusions.{name}.{k}": p for k, p in fusion.named_parameters()}
     params.update({f"heads.{name}.{k}": p for k, p in model.heads[name].named_parameters()})
     objective = Objective(module=model, params=params, loss=loss, evaluate=evaluate, metric=task.metric)
-    result = fit(objective, train, validation, collate, train_cfg, callbacks, resume=resume, device=model.device)
+    result = fit(objective, train, validation, collate, train_cfg, callbacks, resume=resume, device=model.device,
+                 evaluate_at_start=True)  # fmt: skip
     return FusionRun(model=model, name=name, result=result, max_length=train_cfg.max_length)
 
 
@@ -123,7 +163,9 @@ def pruned(model: AdaptedEncoder, fusion: str, keep: Sequence[str], name: str | 
     source = model.fusions[fusion]
     name = name or f"{fusion}-pruned"
     derived = model.add_fusion(name, list(keep), source.cfg)
-    derived.load_state_dict(source.state_dict())
+    kept = torch.tensor([source.members.index(m) for m in keep])
+    state = {k: v[kept] if k.endswith(".prior") else v for k, v in source.state_dict().items()}
+    derived.load_state_dict(state)
     if fusion in model.heads:
         model.heads[name] = model.heads[fusion]
     return name

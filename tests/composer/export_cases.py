@@ -94,8 +94,9 @@ def _fusion(seed: int) -> tuple[Any, list[Any]]:
         members.append(artifacts.extract(model, name))
     model.add_fusion("f", ["alpha", "beta"], FusionConfig(dropout=0.0))
     with torch.no_grad():
-        for p in model.fusions["f"].parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+        for n, p in model.fusions["f"].named_parameters():
+            if not n.endswith("prior"):  # AdapterHub's fusion has no member prior
+                p.add_(torch.randn(p.shape, generator=gen) * 0.05)
     _noise(model.add_head("f", HeadConfig(num_labels=3, pooling="cls")), gen)
     return fusion_artifacts.extract(model, "f", head="f", labels=["x", "y", "z"]), members
 

@@ -75,7 +75,7 @@ def test_regulariser_is_part_of_the_loss(tiny_bert_dir, members):
 def test_shared_and_static_fusions(tiny_bert_dir, members):
     model, _ = build_fused_model(load_base(tiny_bert_dir), members, FusionConfig(shared=True, value=False), "s")
     n_params = sum(p.numel() for p in model.fusions["s"].parameters())
-    assert n_params == 2 * (32 * 32 + 32)  # one Q and one K for every site, no V
+    assert n_params == 2 * (32 * 32 + 32) + len(members)  # one Q and one K for every site, no V; a prior per member
     batch = model.base.tokenizer(["good movie"], return_tensors="pt")
     assert model(**batch, composition=Fuse("s")).hidden.shape == (1, 4, 32)
 
@@ -185,3 +185,36 @@ def test_stacked_site_equals_each_adapter_alone_even_with_different_sizes(tiny_b
             torch.testing.assert_close(stacked[:, i], lay.delta(h), atol=1e-6, rtol=0)
     model.add_fusion("f", ["small", "big"])
     assert not model.fusions["f"].training
+
+
+def test_a_warm_started_fusion_starts_as_the_targets_adapter_and_never_ends_below_it(tiny_bert_dir, members):
+    from composer.adapters import artifacts
+    from composer.adapters.fusion_training import fusion_model
+    from composer.adapters.model import AdaptedEncoder
+    from composer.adapters.training import predict_logits
+    from composer.data import Collator
+
+    base = load_base(tiny_bert_dir)
+    flip, sent = members[1], members[0]  # the target task is "sent": its own adapter is member 1 below
+    ordered = [flip, sent]
+    val = examples(24, seed=5)
+    collate = Collator(base.tokenizer, TASK, 64)
+    # step 0: the fused logits are the ST-A's (its head, attention on it, V = I)
+    fused = fusion_model(base, TASK, ordered, FusionConfig(), "f", start=1).eval()
+    alone = AdaptedEncoder(load_base(tiny_bert_dir)).eval()
+    name = artifacts.attach(alone, sent)
+    want = predict_logits(alone, name, val, collate, composition=Single(name))
+    got = predict_logits(fused, "f", val, collate, composition=Fuse("f"))
+    assert want.abs().max() > 1e-2
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+    # a cold start (fresh head, uniform attention) does not start there
+    cold = fusion_model(base, TASK, ordered, FusionConfig(), "c").eval()
+    assert (predict_logits(cold, "c", val, collate, composition=Fuse("c")) - want).abs().max() > 1e-3
+    # selection: the registered fusion scores at least its start on validation, by construction
+    cfg = TrainConfig(learning_rate=3e-1, epochs=3, batch_size=8, patience=0)  # a rate far too high on purpose
+    run = train_fusion(base, TASK, examples(32, seed=3), val, ordered, FusionConfig(), cfg, start=1)
+    start = run.result.history[0]
+    assert start["step"] == 0 and run.result.best_metrics["accuracy"] >= start["accuracy"]
+    assert run.winner.startswith(("epoch", "none: the fusion did not improve"))
+    with pytest.raises(ConfigError, match="warm start"):
+        fusion_model(base, TaskSpec("x", labels=("a", "b")), ordered, FusionConfig(), "x", start=1)

@@ -90,7 +90,7 @@ def test_multitask_job_registers_a_derived_base_and_its_adapters(world):
 def test_fusion_job_registers_lineage_attention_and_a_pruned_fusion(world):
     w = world
     ids = two_adapters(w)
-    done = submit_and_run(w, "fusion", fusion_spec(w, ids, prune_threshold=0.01))
+    done = submit_and_run(w, "fusion", fusion_spec(w, ids, prune_threshold=0.01, warm_start=False))  # uniform start
     with w.registry.tx() as s:
         fusion = adapters.get_adapter(s, done.result["adapter_id"])
         assert fusion.kind == "fusion" and [m.id for m in adapters.fusion_members(s, fusion.id)] == ids
@@ -153,3 +153,27 @@ def test_prompts_job_registers_k_prompts_and_an_ensemble(world):
         submit_job(w.registry, w.owner, "prompts", {**spec, "validation_dataset": None}, send=Outbox())
     with pytest.raises(InvalidInput, match="prompt length"):
         submit_job(w.registry, w.owner, "prompts", {**spec, "prompt": {"length": 0}}, send=Outbox())
+
+
+def test_a_fusion_over_the_targets_own_adapter_starts_from_it_and_is_compared_with_it(world):
+    w = world
+    ids = two_adapters(w)  # both are adapters of the target task, with its head
+    done = submit_and_run(w, "fusion", fusion_spec(w, ids))
+    cmp = done.result["comparison"]
+    with w.registry.tx() as s:
+        rows = {i: adapters.get_adapter(s, i) for i in ids}
+        fusion = adapters.get_adapter(s, done.result["adapter_id"])
+    # each member alone scores what it scored when it was trained (same validation set), and the fusion,
+    # which started from the better one, is not below it
+    for i in ids:
+        assert cmp["members"][i] == pytest.approx(rows[i].metrics["accuracy"])
+    assert cmp["best_member"]["score"] == max(cmp["members"].values())
+    assert cmp["fusion"] >= cmp["best_member"]["score"] and cmp["winner"]
+    assert fusion.metrics["comparison"] == cmp  # the adapter's page carries it too
+    # asked to improve or fail: a learning rate that cannot move it fails the job, and registers nothing
+    job, _ = submit_job(w.registry, w.owner, "fusion", fusion_spec(w, ids, require_improvement=True,
+                        hyperparameters={**HP, "learning_rate": 1e-12}), send=Outbox())  # fmt: skip
+    assert run(w.registry, FAST, job.id, HANDLERS) == "failed"
+    assert "did not improve on its start" in jobs_error(w, job.id)["message"]
+    with w.registry.tx() as s:
+        assert len(s.scalars(select(Adapter).where(Adapter.kind == "fusion")).all()) == 1

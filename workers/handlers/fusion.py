@@ -6,11 +6,14 @@ import time
 
 from sqlalchemy.orm import Session
 
+from composer.adapters import artifacts
 from composer.adapters.fusion import FusionConfig
 from composer.adapters.fusion_training import attention_report, prune_members, pruned, train_fusion
+from composer.adapters.model import AdaptedEncoder
 from composer.adapters.training import predict_logits, score
-from composer.composition import Fuse
+from composer.composition import Fuse, Single
 from composer.data import Collator
+from composer.errors import ComposerError
 from composer.heads import HeadConfig
 from registry_db.models import Job
 from registry_db.repo import adapters
@@ -26,6 +29,27 @@ def _timed_score(model, name, fusion, task, examples, collate):  # type: ignore[
     return metrics, time.perf_counter() - t
 
 
+def comparison(base, task, validation, max_length, arts, member_ids, own, run) -> dict:  # type: ignore[no-untyped-def]
+    """Validation scores of the members that can answer the task alone (the target's own adapters, with
+    its head), of the best of them, and of the fusion; which evaluation the fusion is."""
+    collate = Collator(base.tokenizer, task, max_length)
+    scores: dict[str, float | None] = dict.fromkeys(member_ids)
+    for i in own:
+        model = AdaptedEncoder(base).eval()
+        name = artifacts.attach(model, arts[i], name=f"alone{i}")
+        logits = predict_logits(model, name, validation, collate, composition=Single(name))
+        scores[member_ids[i]] = score(task, logits, validation)[task.metric]
+    scored = {k: v for k, v in scores.items() if v is not None}
+    best = max(scored, key=scored.__getitem__) if scored else None
+    return {
+        "metric": task.metric,
+        "members": scores,  # None: another task's adapter, which cannot answer this task alone
+        "best_member": {"id": best, "score": scored[best]} if best else None,
+        "fusion": run.result.best_metrics.get(task.metric),
+        "winner": run.winner,
+    }
+
+
 def handle(ctx: JobContext) -> Finish:
     spec = FusionJobSpec.model_validate(ctx.job.spec)
     cfg = with_checkpoint_default(spec.train_config(), ctx)
@@ -36,12 +60,23 @@ def handle(ctx: JobContext) -> Finish:
         members = [adapters.get_adapter(s, a, ctx.job.owner_id) for a in spec.adapters]
     arts = [artifact_store.fetch(ctx.registry, m) for m in members]
     head = HeadConfig(kind=tspec.kind, num_labels=tspec.num_labels, pooling=spec.pooling)
+    own = [i for i, (m, a) in enumerate(zip(members, arts, strict=True)) if m.task_id == task.id and a.head is not None]
+    start = (
+        max(own, key=lambda i: members[i].metrics.get(tspec.metric, float("-inf"))) if own and spec.warm_start else None
+    )
     run = train_fusion(
         base, tspec, train, validation, arts, FusionConfig.from_dict(spec.fusion), cfg, head,
-        callbacks=[ctx.callback()], resume=ctx.resume,
+        callbacks=[ctx.callback()], resume=ctx.resume, start=start,
     )  # fmt: skip
     member_ids = [m.id for m in members]
     result: dict = {"metrics": run.result.best_metrics, "steps": run.result.steps}
+    if validation:
+        result["comparison"] = comparison(base, tspec, validation, cfg.max_length, arts, member_ids, own, run)
+        if spec.require_improvement and start is not None and run.result.best_step == 0:
+            raise ComposerError(
+                f"the fusion did not improve on its start, adapter {member_ids[start]} "
+                f"({tspec.metric} {result['comparison']['fusion']:.4f} on validation); nothing was registered"
+            )
     report_on = validation or train
     collate = Collator(base.tokenizer, tspec, cfg.max_length)
     report = attention_report(run.model, run.name, report_on, collate)
@@ -61,6 +96,8 @@ def handle(ctx: JobContext) -> Finish:
             result["pruned"] = {"members": [], "note": "fewer than 2 adapters above the threshold; nothing derived"}
     art = run.artifact(member_ids, tspec)
     art.metrics["mean_attention"] = result["mean_attention"]
+    if "comparison" in result:
+        art.metrics["comparison"] = result["comparison"]
     w_sha, c_sha = artifact_store.store(ctx.registry, art)
     name = spec.name or f"{task.name}-fusion"
 
