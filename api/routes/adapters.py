@@ -121,6 +121,7 @@ def archive(ref: str, request: Request, caller: Trainer, reg: RegistryDep) -> di
 
 class AliasIn(BaseModel):
     adapter: str
+    force: bool = False  # move the alias to a fusion that scores below its best member anyway
 
 
 @router.put("/adapters/aliases/{task}/{alias}")
@@ -128,6 +129,16 @@ def set_alias(task: str, alias: str, body: AliasIn, caller: Trainer, reg: Regist
     with reg.tx() as s:
         t = catalog.get_task(s, caller.owner_id, task)
         row = adapters.resolve_adapter(s, caller.owner_id, body.adapter)
+        cmp = (row.metrics or {}).get("comparison") or {}
+        best, fused = cmp.get("best_member") or {}, cmp.get("fusion")
+        if not body.force and best and fused is not None and fused < best["score"]:
+            raise Problem(
+                409,
+                "worse-than-member",
+                f"fusion {row.id} scores {fused:.4f} ({cmp['metric']}, validation), below its member {best['id']} "
+                f'({best["score"]:.4f}); point {t.name}@{alias} at it anyway with "force": true',
+                field="adapter",
+            )
         al = adapters.set_alias(s, caller.owner_id, t.id, alias, row.id)
         history = [
             {"adapter_id": h.adapter_id, "assigned_at": h.assigned_at.isoformat()}

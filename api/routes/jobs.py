@@ -34,6 +34,8 @@ class FusionIn(BaseModel):
     fusion: dict[str, Any] = Field(default_factory=dict)
     prune_threshold: float | None = None
     name: str | None = None
+    warm_start: bool = True  # start from the target task's own adapter when it is a member
+    require_improvement: bool = False  # fail, rather than register a copy of the start
 
 
 def job_json(j: Job) -> dict:

@@ -173,3 +173,27 @@ def test_another_owners_adapter_is_404_and_never_listed(api):
     assert r.status_code == 404
     assert api.client.get("/v1/adapters", headers=api.h(other)).json()["items"] == []
     assert api.client.get(f"/v1/jobs/{api.outbox[0]}", headers=api.h(other)).status_code == 404
+
+
+def test_an_alias_does_not_move_to_a_fusion_below_its_best_member_unless_forced(api):
+    ids = api.task_with_data()
+    a, b = api.train_adapter(ids), api.train_adapter(ids, name="second")
+    r = api.client.post("/v1/fusions", headers=api.h(), json={"task": "sentiment", "adapters": [a, b],
+                        "train_dataset": ids["train"], "validation_dataset": ids["validation"], "hyperparameters": HP})  # fmt: skip
+    fusion = api.client.get(f"/v1/jobs/{r.json()['id']}", headers=api.h()).json()["result"]
+    cmp = fusion["comparison"]
+    assert cmp["fusion"] >= cmp["best_member"]["score"]  # a warm start from the better member, kept if best
+    assert api.client.put("/v1/adapters/aliases/sentiment/prod", headers=api.h(),
+                          json={"adapter": fusion["adapter_id"]}).status_code == 200  # fmt: skip
+    # a fusion whose recorded score is below its best member's (as a cold start can be) is refused ...
+    with api.registry.tx() as s:
+        from registry_db.models import Adapter
+
+        row = s.get(Adapter, fusion["adapter_id"])
+        row.metrics = {**row.metrics, "comparison": {**cmp, "fusion": cmp["best_member"]["score"] - 0.1}}
+    r = api.client.put("/v1/adapters/aliases/sentiment/prod2", headers=api.h(), json={"adapter": fusion["adapter_id"]})
+    assert r.status_code == 409 and r.json()["type"].endswith("worse-than-member") and "force" in r.json()["detail"]
+    # ... unless forced
+    r = api.client.put("/v1/adapters/aliases/sentiment/prod2", headers=api.h(),
+                       json={"adapter": fusion["adapter_id"], "force": True})  # fmt: skip
+    assert r.status_code == 200 and r.json()["adapter_id"] == fusion["adapter_id"]
