@@ -121,7 +121,7 @@ def test_the_users_three_actions_and_the_bad_paths(service, tiny_bert_dir):
     assert r.status_code == 403 and r.headers["content-type"] == "application/problem+json"
     other = c.post("/v1/keys", json={"scopes": ["train"], "owner": "globex"}).json()["key"]
     assert httpx.get(f"{service}/v1/adapters/{a}", headers={"Authorization": f"Bearer {other}"}).status_code == 404
-    long = c.post("/v1/jobs", json={**spec, "hyperparameters": {**HP, "epochs": 300}}).json()["id"]
+    long = c.post("/v1/jobs", json={**spec, "hyperparameters": {**HP, "epochs": 5000}}).json()["id"]  # minutes
     wait_for(lambda: c.get(f"/v1/jobs/{long}").json()["progress"].get("step", 0) > 0, 120, "the long job to run")
     assert c.post(f"/v1/jobs/{long}/cancel").status_code == 200
     cancelled, _ = follow(c, long)
