@@ -71,6 +71,7 @@ class FusionRun:
     name: str
     result: TrainResult
     max_length: int
+    learning_rate: float | None = None  # the one a learning-rate grid chose
 
     @property
     def winner(self) -> str:

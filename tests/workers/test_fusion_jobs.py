@@ -177,3 +177,20 @@ def test_a_fusion_over_the_targets_own_adapter_starts_from_it_and_is_compared_wi
     assert "did not improve on its start" in jobs_error(w, job.id)["message"]
     with w.registry.tx() as s:
         assert len(s.scalars(select(Adapter).where(Adapter.kind == "fusion")).all()) == 1
+
+
+def test_without_a_learning_rate_the_fusion_job_chooses_one_on_validation(world):
+    w = world
+    ids = two_adapters(w)
+    hp = {k: v for k, v in HP.items() if k != "learning_rate"}
+    done = submit_and_run(w, "fusion", fusion_spec(w, ids, hyperparameters=hp))
+    trials = done.result["lr_trials"]
+    assert [t["learning_rate"] for t in trials] == [1e-3, 3e-4, 1e-4]
+    best = max(trials, key=lambda t: t["accuracy"])
+    assert (
+        done.result["learning_rate"] == best["learning_rate"] and done.result["metrics"]["accuracy"] == best["accuracy"]
+    )
+    with w.registry.tx() as s:
+        events = [e for e in jobs.list_events(s, done.id, 0) if e.type == "lr_trial"]
+        assert [e.payload["learning_rate"] for e in events] == [1e-3, 3e-4, 1e-4]
+        assert all(e.payload["seconds"] > 0 and e.payload["winner"] for e in events)

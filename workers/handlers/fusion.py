@@ -15,6 +15,7 @@ from composer.composition import Fuse, Single
 from composer.data import Collator
 from composer.errors import ComposerError
 from composer.heads import HeadConfig
+from composer.training import Callback, TrainConfig
 from registry_db.models import Job
 from registry_db.repo import adapters
 from workers import artifact_store
@@ -50,6 +51,48 @@ def comparison(base, task, validation, max_length, arts, member_ids, own, run) -
     }
 
 
+LR_GRID = (1e-3, 3e-4, 1e-4)
+
+
+class _NoCheckpoint(Callback):
+    """The job's progress, metric events and cancel, without checkpoints: grid trials are short, and a
+    checkpoint of one trial must never resume another (a restarted job runs the grid again)."""
+
+    def __init__(self, inner: Callback):
+        self.inner = inner
+
+    def on_start(self, total_steps: int, resumed_at: int) -> None:
+        self.inner.on_start(total_steps, resumed_at)
+
+    def on_step(self, step: int, total: int, epoch: int, loss: float, lr: float) -> None:
+        self.inner.on_step(step, total, epoch, loss, lr)
+
+    def on_evaluate(self, step: int, epoch: int, metrics: dict[str, float]) -> None:
+        self.inner.on_evaluate(step, epoch, metrics)
+
+    def should_cancel(self) -> bool:
+        return self.inner.should_cancel()
+
+
+def _grid(ctx, base, task, train, validation, arts, fusion_cfg, cfg, head, start, trials):  # type: ignore[no-untyped-def]
+    """One fusion per learning rate in LR_GRID; keeps the one with the best validation score. Each trial's
+    rate, score, winning epoch and cost go to the job's events."""
+    best = None
+    for lr in LR_GRID:
+        t0 = time.perf_counter()
+        trial_cfg = TrainConfig.from_dict({**cfg.to_dict(), "learning_rate": lr})
+        run = train_fusion(base, task, train, validation, arts, fusion_cfg, trial_cfg, head,
+                           callbacks=[_NoCheckpoint(ctx.callback())], start=start)  # fmt: skip
+        run.learning_rate = lr
+        trial = {"learning_rate": lr, task.metric: run.result.best_metrics.get(task.metric),
+                 "winner": run.winner, "seconds": round(time.perf_counter() - t0, 1), "steps": run.result.steps}  # fmt: skip
+        trials.append(trial)
+        ctx.event("lr_trial", trial)
+        if best is None or trial[task.metric] > best.result.best_metrics.get(task.metric):
+            best = run
+    return best
+
+
 def handle(ctx: JobContext) -> Finish:
     spec = FusionJobSpec.model_validate(ctx.job.spec)
     cfg = with_checkpoint_default(spec.train_config(), ctx)
@@ -64,12 +107,17 @@ def handle(ctx: JobContext) -> Finish:
     start = (
         max(own, key=lambda i: members[i].metrics.get(tspec.metric, float("-inf"))) if own and spec.warm_start else None
     )
-    run = train_fusion(
-        base, tspec, train, validation, arts, FusionConfig.from_dict(spec.fusion), cfg, head,
-        callbacks=[ctx.callback()], resume=ctx.resume, start=start,
-    )  # fmt: skip
+    fusion_cfg = FusionConfig.from_dict(spec.fusion)
+    trials: list[dict] = []
+    if "learning_rate" in spec.hyperparameters or not validation:
+        run = train_fusion(base, tspec, train, validation, arts, fusion_cfg, cfg, head,
+                           callbacks=[ctx.callback()], resume=ctx.resume, start=start)  # fmt: skip
+    else:  # no rate given: each grid point from the same start, chosen on validation
+        run = _grid(ctx, base, tspec, train, validation, arts, fusion_cfg, cfg, head, start, trials)
     member_ids = [m.id for m in members]
     result: dict = {"metrics": run.result.best_metrics, "steps": run.result.steps}
+    if trials:
+        result["learning_rate"], result["lr_trials"] = run.learning_rate, trials
     if validation:
         result["comparison"] = comparison(base, tspec, validation, cfg.max_length, arts, member_ids, own, run)
         if spec.require_improvement and start is not None and run.result.best_step == 0:
