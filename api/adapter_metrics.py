@@ -71,8 +71,11 @@ class AdapterMetrics(Collector):
                 cumulative.append((str(bound) if bound != float("inf") else "+Inf", running))
             hist.add_metric([a], cumulative, total[a])
         yield hist
-        cache = CounterMetricFamily("composer_adapter_cache_events", "serving cache hits and misses per adapter (top N)",
-                                    labels=["adapter", "event"])  # fmt: skip
+        cache = CounterMetricFamily(
+            "composer_adapter_cache_events",
+            "serving cache hits and misses per adapter (top N)",
+            labels=["adapter", "event"],
+        )
         merged_events: Counter[tuple[str, str]] = Counter()
         for (a, event), n in events.items():
             merged_events[(label(a), event)] += n

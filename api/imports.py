@@ -4,7 +4,7 @@ with its members. Everything is read, checked against the base on a throwaway mo
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from api.errors import Problem
@@ -49,7 +49,9 @@ def _check_labels(art: Artifact, task: Task) -> None:
         raise Problem(422, "label-mismatch", detail)
 
 
-def _fits(face: MethodKind, art: Artifact, base: LoadedBase, members: list[tuple[MethodKind, Artifact]] = ()) -> None:  # type: ignore[assignment]
+def _fits(
+    face: MethodKind, art: Artifact, base: LoadedBase, members: Sequence[tuple[MethodKind, Artifact]] = ()
+) -> None:
     try:
         kinds.check_fits(face, art, base, members)
     except ComposerError as e:
@@ -83,9 +85,16 @@ def register_import(
         _fits(face, art, load_base(base))
         w_sha, c_sha = artifact_store.store(reg, art)
         with reg.tx() as s:
-            row = adapters.register_adapter(s, owner_id=owner_id, task_id=task.id, base_model_id=base.id,
-                                            name=name or art.name, blob_sha256=w_sha, config_sha256=c_sha,
-                                            **artifact_store.registration(art, source=source))  # fmt: skip
+            row = adapters.register_adapter(
+                s,
+                owner_id=owner_id,
+                task_id=task.id,
+                base_model_id=base.id,
+                name=name or art.name,
+                blob_sha256=w_sha,
+                config_sha256=c_sha,
+                **artifact_store.registration(art, source=source),
+            )
             return adapter_json(row, format=source)
     return _register_fusion(reg, owner_id, plan, task, base, name, load_base(base))
 
@@ -109,14 +118,30 @@ def _register_fusion(reg, owner_id, plan, task, base, name, loaded) -> dict[str,
     with reg.tx() as s:
         rows = []
         for (folder, _face, source, art), (w_sha, c_sha) in zip(members, stored, strict=True):
-            rows.append(adapters.register_adapter(s, owner_id=owner_id, task_id=task.id, base_model_id=base.id,
-                                                  name=art.name or folder.rpartition("/")[2], blob_sha256=w_sha,
-                                                  config_sha256=c_sha, **artifact_store.registration(art, source=source)))  # fmt: skip
+            rows.append(
+                adapters.register_adapter(
+                    s,
+                    owner_id=owner_id,
+                    task_id=task.id,
+                    base_model_id=base.id,
+                    name=art.name or folder.rpartition("/")[2],
+                    blob_sha256=w_sha,
+                    config_sha256=c_sha,
+                    **artifact_store.registration(art, source=source),
+                )
+            )
         fusion_art.members = [r.id for r in rows]  # ours names members by registry id
         w_sha, c_sha = artifact_store.store(reg, fusion_art)
-        row = adapters.register_adapter(s, owner_id=owner_id, task_id=task.id, base_model_id=base.id,
-                                        name=name or fusion_art.name, blob_sha256=w_sha, config_sha256=c_sha,
-                                        **artifact_store.registration(fusion_art, source=fusion_source))  # fmt: skip
+        row = adapters.register_adapter(
+            s,
+            owner_id=owner_id,
+            task_id=task.id,
+            base_model_id=base.id,
+            name=name or fusion_art.name,
+            blob_sha256=w_sha,
+            config_sha256=c_sha,
+            **artifact_store.registration(fusion_art, source=fusion_source),
+        )
         adapters.add_fusion_members(s, row.id, fusion_art.members)
         member_json = [adapter_json(r, format=src) for r, (_, _, src, _) in zip(rows, members, strict=True)]
         return adapter_json(row, format=fusion_source, members=fusion_art.members, imported_members=member_json)

@@ -98,8 +98,10 @@ def run_seed(seed: int, a: argparse.Namespace, layers: int, sizes, out: list[dic
         tgt = c.task.name
         row["mt_a"] = (mt.selection[tgt]["accuracy"], accuracy(mt.model, tgt, c.task, test, max_len, Single(tgt)))
         names = list(SOURCES) + ["fine_foods"]
-        for label, fbase, members in (("fusion_st", base, [sources[s][1] for s in SOURCES] + [st.artifact(c.task)]),
-                                      ("fusion_mt", mt.model.base, mt.artifacts(mt_tasks))):  # fmt: skip
+        for label, fbase, members in (
+            ("fusion_st", base, [sources[s][1] for s in SOURCES] + [st.artifact(c.task)]),
+            ("fusion_mt", mt.model.base, mt.artifacts(mt_tasks)),
+        ):
             v, t, lr, att = best_fusion(fbase, c.task, c.train, val, test, members, fusion_cfg, max_len, lrs)
             row[label], row[f"{label}_lr"] = (v, t), lr
             row[f"{label}_attention"] = dict(zip(names, att, strict=True))

@@ -39,8 +39,15 @@ from workers import artifact_store
 from workers.catalog import register_base_model
 
 LABELS = ["neg", "pos"]
-TEXTS = ["a moving and surprisingly funny film", "the plot never gets going", "great value, tastes fresh",
-         "boring", "i would not buy this again", "the actors are wonderful", "it was fine, nothing more"]  # fmt: skip
+TEXTS = [
+    "a moving and surprisingly funny film",
+    "the plot never gets going",
+    "great value, tastes fresh",
+    "boring",
+    "i would not buy this again",
+    "the actors are wonderful",
+    "it was fine, nothing more",
+]
 
 
 def register(tmp: Path, n: int) -> tuple[str, str, list[str], str, int]:
@@ -67,9 +74,16 @@ def register(tmp: Path, n: int) -> tuple[str, str, list[str], str, int]:
         model.remove("a")
         w, c = artifact_store.store(reg, art)
         with reg.tx() as s:
-            row = adapters.register_adapter(s, owner_id=owner, task_id=task.id, base_model_id=base_row.id,
-                                            name=f"a{i:04d}", blob_sha256=w, config_sha256=c,
-                                            **artifact_store.registration(art))  # fmt: skip
+            row = adapters.register_adapter(
+                s,
+                owner_id=owner,
+                task_id=task.id,
+                base_model_id=base_row.id,
+                name=f"a{i:04d}",
+                blob_sha256=w,
+                config_sha256=c,
+                **artifact_store.registration(art),
+            )
             ids.append(row.id)
     reg.close()
     return db_url, key, ids, str(tmp / "blobs"), one
@@ -100,9 +114,16 @@ async def load(url: str, key: str, pick, seconds: float, clients: int) -> dict: 
         after = (await c.get("/serving/stats")).json()
     q = statistics.quantiles(lat, n=100)
     hits, misses = after["hits"] - before["hits"], after["misses"] - before["misses"]
-    return {"rps": round(len(lat) / seconds, 1), "p50_ms": round(q[49], 1), "p99_ms": round(q[98], 1),
-            "errors": errors, "requests": len(lat), "hit_rate": round(hits / max(1, hits + misses), 3),
-            "evictions": after["evictions"] - before["evictions"], "stats": after}  # fmt: skip
+    return {
+        "rps": round(len(lat) / seconds, 1),
+        "p50_ms": round(q[49], 1),
+        "p99_ms": round(q[98], 1),
+        "errors": errors,
+        "requests": len(lat),
+        "hit_rate": round(hits / max(1, hits + misses), 3),
+        "evictions": after["evictions"] - before["evictions"],
+        "stats": after,
+    }
 
 
 def main() -> None:
@@ -121,11 +142,24 @@ def main() -> None:
     order = ids[:]
     random.Random(1).shuffle(order)  # popularity is not registration order
     port = 19000 + os.getpid() % 1000
-    with api_server(tmp, db_url, blobs, port, serving_cache_mb=cache_mb, queue_max_rows="4096",
-                    request_timeout_s="60", predict_rate_per_key="100000", predict_burst_per_key="100000") as url:  # fmt: skip
+    with api_server(
+        tmp,
+        db_url,
+        blobs,
+        port,
+        serving_cache_mb=cache_mb,
+        queue_max_rows="4096",
+        request_timeout_s="60",
+        predict_rate_per_key="100000",
+        predict_burst_per_key="100000",
+    ) as url:
         eight = ids[:8]
-        httpx.post(url + "/v1/predict", headers={"Authorization": f"Bearer {key}"},
-                   json={"adapter": eight[0], "inputs": [{"text": "warm up"}]}, timeout=60)  # fmt: skip
+        httpx.post(
+            url + "/v1/predict",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"adapter": eight[0], "inputs": [{"text": "warm up"}]},
+            timeout=60,
+        )
         few = asyncio.run(load(url, key, lambda rng: rng.choice(eight), seconds, clients))
         many = asyncio.run(load(url, key, lambda rng: rng.choices(order, weights)[0], seconds, clients))
     stats = many.pop("stats")

@@ -85,8 +85,11 @@ def download(
         except ComposerError as e:
             raise Problem(422, "unsupported-format", str(e), field="format") from None
     stem = f"{row.name.replace('/', '_')}-v{row.version}" + ("" if format == "native" else f"-{format}")
-    return Response(make_zip(files), media_type="application/zip",
-                    headers={"Content-Disposition": f'attachment; filename="{stem}.zip"'})  # fmt: skip
+    return Response(
+        make_zip(files),
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{stem}.zip"'},
+    )
 
 
 def _num_heads(path: str) -> int:
@@ -105,8 +108,16 @@ async def import_adapter(request: Request, caller: Trainer, reg: RegistryDep, fi
         raise Problem(413, "payload-too-large", f"uploads are limited to {settings.max_upload_mb} MB")
     files = read_zip(data, int(settings.max_archive_mb * (1 << 20)))
     runtime, device = request.app.state.runtime, settings.device
-    return await run_in_threadpool(register_import, reg, caller.owner_id, files, task, base_model, name,
-                                   lambda base_row: resident(runtime, base_row, device, reg).base)  # fmt: skip
+    return await run_in_threadpool(
+        register_import,
+        reg,
+        caller.owner_id,
+        files,
+        task,
+        base_model,
+        name,
+        lambda base_row: resident(runtime, base_row, device, reg).base,
+    )
 
 
 @router.post("/adapters/{ref}/archive")

@@ -134,8 +134,17 @@ def train_fusion(
     params = {f"fusions.{name}.{k}": p for k, p in fusion.named_parameters()}
     params.update({f"heads.{name}.{k}": p for k, p in model.heads[name].named_parameters()})
     objective = Objective(module=model, params=params, loss=loss, evaluate=evaluate, metric=task.metric)
-    result = fit(objective, train, validation, collate, train_cfg, callbacks, resume=resume, device=model.device,
-                 evaluate_at_start=True)  # fmt: skip
+    result = fit(
+        objective,
+        train,
+        validation,
+        collate,
+        train_cfg,
+        callbacks,
+        resume=resume,
+        device=model.device,
+        evaluate_at_start=True,
+    )
     return FusionRun(model=model, name=name, result=result, max_length=train_cfg.max_length)
 
 

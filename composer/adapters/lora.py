@@ -141,7 +141,7 @@ def gathered(adapters: list[LoraAdapter | None]) -> LinearHandler | None:
     """Rows on different LoRAs (None: no LoRA) in one forward. Per linear, the distinct adapters' A and
     B (scaling folded into B, ranks zero-padded to the widest, one zero slot for rows without a LoRA)
     are stacked once; each row gathers its own pair and two batched matmuls apply them (BGMV)."""
-    distinct = [a for a in dict.fromkeys(a for a in adapters if a is not None)]
+    distinct = list(dict.fromkeys(a for a in adapters if a is not None))
     if not distinct:
         return None
     if len(distinct) == 1 and all(a is distinct[0] for a in adapters):

@@ -163,15 +163,28 @@ def train_multitask(
     params = {f"encoder.{k}": p for k, p in base.model.named_parameters()}
     for ps in own.values():
         params.update(ps)
-    objective = Objective(module=model, params=params, loss=loss, evaluate=evaluate, metric="mean",
-                          learning_rates={"encoder.": base_learning_rate})  # fmt: skip
+    objective = Objective(
+        module=model,
+        params=params,
+        loss=loss,
+        evaluate=evaluate,
+        metric="mean",
+        learning_rates={"encoder.": base_learning_rate},
+    )
     has_val = all(td.validation for td in tasks)
     plan = multitask_plan([len(td.train) for td in tasks], train_cfg.batch_size, alpha, train_cfg.seed)
     try:
         result = fit(
-            objective, train, train if has_val else [], collate, train_cfg, callbacks,
-            resume=resume, device=model.device, plan=plan,
-        )  # fmt: skip
+            objective,
+            train,
+            train if has_val else [],
+            collate,
+            train_cfg,
+            callbacks,
+            resume=resume,
+            device=model.device,
+            plan=plan,
+        )
     finally:
         for p in base.model.parameters():
             p.requires_grad_(False)

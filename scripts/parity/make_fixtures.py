@@ -181,10 +181,14 @@ def lora_fixtures(x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     peft_cfgs = {
         "peft_qv": LoraConfig(task_type=TaskType.SEQ_CLS, r=4, lora_alpha=8),
         "peft_wide": LoraConfig(
-            task_type=TaskType.SEQ_CLS, r=2, lora_alpha=5, use_rslora=True,
-            target_modules=["query", "key", "value", "dense"], layers_to_transform=[1],
+            task_type=TaskType.SEQ_CLS,
+            r=2,
+            lora_alpha=5,
+            use_rslora=True,
+            target_modules=["query", "key", "value", "dense"],
+            layers_to_transform=[1],
         ),
-    }  # fmt: skip
+    }
     for j, (tag, cfg) in enumerate(peft_cfgs.items()):
         clf = BertForSequenceClassification.from_pretrained(OUT / "prompts" / "peft_base").eval()
         model = get_peft_model(clf, cfg)

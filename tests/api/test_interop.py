@@ -63,13 +63,18 @@ def test_adapterhub_fusion_archive_imports_with_members_and_round_trips(api, tmp
     shutil.copytree(FIXTURES / "parity" / "base", base_dir)
     write_tokenizer(base_dir)
     base_row, _ = register_base_model(api.registry, base_dir, name="parity-base")
-    r = api.client.post("/v1/tasks", headers=api.h(), json={"name": "tone", "kind": "classification",
-                        "labels": ["neg", "neu", "pos"]})  # fmt: skip
+    r = api.client.post(
+        "/v1/tasks", headers=api.h(), json={"name": "tone", "kind": "classification", "labels": ["neg", "neu", "pos"]}
+    )
     assert r.status_code == 201
 
     def upload(files: dict[str, bytes]):  # type: ignore[no-untyped-def]
-        return api.client.post("/v1/adapters/import", headers=api.h(), data={"task": "tone", "base_model": base_row.id},
-                               files={"file": ("fusion.zip", make_zip(files))})  # fmt: skip
+        return api.client.post(
+            "/v1/adapters/import",
+            headers=api.h(),
+            data={"task": "tone", "base_model": base_row.id},
+            files={"file": ("fusion.zip", make_zip(files))},
+        )
 
     before = len(api.client.get("/v1/adapters", headers=api.h()).json()["items"])
     two = {k: v for k, v in _archive().items() if k.startswith(("sentiment/", "topic/"))}

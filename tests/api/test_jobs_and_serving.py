@@ -51,11 +51,16 @@ def test_submit_events_predict_and_idempotency(api):
 def test_bad_job_specs_are_refused_before_queueing(api):
     ids = api.task_with_data()
     base = {"type": "adapter", "task": "sentiment", "base_model": api.base_id, "train_dataset": ids["train"]}
-    cases = [({"hyperparameters": {"learning_rate": 0}}, 422), ({"hyperparameters": {"epochs": 0}}, 422),
-             ({"train_dataset": "ds_nope"}, 404), ({"base_model": "bm_nope"}, 404), ({"preset": "nope"}, 422),
-             ({"preset": "lora", "adapter": {"r": 0}}, 422),
-             ({"preset": "lora", "adapter": {"target_modules": ["gate_proj"]}}, 422),
-             ({"preset": "lora", "adapter": {"layers": [40]}}, 422)]  # fmt: skip
+    cases = [
+        ({"hyperparameters": {"learning_rate": 0}}, 422),
+        ({"hyperparameters": {"epochs": 0}}, 422),
+        ({"train_dataset": "ds_nope"}, 404),
+        ({"base_model": "bm_nope"}, 404),
+        ({"preset": "nope"}, 422),
+        ({"preset": "lora", "adapter": {"r": 0}}, 422),
+        ({"preset": "lora", "adapter": {"target_modules": ["gate_proj"]}}, 422),
+        ({"preset": "lora", "adapter": {"layers": [40]}}, 422),
+    ]
     for change, status in cases:
         r = api.client.post("/v1/jobs", json={**base, **change}, headers=api.h())
         assert r.status_code == status, (change, r.text)
@@ -178,13 +183,26 @@ def test_another_owners_adapter_is_404_and_never_listed(api):
 def test_an_alias_does_not_move_to_a_fusion_below_its_best_member_unless_forced(api):
     ids = api.task_with_data()
     a, b = api.train_adapter(ids), api.train_adapter(ids, name="second")
-    r = api.client.post("/v1/fusions", headers=api.h(), json={"task": "sentiment", "adapters": [a, b],
-                        "train_dataset": ids["train"], "validation_dataset": ids["validation"], "hyperparameters": HP})  # fmt: skip
+    r = api.client.post(
+        "/v1/fusions",
+        headers=api.h(),
+        json={
+            "task": "sentiment",
+            "adapters": [a, b],
+            "train_dataset": ids["train"],
+            "validation_dataset": ids["validation"],
+            "hyperparameters": HP,
+        },
+    )
     fusion = api.client.get(f"/v1/jobs/{r.json()['id']}", headers=api.h()).json()["result"]
     cmp = fusion["comparison"]
     assert cmp["fusion"] >= cmp["best_member"]["score"]  # a warm start from the better member, kept if best
-    assert api.client.put("/v1/adapters/aliases/sentiment/prod", headers=api.h(),
-                          json={"adapter": fusion["adapter_id"]}).status_code == 200  # fmt: skip
+    assert (
+        api.client.put(
+            "/v1/adapters/aliases/sentiment/prod", headers=api.h(), json={"adapter": fusion["adapter_id"]}
+        ).status_code
+        == 200
+    )
     # a fusion whose recorded score is below its best member's (as a cold start can be) is refused ...
     with api.registry.tx() as s:
         from registry_db.models import Adapter
@@ -194,6 +212,7 @@ def test_an_alias_does_not_move_to_a_fusion_below_its_best_member_unless_forced(
     r = api.client.put("/v1/adapters/aliases/sentiment/prod2", headers=api.h(), json={"adapter": fusion["adapter_id"]})
     assert r.status_code == 409 and r.json()["type"].endswith("worse-than-member") and "force" in r.json()["detail"]
     # ... unless forced
-    r = api.client.put("/v1/adapters/aliases/sentiment/prod2", headers=api.h(),
-                       json={"adapter": fusion["adapter_id"], "force": True})  # fmt: skip
+    r = api.client.put(
+        "/v1/adapters/aliases/sentiment/prod2", headers=api.h(), json={"adapter": fusion["adapter_id"], "force": True}
+    )
     assert r.status_code == 200 and r.json()["adapter_id"] == fusion["adapter_id"]

@@ -74,8 +74,11 @@ def test_lora_job_serves_alone_and_beside_bottleneck_adapters(api, tiny_bert_dir
         order = [TEXTS.index(t) for t in texts]
         torch.testing.assert_close(got, oracles[a][order], atol=2e-6, rtol=0)
     # a LoRA is not fusable
-    r = api.client.post("/v1/fusions", headers=api.h(), json={"task": "sentiment", "adapters": [bottleneck, lora],
-                        "train_dataset": ids["train"]})  # fmt: skip
+    r = api.client.post(
+        "/v1/fusions",
+        headers=api.h(),
+        json={"task": "sentiment", "adapters": [bottleneck, lora], "train_dataset": ids["train"]},
+    )
     assert r.status_code == 422 and "lora" in r.json()["detail"]
 
 
@@ -93,8 +96,12 @@ def test_peft_lora_import_serves_and_bad_uploads_register_nothing(api, tmp_path)
     files = {p.name: p.read_bytes() for p in PEFT.iterdir()}
 
     def upload(files: dict[str, bytes], base: str = base_row.id, task: str = "two"):  # type: ignore[no-untyped-def]
-        return api.client.post("/v1/adapters/import", headers=api.h(), data={"task": task, "base_model": base},
-                               files={"file": ("peft.zip", make_zip(files))})  # fmt: skip
+        return api.client.post(
+            "/v1/adapters/import",
+            headers=api.h(),
+            data={"task": task, "base_model": base},
+            files={"file": ("peft.zip", make_zip(files))},
+        )
 
     r = upload(files)
     assert r.status_code == 201, r.text

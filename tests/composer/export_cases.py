@@ -109,24 +109,32 @@ def _prompt(seed: int) -> PromptArtifact:
     holder.add("p", PromptConfig(length=4), head)
     _noise(holder.heads["p"], gen)
     return PromptArtifact(
-        name="p", config=PromptConfig(length=4), hidden_size=base.hidden_size,
+        name="p",
+        config=PromptConfig(length=4),
+        hidden_size=base.hidden_size,
         prompt=torch.randn(4, base.hidden_size, generator=gen),
-        head=head, head_tensors={k: v.detach().clone() for k, v in holder.heads["p"].state_dict().items()},
-        labels=["neg", "pos"], base=base.identity,
-    )  # fmt: skip
+        head=head,
+        head_tensors={k: v.detach().clone() for k, v in holder.heads["p"].state_dict().items()},
+        labels=["neg", "pos"],
+        base=base.identity,
+    )
 
 
 def cases() -> dict[str, Case]:
     fusion, members = _fusion(803)
     lora_hub = preset("lora", r=4, alpha=6, target_modules=["query", "value", "intermediate.dense"], layers=[1])
-    lora_peft = preset("lora", r=3, alpha=5, use_rslora=True, target_modules=["query", "key", "value", "attention.output.dense"])  # fmt: skip
+    lora_peft = preset(
+        "lora", r=3, alpha=5, use_rslora=True, target_modules=["query", "key", "value", "attention.output.dense"]
+    )
     return {
-        "st_a_adapterhub": Case("tiny", "st_a", "adapterhub", _adapter("tiny", preset("double_seq_bn"), ["a", "b", "c"], 800)),
+        "st_a_adapterhub": Case(
+            "tiny", "st_a", "adapterhub", _adapter("tiny", preset("double_seq_bn"), ["a", "b", "c"], 800)
+        ),
         "lora_adapterhub": Case("tiny", "lora", "adapterhub", _adapter("tiny", lora_hub, ["a", "b", "c"], 801)),
         "lora_peft": Case("peft", "lora", "peft", _adapter("peft", lora_peft, ["neg", "pos"], 802)),
         "fusion_adapterhub": Case("tiny", "fusion", "adapterhub", fusion, members),
         "prompt_peft": Case("peft", "soft_prompt", "peft", _prompt(804)),
-    }  # fmt: skip
+    }
 
 
 def write(case: Case, directory: Path) -> None:

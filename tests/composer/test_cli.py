@@ -40,9 +40,26 @@ def test_train_adapter_cli_trains_a_lora(tiny_bert_dir, tmp_path, toy_rows, caps
     val = write_jsonl(tmp_path / "val.jsonl", toy_rows[:4] + toy_rows[-4:])
     out = tmp_path / "lora"
     rc = main(
-        ["train-adapter", "--base", str(tiny_bert_dir), "--train", str(train), "--validation", str(val),
-         "--out", str(out), "--epochs", "1", "--batch-size", "4", "--preset", "lora", "--rank", "2"]
-    )  # fmt: skip
+        [
+            "train-adapter",
+            "--base",
+            str(tiny_bert_dir),
+            "--train",
+            str(train),
+            "--validation",
+            str(val),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--preset",
+            "lora",
+            "--rank",
+            "2",
+        ]
+    )
     assert rc == 0
     art = kinds.load_dir(out)
     assert art.kind == "lora" and art.config.r == 2 and art.head is not None

@@ -61,9 +61,13 @@ def test_peft_wide_config_is_read_field_for_field():
     assert isinstance(cfg, LoraConfig) and (cfg.r, cfg.alpha, cfg.use_rslora, cfg.layers) == (2, 5.0, True, (1,))
     # "dense" is the attention output's and the FFN output's and the intermediate's linear, as in PEFT
     assert set(cfg.target_modules) == {
-        "attention.self.query", "attention.self.key", "attention.self.value",
-        "attention.output.dense", "intermediate.dense", "output.dense",
-    }  # fmt: skip
+        "attention.self.query",
+        "attention.self.key",
+        "attention.self.value",
+        "attention.output.dense",
+        "intermediate.dense",
+        "output.dense",
+    }
 
 
 def test_adapterhub_lora_config_gives_adapterhub_logits():
@@ -72,8 +76,12 @@ def test_adapterhub_lora_config_gives_adapterhub_logits():
     face, source = kinds.detect(files)
     assert (face.name, source) == ("lora", "adapterhub")
     art = face.import_files(files, None)
-    assert set(art.config.target_modules) == {"attention.self.query", "attention.self.value",
-                                              "intermediate.dense", "output.dense"}  # fmt: skip
+    assert set(art.config.target_modules) == {
+        "attention.self.query",
+        "attention.self.value",
+        "intermediate.dense",
+        "output.dense",
+    }
     torch.testing.assert_close(_logits(PARITY / "base", art), ref, atol=1e-5, rtol=0)
 
 
@@ -126,16 +134,24 @@ def test_lora_matches_its_definition():
     lin.register_forward_hook(lambda _m, a, out: seen.setdefault("out", out))
     with torch.no_grad(), model.router.scoped(model.scope(Single("q"))):
         lin(x)
-    want = x @ lin.weight.T + lin.bias + (x @ site.by_target[(1, "attention.self.query")].A.T
-                                          @ site.by_target[(1, "attention.self.query")].B.T) * 2.0  # fmt: skip
+    want = (
+        x @ lin.weight.T
+        + lin.bias
+        + (x @ site.by_target[(1, "attention.self.query")].A.T @ site.by_target[(1, "attention.self.query")].B.T) * 2.0
+    )
     torch.testing.assert_close(seen["out"], want, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize(
     "fields, word",
-    [({"r": 0}, "r"), ({"r": -2}, "r"), ({"target_modules": ["gate_proj"]}, "target_modules"),
-     ({"layers": [7]}, "layers"), ({"alpha": 0}, "alpha")],
-)  # fmt: skip
+    [
+        ({"r": 0}, "r"),
+        ({"r": -2}, "r"),
+        ({"target_modules": ["gate_proj"]}, "target_modules"),
+        ({"layers": [7]}, "layers"),
+        ({"alpha": 0}, "alpha"),
+    ],
+)
 def test_bad_lora_configs_name_the_field(fields, word):
     base = load_base(PARITY / "base", with_tokenizer=False, device="cpu")
     with pytest.raises(ConfigError, match=word):

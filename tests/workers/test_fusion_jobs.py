@@ -171,8 +171,13 @@ def test_a_fusion_over_the_targets_own_adapter_starts_from_it_and_is_compared_wi
     assert cmp["fusion"] >= cmp["best_member"]["score"] and cmp["winner"]
     assert fusion.metrics["comparison"] == cmp  # the adapter's page carries it too
     # asked to improve or fail: a learning rate that cannot move it fails the job, and registers nothing
-    job, _ = submit_job(w.registry, w.owner, "fusion", fusion_spec(w, ids, require_improvement=True,
-                        hyperparameters={**HP, "learning_rate": 1e-12}), send=Outbox())  # fmt: skip
+    job, _ = submit_job(
+        w.registry,
+        w.owner,
+        "fusion",
+        fusion_spec(w, ids, require_improvement=True, hyperparameters={**HP, "learning_rate": 1e-12}),
+        send=Outbox(),
+    )
     assert run(w.registry, FAST, job.id, HANDLERS) == "failed"
     assert "did not improve on its start" in jobs_error(w, job.id)["message"]
     with w.registry.tx() as s:

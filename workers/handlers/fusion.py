@@ -81,11 +81,26 @@ def _grid(ctx, base, task, train, validation, arts, fusion_cfg, cfg, head, start
     for lr in LR_GRID:
         t0 = time.perf_counter()
         trial_cfg = TrainConfig.from_dict({**cfg.to_dict(), "learning_rate": lr})
-        run = train_fusion(base, task, train, validation, arts, fusion_cfg, trial_cfg, head,
-                           callbacks=[_NoCheckpoint(ctx.callback())], start=start)  # fmt: skip
+        run = train_fusion(
+            base,
+            task,
+            train,
+            validation,
+            arts,
+            fusion_cfg,
+            trial_cfg,
+            head,
+            callbacks=[_NoCheckpoint(ctx.callback())],
+            start=start,
+        )
         run.learning_rate = lr
-        trial = {"learning_rate": lr, task.metric: run.result.best_metrics.get(task.metric),
-                 "winner": run.winner, "seconds": round(time.perf_counter() - t0, 1), "steps": run.result.steps}  # fmt: skip
+        trial = {
+            "learning_rate": lr,
+            task.metric: run.result.best_metrics.get(task.metric),
+            "winner": run.winner,
+            "seconds": round(time.perf_counter() - t0, 1),
+            "steps": run.result.steps,
+        }
         trials.append(trial)
         ctx.event("lr_trial", trial)
         if best is None or trial[task.metric] > best.result.best_metrics.get(task.metric):
@@ -110,8 +125,19 @@ def handle(ctx: JobContext) -> Finish:
     fusion_cfg = FusionConfig.from_dict(spec.fusion)
     trials: list[dict] = []
     if "learning_rate" in spec.hyperparameters or not validation:
-        run = train_fusion(base, tspec, train, validation, arts, fusion_cfg, cfg, head,
-                           callbacks=[ctx.callback()], resume=ctx.resume, start=start)  # fmt: skip
+        run = train_fusion(
+            base,
+            tspec,
+            train,
+            validation,
+            arts,
+            fusion_cfg,
+            cfg,
+            head,
+            callbacks=[ctx.callback()],
+            resume=ctx.resume,
+            start=start,
+        )
     else:  # no rate given: each grid point from the same start, chosen on validation
         run = _grid(ctx, base, tspec, train, validation, arts, fusion_cfg, cfg, head, start, trials)
     member_ids = [m.id for m in members]

@@ -47,11 +47,20 @@ def handle(ctx: JobContext) -> Finish:
 
     def register(s: Session, job: Job) -> dict:
         derived_row, _ = catalog.register_base_model(
-            s, name=derived.name, identity=derived.fingerprint, config_hash=derived.config_hash,
-            weights_hash=derived.weights_hash, architecture=base_row.architecture, hidden_size=base_row.hidden_size,
-            num_layers=base_row.num_layers, path=base_row.path, parent_id=base_row.id, job_id=job.id,
-            owner_id=job.owner_id, weights_sha256=weights_sha,
-        )  # fmt: skip
+            s,
+            name=derived.name,
+            identity=derived.fingerprint,
+            config_hash=derived.config_hash,
+            weights_hash=derived.weights_hash,
+            architecture=base_row.architecture,
+            hidden_size=base_row.hidden_size,
+            num_layers=base_row.num_layers,
+            path=base_row.path,
+            parent_id=base_row.id,
+            job_id=job.id,
+            owner_id=job.owner_id,
+            weights_sha256=weights_sha,
+        )
         ids = []
         for (task, _, _), art, (w_sha, c_sha) in zip(rows, arts, stored, strict=True):
             row = adapters.register_adapter(
