@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
 from transformers.activations import get_activation
 
-from composer.errors import ConfigError
+from composer.errors import ArtifactError, ConfigError
+from composer.safetensors_io import read_tensors
 
 if TYPE_CHECKING:
     from composer.data import TaskSpec
@@ -118,11 +120,6 @@ def peft_seq_cls_head(
 ) -> tuple[HeadConfig, dict[str, torch.Tensor]] | None:
     """The head of a PEFT SEQ_CLS artifact: its classifier from `modules_to_save`, and the pooler it reads
     (dense + tanh on position 0) from the base checkpoint, which PEFT does not copy. None: no classifier."""
-    from pathlib import Path
-
-    from composer.errors import ArtifactError
-    from composer.safetensors_io import read_tensors
-
     clf = {
         k.split("classifier.")[-1]: v for k, v in tensors.items() if ".classifier." in k or k.startswith("classifier.")
     }
