@@ -197,7 +197,9 @@ class ServingMachine(RuleBasedStateMachine):
             self.rt.release(mid, members)
         for t, row in zip(texts, got, strict=True):
             want, att = self.bases[key][2].logits(name, t)
-            torch.testing.assert_close(row.logits, want, atol=ATOL, rtol=0)
+            # a padded batch of several rows runs GEMMs of other shapes than the oracle's one row: float32
+            # reassociation only (a leaked state moves logits by orders of magnitude more)
+            torch.testing.assert_close(row.logits, want, atol=ATOL, rtol=1e-4)
             if attention:
                 assert row.attention is not None and att is not None and row.attention.keys() == att.keys()
                 for k in att:
