@@ -34,11 +34,13 @@ from composer.composition import Fuse, Single
 from composer.corpora import load_corpus
 from composer.data import Collator
 from composer.training import TrainConfig
+from workers.handlers.fusion import LR_GRID
 
 SOURCES = ("rt_polarity", "rt_subjectivity", "conll_uncertainty")
-METHODS = ("st_a", "mt_a", "fusion_st", "fusion_mt")
+METHODS = ("st_a", "mt_a", "fusion_st", "fusion_mt", "fusion_warm")
 ST_LR = 1e-3
 FUSION_LRS = (1e-3, 1e-4, 5e-5)  # the ST-A's rate and two below it; 5e-5 is the paper's
+WARM_LRS = LR_GRID  # what a fusion job without a learning rate tries (#18)
 
 
 def accuracy(model, name, task, rows, max_len, comp):  # type: ignore[no-untyped-def]
@@ -46,22 +48,30 @@ def accuracy(model, name, task, rows, max_len, comp):  # type: ignore[no-untyped
     return score(task, logits, rows)["accuracy"]
 
 
-def best_fusion(base, task, train, val, test, members, cfg: TrainConfig, max_len: int, lrs):  # type: ignore[no-untyped-def]
-    """Train one fusion per learning rate; keep the one with the best validation accuracy."""
+def best_fusion(base, task, train, val, test, members, cfg: TrainConfig, max_len: int, lrs, start=None):  # type: ignore[no-untyped-def]
+    """Train one fusion per learning rate; keep the one with the best validation accuracy. With `start`,
+    each trial is warm-started on that member (the target's own ST-A), as a fusion job does."""
     best = None
     for lr in lrs:
         run_cfg = TrainConfig.from_dict({**cfg.to_dict(), "learning_rate": lr})
-        fu = train_fusion(base, task, train, val, members, FusionConfig(), run_cfg)
+        fu = train_fusion(base, task, train, val, members, FusionConfig(), run_cfg, start=start)
         v = fu.result.best_metrics["accuracy"]
         if best is None or v > best[0]:
             best = (v, lr, fu)
     v, lr, fu = best  # type: ignore[misc]
     rep = attention_report(fu.model, fu.name, val, Collator(base.tokenizer, task, max_len))
-    return v, accuracy(fu.model, fu.name, task, test, max_len, Fuse(fu.name)), lr, rep["mean_attention"]
+    return v, accuracy(fu.model, fu.name, task, test, max_len, Fuse(fu.name)), lr, rep["mean_attention"], fu.winner
+
+
+def _missing(row: dict) -> list[str]:
+    return [m for m in METHODS if m not in row]
 
 
 def run_seed(seed: int, a: argparse.Namespace, layers: int, sizes, out: list[dict], t0: float, path: Path) -> None:  # type: ignore[no-untyped-def]
-    sizes = [n for n in sizes if not any(r["seed"] == seed and r["n"] == n for r in out)]  # --resume
+    """Every (seed, size) row that is missing, or misses a method (--resume completes it: a row of an
+    earlier protocol gains the warm-started fusion, on an ST-A trained again with the same seed)."""
+    rows = {r["n"]: r for r in out if r["seed"] == seed}
+    sizes = [n for n in sizes if n not in rows or _missing(rows[n])]
     if not sizes:
         return
     src_rows, max_len, val_n = (300, 64, 150) if a.quick else (400, 48, 200)
@@ -78,45 +88,77 @@ def run_seed(seed: int, a: argparse.Namespace, layers: int, sizes, out: list[dic
     tgt_cfg = TrainConfig(learning_rate=ST_LR, epochs=2 if a.quick else 5, patience=2, **{**cfg, "batch_size": 16})
     fusion_cfg = TrainConfig.from_dict({**tgt_cfg.to_dict(), "epochs": 2 if a.quick else 3, "patience": 2})
     lrs = FUSION_LRS[:1] + FUSION_LRS[-1:] if a.quick else FUSION_LRS
+    names = list(SOURCES) + ["fine_foods"]
     for n in sizes:
         c = foods.subset(n, seed=seed)
-        row: dict = {"seed": seed, "n": n}
+        row: dict = rows.get(n) or {"seed": seed, "n": n}
+        todo = _missing(row)
         st = train_st_adapter(base, c.task, c.train, val, preset("seq_bn"), tgt_cfg)
-        row["st_a"] = (
+        st_scores = (
             st.result.best_metrics["accuracy"],
             accuracy(st.model, st.name, c.task, test, max_len, Single(st.name)),
         )
-        # MT-A: sources + target with the base fine-tuned jointly, on a fresh copy of the base
-        mt_base = load_base(packaged_encoder_dir(), num_hidden_layers=layers)
-        mt_tasks = [
-            TaskData(sources[s][0].task, sources[s][0].train, sources[s][0].validation[: val_n // 2]) for s in SOURCES
-        ]
-        mt_tasks.append(TaskData(c.task, c.train, val))
-        mt_cfg = TrainConfig(learning_rate=ST_LR, epochs=1 if a.quick else 2, patience=2, **cfg)
-        mt = train_multitask(mt_base, mt_tasks, preset("seq_bn"), mt_cfg, base_learning_rate=2e-5)
-        mt.derive_base(f"minilm-L{layers}+mt-seed{seed}-n{n}")
-        tgt = c.task.name
-        row["mt_a"] = (mt.selection[tgt]["accuracy"], accuracy(mt.model, tgt, c.task, test, max_len, Single(tgt)))
-        names = list(SOURCES) + ["fine_foods"]
-        for label, fbase, members in (
-            ("fusion_st", base, [sources[s][1] for s in SOURCES] + [st.artifact(c.task)]),
-            ("fusion_mt", mt.model.base, mt.artifacts(mt_tasks)),
-        ):
-            v, t, lr, att = best_fusion(fbase, c.task, c.train, val, test, members, fusion_cfg, max_len, lrs)
-            row[label], row[f"{label}_lr"] = (v, t), lr
-            row[f"{label}_attention"] = dict(zip(names, att, strict=True))
-        out.append(row)
+        row.setdefault("st_a", st_scores)
+        st_members = [sources[s][1] for s in SOURCES] + [st.artifact(c.task)]
+        if "mt_a" in todo or "fusion_mt" in todo:
+            # MT-A: sources + target with the base fine-tuned jointly, on a fresh copy of the base
+            mt_base = load_base(packaged_encoder_dir(), num_hidden_layers=layers)
+            mt_tasks = [
+                TaskData(sources[s][0].task, sources[s][0].train, sources[s][0].validation[: val_n // 2])
+                for s in SOURCES
+            ]
+            mt_tasks.append(TaskData(c.task, c.train, val))
+            mt_cfg = TrainConfig(learning_rate=ST_LR, epochs=1 if a.quick else 2, patience=2, **cfg)
+            mt = train_multitask(mt_base, mt_tasks, preset("seq_bn"), mt_cfg, base_learning_rate=2e-5)
+            mt.derive_base(f"minilm-L{layers}+mt-seed{seed}-n{n}")
+            tgt = c.task.name
+            row["mt_a"] = (mt.selection[tgt]["accuracy"], accuracy(mt.model, tgt, c.task, test, max_len, Single(tgt)))
+            v, t, lr, att, _ = best_fusion(
+                mt.model.base, c.task, c.train, val, test, mt.artifacts(mt_tasks), fusion_cfg, max_len, lrs
+            )
+            row["fusion_mt"], row["fusion_mt_lr"] = (v, t), lr
+            row["fusion_mt_attention"] = dict(zip(names, att, strict=True))
+        if "fusion_st" in todo:
+            v, t, lr, att, _ = best_fusion(base, c.task, c.train, val, test, st_members, fusion_cfg, max_len, lrs)
+            row["fusion_st"], row["fusion_st_lr"] = (v, t), lr
+            row["fusion_st_attention"] = dict(zip(names, att, strict=True))
+        if "fusion_warm" in todo:
+            # warm-started on the target's ST-A, the learning rate from the fusion job's grid (#18)
+            grid = WARM_LRS[:1] if a.quick else WARM_LRS
+            v, t, lr, att, winner = best_fusion(
+                base, c.task, c.train, val, test, st_members, fusion_cfg, max_len, grid, start=len(SOURCES)
+            )
+            row["fusion_warm"], row["fusion_warm_lr"], row["fusion_warm_winner"] = (v, t), lr, winner
+            row["fusion_warm_start"] = st_scores  # the ST-A it started from (a resumed row trains it again)
+            row["fusion_warm_attention"] = dict(zip(names, att, strict=True))
+        if n not in rows:
+            out.append(row)
         path.write_text(json.dumps(out, indent=2) + "\n")  # kept after every row: a run cut short resumes
         print(json.dumps(row), f"({time.time() - t0:.0f}s)", flush=True)
 
 
-def mean_std(xs: list[float]) -> str:
-    return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs):.3f}" if len(xs) > 1 else f"{xs[0]:.3f}"
+def gains(results: list[dict], label: str, split: int) -> list[float]:
+    """Fusion minus the ST-A it was built on, per row (the warm fusion's own start when it has one)."""
+    start = "fusion_warm_start" if label == "fusion_warm" else "st_a"
+    return [r[label][split] - r[start][split] for r in results if label in r]
+
+
+def mean_std(xs: list[float], signed: bool = False) -> str:
+    f = "+.3f" if signed else ".3f"
+    if not xs:
+        return "—"
+    return f"{statistics.mean(xs):{f}} ± {statistics.stdev(xs):.3f}" if len(xs) > 1 else f"{xs[0]:{f}}"
+
+
+def cell(rows: list[dict], m: str, i: int) -> str:
+    xs = [r[m][i] for r in rows if m in r]
+    return mean_std(xs) + (f" ({len(xs)} seeds)" if xs and len(xs) < len(rows) else "")
 
 
 def table(results: list[dict], layers: int, quick: bool, seeds: int) -> str:
     foods = load_corpus("fine_foods")
     majority = max(sum(e.label == lab for e in foods.test) for lab in foods.task.labels) / len(foods.test)
+    sizes = sorted({r["n"] for r in results})
     lines = [
         f"## Fusion quality on real data ({layers}-layer MiniLM, {seeds} seed(s){', --quick' if quick else ''})",
         "",
@@ -125,25 +167,60 @@ def table(results: list[dict], layers: int, quick: bool, seeds: int) -> str:
         "",
         f"Target fine foods (test: {len(foods.test):,} reviews of other products; majority {majority:.3f}); sources",
         "RT polarity, RT subjectivity, CoNLL uncertainty. MT-A: the four tasks trained jointly with the base",
-        "fine-tuned (lr 2e-5; adapters 1e-3), fused on that derived base. Each fusion's learning rate is chosen",
-        f"on validation from {', '.join(f'{x:g}' for x in FUSION_LRS)}. Accuracy, mean ± std over seeds.",
+        "fine-tuned (lr 2e-5; adapters 1e-3), fused on that derived base. The cold fusions start from a fresh",
+        "head and uniform attention, their learning rate chosen on validation from",
+        f"{', '.join(f'{x:g}' for x in FUSION_LRS)}; the warm fusion starts as the target's ST-A (its head, the",
+        f"attention on it, V = I) with the fusion job's grid {', '.join(f'{x:g}' for x in WARM_LRS)}. Validation",
+        "picks the epoch (the warm fusion's start counts); test is held out. Accuracy, mean ± std over seeds.",
         "",
-        "| target rows | seeds | split | ST-A | MT-A (joint) | Fusion (ST-As) | Fusion (MT-As) |",
-        "|---|---|---|---|---|---|---|",
+        "| target rows | seeds | split | ST-A | MT-A (joint) | Fusion (ST-As), cold | Fusion (MT-As), cold"
+        " | Fusion (ST-As), warm |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for n in sorted({r["n"] for r in results}):
+    for n in sizes:
         rows = [r for r in results if r["n"] == n]
         for i, split in enumerate(("validation", "test")):
-            cells = [mean_std([r[m][i] for r in rows]) for m in METHODS]
+            cells = [cell(rows, m, i) for m in METHODS]
             lines.append(f"| {n} | {len(rows)} | {split} | " + " | ".join(cells) + " |")
-    lines += ["", "Learning rates chosen on validation, and mean attention on the target's own adapter:", ""]
-    for n in sorted({r["n"] for r in results}):
+    lines += [
+        "",
+        "Fusion minus the ST-A it was built on (mean ± std over seeds; the warm fusion against the ST-A it",
+        "started from), and the smallest validation difference:",
+        "",
+        "| target rows | fusion | validation | test | validation, min |",
+        "|---|---|---|---|---|",
+    ]
+    for n in sizes:
         rows = [r for r in results if r["n"] == n]
-        for label in ("fusion_st", "fusion_mt"):
-            lrs = ", ".join(f"{r[f'{label}_lr']:g}" for r in rows)
-            own = statistics.mean(r[f"{label}_attention"]["fine_foods"] for r in rows)
-            lines.append(f"- {n} rows, {label}: lr {lrs}; attention on fine foods {own:.2f}")
+        for label, name in (("fusion_st", "cold"), ("fusion_warm", "warm")):
+            val, test = gains(rows, label, 0), gains(rows, label, 1)
+            low = f"{min(val):+.3f}" if val else "—"
+            lines.append(f"| {n} | {name} | {mean_std(val, True)} | {mean_std(test, True)} | {low} |")
+    lines += ["", "Learning rates chosen on validation, and mean attention on the target's own adapter:", ""]
+    for n in sizes:
+        rows = [r for r in results if r["n"] == n]
+        for label in ("fusion_st", "fusion_mt", "fusion_warm"):
+            done = [r for r in rows if label in r]
+            if not done:
+                continue
+            lrs = ", ".join(f"{r[f'{label}_lr']:g}" for r in done)
+            own = statistics.mean(r[f"{label}_attention"]["fine_foods"] for r in done)
+            won = ""
+            if label == "fusion_warm":
+                won = "; winning evaluation " + ", ".join(str(r["fusion_warm_winner"]) for r in done)
+            lines.append(f"- {n} rows, {label}: lr {lrs}; attention on fine foods {own:.2f}{won}")
     return "\n".join(lines)
+
+
+def summary(results: list[dict]) -> dict[str, float | None]:
+    """#18's keys: the warm fusion's smallest validation gain over its ST-A and its mean test gain; the
+    cold fusion's beside them."""
+    out: dict[str, float | None] = {}
+    for prefix, label in (("", "fusion_warm"), ("cold_", "fusion_st")):
+        val, test = gains(results, label, 0), gains(results, label, 1)
+        out[f"{prefix}fusion_minus_sta_val_min"] = round(min(val), 4) if val else None
+        out[f"{prefix}fusion_minus_sta_test_mean"] = round(statistics.mean(test), 4) if test else None
+    return out
 
 
 def main() -> None:
@@ -171,9 +248,12 @@ def main() -> None:
         run_seed(seed, a, layers, sizes, results, t0, path)
     write_section("quality_fusion", table(results, layers, a.quick, seeds))
     keys = {
-        f"n{n}_{m}_test_mean": statistics.mean(r[m][1] for r in results if r["n"] == n) for n in sizes for m in METHODS
+        f"n{n}_{m}_test_mean": statistics.mean(xs)
+        for n in sizes
+        for m in METHODS
+        if (xs := [r[m][1] for r in results if r["n"] == n and m in r])
     }
-    emit({**keys, "seeds": seeds, "seconds": round(time.time() - t0)})
+    emit({**keys, **summary(results), "seeds": seeds, "seconds": round(time.time() - t0)})
 
 
 if __name__ == "__main__":
