@@ -56,6 +56,29 @@ def watch(c: Client, job_id: str) -> dict:
     return c.call("GET", f"/v1/jobs/{job_id}")
 
 
+def describe_fusion(adapter: dict) -> str:
+    """A fusion's comparison as a newcomer reads it: each member's validation score (or why it has none),
+    the best member, the fusion, the winning evaluation, and the mean attention per member."""
+    m = adapter.get("metrics") or {}
+    cmp, att = m.get("comparison"), m.get("mean_attention") or {}
+    if not cmp:
+        return ""
+    metric, best = cmp["metric"], cmp.get("best_member") or {}
+    lines = [f"{'member':<40} {metric + ' (val)':>16} {'attention':>10}"]
+    for mid, sc in cmp["members"].items():
+        shown = f"{sc:.4f}" if sc is not None else "another task"
+        mark = "  <- best member" if mid == best.get("id") else ""
+        lines.append(f"{mid:<40} {shown:>16} {att.get(mid, float('nan')):>10.3f}{mark}")
+    fused = cmp.get("fusion")
+    lines.append(f"{'fusion ' + str(adapter.get('id', '')):<40} {fused if fused is None else f'{fused:.4f}':>16}")
+    lines.append(f"winning evaluation: {cmp.get('winner')}")
+    if best and fused is not None:
+        delta = fused - best["score"]
+        verdict = "at least" if delta >= 0 else "BELOW"
+        lines.append(f"fusion minus best member: {delta:+.4f} ({verdict} its best member on validation)")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="adapterctl")
     p.add_argument("--url", default=os.environ.get("COMPOSER_URL", "http://127.0.0.1:8000"))
@@ -96,6 +119,13 @@ def main(argv: list[str] | None = None) -> int:
     ai.add_argument("archive")
     ai.add_argument("--task", required=True)
     ai.add_argument("--base-model", required=True)
+    ash = a.add_parser("show", help="an adapter; a fusion with its members' scores and attention")
+    ash.add_argument("adapter")
+    aa = a.add_parser("alias", help="point task@alias at an adapter")
+    aa.add_argument("task")
+    aa.add_argument("alias")
+    aa.add_argument("adapter")
+    aa.add_argument("--force", action="store_true", help="even a fusion that scores below its best member")
     ad = a.add_parser("download")
     ad.add_argument("adapter")
     ad.add_argument("--out", required=True)
@@ -133,7 +163,11 @@ def main(argv: list[str] | None = None) -> int:
             "validation_dataset": args.validation,
         }
         out = c.call("POST", "/v1/fusions", json={k: v for k, v in body.items() if v is not None})
-        out = watch(c, out["id"]) if args.watch else out
+        if args.watch:
+            out = watch(c, out["id"])
+            adapter = (out.get("result") or {}).get("adapter_id")
+            if adapter:
+                print(describe_fusion(c.call("GET", f"/v1/adapters/{adapter}")), file=sys.stderr)
     elif args.cmd == "ensemble":
         body = {"inputs": [{"text": t} for t in args.texts], "early_exit": args.early_exit}
         if args.strategy:
@@ -146,6 +180,14 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.archive, "rb") as fh:
             out = c.call("POST", "/v1/adapters/import", data={"task": args.task, "base_model": args.base_model},
                          files={"file": (Path(args.archive).name, fh)})  # fmt: skip
+    elif args.sub == "show":
+        out = c.call("GET", f"/v1/adapters/{args.adapter}")
+        text = describe_fusion(out)
+        if text:
+            print(text, file=sys.stderr)
+    elif args.sub == "alias":
+        body = {"adapter": args.adapter, "force": args.force}
+        out = c.call("PUT", f"/v1/adapters/aliases/{args.task}/{args.alias}", json=body)
     else:
         query = f"?format={args.format}" + ("&with_head=false" if args.without_head else "")
         Path(args.out).write_bytes(c.call("GET", f"/v1/adapters/{args.adapter}/download{query}"))

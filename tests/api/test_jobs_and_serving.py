@@ -7,6 +7,8 @@ import json
 import pickle
 import zipfile
 
+import pytest
+
 from tests.api.conftest import HP
 
 
@@ -216,3 +218,41 @@ def test_an_alias_does_not_move_to_a_fusion_below_its_best_member_unless_forced(
         "/v1/adapters/aliases/sentiment/prod2", headers=api.h(), json={"adapter": fusion["adapter_id"], "force": True}
     )
     assert r.status_code == 200 and r.json()["adapter_id"] == fusion["adapter_id"]
+
+
+def test_adapterctl_shows_a_fusions_comparison_and_keeps_the_alias_guard(api, monkeypatch, capsys):
+    from api import client_cli
+    from tests.api.conftest import ADMIN
+
+    def init(self, url: str, key: str) -> None:  # the CLI's client, over the in-process app
+        api.client.headers["Authorization"] = f"Bearer {key}"
+        self.http = api.client
+
+    monkeypatch.setattr(client_cli.Client, "__init__", init)
+    ids = api.task_with_data()
+    a, b = api.train_adapter(ids), api.train_adapter(ids, name="second")
+    body = {"task": "sentiment", "adapters": [a, b], "train_dataset": ids["train"], "hyperparameters": HP}
+    r = api.client.post("/v1/fusions", headers=api.h(), json={**body, "validation_dataset": ids["validation"]})
+    fusion = api.client.get(f"/v1/jobs/{r.json()['id']}", headers=api.h()).json()["result"]
+    cmp, att = fusion["comparison"], fusion["mean_attention"]
+    assert client_cli.main(["--key", ADMIN, "adapters", "show", fusion["adapter_id"]]) == 0
+    shown = capsys.readouterr().err.splitlines()
+    for mid in (a, b):  # each member's validation score and mean attention, as the job measured them
+        line = next(x for x in shown if x.startswith(mid))
+        assert line.split()[1:3] == [f"{cmp['members'][mid]:.4f}", f"{att[mid]:.3f}"]
+    assert (cmp["best_member"]["id"] + " ") in next(x for x in shown if x.endswith("<- best member"))
+    delta = cmp["fusion"] - cmp["best_member"]["score"]
+    assert f"fusion minus best member: {delta:+.4f} (at least its best member" in shown[-1]
+    # the guard holds from the CLI too: a fusion recorded below its best member needs --force
+    with api.registry.tx() as s:
+        from registry_db.models import Adapter
+
+        row = s.get(Adapter, fusion["adapter_id"])
+        row.metrics = {**row.metrics, "comparison": {**cmp, "fusion": cmp["best_member"]["score"] - 0.1}}
+    with pytest.raises(SystemExit, match="409.*force"):
+        client_cli.main(["--key", ADMIN, "adapters", "alias", "sentiment", "prod", fusion["adapter_id"]])
+    assert (
+        client_cli.main(["--key", ADMIN, "adapters", "alias", "sentiment", "prod", fusion["adapter_id"], "--force"])
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out)["adapter_id"] == fusion["adapter_id"]
