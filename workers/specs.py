@@ -162,7 +162,7 @@ def parse_spec(job_type: str, raw: dict[str, Any]) -> Spec:
 
 
 def _dataset_of_task(s: Session, owner_id: str, dataset_id: str, task_id: str, role: str):  # type: ignore[no-untyped-def]
-    ds = catalog.get_dataset(s, dataset_id, owner_id)
+    ds = catalog.get_dataset(s, dataset_id, owner_id, lock=True)
     if ds.task_id != task_id:
         raise InvalidInput(f"{role} dataset {dataset_id} belongs to another task")
     return ds

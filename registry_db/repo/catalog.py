@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import String, cast, or_, select
 from sqlalchemy.orm import Session
 
-from registry_db.errors import InvalidInput, NotFound
-from registry_db.models import SPLITS, TASK_KINDS, BaseModelRow, Dataset, Owner, Task
-from registry_db.repo.common import flush_unique
+from registry_db.errors import Conflict, InvalidInput, NotFound
+from registry_db.models import SPLITS, TASK_KINDS, Adapter, BaseModelRow, Dataset, Job, Owner, Task
+from registry_db.repo.common import Page, flush_unique, paginate
 
 METRICS = {"classification": ("accuracy", "macro_f1", "mcc"), "regression": ("pearson", "spearman")}
 
@@ -98,8 +98,58 @@ def add_dataset(
     return ds, True
 
 
-def get_dataset(s: Session, dataset_id: str, owner_id: str | None = None) -> Dataset:
-    ds = s.get(Dataset, dataset_id)
+def get_dataset(s: Session, dataset_id: str, owner_id: str | None = None, lock: bool = False) -> Dataset:
+    """`lock`: hold the row (FOR SHARE on PostgreSQL) until the transaction ends, so that a job submitted
+    against it and the dataset's deletion cannot both commit."""
+    ds = s.get(Dataset, dataset_id, with_for_update={"read": True} if lock else None)
     if ds is None or (owner_id is not None and s.get(Task, ds.task_id).owner_id != owner_id):  # type: ignore[union-attr]
         raise NotFound(f"dataset {dataset_id} not found")
+    return ds
+
+
+def list_datasets(
+    s: Session, owner_id: str, task: str, split: str | None = None, limit: int = 50, cursor: str | None = None
+) -> Page[Dataset]:
+    """A task's datasets, newest first."""
+    t = get_task(s, owner_id, task)
+    stmt = select(Dataset).where(Dataset.task_id == t.id)
+    if split is not None:
+        if split not in SPLITS:
+            raise InvalidInput(f"split must be one of {list(SPLITS)}, got {split!r}")
+        stmt = stmt.where(Dataset.split == split)
+    return paginate(s, stmt, Dataset, limit, cursor)
+
+
+def _mentions(value: Any, wanted: str) -> bool:
+    if isinstance(value, dict):
+        return any(_mentions(v, wanted) for v in value.values())
+    if isinstance(value, list):
+        return any(_mentions(v, wanted) for v in value)
+    return value == wanted
+
+
+def dataset_users(s: Session, owner_id: str, dataset_id: str) -> list[str]:
+    """What still uses a dataset: jobs queued or running on it, and the live adapters (training or ready)
+    that jobs on it produced. A finished job whose adapter was archived no longer holds it."""
+    jobs = s.scalars(select(Job).where(Job.owner_id == owner_id, cast(Job.spec, String).contains(dataset_id))).all()
+    jobs = [j for j in jobs if _mentions(j.spec, dataset_id)]
+    users = [f"job {j.id} ({j.status})" for j in jobs if j.status in ("queued", "running")]
+    if jobs:
+        live = s.scalars(
+            select(Adapter).where(Adapter.job_id.in_([j.id for j in jobs]), Adapter.status.in_(("training", "ready")))
+        ).all()
+        users += [f"adapter {a.id} ({a.kind} {a.name} v{a.version})" for a in live]
+    return users
+
+
+def delete_dataset(s: Session, owner_id: str, dataset_id: str) -> Dataset:
+    """Remove a dataset's row; refused while a job or adapter uses it. Its blob goes with the next GC."""
+    ds = get_dataset(s, dataset_id, owner_id)
+    s.refresh(ds, with_for_update=True)  # a concurrent submit holds it FOR SHARE: one of the two waits
+    users = dataset_users(s, owner_id, dataset_id)
+    if users:
+        shown = ", ".join(users[:10]) + (f" and {len(users) - 10} more" if len(users) > 10 else "")
+        raise Conflict(f"dataset {dataset_id} is in use: {shown}")
+    s.delete(ds)
+    s.flush()
     return ds

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from sqlalchemy import select
+
+from registry_db.models import Job
+from registry_db.repo.jobs import create_job
 from tests.api.conftest import ADMIN
 from tests.workers.fixtures import jsonl, toy_rows
 
@@ -69,6 +73,55 @@ def test_dataset_upload_validates_rows_deduplicates_and_limits_size(api):
     r = api.client.post("/v1/tasks/sentiment/datasets", headers=api.h(), data={"split": "dev"},
                         files={"file": ("x.jsonl", jsonl(toy_rows(2)))})  # fmt: skip
     assert r.status_code == 422 and r.json()["field"] == "split"
+
+
+def test_a_tasks_datasets_list_page_by_page_and_delete_only_when_unused(api):
+    ids = api.task_with_data()
+    extra = []
+    for seed in (7, 8, 9):
+        r = api.client.post("/v1/tasks/sentiment/datasets", headers=api.h(), data={"split": "train"},
+                            files={"file": ("t.jsonl", jsonl(toy_rows(12, seed)))})  # fmt: skip
+        extra.append(r.json()["id"])
+    seen, cursor = [], None
+    while True:  # pages of two, newest first, every dataset once
+        q = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = api.client.get("/v1/tasks/sentiment/datasets", headers=api.h(), params=q).json()
+        assert len(page["items"]) <= 2
+        seen += [d["id"] for d in page["items"]]
+        if not (cursor := page["next_cursor"]):
+            break
+    assert seen == list(reversed([ids["train"], ids["validation"], *extra]))
+    val = api.client.get("/v1/tasks/sentiment/datasets?split=validation", headers=api.h()).json()["items"]
+    assert [(d["id"], d["row_count"], d["label_histogram"]) for d in val] == [
+        (ids["validation"], 16, {"neg": 8, "pos": 8})
+    ]
+    assert api.client.get("/v1/tasks/sentiment/datasets?split=dev", headers=api.h()).status_code == 422
+    assert api.client.get("/v1/tasks/nope/datasets", headers=api.h()).status_code == 404
+    other = api.key(["train"], owner="globex")  # another owner sees neither the task's datasets nor can delete
+    assert api.client.get("/v1/tasks/sentiment/datasets", headers=api.h(other)).status_code == 404
+    assert api.client.delete(f"/v1/datasets/{extra[0]}", headers=api.h(other)).status_code == 404
+    reader = api.key(["read"])
+    assert api.client.delete(f"/v1/datasets/{extra[0]}", headers=api.h(reader)).status_code == 403
+
+    # a trained adapter holds its datasets; archived, it lets them go
+    adapter = api.train_adapter(ids)
+    r = api.client.delete(f"/v1/datasets/{ids['train']}", headers=api.h())
+    assert r.status_code == 409 and adapter in r.json()["detail"]
+    assert api.client.get(f"/v1/datasets/{ids['train']}", headers=api.h()).status_code == 200
+    # a queued job holds its dataset
+    with api.registry.tx() as s:
+        owner = s.scalars(select(Job.owner_id)).first()
+        queued = create_job(s, owner, "adapter", {"task": "t", "train_dataset": extra[0], "validation_dataset": None})
+    r = api.client.delete(f"/v1/datasets/{extra[0]}", headers=api.h())
+    assert r.status_code == 409 and queued.id in r.json()["detail"] and "queued" in r.json()["detail"]
+    # an unused one goes, and is gone
+    assert api.client.delete(f"/v1/datasets/{extra[1]}", headers=api.h()).status_code == 204
+    assert api.client.get(f"/v1/datasets/{extra[1]}", headers=api.h()).status_code == 404
+    assert api.client.delete(f"/v1/datasets/{extra[1]}", headers=api.h()).status_code == 404
+    assert api.client.post(f"/v1/adapters/{adapter}/archive", headers=api.h()).status_code == 200
+    assert api.client.delete(f"/v1/datasets/{ids['train']}", headers=api.h()).status_code == 204
+    left = [d["id"] for d in api.client.get("/v1/tasks/sentiment/datasets", headers=api.h()).json()["items"]]
+    assert ids["train"] not in left and extra[1] not in left and extra[0] in left
 
 
 def test_bootstrap_key_is_an_admin_and_base_models_are_listed(api):
