@@ -34,7 +34,7 @@ from composer.composition import Fuse, Single
 from composer.corpora import load_corpus
 from composer.data import Collator
 from composer.training import TrainConfig
-from workers.handlers.fusion import LR_GRID
+from workers.specs import LR_GRID
 
 SOURCES = ("rt_polarity", "rt_subjectivity", "conll_uncertainty")
 METHODS = ("st_a", "mt_a", "fusion_st", "fusion_mt", "fusion_warm")

@@ -95,6 +95,8 @@ class MultitaskJobSpec(BottleneckTraining):
 
 
 FUSION_DEFAULTS = {"learning_rate": 5e-5, "epochs": 10, "patience": 3}
+# a fusion request without a learning rate, with validation data, tries each and keeps the best on validation
+LR_GRID = (1e-3, 3e-4, 1e-4)
 
 
 class FusionJobSpec(Spec):
@@ -153,6 +155,29 @@ SPECS: dict[str, type[Spec]] = {
     "prompts": PromptsJobSpec,
     "evaluate": EvaluateJobSpec,
 }
+
+
+HYPERPARAMETER_DEFAULTS: dict[str, dict[str, Any]] = {"fusion": FUSION_DEFAULTS, "prompts": PROMPT_DEFAULTS}
+
+
+def options() -> dict[str, Any]:
+    """What a job form offers, from the specs themselves: per job type its fields' defaults and the
+    hyperparameters that apply when the request gives none; the adapter presets with their configs."""
+    types: dict[str, Any] = {}
+    for name, model in SPECS.items():
+        fields = {
+            k: f.get_default(call_default_factory=True)
+            for k, f in model.model_fields.items()
+            if not f.is_required() and k != "hyperparameters"
+        }
+        entry: dict[str, Any] = {"doc": (model.__doc__ or "").strip(), "fields": fields}
+        if "hyperparameters" in model.model_fields:
+            entry["hyperparameters"] = TrainConfig.from_dict(HYPERPARAMETER_DEFAULTS.get(name, {})).to_dict()
+        if name == "fusion":  # the rates tried when the request gives none and has validation data
+            entry["learning_rate_grid"] = list(LR_GRID)
+        types[name] = entry
+    presets = {p: {"fusable": preset(p).fusable, "config": preset(p).to_dict()} for p in PRESETS}
+    return {"job_types": types, "presets": presets}
 
 
 def parse_spec(job_type: str, raw: dict[str, Any]) -> Spec:

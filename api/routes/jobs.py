@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import Reader, RegistryDep, Trainer
 from registry_db.models import FINISHED, Job, JobEvent
 from registry_db.repo import jobs
+from workers import specs
 from workers.submit import submit_job
 
 router = APIRouter(tags=["jobs"])
@@ -71,6 +72,12 @@ def submit(body: JobIn, request: Request, caller: Trainer, reg: RegistryDep,
 def fuse(body: FusionIn, request: Request, caller: Trainer, reg: RegistryDep,
          idempotency_key: str | None = Header(None, alias="Idempotency-Key", max_length=200)) -> JSONResponse:  # fmt: skip
     return _submit(request, reg, caller, "fusion", body.model_dump(exclude_none=True), idempotency_key)
+
+
+@router.get("/jobs/options")
+def job_options(caller: Reader) -> dict:
+    """Each job type's defaults (fields and hyperparameters) and the adapter presets, for job forms."""
+    return specs.options()
 
 
 @router.get("/jobs")

@@ -134,3 +134,23 @@ def test_operations_endpoints(api):
     metrics = api.client.get("/metrics", headers=api.h()).text  # an operator key (the bootstrap one)
     assert "composer_jobs" in metrics and "composer_http_request_seconds" in metrics
     assert api.client.get("/openapi.json").json()["info"]["title"] == "Adapter composition service"
+
+
+def test_job_options_give_each_forms_defaults_from_the_specs(api):
+    """The dashboard's job forms show these: the values the specs fill in when a request omits them."""
+    from composer.adapters.config import preset
+    from composer.training import TrainConfig
+
+    reader = api.key(["read"])
+    o = api.client.get("/v1/jobs/options", headers=api.h(reader)).json()
+    assert set(o["job_types"]) == {"adapter", "multitask", "fusion", "prompts", "evaluate"}
+    fusion, prompts = o["job_types"]["fusion"], o["job_types"]["prompts"]
+    assert fusion["fields"]["warm_start"] is True and fusion["fields"]["require_improvement"] is False
+    assert fusion["learning_rate_grid"] == [1e-3, 3e-4, 1e-4]
+    assert prompts["fields"]["k"] == 5 and prompts["fields"]["voting"] == "majority"
+    assert prompts["hyperparameters"]["learning_rate"] == 0.3
+    assert o["job_types"]["adapter"]["hyperparameters"] == TrainConfig().to_dict()
+    assert o["job_types"]["multitask"]["fields"]["base_learning_rate"] == 2e-5
+    assert "hyperparameters" not in o["job_types"]["evaluate"]
+    assert o["presets"]["lora"] == {"fusable": False, "config": preset("lora").to_dict()}
+    assert o["presets"]["seq_bn"]["config"]["reduction_factor"] == 16 and o["presets"]["seq_bn"]["fusable"]

@@ -21,7 +21,7 @@ from registry_db.repo import adapters
 from workers import artifact_store
 from workers.handlers.adapter import job_inputs, with_checkpoint_default
 from workers.runner import Finish, JobContext
-from workers.specs import FusionJobSpec
+from workers.specs import LR_GRID, FusionJobSpec
 
 
 def _timed_score(model, name, fusion, task, examples, collate):  # type: ignore[no-untyped-def]
@@ -49,9 +49,6 @@ def comparison(base, task, validation, max_length, arts, member_ids, own, run) -
         "fusion": run.result.best_metrics.get(task.metric),
         "winner": run.winner,
     }
-
-
-LR_GRID = (1e-3, 3e-4, 1e-4)
 
 
 class _NoCheckpoint(Callback):
