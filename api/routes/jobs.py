@@ -104,8 +104,19 @@ def cancel(job_id: str, caller: Trainer, reg: RegistryDep) -> dict:
 def checkpoints(job_id: str, caller: Reader, reg: RegistryDep) -> list[dict]:
     with reg.tx() as s:
         jobs.get_job(s, job_id, caller.owner_id)
-        return [{"step": c.step, "attempt": c.attempt, "sha256": c.blob_sha256, "size": c.size,
-                 "created_at": c.created_at.isoformat()} for c in jobs.list_checkpoints(s, job_id)]  # fmt: skip
+        evals = [
+            (e.payload.get("step", 0), e.payload)
+            for e in jobs.list_events(s, job_id, limit=100_000)
+            if e.type == "metric"
+        ]
+        out = []
+        for c in jobs.list_checkpoints(s, job_id):
+            # the validation metrics of the last evaluation the checkpoint holds (none before the first)
+            seen = [p for step, p in evals if step <= c.step]
+            metrics = {k: v for k, v in seen[-1].items() if k != "step"} if seen else None
+            row = {"step": c.step, "attempt": c.attempt, "sha256": c.blob_sha256, "size": c.size}
+            out.append({**row, "created_at": c.created_at.isoformat(), "metrics": metrics})
+        return out
 
 
 @router.get("/jobs/{job_id}/events")

@@ -151,20 +151,25 @@ def train_fusion(
 def attention_report(
     model: AdaptedEncoder, fusion: str, examples: Sequence[Example], collate: Collator, batch_size: int = 64
 ) -> dict[str, object]:
-    """Mean attention per member adapter (over sites and examples), and each example's top adapter."""
+    """Mean attention per member adapter (over sites and examples), per site (layer) too, and each
+    example's top adapter."""
     members = model.fusions[fusion].members
-    per_example = []
+    per_site: list[torch.Tensor] = []  # [sites, B, N] per batch
+    sites: list[str] = []
     model.eval()
     with torch.no_grad():
         for i in range(0, len(examples), batch_size):
             batch = {k: v.to(model.device) for k, v in collate(examples[i : i + batch_size]).items() if k != "labels"}
             out = model(**batch, composition=Fuse(fusion), return_fusion_attention=True)
-            per_example.append(torch.stack(list(out.fusion_attention.values())).mean(0).cpu())  # [B, N]
-    att = torch.cat(per_example)
+            sites = list(out.fusion_attention)
+            per_site.append(torch.stack(list(out.fusion_attention.values())).cpu())
+    att = torch.cat(per_site, dim=1)  # [sites, examples, N]
+    per_example = att.mean(0)
     return {
         "members": list(members),
-        "mean_attention": [round(float(v), 4) for v in att.mean(0)],
-        "top_adapter": [members[int(j)] for j in att.argmax(-1)],
+        "mean_attention": [round(float(v), 4) for v in per_example.mean(0)],
+        "per_layer": {site: [round(float(v), 4) for v in att[j].mean(0)] for j, site in enumerate(sites)},
+        "top_adapter": [members[int(j)] for j in per_example.argmax(-1)],
     }
 
 

@@ -33,7 +33,14 @@ def test_submit_events_predict_and_idempotency(api):
     with api.client.stream("GET", f"/v1/jobs/{job_id}/events", headers={**api.h(), "Accept": "text/event-stream"}) as s:
         body = "".join(s.iter_text())
     assert "event: progress" in body and "event: end" in body
-    assert api.client.get(f"/v1/jobs/{job_id}/checkpoints", headers=api.h()).json()
+    cks = api.client.get(f"/v1/jobs/{job_id}/checkpoints", headers=api.h()).json()
+    evals = [e["payload"] for e in events["items"] if e["type"] == "metric"]
+    assert cks and evals
+    for ck in cks:  # each checkpoint with the validation metrics of the last evaluation it holds
+        held = [p for p in evals if p["step"] <= ck["step"]]
+        want = {k: v for k, v in held[-1].items() if k != "step"} if held else None
+        assert ck["metrics"] == want
+    assert cks[-1]["metrics"]["accuracy"] == evals[-1]["accuracy"]
     r = api.client.post(f"/v1/jobs/{job_id}/cancel", headers=api.h())
     assert r.status_code == 409
     body = {

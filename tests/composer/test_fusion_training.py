@@ -89,7 +89,13 @@ def test_attention_report_and_pruning(tiny_bert_dir, members):
     assert sum(report["mean_attention"]) == pytest.approx(1.0, abs=1e-3)
     batch = {k: v for k, v in col(data).items() if k != "labels"}
     with torch.no_grad():
-        full = model(**batch, composition=Fuse("fusion")).hidden
+        out = model(**batch, composition=Fuse("fusion"), return_fusion_attention=True)
+        full = out.hidden
+    # per layer: each site's attention averaged over the examples (one batch here), as the forward returns it
+    assert list(report["per_layer"]) == list(out.fusion_attention)
+    for site, att in out.fusion_attention.items():
+        assert report["per_layer"][site] == pytest.approx(att.mean(0).tolist(), abs=1e-4)
+    with torch.no_grad():
         same = pruned(model, "fusion", names, "all")
         assert torch.allclose(model(**batch, composition=Fuse(same)).hidden, full, atol=1e-6)
         keep = prune_members(report, threshold=max(report["mean_attention"]))

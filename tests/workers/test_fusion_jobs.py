@@ -96,6 +96,12 @@ def test_fusion_job_registers_lineage_attention_and_a_pruned_fusion(world):
         assert fusion.kind == "fusion" and [m.id for m in adapters.fusion_members(s, fusion.id)] == ids
     att = done.result["mean_attention"]
     assert set(att) == set(ids) and sum(att.values()) == pytest.approx(1.0, abs=1e-3)
+    layers = done.result["attention_per_layer"]  # the dashboard's heat map: its layers average to the mean
+    assert layers["members"] == ids and len(layers["layers"]) >= 1
+    for j, mid in enumerate(ids):
+        per = [w[j] for w in layers["layers"].values()]
+        assert sum(per) / len(per) == pytest.approx(att[mid], abs=1e-3)
+    assert fusion.metrics["attention_per_layer"] == layers
     pruned = done.result["pruned"]
     assert pruned["members"] == ids and "relative_cost" in pruned  # both above a 1% threshold: all kept
     assert "pruned_adapter_id" in done.result

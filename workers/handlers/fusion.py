@@ -153,6 +153,7 @@ def handle(ctx: JobContext) -> Finish:
     report = attention_report(run.model, run.name, report_on, collate)
     names = report["members"]
     result["mean_attention"] = dict(zip(member_ids, report["mean_attention"], strict=True))  # type: ignore[call-overload]
+    result["attention_per_layer"] = {"members": member_ids, "layers": report["per_layer"]}
     pruned_ids: list[str] | None = None
     if spec.prune_threshold is not None:
         keep = prune_members(report, spec.prune_threshold)
@@ -167,6 +168,7 @@ def handle(ctx: JobContext) -> Finish:
             result["pruned"] = {"members": [], "note": "fewer than 2 adapters above the threshold; nothing derived"}
     art = run.artifact(member_ids, tspec)
     art.metrics["mean_attention"] = result["mean_attention"]
+    art.metrics["attention_per_layer"] = result["attention_per_layer"]
     if "comparison" in result:
         art.metrics["comparison"] = result["comparison"]
     w_sha, c_sha = artifact_store.store(ctx.registry, art)
