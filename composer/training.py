@@ -8,6 +8,7 @@ data position, so a resumed run continues exactly where the last checkpoint was 
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -88,7 +89,8 @@ class Objective:
     evaluate: Callable[[Sequence[Example]], dict[str, float]]
     metric: str
     extra_state: dict[str, Any] = field(default_factory=dict)
-    # parameters (by name prefix) that train at their own learning rate, e.g. a fine-tuned base
+    # parameters that train at their own learning rate, by name prefix (a fine-tuned base: "encoder.") or by
+    # glob ("*.prior"); the first match wins
     learning_rates: dict[str, float] = field(default_factory=dict)
 
 
@@ -145,9 +147,10 @@ def fit(
     warmup = int(cfg.warmup_ratio * total)
 
     def lr_of(name: str) -> float:
-        return next(
-            (lr for prefix, lr in objective.learning_rates.items() if name.startswith(prefix)), cfg.learning_rate
-        )
+        def match(key: str) -> bool:
+            return fnmatch.fnmatchcase(name, key) if any(c in key for c in "*?[") else name.startswith(key)
+
+        return next((lr for key, lr in objective.learning_rates.items() if match(key)), cfg.learning_rate)
 
     groups: dict[float, list[nn.Parameter]] = {}
     for name, p in params.items():

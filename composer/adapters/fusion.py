@@ -33,6 +33,7 @@ from composer.errors import ConfigError
 
 PLACEMENT_FIELDS = ("mh_adapter", "output_adapter", "original_ln_before", "original_ln_after",
                     "residual_before_ln", "is_parallel", "leave_out")  # fmt: skip
+WARM_MARGIN = 12.0  # a warm start's prior on its member: the others get e^-12 of the attention at step 0
 
 
 @dataclass(frozen=True)
@@ -229,14 +230,21 @@ class Fusion(nn.Module):
     def layers(self) -> list[FusionLayer]:
         return [self.shared] if self.shared is not None else list(self.sites.values())  # type: ignore[list-item]
 
-    def warm_start(self, member: int, margin: float = 12.0) -> None:
+    def warm_start(self, member: int, margin: float = WARM_MARGIN) -> None:
         """Put the attention on one member (the target task's own adapter): its prior is `margin` above the
         others at every site, so with V = I the first forward is that adapter's to within e^-margin.
-        The priors stay trainable (Adam moves them however small their gradient)."""
+        The priors stay trainable; training gives them a learning rate that can cross the margin in an
+        epoch (`prior_learning_rate`), else Adam's steps of about the fusion's rate would never move them."""
         with torch.no_grad():
             for lay in self.layers():
                 lay.prior.zero_()
                 lay.prior[member] = margin
+
+    @staticmethod
+    def prior_learning_rate(steps_per_epoch: int, margin: float = WARM_MARGIN) -> float:
+        """Adam moves a parameter by about its learning rate per step whatever the gradient's size: at this
+        rate a consistent push takes the target's prior down to the others' within one epoch."""
+        return margin / max(1, steps_per_epoch)
 
     def layer(self, key: str) -> FusionLayer:
         return self.shared if self.shared is not None else self.sites[key]  # type: ignore[return-value]

@@ -6,6 +6,7 @@ adapters stay frozen. The loss is the task loss plus λ·Σ‖I − W_V‖²_F.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -133,7 +134,12 @@ def train_fusion(
 
     params = {f"fusions.{name}.{k}": p for k, p in fusion.named_parameters()}
     params.update({f"heads.{name}.{k}": p for k, p in model.heads[name].named_parameters()})
-    objective = Objective(module=model, params=params, loss=loss, evaluate=evaluate, metric=task.metric)
+    rates = {}
+    if start is not None:  # the priors that hold the attention on the start can leave it within an epoch
+        rates["*.prior"] = fusion.prior_learning_rate(math.ceil(len(train) / train_cfg.batch_size))
+    objective = Objective(
+        module=model, params=params, loss=loss, evaluate=evaluate, metric=task.metric, learning_rates=rates
+    )
     result = fit(
         objective,
         train,

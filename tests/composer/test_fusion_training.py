@@ -224,3 +224,22 @@ def test_a_warm_started_fusion_starts_as_the_targets_adapter_and_never_ends_belo
     assert run.winner.startswith(("epoch", "none: the fusion did not improve"))
     with pytest.raises(ConfigError, match="warm start"):
         fusion_model(base, TaskSpec("x", labels=("a", "b")), ordered, FusionConfig(), "x", start=1)
+
+
+def test_a_warm_starts_priors_learn_at_a_rate_that_can_cross_their_margin(tiny_bert_dir, members):
+    """Adam moves a parameter about its learning rate per step: at the fusion's 1e-3 a prior 12 above the others
+    would never move, and the warm fusion could only ever be its start. The priors get margin / steps-per-epoch."""
+    from composer.adapters.fusion import WARM_MARGIN
+
+    cfg = TrainConfig(learning_rate=1e-3, epochs=3, batch_size=8, patience=0)
+    train = examples(64, seed=4)
+    run = train_fusion(
+        load_base(tiny_bert_dir), TASK, train, examples(24, seed=5), members[::-1], FusionConfig(), cfg, start=1
+    )
+    moved = max(
+        (lay.prior - torch.tensor([0.0, WARM_MARGIN])).abs().max().item()
+        for lay in run.model.fusions["fusion"].layers()
+    )
+    steps = run.result.steps
+    assert steps == 24 and moved > 20 * cfg.learning_rate * steps  # far beyond what the fusion's own rate allows
+    assert moved <= WARM_MARGIN / 8 * steps + 1e-3  # and within the prior's rate: 12 / 8 steps per epoch
