@@ -63,15 +63,15 @@ def best_fusion(base, task, train, val, test, members, cfg: TrainConfig, max_len
     return v, accuracy(fu.model, fu.name, task, test, max_len, Fuse(fu.name)), lr, rep["mean_attention"], fu.winner
 
 
-def _missing(row: dict) -> list[str]:
-    return [m for m in METHODS if m not in row]
+def _missing(row: dict, methods: tuple[str, ...] = METHODS) -> list[str]:
+    return [m for m in methods if m not in row]
 
 
 def run_seed(seed: int, a: argparse.Namespace, layers: int, sizes, out: list[dict], t0: float, path: Path) -> None:  # type: ignore[no-untyped-def]
     """Every (seed, size) row that is missing, or misses a method (--resume completes it: a row of an
     earlier protocol gains the warm-started fusion, on an ST-A trained again with the same seed)."""
     rows = {r["n"]: r for r in out if r["seed"] == seed}
-    sizes = [n for n in sizes if n not in rows or _missing(rows[n])]
+    sizes = [n for n in sizes if n not in rows or _missing(rows[n], a.methods)]
     if not sizes:
         return
     src_rows, max_len, val_n = (300, 64, 150) if a.quick else (400, 48, 200)
@@ -92,7 +92,7 @@ def run_seed(seed: int, a: argparse.Namespace, layers: int, sizes, out: list[dic
     for n in sizes:
         c = foods.subset(n, seed=seed)
         row: dict = rows.get(n) or {"seed": seed, "n": n}
-        todo = _missing(row)
+        todo = _missing(row, a.methods)
         st = train_st_adapter(base, c.task, c.train, val, preset("seq_bn"), tgt_cfg)
         st_scores = (
             st.result.best_metrics["accuracy"],
@@ -229,7 +229,15 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=None)
     ap.add_argument("--table-only", action="store_true", help="write the docs table from the rows kept so far")
     ap.add_argument("--resume", action="store_true", help="keep the rows of an earlier run and run the others")
+    ap.add_argument(
+        "--methods",
+        type=lambda v: tuple(v.split(",")),
+        default=METHODS,
+        help=f"run only these (comma-separated, from {','.join(METHODS)}); the ST-A always runs",
+    )
     a = ap.parse_args()
+    if set(a.methods) - set(METHODS):
+        ap.error(f"unknown methods {sorted(set(a.methods) - set(METHODS))}; known: {', '.join(METHODS)}")
     torch.set_num_threads(2)
     layers = 2 if a.quick else 6
     sizes = (250,) if a.quick else (250, 500, 1000)
