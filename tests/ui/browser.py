@@ -55,8 +55,12 @@ class Stack:
             "COMPOSER_BOOTSTRAP_KEY": ADMIN,
             "COMPOSER_REGISTER_PACKAGED_ENCODER": "false",
             "COMPOSER_PROGRESS_EVERY_SECONDS": "0",
+            "COMPOSER_HEARTBEAT_INTERVAL": "0.5",  # a killed worker's job is found stale within seconds
+            "COMPOSER_STALE_AFTER": "3",
+            "COMPOSER_RECONCILE_INTERVAL": "1",
             "OMP_NUM_THREADS": "1",
         }
+        self.tmp = tmp
         port = free_port()
         self.log = open(tmp / "api.log", "wb")  # noqa: SIM115 - uvicorn writes to it for its whole life
         cmd = [sys.executable, "-m", "uvicorn", "api.main:app", "--port", str(port)]
@@ -78,6 +82,12 @@ class Stack:
             return j if j["status"] in FINISHED else None
 
         return wait_for(done, timeout, f"job {job_id}", 0.3)
+
+    def restart_worker(self, kill: bool = True) -> None:
+        """kill -9 the worker (and the child running a job), then start a fresh one."""
+        if kill:
+            self.worker.kill()
+        self.worker = Worker(self.env, self.tmp / "worker-2.log", "ui2")
 
     def stop(self) -> None:
         self.worker.stop()

@@ -44,7 +44,8 @@ def ui(d):  # type: ignore[no-untyped-def]
                 return super().until(method, message)
             except TimeoutException:
                 banner = d.execute_script("const e = document.getElementById('error'); return e && e.textContent")
-                raise AssertionError(f"timed out on {d.current_url}; the page's error: {banner!r}") from None
+                page = d.execute_script("const t = document.getElementById('view').innerText; return t.slice(0, 600) + ' [...] ' + t.slice(-900)")
+                raise AssertionError(f"timed out on {d.current_url}; error {banner!r}; the page:\n{page}") from None
 
     return Wait(d, 180), ec
 
@@ -276,3 +277,26 @@ def test_8_try_a_fusion_and_an_expired_key(stack, d):
     err = wait.until(ec.visibility_of_element_located(by("#error")))
     assert "unknown, revoked or expired" in err.text
     assert d.find_element(*by("#login")).is_displayed()
+
+
+def test_9_a_killed_worker_shows_as_requeued_and_resumed_on_the_job_page(stack, d):
+    wait, ec = ui(d)
+    ds, base = _datasets(stack), stack.http.get("/v1/base-models").json()[0]["id"]
+    spec = {"type": "adapter", "task": "sentiment", "base_model": base, "train_dataset": ds["train"]}
+    spec |= {"name": "victim", "hyperparameters": {**HP, "epochs": 400, "batch_size": 2, "checkpoint_every_steps": 50}}
+    job_id = stack.http.post("/v1/jobs", json=spec).json()["id"]
+    d.execute_script(f"sessionStorage.setItem('composer-key', '{ADMIN}')")  # the last test ended logged out
+    d.get(f"{stack.url}/ui#/jobs/{job_id}")
+    wait.until(lambda drv: len(drv.find_elements(*by("#timeline .ev-checkpoint"))) >= 2)
+    stack.restart_worker(kill=True)  # kill -9 mid-training; the new worker's sweep requeues the job
+    wait.until(ec.text_to_be_present_in_element(by("#timeline"), "requeued (attempt 1)"))
+    wait.until(ec.text_to_be_present_in_element(by("#timeline"), "resumed from the checkpoint at step"))
+    wait.until(ec.text_to_be_present_in_element(by("#job-status"), "succeeded"))
+    events = stack.http.get(f"/v1/jobs/{job_id}/events").json()["items"]
+    resumed = next(e["payload"] for e in events if e["type"] == "resumed")
+    assert (
+        f"resumed from the checkpoint at step {resumed['from_step']} (attempt 2)"
+        in d.find_element(*by("#timeline")).text
+    )
+    kept = [c.text.split() for c in d.find_elements(*by("#ckpt-table tbody tr"))]
+    assert kept[-1][1] == "2"  # the checkpoint kept is the second attempt's
