@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -41,6 +42,17 @@ def mcc(pred: np.ndarray, gold: np.ndarray, num_labels: int | None = None) -> fl
     t, p, c, s = cm.sum(1), cm.sum(0), np.trace(cm), cm.sum()
     denom = np.sqrt((s**2 - (p**2).sum()) * (s**2 - (t**2).sum()))
     return float((c * s - (t * p).sum()) / denom) if denom > 0 else 0.0
+
+
+def mcnemar_p(before: np.ndarray, after: np.ndarray) -> tuple[float, int, int]:
+    """Exact one-sided McNemar test on paired per-example correctness: the probability, were both models
+    equally good, of `after` winning at least as many of the rows where they disagree as it did.
+    Returns (p, rows gained, rows lost)."""
+    before, after = np.asarray(before, dtype=bool), np.asarray(after, dtype=bool)
+    gained, lost = int((after & ~before).sum()), int((before & ~after).sum())
+    n = gained + lost
+    p = sum(math.comb(n, k) for k in range(gained, n + 1)) / 2**n if n else 1.0
+    return float(p), gained, lost
 
 
 def pearson(pred: np.ndarray, gold: np.ndarray) -> float:

@@ -6,6 +6,7 @@ adapters stay frozen. The loss is the task loss plus λ·Σ‖I − W_V‖²_F.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from composer.composition import Fuse
 from composer.data import Collator, Example, TaskSpec
 from composer.errors import ConfigError
 from composer.heads import HeadConfig
+from composer.metrics import mcnemar_p
 from composer.training import Callback, Objective, TrainConfig, TrainResult, fit
 
 
@@ -66,6 +68,10 @@ def fusion_model(
     return model
 
 
+# a warm fusion replaces its start only if it wins on validation at this significance (one-sided McNemar)
+SIGNIFICANCE = 0.05
+
+
 @dataclass
 class FusionRun:
     model: AdaptedEncoder
@@ -73,10 +79,18 @@ class FusionRun:
     result: TrainResult
     max_length: int
     learning_rate: float | None = None  # the one a learning-rate grid chose
+    # a warm fusion's best epoch against its start on validation: McNemar p, rows gained and lost, kept?
+    significance: dict[str, float | int | bool] | None = None
 
     @property
     def winner(self) -> str:
         """Which evaluation the registered fusion is: an epoch, or its start."""
+        sig = self.significance
+        if sig is not None and not sig["kept"]:
+            return (
+                f"none: its best epoch gained {sig['gained']} and lost {sig['lost']} validation rows against its "
+                f"start, not significant (McNemar p = {sig['p']:.3f} >= {SIGNIFICANCE})"
+            )
         if self.result.best_step == 0:
             return "none: the fusion did not improve on its start"
         for entry in self.result.history:
@@ -114,7 +128,10 @@ def train_fusion(
     """With `start`, the index of the member that is the target task's own adapter, the fusion starts
     as that adapter: its head is copied and the attention put on it (V stays the identity), so the first
     forward is that adapter's. Validation runs before the first step too, and the best evaluation is
-    kept: the registered fusion never scores below its start on validation."""
+    kept: the registered fusion never scores below its start on validation. A classification fusion
+    replaces its start only when its best epoch wins on validation significantly (an exact one-sided
+    McNemar test on the rows they disagree on, p < SIGNIFICANCE); else the start is what is kept, so
+    that a win of a row or two on a small validation set, which is noise, is not paid for on test."""
     torch.manual_seed(train_cfg.seed)
     model = fusion_model(base, task, members, fusion_cfg, name, start, head_cfg)
     model.base_dropout = train_cfg.base_dropout
@@ -140,6 +157,11 @@ def train_fusion(
     objective = Objective(
         module=model, params=params, loss=loss, evaluate=evaluate, metric=task.metric, learning_rates=rates
     )
+    guard = start is not None and task.kind == "classification" and len(validation) > 0
+    if guard:
+        gold = torch.tensor([task.label_index(e.label) for e in validation])
+        at_start = {k: p.detach().clone() for k, p in params.items()}
+        start_right = _correct(model, name, validation, collate, train_cfg, gold)
     result = fit(
         objective,
         train,
@@ -151,7 +173,23 @@ def train_fusion(
         device=model.device,
         evaluate_at_start=True,
     )
-    return FusionRun(model=model, name=name, result=result, max_length=train_cfg.max_length)
+    run = FusionRun(model=model, name=name, result=result, max_length=train_cfg.max_length)
+    if guard and result.best_step:
+        p, gained, lost = mcnemar_p(start_right, _correct(model, name, validation, collate, train_cfg, gold))
+        run.significance = {"p": round(p, 4), "gained": gained, "lost": lost, "kept": p < SIGNIFICANCE}
+        if p >= SIGNIFICANCE:  # back to the start: its parameters, its validation scores
+            with torch.no_grad():
+                for k, v in params.items():
+                    v.copy_(at_start[k])
+            first = result.history[0]
+            metrics = {k: v for k, v in first.items() if k not in ("step", "epoch")}
+            run.result = dataclasses.replace(result, best_step=0, best_metrics=metrics, best_score=first[task.metric])
+    return run
+
+
+def _correct(model, name, examples, collate, cfg, gold):  # type: ignore[no-untyped-def]
+    logits = predict_logits(model, name, examples, collate, cfg.batch_size * 2, composition=Fuse(name))
+    return (logits.argmax(-1).cpu() == gold).numpy()
 
 
 def attention_report(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -226,10 +227,13 @@ def test_a_warm_started_fusion_starts_as_the_targets_adapter_and_never_ends_belo
         fusion_model(base, TaskSpec("x", labels=("a", "b")), ordered, FusionConfig(), "x", start=1)
 
 
-def test_a_warm_starts_priors_learn_at_a_rate_that_can_cross_their_margin(tiny_bert_dir, members):
+def test_a_warm_starts_priors_learn_at_a_rate_that_can_cross_their_margin(tiny_bert_dir, members, monkeypatch):
     """Adam moves a parameter about its learning rate per step: at the fusion's 1e-3 a prior 12 above the others
     would never move, and the warm fusion could only ever be its start. The priors get margin / steps-per-epoch."""
+    from composer.adapters import fusion_training
     from composer.adapters.fusion import WARM_MARGIN
+
+    monkeypatch.setattr(fusion_training, "SIGNIFICANCE", 1.01)  # keep the trained priors, whatever they gained
 
     cfg = TrainConfig(learning_rate=1e-3, epochs=3, batch_size=8, patience=0)
     train = examples(64, seed=4)
@@ -243,3 +247,40 @@ def test_a_warm_starts_priors_learn_at_a_rate_that_can_cross_their_margin(tiny_b
     steps = run.result.steps
     assert steps == 24 and moved > 20 * cfg.learning_rate * steps  # far beyond what the fusion's own rate allows
     assert moved <= WARM_MARGIN / 8 * steps + 1e-3  # and within the prior's rate: 12 / 8 steps per epoch
+
+
+def test_mcnemar_p_is_the_exact_binomial_tail_over_the_rows_that_changed():
+    from composer.metrics import mcnemar_p
+
+    before = np.array([1, 1, 0, 0, 0, 1, 1, 0], dtype=bool)
+    after = np.array([1, 0, 1, 1, 1, 1, 1, 0], dtype=bool)  # 3 rows gained, 1 lost, 4 unchanged
+    assert mcnemar_p(before, after) == (5 / 16, 3, 1)  # P(X >= 3 | n = 4, 1/2) = (4 + 1) / 16
+    assert mcnemar_p(before, before) == (1.0, 0, 0)
+    assert mcnemar_p(np.zeros(6, bool), np.ones(6, bool))[0] == 1 / 64
+
+
+def test_a_warm_fusion_keeps_its_start_unless_its_gain_is_significant(tiny_bert_dir, members, monkeypatch):
+    from composer.adapters import artifacts, fusion_training
+    from composer.adapters.model import AdaptedEncoder
+    from composer.adapters.training import predict_logits
+    from composer.data import Collator
+
+    base, val = load_base(tiny_bert_dir), examples(24, seed=5)
+    collate = Collator(base.tokenizer, TASK, 64)
+    cfg = TrainConfig(learning_rate=3e-2, epochs=4, batch_size=8, patience=0)
+    train = examples(64, seed=4)
+    monkeypatch.setattr(fusion_training, "SIGNIFICANCE", 1.01)  # any gain is kept
+    kept = train_fusion(base, TASK, train, val, members[::-1], FusionConfig(), cfg, start=1)
+    assert kept.result.best_step > 0 and kept.significance["kept"]  # an epoch beat the start here
+    monkeypatch.setattr(fusion_training, "SIGNIFICANCE", 0.0)  # no gain is significant: the start comes back
+    back = train_fusion(load_base(tiny_bert_dir), TASK, train, val, members[::-1], FusionConfig(), cfg, start=1)
+    sig = back.significance
+    assert sig is not None and not sig["kept"] and sig["gained"] > sig["lost"]
+    assert back.result.best_step == 0 and back.winner.startswith("none: its best epoch gained")
+    assert back.result.best_metrics["accuracy"] == back.result.history[0]["accuracy"]
+    alone = AdaptedEncoder(load_base(tiny_bert_dir)).eval()
+    name = artifacts.attach(alone, members[0])
+    want = predict_logits(alone, name, val, collate, composition=Single(name))
+    got = predict_logits(back.model, "fusion", val, collate, composition=Fuse("fusion"))
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)  # the start itself, the ST-A's logits
+    assert back.significance["p"] == kept.significance["p"]  # the same run, judged at another level

@@ -298,5 +298,7 @@ def test_9_a_killed_worker_shows_as_requeued_and_resumed_on_the_job_page(stack, 
         f"resumed from the checkpoint at step {resumed['from_step']} (attempt 2)"
         in d.find_element(*by("#timeline")).text
     )
-    kept = [c.text.split() for c in d.find_elements(*by("#ckpt-table tbody tr"))]
-    assert kept[-1][1] == "2"  # the checkpoint kept is the second attempt's
+    rows = "return [...document.querySelectorAll('#ckpt-table tbody tr')].map((r) => r.innerText.split(/\\s+/))"
+    # the table is redrawn each second until the job ends: read it in one script, and wait for its last state
+    kept = wait.until(lambda drv: (r := drv.execute_script(rows)) and r[-1][1] == "2" and r)
+    assert int(kept[-1][0]) > resumed["from_step"]  # the checkpoint kept is the second attempt's, past the resume

@@ -143,10 +143,13 @@ def handle(ctx: JobContext) -> Finish:
         result["learning_rate"], result["lr_trials"] = run.learning_rate, trials
     if validation:
         result["comparison"] = comparison(base, tspec, validation, cfg.max_length, arts, member_ids, own, run)
+        if run.significance is not None:
+            result["significance"] = run.significance
         if spec.require_improvement and start is not None and run.result.best_step == 0:
             raise ComposerError(
                 f"the fusion did not improve on its start, adapter {member_ids[start]} "
-                f"({tspec.metric} {result['comparison']['fusion']:.4f} on validation); nothing was registered"
+                f"({tspec.metric} {result['comparison']['fusion']:.4f} on validation; {run.winner}); "
+                "nothing was registered"
             )
     report_on = validation or train
     collate = Collator(base.tokenizer, tspec, cfg.max_length)
