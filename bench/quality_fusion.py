@@ -26,7 +26,7 @@ import torch
 from bench.common import ROOT, emit, write_section
 from composer.adapters.config import preset
 from composer.adapters.fusion import FusionConfig
-from composer.adapters.fusion_training import attention_report, train_fusion
+from composer.adapters.fusion_training import SIGNIFICANCE, attention_report, train_fusion
 from composer.adapters.multitask import TaskData, train_multitask
 from composer.adapters.training import predict_logits, score, train_st_adapter
 from composer.base import load_base, packaged_encoder_dir
@@ -38,6 +38,7 @@ from workers.specs import LR_GRID
 
 SOURCES = ("rt_polarity", "rt_subjectivity", "conll_uncertainty")
 METHODS = ("st_a", "mt_a", "fusion_st", "fusion_mt", "fusion_warm")
+ABLATIONS = ("fusion_warm_best",)  # run with --methods only
 ST_LR = 1e-3
 FUSION_LRS = (1e-3, 1e-4, 5e-5)  # the ST-A's rate and two below it; 5e-5 is the paper's
 WARM_LRS = LR_GRID  # what a fusion job without a learning rate tries (#18)
@@ -48,13 +49,15 @@ def accuracy(model, name, task, rows, max_len, comp):  # type: ignore[no-untyped
     return score(task, logits, rows)["accuracy"]
 
 
-def best_fusion(base, task, train, val, test, members, cfg: TrainConfig, max_len: int, lrs, start=None):  # type: ignore[no-untyped-def]
+def best_fusion(
+    base, task, train, val, test, members, cfg: TrainConfig, max_len: int, lrs, start=None, sig=SIGNIFICANCE
+):  # type: ignore[no-untyped-def]
     """Train one fusion per learning rate; keep the one with the best validation accuracy. With `start`,
     each trial is warm-started on that member (the target's own ST-A), as a fusion job does."""
     best = None
     for lr in lrs:
         run_cfg = TrainConfig.from_dict({**cfg.to_dict(), "learning_rate": lr})
-        fu = train_fusion(base, task, train, val, members, FusionConfig(), run_cfg, start=start)
+        fu = train_fusion(base, task, train, val, members, FusionConfig(), run_cfg, start=start, significance=sig)
         v = fu.result.best_metrics["accuracy"]
         if best is None or v > best[0]:
             best = (v, lr, fu)
@@ -122,15 +125,18 @@ def run_seed(seed: int, a: argparse.Namespace, layers: int, sizes, out: list[dic
             v, t, lr, att, _ = best_fusion(base, c.task, c.train, val, test, st_members, fusion_cfg, max_len, lrs)
             row["fusion_st"], row["fusion_st_lr"] = (v, t), lr
             row["fusion_st_attention"] = dict(zip(names, att, strict=True))
-        if "fusion_warm" in todo:
-            # warm-started on the target's ST-A, the learning rate from the fusion job's grid (#18)
+        for label, sig in (("fusion_warm", SIGNIFICANCE), ("fusion_warm_best", None)):
+            if label not in todo:
+                continue
+            # warm-started on the target's ST-A, the learning rate from the fusion job's grid (#18); the
+            # ablation keeps the best epoch however small its validation margin
             grid = WARM_LRS[:1] if a.quick else WARM_LRS
             v, t, lr, att, winner = best_fusion(
-                base, c.task, c.train, val, test, st_members, fusion_cfg, max_len, grid, start=len(SOURCES)
+                base, c.task, c.train, val, test, st_members, fusion_cfg, max_len, grid, len(SOURCES), sig
             )
-            row["fusion_warm"], row["fusion_warm_lr"], row["fusion_warm_winner"] = (v, t), lr, winner
-            row["fusion_warm_start"] = st_scores  # the ST-A it started from (a resumed row trains it again)
-            row["fusion_warm_attention"] = dict(zip(names, att, strict=True))
+            row[label], row[f"{label}_lr"], row[f"{label}_winner"] = (v, t), lr, winner
+            row[f"{label}_start"] = st_scores  # the ST-A it started from (a resumed row trains it again)
+            row[f"{label}_attention"] = dict(zip(names, att, strict=True))
         if n not in rows:
             out.append(row)
         path.write_text(json.dumps(out, indent=2) + "\n")  # kept after every row: a run cut short resumes
@@ -139,7 +145,7 @@ def run_seed(seed: int, a: argparse.Namespace, layers: int, sizes, out: list[dic
 
 def gains(results: list[dict], label: str, split: int) -> list[float]:
     """Fusion minus the ST-A it was built on, per row (the warm fusion's own start when it has one)."""
-    start = "fusion_warm_start" if label == "fusion_warm" else "st_a"
+    start = f"{label}_start" if label.startswith("fusion_warm") else "st_a"
     return [r[label][split] - r[start][split] for r in results if label in r]
 
 
@@ -171,7 +177,9 @@ def table(results: list[dict], layers: int, quick: bool, seeds: int) -> str:
         "head and uniform attention, their learning rate chosen on validation from",
         f"{', '.join(f'{x:g}' for x in FUSION_LRS)}; the warm fusion starts as the target's ST-A (its head, the",
         f"attention on it, V = I) with the fusion job's grid {', '.join(f'{x:g}' for x in WARM_LRS)}. Validation",
-        "picks the epoch (the warm fusion's start counts); test is held out. Accuracy, mean ± std over seeds.",
+        "picks the epoch (the warm fusion's start counts); an epoch replaces the warm start only when it wins",
+        f"significantly (exact one-sided McNemar, p < {SIGNIFICANCE}) — the 'best epoch' ablation keeps any win.",
+        "Test is held out. Accuracy, mean ± std over seeds.",
         "",
         "| target rows | seeds | split | ST-A | MT-A (joint) | Fusion (ST-As), cold | Fusion (MT-As), cold"
         " | Fusion (ST-As), warm |",
@@ -192,22 +200,26 @@ def table(results: list[dict], layers: int, quick: bool, seeds: int) -> str:
     ]
     for n in sizes:
         rows = [r for r in results if r["n"] == n]
-        for label, name in (("fusion_st", "cold"), ("fusion_warm", "warm")):
+        for label, name in (
+            ("fusion_st", "cold"),
+            ("fusion_warm_best", "warm, best epoch"),
+            ("fusion_warm", "warm, significant gain only"),
+        ):
             val, test = gains(rows, label, 0), gains(rows, label, 1)
             low = f"{min(val):+.3f}" if val else "—"
             lines.append(f"| {n} | {name} | {mean_std(val, True)} | {mean_std(test, True)} | {low} |")
     lines += ["", "Learning rates chosen on validation, and mean attention on the target's own adapter:", ""]
     for n in sizes:
         rows = [r for r in results if r["n"] == n]
-        for label in ("fusion_st", "fusion_mt", "fusion_warm"):
+        for label in ("fusion_st", "fusion_mt", "fusion_warm_best", "fusion_warm"):
             done = [r for r in rows if label in r]
             if not done:
                 continue
             lrs = ", ".join(f"{r[f'{label}_lr']:g}" for r in done)
             own = statistics.mean(r[f"{label}_attention"]["fine_foods"] for r in done)
             won = ""
-            if label == "fusion_warm":
-                won = "; winning evaluation " + ", ".join(str(r["fusion_warm_winner"]) for r in done)
+            if label.startswith("fusion_warm"):
+                won = "; kept: " + "; ".join(str(r[f"{label}_winner"]) for r in done)
             lines.append(f"- {n} rows, {label}: lr {lrs}; attention on fine foods {own:.2f}{won}")
     return "\n".join(lines)
 
@@ -216,7 +228,7 @@ def summary(results: list[dict]) -> dict[str, float | None]:
     """#18's keys: the warm fusion's smallest validation gain over its ST-A and its mean test gain; the
     cold fusion's beside them."""
     out: dict[str, float | None] = {}
-    for prefix, label in (("", "fusion_warm"), ("cold_", "fusion_st")):
+    for prefix, label in (("", "fusion_warm"), ("warm_best_", "fusion_warm_best"), ("cold_", "fusion_st")):
         val, test = gains(results, label, 0), gains(results, label, 1)
         out[f"{prefix}fusion_minus_sta_val_min"] = round(min(val), 4) if val else None
         out[f"{prefix}fusion_minus_sta_test_mean"] = round(statistics.mean(test), 4) if test else None
@@ -236,8 +248,9 @@ def main() -> None:
         help=f"run only these (comma-separated, from {','.join(METHODS)}); the ST-A always runs",
     )
     a = ap.parse_args()
-    if set(a.methods) - set(METHODS):
-        ap.error(f"unknown methods {sorted(set(a.methods) - set(METHODS))}; known: {', '.join(METHODS)}")
+    known = METHODS + ABLATIONS
+    if set(a.methods) - set(known):
+        ap.error(f"unknown methods {sorted(set(a.methods) - set(known))}; known: {', '.join(known)}")
     torch.set_num_threads(2)
     layers = 2 if a.quick else 6
     sizes = (250,) if a.quick else (250, 500, 1000)

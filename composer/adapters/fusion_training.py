@@ -89,7 +89,7 @@ class FusionRun:
         if sig is not None and not sig["kept"]:
             return (
                 f"none: its best epoch gained {sig['gained']} and lost {sig['lost']} validation rows against its "
-                f"start, not significant (McNemar p = {sig['p']:.3f} >= {SIGNIFICANCE})"
+                f"start, not significant (McNemar p = {sig['p']:.3f} >= {sig['level']})"
             )
         if self.result.best_step == 0:
             return "none: the fusion did not improve on its start"
@@ -124,14 +124,16 @@ def train_fusion(
     resume: bytes | None = None,
     name: str = "fusion",
     start: int | None = None,
+    significance: float | None = SIGNIFICANCE,
 ) -> FusionRun:
     """With `start`, the index of the member that is the target task's own adapter, the fusion starts
     as that adapter: its head is copied and the attention put on it (V stays the identity), so the first
     forward is that adapter's. Validation runs before the first step too, and the best evaluation is
     kept: the registered fusion never scores below its start on validation. A classification fusion
     replaces its start only when its best epoch wins on validation significantly (an exact one-sided
-    McNemar test on the rows they disagree on, p < SIGNIFICANCE); else the start is what is kept, so
-    that a win of a row or two on a small validation set, which is noise, is not paid for on test."""
+    McNemar test on the rows they disagree on, p < `significance`); else the start is what is kept, so
+    that a win of a row or two on a small validation set, which is noise, is not paid for on test.
+    `significance=None` keeps the best epoch whatever its margin."""
     torch.manual_seed(train_cfg.seed)
     model = fusion_model(base, task, members, fusion_cfg, name, start, head_cfg)
     model.base_dropout = train_cfg.base_dropout
@@ -157,7 +159,7 @@ def train_fusion(
     objective = Objective(
         module=model, params=params, loss=loss, evaluate=evaluate, metric=task.metric, learning_rates=rates
     )
-    guard = start is not None and task.kind == "classification" and len(validation) > 0
+    guard = significance is not None and start is not None and task.kind == "classification" and len(validation) > 0
     if guard:
         gold = torch.tensor([task.label_index(e.label) for e in validation])
         at_start = {k: p.detach().clone() for k, p in params.items()}
@@ -176,8 +178,14 @@ def train_fusion(
     run = FusionRun(model=model, name=name, result=result, max_length=train_cfg.max_length)
     if guard and result.best_step:
         p, gained, lost = mcnemar_p(start_right, _correct(model, name, validation, collate, train_cfg, gold))
-        run.significance = {"p": round(p, 4), "gained": gained, "lost": lost, "kept": p < SIGNIFICANCE}
-        if p >= SIGNIFICANCE:  # back to the start: its parameters, its validation scores
+        run.significance = {
+            "p": round(p, 4),
+            "gained": gained,
+            "lost": lost,
+            "kept": p < significance,
+            "level": significance,
+        }
+        if p >= significance:  # back to the start: its parameters, its validation scores
             with torch.no_grad():
                 for k, v in params.items():
                     v.copy_(at_start[k])

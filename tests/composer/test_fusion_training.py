@@ -227,19 +227,15 @@ def test_a_warm_started_fusion_starts_as_the_targets_adapter_and_never_ends_belo
         fusion_model(base, TaskSpec("x", labels=("a", "b")), ordered, FusionConfig(), "x", start=1)
 
 
-def test_a_warm_starts_priors_learn_at_a_rate_that_can_cross_their_margin(tiny_bert_dir, members, monkeypatch):
+def test_a_warm_starts_priors_learn_at_a_rate_that_can_cross_their_margin(tiny_bert_dir, members):
     """Adam moves a parameter about its learning rate per step: at the fusion's 1e-3 a prior 12 above the others
     would never move, and the warm fusion could only ever be its start. The priors get margin / steps-per-epoch."""
-    from composer.adapters import fusion_training
     from composer.adapters.fusion import WARM_MARGIN
-
-    monkeypatch.setattr(fusion_training, "SIGNIFICANCE", 1.01)  # keep the trained priors, whatever they gained
 
     cfg = TrainConfig(learning_rate=1e-3, epochs=3, batch_size=8, patience=0)
     train = examples(64, seed=4)
-    run = train_fusion(
-        load_base(tiny_bert_dir), TASK, train, examples(24, seed=5), members[::-1], FusionConfig(), cfg, start=1
-    )
+    # no validation: no selection, the trained priors are what is returned
+    run = train_fusion(load_base(tiny_bert_dir), TASK, train, [], members[::-1], FusionConfig(), cfg, start=1)
     moved = max(
         (lay.prior - torch.tensor([0.0, WARM_MARGIN])).abs().max().item()
         for lay in run.model.fusions["fusion"].layers()
@@ -259,8 +255,8 @@ def test_mcnemar_p_is_the_exact_binomial_tail_over_the_rows_that_changed():
     assert mcnemar_p(np.zeros(6, bool), np.ones(6, bool))[0] == 1 / 64
 
 
-def test_a_warm_fusion_keeps_its_start_unless_its_gain_is_significant(tiny_bert_dir, members, monkeypatch):
-    from composer.adapters import artifacts, fusion_training
+def test_a_warm_fusion_keeps_its_start_unless_its_gain_is_significant(tiny_bert_dir, members):
+    from composer.adapters import artifacts
     from composer.adapters.model import AdaptedEncoder
     from composer.adapters.training import predict_logits
     from composer.data import Collator
@@ -269,11 +265,12 @@ def test_a_warm_fusion_keeps_its_start_unless_its_gain_is_significant(tiny_bert_
     collate = Collator(base.tokenizer, TASK, 64)
     cfg = TrainConfig(learning_rate=3e-2, epochs=4, batch_size=8, patience=0)
     train = examples(64, seed=4)
-    monkeypatch.setattr(fusion_training, "SIGNIFICANCE", 1.01)  # any gain is kept
-    kept = train_fusion(base, TASK, train, val, members[::-1], FusionConfig(), cfg, start=1)
+    kept = train_fusion(base, TASK, train, val, members[::-1], FusionConfig(), cfg, start=1, significance=1.01)
     assert kept.result.best_step > 0 and kept.significance["kept"]  # an epoch beat the start here
-    monkeypatch.setattr(fusion_training, "SIGNIFICANCE", 0.0)  # no gain is significant: the start comes back
-    back = train_fusion(load_base(tiny_bert_dir), TASK, train, val, members[::-1], FusionConfig(), cfg, start=1)
+    # no gain is significant at level 0: the start comes back
+    back = train_fusion(
+        load_base(tiny_bert_dir), TASK, train, val, members[::-1], FusionConfig(), cfg, start=1, significance=0.0
+    )
     sig = back.significance
     assert sig is not None and not sig["kept"] and sig["gained"] > sig["lost"]
     assert back.result.best_step == 0 and back.winner.startswith("none: its best epoch gained")
