@@ -44,7 +44,9 @@ def ui(d):  # type: ignore[no-untyped-def]
                 return super().until(method, message)
             except TimeoutException:
                 banner = d.execute_script("const e = document.getElementById('error'); return e && e.textContent")
-                page = d.execute_script("const t = document.getElementById('view').innerText; return t.slice(0, 600) + ' [...] ' + t.slice(-900)")
+                page = d.execute_script(
+                    "const t = document.getElementById('view').innerText; return t.slice(0, 600) + ' [...] ' + t.slice(-900)"
+                )
                 raise AssertionError(f"timed out on {d.current_url}; error {banner!r}; the page:\n{page}") from None
 
     return Wait(d, 180), ec
