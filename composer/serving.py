@@ -84,6 +84,9 @@ class Runtime:
         self.pinned: set[str] = set()
         self.leases: Counter[str] = Counter()
         self.doomed: set[str] = set()  # evictions asked for while leased
+        # archived modules: a request that read the registry before the archive may still load one; it is
+        # served, then detached when released, never kept
+        self.retired: set[str] = set()
         self.loading: dict[str, threading.Event] = {}  # modules being loaded, outside the lock
         self.host: OrderedDict[str, tuple[Artifact, int]] = OrderedDict()  # artifacts and their bytes, LRU
         self.host_bytes = 4 * cache_bytes if host_bytes is None else host_bytes
@@ -172,6 +175,8 @@ class Runtime:
             with self._lock:
                 self.cache[module_id] = entry
                 self.leases[module_id] += 1
+                if module_id in self.retired:
+                    self.doomed.add(module_id)
                 self.load_seconds.append(time.perf_counter() - t0)
                 self._keep(module_id, art, entry.nbytes)
             loaded = True
@@ -212,6 +217,13 @@ class Runtime:
             res = self.residents[entry.base_key]
             with res.lock:
                 entry.kind.remove(res, module_id)
+
+    def retire(self, module_id: str) -> None:
+        """An archived module: evicted now (or when its last request is done), and a load that a request
+        started before the archive serves that request only."""
+        with self._lock:
+            self.retired.add(module_id)
+        self.evict(module_id)
 
     def pin(self, module_id: str, pinned: bool = True) -> None:
         """Pinned modules are never evicted by the LRU (archiving still evicts them)."""

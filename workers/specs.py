@@ -158,6 +158,8 @@ SPECS: dict[str, type[Spec]] = {
 
 
 HYPERPARAMETER_DEFAULTS: dict[str, dict[str, Any]] = {"fusion": FUSION_DEFAULTS, "prompts": PROMPT_DEFAULTS}
+# what else a job form shows: the rates a fusion tries when the request gives none and has validation data
+EXTRA_OPTIONS: dict[str, dict[str, Any]] = {"fusion": {"learning_rate_grid": list(LR_GRID)}}
 
 
 def options() -> dict[str, Any]:
@@ -173,9 +175,7 @@ def options() -> dict[str, Any]:
         entry: dict[str, Any] = {"doc": (model.__doc__ or "").strip(), "fields": fields}
         if "hyperparameters" in model.model_fields:
             entry["hyperparameters"] = TrainConfig.from_dict(HYPERPARAMETER_DEFAULTS.get(name, {})).to_dict()
-        if name == "fusion":  # the rates tried when the request gives none and has validation data
-            entry["learning_rate_grid"] = list(LR_GRID)
-        types[name] = entry
+        types[name] = {**entry, **EXTRA_OPTIONS.get(name, {})}
     presets = {p: {"fusable": preset(p).fusable, "config": preset(p).to_dict()} for p in PRESETS}
     return {"job_types": types, "presets": presets}
 

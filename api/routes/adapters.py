@@ -126,7 +126,7 @@ def archive(ref: str, request: Request, caller: Trainer, reg: RegistryDep) -> di
         row = adapters.resolve_adapter(s, caller.owner_id, ref)
         row = adapters.archive_adapter(s, row.id, caller.owner_id)
         out = adapter_json(row)
-    request.app.state.runtime.evict(row.id)
+    request.app.state.runtime.retire(row.id)
     return out
 
 

@@ -182,3 +182,20 @@ def test_an_evicted_module_reloads_from_host_memory_and_an_archived_one_does_not
     assert "id0" not in rt.cache and "id0" not in rt.host
     ask(0)
     assert fetches == ["id0", "id1", "id0"]
+
+
+def test_a_retired_module_loaded_by_a_request_that_read_it_before_the_archive_is_served_then_detached(tiny_bert_dir):
+    """The race the HTTP test hits by chance, made certain: the archive (retire) comes between a request's
+    registry read and its load. That request is served; the module is not kept."""
+    (art,) = make_artifacts(tiny_bert_dir, n=1)
+    rt = Runtime()
+    res = rt.resident("tiny", lambda: load_base(tiny_bert_dir))
+    load(rt, res, "kept", art)
+    rt.retire("gone")  # archived while nothing had it loaded
+    rt.ensure(res, "tiny", "gone", ST_A, lambda: art)  # the request that read "ready" before the archive
+    (got,) = rt.predict(res, [("gone", Example("good movie"))])
+    (want,) = rt.predict(res, [("kept", Example("good movie"))])
+    torch.testing.assert_close(got.logits, want.logits, atol=1e-6, rtol=0)  # served, with the right answer
+    rt.release("gone")
+    assert "gone" not in rt.cache and "gone" not in res.encoder.adapters and "gone" not in rt.host
+    assert "kept" in rt.cache  # an ordinary module stays

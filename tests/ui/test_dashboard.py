@@ -273,6 +273,13 @@ def test_8_try_a_fusion_and_an_expired_key(stack, d):
     d.get(stack.url + "/ui#/jobs")
     wait.until(ec.presence_of_element_located(by("#jobs-list table")))
     audit(d, "jobs")
+    # a dataset that trained live adapters cannot be deleted: the page says what uses it, and it stays
+    train = _datasets(stack)["train"]
+    d.get(stack.url + "/ui#/tasks/sentiment")
+    wait.until(ec.element_to_be_clickable(by(f'button.delete[data-id="{train}"]'))).click()
+    err = wait.until(ec.visibility_of_element_located(by("#error"))).text
+    assert f"dataset {train} is in use" in err and "adapter ad_" in err
+    assert stack.http.get(f"/v1/datasets/{train}").status_code == 200
     # an expired key shows a clear message and asks for a key again
     d.execute_script("sessionStorage.setItem('composer-key', 'revoked-key-0000000000')")
     d.get(f"{stack.url}/ui#/registry")
