@@ -158,7 +158,7 @@ def mean_std(xs: list[float], signed: bool = False) -> str:
 
 def cell(rows: list[dict], m: str, i: int) -> str:
     xs = [r[m][i] for r in rows if m in r]
-    return mean_std(xs) + (f" ({len(xs)} seeds)" if xs and len(xs) < len(rows) else "")
+    return mean_std(xs) + (f" ({len(xs)} seed{'s' if len(xs) > 1 else ''})" if xs and len(xs) < len(rows) else "")
 
 
 def table(results: list[dict], layers: int, quick: bool, seeds: int) -> str:
