@@ -83,20 +83,26 @@ def register_import(
             raise Problem(422, "unsupported-import", detail, field="file")
         _check_labels(art, task)
         _fits(face, art, load_base(base))
-        w_sha, c_sha = artifact_store.store(reg, art)
+        shas = artifact_store.store(reg, art)
         with reg.tx() as s:
-            row = adapters.register_adapter(
-                s,
-                owner_id=owner_id,
-                task_id=task.id,
-                base_model_id=base.id,
-                name=name or art.name,
-                blob_sha256=w_sha,
-                config_sha256=c_sha,
-                **artifact_store.registration(art, source=source),
-            )
+            row = _register(s, owner_id, task, base, name or art.name, art, source, shas)
             return adapter_json(row, format=source)
     return _register_fusion(reg, owner_id, plan, task, base, name, load_base(base))
+
+
+def _register(s, owner_id, task, base, name, art, source, shas):  # type: ignore[no-untyped-def]
+    """One imported module's registry row (its blobs already stored)."""
+    w_sha, c_sha = shas
+    return adapters.register_adapter(
+        s,
+        owner_id=owner_id,
+        task_id=task.id,
+        base_model_id=base.id,
+        name=name,
+        blob_sha256=w_sha,
+        config_sha256=c_sha,
+        **artifact_store.registration(art, source=source),
+    )
 
 
 def _register_fusion(reg, owner_id, plan, task, base, name, loaded) -> dict[str, Any]:  # type: ignore[no-untyped-def]
@@ -116,32 +122,13 @@ def _register_fusion(reg, owner_id, plan, task, base, name, loaded) -> dict[str,
     _fits(fusion_face, fusion_art, loaded, [(face, art) for _, face, _, art in members])
     stored = [artifact_store.store(reg, art) for _, _, _, art in members]
     with reg.tx() as s:
-        rows = []
-        for (folder, _face, source, art), (w_sha, c_sha) in zip(members, stored, strict=True):
-            rows.append(
-                adapters.register_adapter(
-                    s,
-                    owner_id=owner_id,
-                    task_id=task.id,
-                    base_model_id=base.id,
-                    name=art.name or folder.rpartition("/")[2],
-                    blob_sha256=w_sha,
-                    config_sha256=c_sha,
-                    **artifact_store.registration(art, source=source),
-                )
-            )
+        rows = [
+            _register(s, owner_id, task, base, art.name or folder.rpartition("/")[2], art, source, shas)
+            for (folder, _face, source, art), shas in zip(members, stored, strict=True)
+        ]
         fusion_art.members = [r.id for r in rows]  # ours names members by registry id
-        w_sha, c_sha = artifact_store.store(reg, fusion_art)
-        row = adapters.register_adapter(
-            s,
-            owner_id=owner_id,
-            task_id=task.id,
-            base_model_id=base.id,
-            name=name or fusion_art.name,
-            blob_sha256=w_sha,
-            config_sha256=c_sha,
-            **artifact_store.registration(fusion_art, source=fusion_source),
-        )
+        shas = artifact_store.store(reg, fusion_art)
+        row = _register(s, owner_id, task, base, name or fusion_art.name, fusion_art, fusion_source, shas)
         adapters.add_fusion_members(s, row.id, fusion_art.members)
         member_json = [adapter_json(r, format=src) for r, (_, _, src, _) in zip(rows, members, strict=True)]
         return adapter_json(row, format=fusion_source, members=fusion_art.members, imported_members=member_json)

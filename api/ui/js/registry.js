@@ -1,6 +1,6 @@
 // The registry: adapters to tick for a fusion (datasets picked from lists), and an adapter's page with
 // its lineage graph; a fusion's page adds its score against each member and its attention per layer.
-import {$, $$, allPages, api, datasetLabel, esc, fmt, newKey, options, showError, table, view} from "./core.js";
+import {$, $$, allPages, api, datasetLabel, esc, fmt, key, newKey, options, showError, table, view} from "./core.js";
 import {heatMap} from "./charts.js";
 import {adapterLineage} from "./lineage.js";
 
@@ -82,7 +82,7 @@ export async function adapterPage(id) {
   $(".dl").addEventListener("click", async (ev) => {
     ev.preventDefault();
     try {
-      const r = await fetch(`/v1/adapters/${a.id}/download`, {headers: {Authorization: "Bearer " + sessionStorage.getItem("composer-key")}});
+      const r = await fetch(`/v1/adapters/${a.id}/download`, {headers: {Authorization: "Bearer " + key()}});
       if (!r.ok) throw new Error(`download failed: ${r.status}`);
       const url = URL.createObjectURL(await r.blob());
       Object.assign(document.createElement("a"), {href: url, download: `${a.name}-v${a.version}.zip`}).click();
