@@ -104,3 +104,16 @@ def api(request, tmp_path, tiny_bert_dir):
     app = create_app(settings, registry=reg, send=send)
     with TestClient(app) as client:
         yield Api(client, reg, base.id, outbox)
+
+
+@pytest.fixture()
+def adapterctl(api, monkeypatch):  # type: ignore[no-untyped-def]
+    """The `adapterctl` module with its HTTP client pointed at the in-process app."""
+    from api import client_cli
+
+    def init(self, url: str, key: str) -> None:
+        api.client.headers["Authorization"] = f"Bearer {key}"
+        self.http = api.client
+
+    monkeypatch.setattr(client_cli.Client, "__init__", init)
+    return client_cli

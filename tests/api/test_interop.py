@@ -17,6 +17,7 @@ from composer.base import load_base
 from composer.composition import Fuse
 from composer.method import Models
 from composer.prompts.model import PromptModel
+from tests.api.conftest import ADMIN
 from tests.conftest import FIXTURES, write_tokenizer
 from workers.catalog import register_base_model
 
@@ -129,15 +130,8 @@ def test_trained_modules_download_in_reference_layouts(api):
     assert r.status_code == 422
 
 
-def test_adapterctl_downloads_in_a_chosen_layout(api, tmp_path, monkeypatch, capsys):
-    from api import client_cli
-    from tests.api.conftest import ADMIN
-
-    def init(self, url: str, key: str) -> None:  # the CLI's client, over the in-process app
-        api.client.headers["Authorization"] = f"Bearer {key}"
-        self.http = api.client
-
-    monkeypatch.setattr(client_cli.Client, "__init__", init)
+def test_adapterctl_downloads_in_a_chosen_layout(api, adapterctl, tmp_path, capsys):
+    client_cli = adapterctl
     ids = api.task_with_data()
     lora = api.train_adapter(ids, name="lo", preset="lora", adapter={"r": 2})
     out = tmp_path / "lora-peft.zip"

@@ -9,7 +9,7 @@ import zipfile
 
 import pytest
 
-from tests.api.conftest import HP
+from tests.api.conftest import ADMIN, HP
 
 
 def test_submit_events_predict_and_idempotency(api):
@@ -227,15 +227,8 @@ def test_an_alias_does_not_move_to_a_fusion_below_its_best_member_unless_forced(
     assert r.status_code == 200 and r.json()["adapter_id"] == fusion["adapter_id"]
 
 
-def test_adapterctl_shows_a_fusions_comparison_and_keeps_the_alias_guard(api, monkeypatch, capsys):
-    from api import client_cli
-    from tests.api.conftest import ADMIN
-
-    def init(self, url: str, key: str) -> None:  # the CLI's client, over the in-process app
-        api.client.headers["Authorization"] = f"Bearer {key}"
-        self.http = api.client
-
-    monkeypatch.setattr(client_cli.Client, "__init__", init)
+def test_adapterctl_shows_a_fusions_comparison_and_keeps_the_alias_guard(api, adapterctl, capsys):
+    client_cli = adapterctl
     ids = api.task_with_data()
     a, b = api.train_adapter(ids), api.train_adapter(ids, name="second")
     body = {"task": "sentiment", "adapters": [a, b], "train_dataset": ids["train"], "hyperparameters": HP}
