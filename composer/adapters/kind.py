@@ -12,18 +12,24 @@ from composer.adapters.artifacts import AdapterArtifact
 from composer.adapters.fusion_artifacts import FusionArtifact
 from composer.composition import Fuse, Mixed, Single
 from composer.exporting import Target
+from composer.heads import pool
 from composer.method import MethodKind, Models, Prediction, as_directory, json_config, module_bytes
 
 
 def _rows(names: Sequence[str], hidden: torch.Tensor, mask: torch.Tensor, heads: Any) -> list[torch.Tensor]:
-    """Each row's own head on its own hidden states."""
+    """Each row's own head on its own hidden states. The pooling runs once for all rows (per pooling kind
+    the heads use); each distinct head then classifies its rows' pooled vectors."""
+    distinct = list(dict.fromkeys(names))
+    if len(distinct) == 1:
+        return list(heads[distinct[0]](hidden, mask).float().cpu())
+    pooled = {p: pool(hidden, mask, p) for p in {heads[n].cfg.pooling for n in distinct}}
     out: list[torch.Tensor | None] = [None] * len(names)
-    for head in dict.fromkeys(names):
+    for head in distinct:
         idx = [i for i, n in enumerate(names) if n == head]
-        sel = torch.tensor(idx, device=hidden.device)
-        logits = heads[head](hidden.index_select(0, sel), mask.index_select(0, sel))
-        for j, i in enumerate(idx):
-            out[i] = logits[j].float().cpu()
+        module = heads[head]
+        rows = pooled[module.cfg.pooling].index_select(0, torch.tensor(idx, device=hidden.device))
+        for i, logits in zip(idx, module.classify(rows).float().cpu(), strict=True):
+            out[i] = logits
     return out  # type: ignore[return-value]
 
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from composer.adapters.bottleneck import BottleneckAdapter, site_key
+from composer.adapters.bottleneck import BottleneckAdapter, BottleneckLayer, site_key
 from composer.adapters.config import Placement
 from composer.adapters.fusion import Fusion, StackedSite
 
@@ -83,26 +83,43 @@ def _gatherable(adapters: list[BottleneckAdapter | None]) -> bool:
 
 
 class GatheredSite:
-    """The distinct adapters of a site stacked (bottleneck padded to the widest); each row gathers its own."""
+    """Each row's own adapter weights gathered for one site (Punica's BGMV for bottleneck adapters).
 
-    def __init__(self, layers: list, rows: torch.Tensor):
-        from composer.adapters.fusion import StackedSite
+    Adapters of one bottleneck size: the rows' `down`/`up` weights and biases are stacked as they are
+    (no copy per adapter, no padding) and two batched matmuls apply them, with the scaling applied after
+    the up-projection as the reference does. Different sizes: the distinct adapters are stacked once,
+    zero-padded to the widest, and each row gathers its slice."""
 
-        self.stack = StackedSite(layers)
-        n, r, hidden = self.stack.n, self.stack.r, self.stack.w_up.shape[1]
-        self.rows = rows  # [B] index into the distinct adapters
-        self.w_down = self.stack.w_down.view(n, r, hidden)  # [A, r, H]
-        self.b_down = self.stack.b_down.view(n, r)
-        self.w_up = self.stack.w_up.view(n, r, hidden)  # scaled
-        self.b_up = self.stack.b_up
-        self.last = layers[0]
+    def __init__(self, layers: list[BottleneckLayer], rows: torch.Tensor):
+        self.last, self.act = layers[0], layers[0].act
+        if len({lay.down.out_features for lay in layers}) == 1:
+            per_row = [layers[i] for i in rows.tolist()]
+            self.w_down = torch.stack([lay.down.weight for lay in per_row]).transpose(1, 2)  # [B, H, r]
+            self.b_down = torch.stack([lay.down.bias for lay in per_row]).unsqueeze(1)  # [B, 1, r]
+            self.w_up = torch.stack([lay.up.weight for lay in per_row]).transpose(1, 2)  # [B, r, H]
+            self.b_up = torch.stack([lay.up.bias for lay in per_row]).unsqueeze(1)  # [B, 1, H]
+            scales = [lay.scaling for lay in per_row]
+            self.scale = None if all(isinstance(s, float) and s == 1.0 for s in scales) else _scales(scales, self.b_up)
+            return
+        stack = StackedSite(layers)
+        n, r, hidden = stack.n, stack.r, stack.w_up.shape[1]
+        self.w_down = stack.w_down.view(n, r, hidden)[rows].transpose(1, 2)
+        self.b_down = stack.b_down.view(n, r)[rows].unsqueeze(1)
+        self.w_up = stack.w_up.view(n, r, hidden)[rows]  # scaled
+        self.b_up = stack.b_up[rows].unsqueeze(1)
+        self.scale = None
 
     def __call__(self, x: torch.Tensor, r: torch.Tensor, ln: LayerNorm) -> torch.Tensor:
-        idx = self.rows.to(x.device)
         h, res = self.last.pre(x, r, ln)
-        d = self.stack.act(torch.baddbmm(self.b_down[idx].unsqueeze(1), h, self.w_down[idx].transpose(1, 2)))
-        up = torch.baddbmm(self.b_up[idx].unsqueeze(1), d, self.w_up[idx])
+        up = torch.baddbmm(self.b_up, self.act(torch.baddbmm(self.b_down, h, self.w_down)), self.w_up)
+        if self.scale is not None:
+            up = up * self.scale
         return self.last.post(self.last.finish(up, res), x, r, ln)
+
+
+def _scales(scales: list[float | torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    values = [s.detach().reshape(()) if isinstance(s, torch.Tensor) else like.new_tensor(s) for s in scales]
+    return torch.stack(values).view(-1, 1, 1)
 
 
 def mixed(adapters: list[BottleneckAdapter | None]) -> Handler:

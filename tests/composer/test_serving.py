@@ -60,6 +60,35 @@ def test_mixed_batch_equals_each_request_alone(tiny_bert_dir):
     torch.testing.assert_close(mixed[0].logits, want, atol=1e-5, rtol=0)
 
 
+def test_a_gathered_batch_of_one_bottleneck_size_keeps_each_adapters_scaling_and_head(tiny_bert_dir):
+    """Adapters of one layout and size gather their own weights per row; each keeps its scaling (1, 2.5 and
+    learned) and its head (mean, cls pooling; 2 or 3 labels). Oracle: a fresh model per adapter."""
+    model = AdaptedEncoder(load_base(tiny_bert_dir))
+    arts = []
+    for i, scaling in enumerate([1.0, 2.5, "learned", 1.0]):
+        model.add_adapter(f"a{i}", preset("seq_bn", reduction_factor=4, scaling=scaling))
+        model.add_head(f"a{i}", HeadConfig(num_labels=2 + i % 2, pooling="cls" if i % 2 else "mean"))
+        with torch.no_grad():
+            for p in model.adapters[f"a{i}"].parameters():
+                p.normal_(0, 0.3)
+        arts.append(artifacts.extract(model, f"a{i}", head=f"a{i}"))
+    rt = Runtime()
+    res = rt.resident("tiny", lambda: load_base(tiny_bert_dir))
+    for i, art in enumerate(arts):
+        load(rt, res, f"id{i}", art)
+    texts = ["good movie", "the plot was really boring", "fresh food", "sad actor", "love it", "a film", "ok"]
+    rows = [(f"id{[0, 1, 2, 3, 2, 1, 0][i]}", Example(t)) for i, t in enumerate(texts)]
+    mixed = rt.predict(res, rows)
+    for (adapter, ex), got in zip(rows, mixed, strict=True):
+        fresh = AdaptedEncoder(load_base(tiny_bert_dir)).eval()
+        artifacts.attach(fresh, arts[int(adapter[2:])], name=adapter)
+        with torch.no_grad():
+            want = fresh(
+                **res.base.tokenizer([ex.text], return_tensors="pt"), head=adapter, composition=Single(adapter)
+            )
+        torch.testing.assert_close(got.logits, want.logits[0], atol=1e-5, rtol=1e-4)
+
+
 def test_lru_evicts_by_bytes_but_never_pinned_or_leased_modules(tiny_bert_dir):
     arts = make_artifacts(tiny_bert_dir, n=3)
     one = sum(t.numel() * 4 for t in arts[0].tensors.values())
