@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from api import errors
 from api.adapter_metrics import AdapterMetrics
 from api.batcher import MicroBatcher
+from api.caches import Recent
 from api.limits import RateLimiter
 from api.metrics import install as install_metrics
 from api.routes import adapters, base_models, datasets, ensembles, health, jobs, keys, predict, tasks, ui
@@ -63,6 +64,8 @@ def create_app(
     if send is None:
         from workers.queueing import enqueue as send
     app.state.send = send  # publishes "run job X" to the broker
+    app.state.callers = Recent(10_000, ttl=settings.auth_cache_seconds)  # key hash -> Caller
+    app.state.module_facts = Recent(10_000)  # adapter id -> what never changes about it (task, base, members)
     app.state.limiter = RateLimiter(settings.predict_rate_per_key, settings.predict_burst_per_key)
     host_mb = settings.serving_host_cache_mb
     app.state.runtime = Runtime(

@@ -85,10 +85,15 @@ class MicroBatcher:
             # and under load the requests that arrive during a forward are all taken by the next one.
             end = time.monotonic() + (self.max_wait if self.arriving or not self.queue.empty() else 0.0)
             while rows < self.max_rows:
-                try:
-                    nxt = await asyncio.wait_for(self.queue.get(), max(0.0, end - time.monotonic()))
-                except TimeoutError:
+                if not self.queue.empty():
+                    nxt = self.queue.get_nowait()
+                elif (left := end - time.monotonic()) <= 0:
                     break
+                else:
+                    try:
+                        nxt = await asyncio.wait_for(self.queue.get(), left)
+                    except TimeoutError:
+                        break
                 items.append(nxt)
                 rows += len(nxt.rows)
             self.queued_rows -= rows

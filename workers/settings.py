@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     serving_cache_mb: float = Field(512.0, gt=0)  # modules attached to a resident base
     serving_host_cache_mb: float | None = Field(None, ge=0)  # their artifacts in host memory; default 4x the above
     metrics_top_adapters: int = Field(100, ge=1, le=10000)  # adapters with their own label on /metrics
+    auth_cache_seconds: float = Field(1.0, ge=0)  # a valid key is trusted this long per API process; 0: never
     sse_poll_seconds: float = Field(0.5, gt=0)
     batch_max_rows: int = Field(32, ge=1)
     batch_max_wait_ms: float = Field(5.0, ge=0)

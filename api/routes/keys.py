@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
-from api.deps import Admin, RegistryDep
+from api.deps import Admin, RegistryDep, forget_key
 from api.errors import Problem
 from registry_db.models import ApiKey
 from registry_db.repo import keys
@@ -51,6 +51,8 @@ def list_keys(caller: Admin, reg: RegistryDep) -> list[dict]:
 
 
 @router.delete("/keys/{key_id}")
-def revoke_key(key_id: str, caller: Admin, reg: RegistryDep) -> dict:
+def revoke_key(key_id: str, request: Request, caller: Admin, reg: RegistryDep) -> dict:
     with reg.tx() as s:
-        return key_json(keys.revoke_key(s, key_id, caller.owner_id))
+        out = key_json(keys.revoke_key(s, key_id, caller.owner_id))
+    forget_key(request, key_id)
+    return out

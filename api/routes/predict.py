@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from api.caches import Recent
 from api.deps import Reader, RegistryDep
 from api.errors import Problem
 from api.loaders import ensure
@@ -16,6 +18,7 @@ from api.schemas import InputRow, examples
 from composer.data import TaskSpec
 from composer.serving import RowOutput
 from registry_db.errors import NotFound
+from registry_db.models import Adapter, BaseModelRow
 from registry_db.repo import adapters, catalog
 from workers.catalog import task_spec
 
@@ -28,8 +31,19 @@ class PredictIn(BaseModel):
     return_fusion_attention: bool = False
 
 
+@dataclass(frozen=True)
+class Facts:
+    """What never changes about a registered module once it exists: its task, base and fusion members."""
+
+    spec: TaskSpec
+    base_row: BaseModelRow
+    members: list[Adapter]
+
+
 def resolve(request: Request, reg, caller, body: PredictIn):  # type: ignore[no-untyped-def]
-    """Everything that can fail for this request alone happens here, before it joins a batch."""
+    """Everything that can fail for this request alone happens here, before it joins a batch. The adapter
+    row (its status, an alias's target) is read every time; its task, base and members once per process."""
+    cache: Recent[str, Facts] = request.app.state.module_facts
     with reg.tx() as s:
         try:
             row = adapters.resolve_adapter(s, caller.owner_id, body.adapter)
@@ -44,15 +58,20 @@ def resolve(request: Request, reg, caller, body: PredictIn):  # type: ignore[no-
                 f"{body.adapter} is a prompt ensemble; query it with POST /v1/ensembles/{body.adapter}/predict",
                 field="adapter",
             ) from None
-        task = catalog.get_task(s, row.owner_id, row.task_id)
-        members = adapters.fusion_members(s, row.id)
-        base_row = catalog.get_base_model(s, row.base_model_id)
+        facts = cache.get(row.id)
+        if facts is None:
+            task = catalog.get_task(s, row.owner_id, row.task_id)
+            facts = Facts(
+                task_spec(task), catalog.get_base_model(s, row.base_model_id), adapters.fusion_members(s, row.id)
+            )
+            cache.put(row.id, facts)
     if row.status == "archived":
         raise Problem(
             404, "archived", f"adapter {row.id} is archived: it no longer serves (its row and lineage remain)"
         )
-    lease = ensure(request.app.state.runtime, reg, row, base_row, members, request.app.state.settings.device)
-    return row, task_spec(task), [m.id for m in members], lease
+    settings = request.app.state.settings
+    lease = ensure(request.app.state.runtime, reg, row, facts.base_row, facts.members, settings.device)
+    return row, facts.spec, [m.id for m in facts.members], lease
 
 
 def render(row, spec: TaskSpec, members: list[str], outputs: list[RowOutput]) -> dict:  # type: ignore[no-untyped-def]

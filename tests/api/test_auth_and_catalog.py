@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 from sqlalchemy import select
 
-from registry_db.models import Job
+from registry_db.models import ApiKey, Job
+from registry_db.repo import keys as key_repo
 from registry_db.repo.jobs import create_job
 from tests.api.conftest import ADMIN
 from tests.workers.fixtures import jsonl, toy_rows
@@ -36,8 +39,21 @@ def test_keys_are_shown_once_and_revocable(api):
     secret, key_id = r.json()["key"], r.json()["id"]
     listed = api.client.get("/v1/keys", headers=api.h()).json()
     assert all("key" not in k for k in listed) and any(k["id"] == key_id for k in listed)
+    assert api.client.get("/v1/tasks", headers=api.h(secret)).status_code == 200  # now remembered as valid
     assert api.client.delete(f"/v1/keys/{key_id}", headers=api.h()).status_code == 200
-    assert api.client.get("/v1/tasks", headers=api.h(secret)).status_code == 401
+    assert api.client.get("/v1/tasks", headers=api.h(secret)).status_code == 401  # at once in this process
+
+
+def test_a_key_revoked_by_another_process_is_refused_once_the_auth_cache_expires(api):
+    secret = api.key(["read"])
+    api.client.app.state.callers.ttl = 0.2
+    assert api.client.get("/v1/tasks", headers=api.h(secret)).status_code == 200
+    with api.registry.tx() as s:  # what another API process's revoke leaves in the shared registry
+        key = s.scalars(select(ApiKey).where(ApiKey.key_hash == key_repo.hash_key(secret))).one()
+        key_repo.revoke_key(s, key.id)
+    time.sleep(0.25)
+    r = api.client.get("/v1/tasks", headers=api.h(secret))
+    assert r.status_code == 401 and "revoked" in r.json()["detail"]
 
 
 def test_task_validation_errors_name_the_field(api):
