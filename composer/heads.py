@@ -75,7 +75,7 @@ class PredictionHead(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         with torch.no_grad():
             for lin in (self.dense, self.out):
-                if lin is not None:
+                if lin is not None and not lin.weight.is_meta:  # on meta: about to be given its weights
                     lin.weight.normal_(0.0, 0.02)
                     lin.bias.zero_()
 

@@ -145,8 +145,9 @@ def load(directory: str | Path) -> AdapterArtifact:
     return from_files((d / CONFIG_NAME).read_bytes(), (d / WEIGHTS_NAME).read_bytes())
 
 
-def attach(model: AdaptedEncoder, art: AdapterArtifact, name: str | None = None) -> str:
-    """Build the artifact's modules in `model` and load its weights strictly."""
+def attach(model: AdaptedEncoder, art: AdapterArtifact, name: str | None = None, share: bool = False) -> str:
+    """Build the artifact's modules in `model` and load its weights strictly. With `share` the modules use
+    the artifact's tensors themselves (serving, which never trains them, keeps one copy in host memory)."""
     name = name or art.name
     if art.hidden_size != model.base.hidden_size:
         raise IncompatibleBaseError(
@@ -160,9 +161,10 @@ def attach(model: AdaptedEncoder, art: AdapterArtifact, name: str | None = None)
         model.base.identity.check_same(art.base, what=f"adapter {art.name!r}")
     else:
         art.base = model.base.identity
-    # copies: the module never shares storage with the artifact, which a cache may keep and hand out again
-    adapter_sd = {k[len("adapter.") :]: v.clone() for k, v in art.tensors.items() if k.startswith("adapter.")}
-    head_sd = {k[len("head.") :]: v.clone() for k, v in art.tensors.items() if k.startswith("head.")}
+    # unshared, copies: a module being trained never writes into an artifact that a cache may hand out again
+    own = (lambda t: t) if share else (lambda t: t.clone())
+    adapter_sd = {k[len("adapter.") :]: own(v) for k, v in art.tensors.items() if k.startswith("adapter.")}
+    head_sd = {k[len("head.") :]: own(v) for k, v in art.tensors.items() if k.startswith("head.")}
     try:
         model.add_adapter(name, art.config, weights=adapter_sd)
         if art.head is not None:

@@ -37,7 +37,8 @@ class BottleneckLayer(nn.Module):
             self.scaling = float(cfg.scaling)
         self.norm_after = nn.LayerNorm(hidden_size) if cfg.ln_after else None
         self.dropout = nn.Dropout(cfg.dropout)
-        self.reset_parameters()
+        if not self.down.weight.is_meta:  # built on meta, it is about to be given its weights
+            self.reset_parameters()
 
     def reset_parameters(self) -> None:
         with torch.no_grad():

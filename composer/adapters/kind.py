@@ -82,7 +82,7 @@ class BottleneckKind(MethodKind):
         return {"method": "bottleneck", "config": art.config.to_dict(), "max_length": art.max_length, **extra}
 
     def attach(self, models: Models, art: AdapterArtifact, name: str, members: Sequence[str] = ()) -> None:
-        artifacts.attach(models.encoder, art, name=name)
+        artifacts.attach(models.encoder, art, name=name, share=True)  # serving: inference only
 
     def remove(self, models: Models, name: str) -> None:
         models.encoder.remove(name)

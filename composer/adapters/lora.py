@@ -93,7 +93,8 @@ class LoraLinear(nn.Module):
         super().__init__()
         self.A = nn.Parameter(torch.empty(cfg.r, in_features))
         self.B = nn.Parameter(torch.zeros(out_features, cfg.r))
-        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))  # as nn.Linear, PEFT and AdapterHub do
+        if not self.A.is_meta:  # on meta: about to be given its weights
+            nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))  # as nn.Linear, PEFT and AdapterHub do
         self.scaling = cfg.scaling
         self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout else nn.Identity()
 
@@ -138,30 +139,33 @@ class LoraAdapter(nn.Module):
 
 
 def gathered(adapters: list[LoraAdapter | None]) -> LinearHandler | None:
-    """Rows on different LoRAs (None: no LoRA) in one forward. Per linear, the distinct adapters' A and
-    B (scaling folded into B, ranks zero-padded to the widest, one zero slot for rows without a LoRA)
-    are stacked once; each row gathers its own pair and two batched matmuls apply them (BGMV)."""
+    """Rows on different LoRAs (None: no LoRA) in one forward, as Punica's BGMV: per linear, each row gathers
+    its own A and B (stacked as they are when the ranks agree; otherwise zero-padded to the widest) and two
+    batched matmuls apply them, scaled after B as the reference does. A row without a LoRA at a linear
+    borrows any row's pair with a scale of 0."""
     distinct = list(dict.fromkeys(a for a in adapters if a is not None))
     if not distinct:
         return None
     if len(distinct) == 1 and all(a is distinct[0] for a in adapters):
         return distinct[0].handler()
-    slot = {id(a): i for i, a in enumerate(distinct)}
-    rows = torch.tensor([slot[id(a)] if a is not None else len(distinct) for a in adapters])
     keys = {k for a in distinct for k in a.by_target}
-    stacks: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+    stacks: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
-    def stack(key: tuple[int, str]) -> tuple[torch.Tensor, torch.Tensor]:
-        sites = [a.by_target.get(key) for a in distinct]
+    def stack(key: tuple[int, str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        sites = [a.by_target.get(key) if a is not None else None for a in adapters]
         some = next(s for s in sites if s is not None)
+        scale = some.A.new_tensor([s.scaling if s is not None else 0.0 for s in sites]).view(-1, 1, 1)
+        if len({s.A.shape[0] for s in sites if s is not None}) == 1:
+            a_rows = torch.stack([(s or some).A for s in sites])  # [B, r, in]
+            b_rows = torch.stack([(s or some).B for s in sites])  # [B, out, r]
+            return a_rows, b_rows, scale
         r = max(s.A.shape[0] for s in sites if s is not None)
-        a_all = some.A.new_zeros(len(distinct) + 1, r, some.A.shape[1])
-        b_all = some.B.new_zeros(len(distinct) + 1, some.B.shape[0], r)
+        a_rows = some.A.new_zeros(len(sites), r, some.A.shape[1])
+        b_rows = some.B.new_zeros(len(sites), some.B.shape[0], r)
         for i, s in enumerate(sites):
             if s is not None:
-                a_all[i, : s.A.shape[0]] = s.A
-                b_all[i, :, : s.A.shape[0]] = s.B * s.scaling
-        return a_all, b_all
+                a_rows[i, : s.A.shape[0]], b_rows[i, :, : s.A.shape[0]] = s.A, s.B
+        return a_rows, b_rows, scale
 
     def handle(layer: int, name: str, x: torch.Tensor) -> torch.Tensor | None:
         key = (layer, name)
@@ -169,8 +173,7 @@ def gathered(adapters: list[LoraAdapter | None]) -> LinearHandler | None:
             return None
         if key not in stacks:
             stacks[key] = stack(key)
-        a_all, b_all = stacks[key]
-        idx = rows.to(x.device)
-        return torch.bmm(torch.bmm(x, a_all[idx].transpose(1, 2)), b_all[idx].transpose(1, 2))
+        a_rows, b_rows, scale = stacks[key]
+        return torch.bmm(torch.bmm(x, a_rows.transpose(1, 2)), b_rows.transpose(1, 2)) * scale
 
     return handle

@@ -43,6 +43,13 @@ def _built(build, weights: dict[str, torch.Tensor] | None):  # type: ignore[no-u
     return module
 
 
+def _on(module: nn.Module, device: torch.device) -> nn.Module:
+    """The module on `device`; one already there is left as it is (no call per tensor)."""
+    if all(t.device == device for t in (*module.parameters(), *module.buffers())):
+        return module
+    return module.to(device)
+
+
 class AdaptedEncoder(nn.Module):
     def __init__(self, base: LoadedBase):
         super().__init__()
@@ -75,13 +82,13 @@ class AdaptedEncoder(nn.Module):
                 return BottleneckAdapter(cfg, self.base.hidden_size, self.base.num_layers)
             return LoraAdapter.for_encoder(cfg, self.encoder, self.base.family, self.base.num_layers)
 
-        adapter = _built(build, weights).to(self.device)
+        adapter = _on(_built(build, weights), self.device)
         adapter.train(self.training)  # a module added to a model in eval mode must not run dropout
         self.adapters[name] = adapter
         return adapter
 
     def add_head(self, name: str, cfg: HeadConfig, weights: dict[str, torch.Tensor] | None = None) -> PredictionHead:
-        head = _built(lambda: PredictionHead(cfg, self.base.hidden_size), weights).to(self.device)
+        head = _on(_built(lambda: PredictionHead(cfg, self.base.hidden_size), weights), self.device)
         head.train(self.training)
         self.heads[name] = head
         return head

@@ -101,20 +101,21 @@ def test_mixed_batch_of_loras_and_bottlenecks_equals_each_row_alone():
         "l1": preset("lora", r=4),
         "l2": preset("lora", r=2, target_modules=["query", "key", "value", "dense"]),
         "l3": preset("lora", r=8, alpha=4, layers=[0]),
+        "l4": preset("lora", r=4, alpha=3),  # l1's rank and linears: their rows alone gather unpadded
         "b1": preset("seq_bn"),
         "b2": preset("seq_bn", reduction_factor=8),
     }
     _tiny_with(model, specs)
     x = load_file(PARITY / "inputs.safetensors")
-    rows = ["l1", "b1", "l2", "l3", None, "b2", "l1"]
-    batch = {k: v[[i % 3 for i in range(len(rows))]] for k, v in x.items()}
-    with torch.no_grad():
-        mixed = model(**batch, composition=Mixed(tuple(rows))).hidden
-        for i, name in enumerate(rows):
-            row = {k: v[i : i + 1] for k, v in batch.items()}
-            alone = model(**row, composition=Single(name) if name else None).hidden
-            torch.testing.assert_close(mixed[i : i + 1], alone, atol=1e-5, rtol=1e-4)  # float32 reassociation
-        bare = model(**batch).hidden
+    for rows in (["l1", "b1", "l2", "l3", None, "b2", "l1", "l4"], ["l1", "l4", None, "b1", "l4"]):
+        batch = {k: v[[i % 3 for i in range(len(rows))]] for k, v in x.items()}
+        with torch.no_grad():
+            mixed = model(**batch, composition=Mixed(tuple(rows))).hidden
+            for i, name in enumerate(rows):
+                row = {k: v[i : i + 1] for k, v in batch.items()}
+                alone = model(**row, composition=Single(name) if name else None).hidden
+                torch.testing.assert_close(mixed[i : i + 1], alone, atol=1e-5, rtol=1e-4)  # float32 reassociation
+            bare = model(**batch).hidden
     assert (mixed[0] - bare[0]).abs().max() > 1e-3  # the LoRA changes the output
     # nothing stays behind on the shared layers: the bare base is the bare base again
     plain = AdaptedEncoder(load_base(PARITY / "base", with_tokenizer=False, device="cpu")).eval()
