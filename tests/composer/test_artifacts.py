@@ -162,3 +162,17 @@ def test_unknown_preset_and_zero_bottleneck_are_refused(tiny_bert_dir):
     with pytest.raises(ConfigError, match="bottleneck of size 0"):
         model.add_adapter("z", cfg)
     assert preset("seq_bn", reduction_factor=32).bottleneck_size(32) == 1
+
+
+def test_non_finite_weights_are_named_in_any_float_dtype_and_empty_tensors_pass():
+    from safetensors.torch import save
+
+    from composer.safetensors_io import tensors_from_bytes
+
+    ok = {"a": torch.randn(3, 4), "e": torch.zeros(0), "i": torch.arange(3), "h": torch.randn(5).half()}
+    assert set(tensors_from_bytes(save(ok))) == set(ok)
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        for bad in (float("inf"), float("-inf"), float("nan")):
+            weights = {**ok, "z_bad": torch.tensor([0.5, bad, 1.0], dtype=dtype)}
+            with pytest.raises(ArtifactError, match="'z_bad' contains NaN or Inf"):
+                tensors_from_bytes(save(weights))
