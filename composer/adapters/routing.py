@@ -69,17 +69,19 @@ class FusePlan:
         return handle
 
 
+SAME_LAYOUT = ("mh_adapter", "output_adapter", "original_ln_before", "original_ln_after", "residual_before_ln",
+               "adapter_residual_before_ln", "is_parallel", "non_linearity", "leave_out", "ln_before", "ln_after")  # fmt: skip
+
+
 def _gatherable(adapters: list[BottleneckAdapter | None]) -> bool:
-    if any(a is None for a in adapters):
+    """Rows can gather when the adapters they use (rows without one aside) share one layout, without
+    LayerNorms of their own."""
+    present = [a for a in adapters if a is not None]
+    if not present:
         return False
-    first = adapters[0].cfg  # type: ignore[union-attr]
-    same = ("mh_adapter", "output_adapter", "original_ln_before", "original_ln_after", "residual_before_ln",
-            "adapter_residual_before_ln", "is_parallel", "non_linearity", "leave_out", "ln_before", "ln_after")  # fmt: skip
-    return (
-        all(all(getattr(a.cfg, f) == getattr(first, f) for f in same) for a in adapters)
-        and not first.ln_before
-        and not first.ln_after
-    )  # type: ignore[union-attr]
+    first = present[0].cfg
+    same = all(all(getattr(a.cfg, f) == getattr(first, f) for f in SAME_LAYOUT) for a in present)
+    return same and not first.ln_before and not first.ln_after
 
 
 class GatheredSite:
@@ -90,8 +92,10 @@ class GatheredSite:
     the up-projection as the reference does. Different sizes: the distinct adapters are stacked once,
     zero-padded to the widest, and each row gathers its slice."""
 
-    def __init__(self, layers: list[BottleneckLayer], rows: torch.Tensor):
+    def __init__(self, layers: list[BottleneckLayer], rows: torch.Tensor, bare: torch.Tensor | None = None):
         self.last, self.act = layers[0], layers[0].act
+        self.bare = bare  # rows without an adapter (a LoRA's, or the bare base's): they borrow any weights, then
+        # get the site's plain output ln(x + r)
         if len({lay.down.out_features for lay in layers}) == 1:
             per_row = [layers[i] for i in rows.tolist()]
             self.w_down = torch.stack([lay.down.weight for lay in per_row]).transpose(1, 2)  # [B, H, r]
@@ -114,7 +118,11 @@ class GatheredSite:
         up = torch.baddbmm(self.b_up, self.act(torch.baddbmm(self.b_down, h, self.w_down)), self.w_up)
         if self.scale is not None:
             up = up * self.scale
-        return self.last.post(self.last.finish(up, res), x, r, ln)
+        out = self.last.post(self.last.finish(up, res), x, r, ln)
+        if self.bare is None:
+            return out
+        bare = self.bare.to(x.device)
+        return out.index_copy(0, bare, ln(x.index_select(0, bare) + r.index_select(0, bare)))
 
 
 def _scales(scales: list[float | torch.Tensor], like: torch.Tensor) -> torch.Tensor:
@@ -127,11 +135,15 @@ def mixed(adapters: list[BottleneckAdapter | None]) -> Handler:
     adapter's stacked weights (two batched matmuls per site); otherwise rows are grouped per adapter and
     scattered back. Either way every row computes exactly what it would alone."""
     if _gatherable(adapters):
-        distinct = list(dict.fromkeys(id(a) for a in adapters))
-        by_id = {id(a): a for a in adapters}
-        rows = torch.tensor([distinct.index(id(a)) for a in adapters])
-        first: BottleneckAdapter = adapters[0]  # type: ignore[assignment]
-        sites = {key: GatheredSite([by_id[i].sites[key] for i in distinct], rows) for key in first.sites}  # type: ignore[union-attr]
+        distinct = list(dict.fromkeys(a for a in adapters if a is not None))
+        slot = {id(a): i for i, a in enumerate(distinct)}
+        rows = torch.tensor([slot[id(a)] if a is not None else 0 for a in adapters])
+        none = [i for i, a in enumerate(adapters) if a is None]
+        bare = torch.tensor(none) if none else None
+        sites = {
+            key: GatheredSite([a.sites[key] for a in distinct], rows, bare)  # type: ignore[misc]
+            for key in distinct[0].sites
+        }
 
         def gathered(layer: int, placement: Placement, x: torch.Tensor, r: torch.Tensor, ln: LayerNorm) -> torch.Tensor:
             site = sites.get(site_key(layer, placement))
