@@ -109,6 +109,15 @@ class MethodKind(ABC):
     @abstractmethod
     def remove(self, models: Models, name: str) -> None: ...
 
+    def detach(self, models: Models, name: str) -> Any | None:
+        """Take the module off the resident models and return what `reattach` needs to put it back without
+        building it again (kept in the host tier); None: it comes back through `attach`."""
+        self.remove(models, name)
+        return None
+
+    def reattach(self, models: Models, name: str, held: Any) -> None:
+        raise NotImplementedError(f"{self.name} modules come back through attach")
+
     @abstractmethod
     def nbytes(self, models: Models, name: str) -> int: ...
 

@@ -88,10 +88,12 @@ class Runtime:
         # served, then detached when released, never kept
         self.retired: set[str] = set()
         self.loading: dict[str, threading.Event] = {}  # modules being loaded, outside the lock
-        self.host: OrderedDict[str, tuple[Artifact, int]] = OrderedDict()  # artifacts and their bytes, LRU
+        # artifacts, their bytes and (once evicted) their built modules off the device, LRU
+        self.host: OrderedDict[str, tuple[Artifact, int, Any]] = OrderedDict()
         self.host_bytes = 4 * cache_bytes if host_bytes is None else host_bytes
         self.ensemble_plans = PlanChooser(PLANS)  # batched, sequential or chunked, by measurement per shape
-        self.load_seconds: deque[float] = deque(maxlen=4096)  # the latest cold loads (load + attach)
+        # the latest cold loads (fetch + attach): seconds, and whether the module came from the host tier
+        self.load_seconds: deque[tuple[float, bool]] = deque(maxlen=4096)
         self._lock = threading.RLock()  # the cache and leases; concurrent requests for a cold module load it once
 
     def resident(self, base_key: str, load_base: Callable[[], LoadedBase]) -> Resident:
@@ -170,14 +172,17 @@ class Runtime:
             if kept is not None:
                 self.stats.host_hits += 1
             with res.lock:
-                kind.attach(res, art, module_id, members)
+                if kept is not None and kept[2] is not None:
+                    kind.reattach(res, module_id, kept[2])  # built before: no construction, no copy on CPU
+                else:
+                    kind.attach(res, art, module_id, members)
             entry = Loaded(base_key, kind, kind.nbytes(res, module_id), kind.max_length(art, res.token_limit))
             with self._lock:
                 self.cache[module_id] = entry
                 self.leases[module_id] += 1
                 if module_id in self.retired:
                     self.doomed.add(module_id)
-                self.load_seconds.append(time.perf_counter() - t0)
+                self.load_seconds.append((time.perf_counter() - t0, kept is not None))
                 self._keep(module_id, art, entry.nbytes)
             loaded = True
         finally:
@@ -188,9 +193,9 @@ class Runtime:
 
     def _keep(self, module_id: str, art: Artifact, nbytes: int) -> None:
         """Keep an artifact in the host tier (most recent last), within its budget."""
-        self.host[module_id] = (art, nbytes)
+        self.host[module_id] = (art, nbytes, None)
         self.host.move_to_end(module_id)
-        while sum(n for _, n in self.host.values()) > self.host_bytes and len(self.host) > 1:
+        while sum(n for _, n, _ in self.host.values()) > self.host_bytes and len(self.host) > 1:
             self.host.popitem(last=False)
 
     def _shrink(self) -> None:
@@ -216,7 +221,11 @@ class Runtime:
             self.stats.evictions += 1
             res = self.residents[entry.base_key]
             with res.lock:
-                entry.kind.remove(res, module_id)
+                if module_id in self.host:  # keep the built module with its artifact: a reload is an attach
+                    art, nbytes, _ = self.host[module_id]
+                    self.host[module_id] = (art, nbytes, entry.kind.detach(res, module_id))
+                else:
+                    entry.kind.remove(res, module_id)
 
     def retire(self, module_id: str) -> None:
         """An archived module: evicted now (or when its last request is done), and a load that a request

@@ -62,11 +62,12 @@ def serving_stats(request: Request, caller: Operator) -> dict:
     """The serving cache of this API process (operators): hits, misses, evictions, what is resident, and
     the cold loads (artifact fetch + attach) of the latest 4,096 misses."""
     rt = request.app.state.runtime
-    loads = sorted(rt.load_seconds)
+    loads = list(rt.load_seconds)
     loaded = rt.loaded()
 
-    def pct(q: float) -> float | None:
-        return round(loads[min(len(loads) - 1, int(q * len(loads)))] * 1000, 3) if loads else None
+    def pct(q: float, host: bool | None = None) -> float | None:
+        xs = sorted(t for t, from_host in loads if host is None or from_host == host)
+        return round(xs[min(len(xs) - 1, int(q * len(xs)))] * 1000, 3) if xs else None
 
     return {
         "hits": rt.stats.hits,
@@ -80,6 +81,11 @@ def serving_stats(request: Request, caller: Operator) -> dict:
         "cold_loads": len(loads),
         "cold_load_p50_ms": pct(0.5),
         "cold_load_p99_ms": pct(0.99),
+        # reloads of evicted modules from the host tier, and first loads from the blob store
+        "host_reload_p50_ms": pct(0.5, True),
+        "host_reload_p99_ms": pct(0.99, True),
+        "store_load_p50_ms": pct(0.5, False),
+        "store_load_p99_ms": pct(0.99, False),
         "ensemble_plans": rt.ensemble_plans.chosen(),  # (K, rows, tokens, early exit) -> the plan it runs
     }
 

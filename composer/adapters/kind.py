@@ -87,6 +87,17 @@ class BottleneckKind(MethodKind):
     def remove(self, models: Models, name: str) -> None:
         models.encoder.remove(name)
 
+    def detach(self, models: Models, name: str) -> tuple[torch.nn.Module, torch.nn.Module | None] | None:
+        """The adapter and its head, off the base. On CPU they stay built beside their artifact (whose tensors
+        they share); on a GPU they are dropped, and a reload copies the artifact over again."""
+        enc = models.encoder
+        held = (enc.adapters[name], enc.heads[name] if name in enc.heads else None)
+        enc.remove(name)
+        return held if enc.device.type == "cpu" else None
+
+    def reattach(self, models: Models, name: str, held: tuple[torch.nn.Module, torch.nn.Module | None]) -> None:
+        models.encoder.put(name, *held)
+
     def nbytes(self, models: Models, name: str) -> int:
         enc = models.encoder
         return module_bytes(enc.adapters[name], enc.heads[name] if name in enc.heads else None)

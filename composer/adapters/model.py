@@ -43,7 +43,7 @@ def _built(build, weights: dict[str, torch.Tensor] | None):  # type: ignore[no-u
     return module
 
 
-def _on(module: nn.Module, device: torch.device) -> nn.Module:
+def on_device(module: nn.Module, device: torch.device) -> nn.Module:
     """The module on `device`; one already there is left as it is (no call per tensor)."""
     if all(t.device == device for t in (*module.parameters(), *module.buffers())):
         return module
@@ -82,13 +82,13 @@ class AdaptedEncoder(nn.Module):
                 return BottleneckAdapter(cfg, self.base.hidden_size, self.base.num_layers)
             return LoraAdapter.for_encoder(cfg, self.encoder, self.base.family, self.base.num_layers)
 
-        adapter = _on(_built(build, weights), self.device)
+        adapter = on_device(_built(build, weights), self.device)
         adapter.train(self.training)  # a module added to a model in eval mode must not run dropout
         self.adapters[name] = adapter
         return adapter
 
     def add_head(self, name: str, cfg: HeadConfig, weights: dict[str, torch.Tensor] | None = None) -> PredictionHead:
-        head = _on(_built(lambda: PredictionHead(cfg, self.base.hidden_size), weights), self.device)
+        head = on_device(_built(lambda: PredictionHead(cfg, self.base.hidden_size), weights), self.device)
         head.train(self.training)
         self.heads[name] = head
         return head
@@ -110,6 +110,14 @@ class AdaptedEncoder(nn.Module):
         fusion.train(self.training)
         self.fusions[name] = fusion
         return fusion
+
+    def put(self, name: str, adapter: nn.Module, head: nn.Module | None = None) -> None:
+        """Attach modules built before (a reload from the host tier): moved to the device if they are not on it."""
+        if name in self.adapters:
+            raise ConfigError(f"adapter {name!r} already exists")
+        self.adapters[name] = on_device(adapter, self.device).train(self.training)
+        if head is not None:
+            self.heads[name] = on_device(head, self.device).train(self.training)
 
     def remove(self, name: str) -> None:
         """Drop an adapter, fusion or head of this name (and a fusion's stacked plan)."""

@@ -255,3 +255,22 @@ def test_requests_racing_an_archive_are_served_or_404_never_500(api):
     assert set(codes) <= {200, 404}
     assert ask(0)[0] == 404
     assert a not in {m["id"] for m in api.client.get("/v1/adapters/loaded", headers=api.h()).json()}
+
+
+def test_an_evicted_adapter_reloads_from_the_host_tier_with_the_same_answer_and_stats_say_so(api):
+    """An LRU eviction keeps the built adapter in host memory: the next request reattaches it (no blob
+    fetch) and answers exactly as before; /serving/stats splits first loads from host reloads."""
+    ids = api.task_with_data()
+    a = api.train_adapter(ids)
+    body = {"adapter": a, "inputs": INPUTS}
+    first = api.client.post("/v1/predict", headers=api.h(), json=body).json()
+    stats = api.client.get("/serving/stats", headers=api.h()).json()
+    assert stats["store_load_p50_ms"] is not None and stats["host_reload_p50_ms"] is None
+    rt = api.client.app.state.runtime
+    rt.evict(a, forget=False)  # what the LRU does under a full cache
+    assert a not in rt.cache and a in rt.host
+    again = api.client.post("/v1/predict", headers=api.h(), json=body).json()
+    assert again["outputs"] == first["outputs"]
+    after = api.client.get("/serving/stats", headers=api.h()).json()
+    assert after["host_hits"] == stats["host_hits"] + 1 and after["evictions"] == stats["evictions"] + 1
+    assert after["host_reload_p50_ms"] is not None and after["cold_loads"] == stats["cold_loads"] + 1

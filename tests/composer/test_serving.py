@@ -203,14 +203,16 @@ def test_an_evicted_module_reloads_from_host_memory_and_an_archived_one_does_not
             rt.release(f"id{i}")
 
     first = ask(0)
+    built = res.encoder.adapters["id0"]
     ask(1)  # evicts id0 from the resident tier
-    assert "id0" not in rt.cache and "id0" in rt.host
+    assert "id0" not in rt.cache and "id0" in rt.host and "id0" not in res.encoder.adapters
     assert torch.equal(ask(0), first)  # back without a fetch, same answer
     assert fetches == ["id0", "id1"] and rt.stats.host_hits == 1
+    assert res.encoder.adapters["id0"] is built  # reattached as it was kept, not built again
     rt.evict("id0")  # an archive forgets it in both tiers
     assert "id0" not in rt.cache and "id0" not in rt.host
-    ask(0)
-    assert fetches == ["id0", "id1", "id0"]
+    assert torch.equal(ask(0), first)
+    assert fetches == ["id0", "id1", "id0"] and res.encoder.adapters["id0"] is not built
 
 
 def test_a_retired_module_loaded_by_a_request_that_read_it_before_the_archive_is_served_then_detached(tiny_bert_dir):
