@@ -69,8 +69,19 @@ class FusePlan:
         return handle
 
 
-SAME_LAYOUT = ("mh_adapter", "output_adapter", "original_ln_before", "original_ln_after", "residual_before_ln",
-               "adapter_residual_before_ln", "is_parallel", "non_linearity", "leave_out", "ln_before", "ln_after")  # fmt: skip
+SAME_LAYOUT = (
+    "mh_adapter",
+    "output_adapter",
+    "original_ln_before",
+    "original_ln_after",
+    "residual_before_ln",
+    "adapter_residual_before_ln",
+    "is_parallel",
+    "non_linearity",
+    "leave_out",
+    "ln_before",
+    "ln_after",
+)
 
 
 def _gatherable(adapters: list[BottleneckAdapter | None]) -> bool:
