@@ -109,6 +109,11 @@ class MethodKind(ABC):
     @abstractmethod
     def remove(self, models: Models, name: str) -> None: ...
 
+    def build(self, models: Models, art: Any, name: str) -> Any | None:
+        """The module built for these models but not attached, for `reattach` (serving builds it outside its
+        locks and can keep it in the host tier); None: this kind only comes in through `attach`."""
+        return None
+
     def detach(self, models: Models, name: str) -> Any | None:
         """Take the module off the resident models and return what `reattach` needs to put it back without
         building it again (kept in the host tier); None: it comes back through `attach`."""

@@ -171,9 +171,11 @@ class Runtime:
             art = kept[0] if kept is not None else load()
             if kept is not None:
                 self.stats.host_hits += 1
+            # built before (the host tier), or built now outside the resident's lock; attached under it
+            held = kept[2] if kept is not None and kept[2] is not None else kind.build(res, art, module_id)
             with res.lock:
-                if kept is not None and kept[2] is not None:
-                    kind.reattach(res, module_id, kept[2])  # built before: no construction, no copy on CPU
+                if held is not None:
+                    kind.reattach(res, module_id, held)
                 else:
                     kind.attach(res, art, module_id, members)
             entry = Loaded(base_key, kind, kind.nbytes(res, module_id), kind.max_length(art, res.token_limit))

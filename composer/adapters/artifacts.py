@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from composer.adapters.config import AdapterConfig, config_from, method_of
 from composer.adapters.model import AdaptedEncoder
@@ -145,10 +146,10 @@ def load(directory: str | Path) -> AdapterArtifact:
     return from_files((d / CONFIG_NAME).read_bytes(), (d / WEIGHTS_NAME).read_bytes())
 
 
-def attach(model: AdaptedEncoder, art: AdapterArtifact, name: str | None = None, share: bool = False) -> str:
-    """Build the artifact's modules in `model` and load its weights strictly. With `share` the modules use
-    the artifact's tensors themselves (serving, which never trains them, keeps one copy in host memory)."""
-    name = name or art.name
+def build(model: AdaptedEncoder, art: AdapterArtifact, share: bool = False) -> tuple[nn.Module, nn.Module | None]:
+    """The artifact's adapter and head for `model`, weights loaded strictly, not attached. With `share` the
+    modules use the artifact's tensors themselves (serving, which never trains them, keeps one copy in host
+    memory); otherwise they own copies, so training one never writes into an artifact a cache may hand out."""
     if art.hidden_size != model.base.hidden_size:
         raise IncompatibleBaseError(
             f"adapter {art.name!r} has hidden size {art.hidden_size}, the base has {model.base.hidden_size}"
@@ -161,20 +162,21 @@ def attach(model: AdaptedEncoder, art: AdapterArtifact, name: str | None = None,
         model.base.identity.check_same(art.base, what=f"adapter {art.name!r}")
     else:
         art.base = model.base.identity
-    # unshared, copies: a module being trained never writes into an artifact that a cache may hand out again
     own = (lambda t: t) if share else (lambda t: t.clone())
     adapter_sd = {k[len("adapter.") :]: own(v) for k, v in art.tensors.items() if k.startswith("adapter.")}
     head_sd = {k[len("head.") :]: own(v) for k, v in art.tensors.items() if k.startswith("head.")}
     try:
-        model.add_adapter(name, art.config, weights=adapter_sd)
-        if art.head is not None:
-            model.add_head(name, art.head, weights=head_sd)
-        elif head_sd:
+        if art.head is None and head_sd:
             raise ArtifactError("weights contain a head but the config declares none")
+        adapter = model.build_adapter(art.config, weights=adapter_sd)
+        head = model.build_head(art.head, weights=head_sd) if art.head is not None else None
     except (RuntimeError, ArtifactError) as e:
-        if name in model.adapters:
-            del model.adapters[name]
-        if name in model.heads:
-            del model.heads[name]
         raise ArtifactError(f"adapter {art.name!r}: weights do not fit its config: {e}") from None
+    return adapter, head
+
+
+def attach(model: AdaptedEncoder, art: AdapterArtifact, name: str | None = None, share: bool = False) -> str:
+    """Build the artifact's modules (`build`) and attach them to `model` under `name`."""
+    name = name or art.name
+    model.put(name, *build(model, art, share))
     return name

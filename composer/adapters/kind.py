@@ -82,7 +82,10 @@ class BottleneckKind(MethodKind):
         return {"method": "bottleneck", "config": art.config.to_dict(), "max_length": art.max_length, **extra}
 
     def attach(self, models: Models, art: AdapterArtifact, name: str, members: Sequence[str] = ()) -> None:
-        artifacts.attach(models.encoder, art, name=name, share=True)  # serving: inference only
+        self.reattach(models, name, self.build(models, art, name))
+
+    def build(self, models: Models, art: AdapterArtifact, name: str) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+        return artifacts.build(models.encoder, art, share=True)  # serving: inference only, one copy
 
     def remove(self, models: Models, name: str) -> None:
         models.encoder.remove(name)

@@ -69,28 +69,34 @@ class AdaptedEncoder(nn.Module):
         return self.base.device
 
     # -- building -------------------------------------------------------------------------
-    def add_adapter(
-        self, name: str, cfg: AdapterConfig, weights: dict[str, torch.Tensor] | None = None
+    def build_adapter(
+        self, cfg: AdapterConfig, weights: dict[str, torch.Tensor] | None = None
     ) -> BottleneckAdapter | LoraAdapter:
-        """A bottleneck adapter or a LoRA, by its config: freshly initialised, or with `weights` (loaded
-        strictly; the module is built without initialising, which loading would overwrite anyway)."""
-        if name in self.adapters:
-            raise ConfigError(f"adapter {name!r} already exists")
+        """A bottleneck adapter or a LoRA for this model, by its config, not attached: freshly initialised, or
+        with `weights` (loaded strictly; built without initialising, which loading would overwrite anyway)."""
 
         def build() -> BottleneckAdapter | LoraAdapter:
             if isinstance(cfg, BottleneckConfig):
                 return BottleneckAdapter(cfg, self.base.hidden_size, self.base.num_layers)
             return LoraAdapter.for_encoder(cfg, self.encoder, self.base.family, self.base.num_layers)
 
-        adapter = on_device(_built(build, weights), self.device)
-        adapter.train(self.training)  # a module added to a model in eval mode must not run dropout
-        self.adapters[name] = adapter
+        # a module added to a model in eval mode must not run dropout
+        return on_device(_built(build, weights), self.device).train(self.training)  # type: ignore[return-value]
+
+    def build_head(self, cfg: HeadConfig, weights: dict[str, torch.Tensor] | None = None) -> PredictionHead:
+        head = on_device(_built(lambda: PredictionHead(cfg, self.base.hidden_size), weights), self.device)
+        return head.train(self.training)  # type: ignore[return-value]
+
+    def add_adapter(
+        self, name: str, cfg: AdapterConfig, weights: dict[str, torch.Tensor] | None = None
+    ) -> BottleneckAdapter | LoraAdapter:
+        if name in self.adapters:
+            raise ConfigError(f"adapter {name!r} already exists")
+        adapter = self.adapters[name] = self.build_adapter(cfg, weights)
         return adapter
 
     def add_head(self, name: str, cfg: HeadConfig, weights: dict[str, torch.Tensor] | None = None) -> PredictionHead:
-        head = on_device(_built(lambda: PredictionHead(cfg, self.base.hidden_size), weights), self.device)
-        head.train(self.training)
-        self.heads[name] = head
+        head = self.heads[name] = self.build_head(cfg, weights)
         return head
 
     def add_fusion(self, name: str, members: list[str], cfg: FusionConfig | None = None) -> Fusion:
