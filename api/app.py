@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 
@@ -15,6 +16,7 @@ from api.adapter_metrics import AdapterMetrics
 from api.batcher import MicroBatcher
 from api.caches import Recent
 from api.limits import RateLimiter
+from api.loaders import prefetch
 from api.metrics import install as install_metrics
 from api.routes import adapters, base_models, datasets, ensembles, health, jobs, keys, predict, tasks, ui
 from composer.serving import Runtime
@@ -54,7 +56,16 @@ def create_app(
         if app.state.registry is None:
             app.state.registry = Registry.from_env(settings.database_url, settings.blob_url)
         bootstrap(app.state.registry, settings)
+        stop = threading.Event()
+        warm = None
+        if settings.serving_prefetch:
+            args = (app.state.runtime, app.state.registry, settings.device, stop)
+            warm = threading.Thread(target=prefetch, args=args, name="prefetch", daemon=True)
+            warm.start()
         yield
+        stop.set()
+        if warm is not None:
+            warm.join(timeout=30)
         app.state.registry.close()
 
     app = FastAPI(title="Adapter composition service", version="0.1.0", lifespan=lifespan,

@@ -5,6 +5,8 @@ face, and returns a lease that the request holds until its forward is done."""
 
 from __future__ import annotations
 
+import logging
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,8 +14,11 @@ from composer import kinds
 from composer.serving import Resident, Runtime
 from registry_db.models import Adapter, BaseModelRow
 from registry_db.registry import Registry
+from registry_db.repo import adapters, catalog
 from workers import artifact_store
 from workers.catalog import load_registered_base
+
+log = logging.getLogger(__name__)
 
 
 def resident(runtime: Runtime, base_row: BaseModelRow, device: str | None, reg: Registry) -> Resident:
@@ -49,6 +54,28 @@ def ensure(
     specs = [(m.id, kinds.get(m.kind), (lambda m=m: artifact_store.fetch(reg, m))) for m in members]
     runtime.ensure(res, base_row.id, row.id, kinds.get(row.kind), lambda: artifact_store.fetch(reg, row), specs)
     return Lease(runtime, res, row.id, [m.id for m in members])
+
+
+def prefetch(runtime: Runtime, reg: Registry, device: str | None, stop: threading.Event) -> int:
+    """Fill the host tier with ready modules (newest first) until it is full; returns how many were asked.
+    Runs in a background thread of the API process; a module that fails to load is logged and skipped (its
+    own requests will say why)."""
+    with reg.tx() as s:
+        rows = [r for r in adapters.servable(s) if kinds.get(r.kind).prefetchable]
+        bases = {b: catalog.get_base_model(s, b) for b in {r.base_model_id for r in rows}}
+    done = 0
+    for row in rows:
+        if stop.is_set():
+            break
+        try:
+            res = resident(runtime, bases[row.base_model_id], device, reg)
+            if not runtime.prefetch(res, row.id, kinds.get(row.kind), lambda row=row: artifact_store.fetch(reg, row)):
+                break
+        except Exception as e:  # noqa: BLE001 - one bad module must not stop the others
+            log.warning("prefetch of %s failed: %s", row.id, e)
+        done += 1
+    log.info("prefetched %d modules into the host tier", done)
+    return done
 
 
 def adapter_json(row: Adapter, **extra: Any) -> dict[str, Any]:

@@ -63,6 +63,7 @@ class MethodKind(ABC):
     fusable: bool = False  # can be a member of a fusion
     ensemble_member: bool = False  # can be one prompt of a prompt ensemble
     importable: bool = True  # can be uploaded on its own through /v1/adapters/import
+    prefetchable: bool = False  # serving can build it ahead of its first request and keep it in host memory
 
     # -- files <-> artifact -----------------------------------------------------------------
     @abstractmethod

@@ -193,6 +193,31 @@ class Runtime:
                 if not loaded:
                     self.doomed.discard(module_id)
 
+    def prefetch(self, res: Resident, module_id: str, kind: MethodKind, load: Loader) -> bool:
+        """Fetch and build a module into the host tier ahead of its first request (S-LoRA keeps every adapter
+        in host memory), behind the modules requests have used; a module already loaded or held is left as
+        it is. False: the host tier is full. Only kinds that are kept built (`prefetchable`) are asked."""
+        with self._lock:
+            if self._host_full():
+                return False
+            if module_id in self.cache or module_id in self.host or module_id in self.loading:
+                return True
+        art = load()
+        held = kind.build(res, art, module_id)
+        if held is None:
+            return True
+        nbytes = sum(p.numel() * p.element_size() for m in held if m is not None for p in m.parameters())
+        with self._lock:
+            if self._host_full():
+                return False
+            if module_id not in self.cache and module_id not in self.host and module_id not in self.retired:
+                self.host[module_id] = (art, nbytes, held)
+                self.host.move_to_end(module_id, last=False)  # the first to go when requests need the room
+        return True
+
+    def _host_full(self) -> bool:
+        return sum(n for _, n, _ in self.host.values()) >= self.host_bytes
+
     def _keep(self, module_id: str, art: Artifact, nbytes: int) -> None:
         """Keep an artifact in the host tier (most recent last), within its budget."""
         self.host[module_id] = (art, nbytes, None)

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     register_packaged_encoder: bool = True
     serving_cache_mb: float = Field(512.0, gt=0)  # modules attached to a resident base
     serving_host_cache_mb: float | None = Field(None, ge=0)  # their artifacts in host memory; default 4x the above
+    # at start-up, build ready ST-As, MT-As and LoRAs (newest first) into the host tier until it is full, so
+    # their first requests reattach instead of fetching and building
+    serving_prefetch: bool = False
     metrics_top_adapters: int = Field(100, ge=1, le=10000)  # adapters with their own label on /metrics
     auth_cache_seconds: float = Field(1.0, ge=0)  # a valid key is trusted this long per API process; 0: never
     sse_poll_seconds: float = Field(0.5, gt=0)

@@ -38,6 +38,7 @@ class BottleneckKind(MethodKind):
 
     file_names = (artifacts.CONFIG_NAME, artifacts.WEIGHTS_NAME)
     fusable = True
+    prefetchable = True
     formats = ("native", "adapterhub")
 
     def export(

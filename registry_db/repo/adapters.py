@@ -126,6 +126,12 @@ def list_adapters(
     return paginate(s, stmt, Adapter, limit, cursor)
 
 
+def servable(s: Session, limit: int = 100_000) -> list[Adapter]:
+    """Ready modules of every owner, the most recently registered first: what a serving process may prefetch."""
+    stmt = select(Adapter).where(Adapter.status == "ready").order_by(Adapter.created_at.desc()).limit(limit)
+    return list(s.scalars(stmt).all())
+
+
 def resolve_adapter(s: Session, viewer_owner_id: str, ref: str) -> Adapter:
     """Resolve an id, `name:version` or `task@alias` to an adapter the viewer may see."""
     if "@" in ref:

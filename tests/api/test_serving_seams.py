@@ -274,3 +274,31 @@ def test_an_evicted_adapter_reloads_from_the_host_tier_with_the_same_answer_and_
     after = api.client.get("/serving/stats", headers=api.h()).json()
     assert after["host_hits"] == stats["host_hits"] + 1 and after["evictions"] == stats["evictions"] + 1
     assert after["host_reload_p50_ms"] is not None and after["cold_loads"] == stats["cold_loads"] + 1
+
+
+def test_a_process_that_prefetches_serves_its_first_requests_from_the_host_tier(api, tmp_path):
+    """COMPOSER_SERVING_PREFETCH: a new API process builds the ready adapters into its host tier at start-up
+    (an archived one is not), and their first requests reattach them with the answers of a process that did
+    not prefetch."""
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from workers.settings import Settings
+
+    ids = api.task_with_data()
+    a, b, gone = (api.train_adapter(ids) for _ in range(3))
+    assert api.client.post(f"/v1/adapters/{gone}/archive", headers=api.h()).status_code == 200
+    want = {
+        x: api.client.post("/v1/predict", headers=api.h(), json={"adapter": x, "inputs": INPUTS}).json() for x in (a, b)
+    }
+    settings = Settings(data_dir=tmp_path, register_packaged_encoder=False, serving_prefetch=True)
+    with TestClient(create_app(settings, registry=api.registry)) as other:
+        rt = other.app.state.runtime
+        for t in [t for t in threading.enumerate() if t.name == "prefetch"]:
+            t.join(timeout=60)
+        assert set(rt.host) == {a, b} and not rt.cache  # built, kept off the base until asked for
+        for x in (a, b):
+            got = other.post("/v1/predict", headers=api.h(), json={"adapter": x, "inputs": INPUTS}).json()
+            assert got["outputs"] == want[x]["outputs"]
+        stats = other.get("/serving/stats", headers=api.h()).json()
+        assert stats["host_hits"] == 2 and stats["store_load_p50_ms"] is None
