@@ -19,6 +19,9 @@ from registry_db.repo.common import Page, flush_unique, paginate
 
 
 def append_event(s: Session, job_id: str, type_: str, payload: dict[str, Any]) -> JobEvent:
+    # writers of one job's events (its worker, a cancel from the API, the reconciler) take the job's row
+    # lock first, so two of them never read the same last seq (PostgreSQL; SQLite writes one at a time)
+    s.execute(select(Job.id).where(Job.id == job_id).with_for_update())
     seq = (s.scalar(select(func.max(JobEvent.seq)).where(JobEvent.job_id == job_id)) or 0) + 1
     ev = JobEvent(job_id=job_id, seq=seq, type=type_, payload=payload)
     s.add(ev)
