@@ -25,7 +25,7 @@ from composer.adapters.model import AdaptedEncoder
 from composer.base import LoadedBase
 from composer.data import Example
 from composer.errors import ConfigError
-from composer.method import Artifact, MethodKind, Models
+from composer.method import Artifact, MethodKind, Models, module_bytes
 from composer.planner import PlanChooser, bucket
 from composer.prompts.ensemble import RowVote, predict_ensemble
 from composer.prompts.model import PLANS, PromptModel
@@ -206,7 +206,7 @@ class Runtime:
         held = kind.build(res, art, module_id)
         if held is None:
             return True
-        nbytes = sum(p.numel() * p.element_size() for m in held if m is not None for p in m.parameters())
+        nbytes = module_bytes(*held)
         with self._lock:
             if self._host_full():
                 return False
