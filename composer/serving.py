@@ -55,6 +55,39 @@ class Loaded:
     max_length: int
 
 
+class Tier(OrderedDict[str, Any]):
+    """An LRU of modules that keeps the sum of its entries' bytes (`total`) as they come and go."""
+
+    def __init__(self, size: Callable[[Any], int]):
+        super().__init__()
+        self.size, self.total = size, 0
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key in self:
+            self.total -= self.size(self[key])
+        super().__setitem__(key, value)
+        self.total += self.size(value)
+
+    def __delitem__(self, key: str) -> None:
+        self.total -= self.size(self[key])
+        super().__delitem__(key)
+
+    _absent = object()
+
+    def pop(self, key: str, default: Any = _absent) -> Any:  # type: ignore[override]
+        if key in self:
+            value = self[key]
+            del self[key]
+            return value
+        if default is Tier._absent:
+            raise KeyError(key)
+        return default
+
+    def popitem(self, last: bool = True) -> tuple[str, Any]:
+        key = next(reversed(self)) if last else next(iter(self))
+        return key, self.pop(key)
+
+
 @dataclass
 class CacheStats:
     hits: int = 0
@@ -78,7 +111,7 @@ class Runtime:
 
     def __init__(self, cache_bytes: int = 512 << 20, host_bytes: int | None = None):
         self.residents: dict[str, Resident] = {}
-        self.cache: OrderedDict[str, Loaded] = OrderedDict()
+        self.cache = Tier(lambda e: e.nbytes)  # module id -> Loaded
         self.cache_bytes = cache_bytes
         self.stats = CacheStats()
         self.pinned: set[str] = set()
@@ -89,7 +122,7 @@ class Runtime:
         self.retired: set[str] = set()
         self.loading: dict[str, threading.Event] = {}  # modules being loaded, outside the lock
         # artifacts, their bytes and (once evicted) their built modules off the device, LRU
-        self.host: OrderedDict[str, tuple[Artifact, int, Any]] = OrderedDict()
+        self.host = Tier(lambda e: e[1])  # module id -> (artifact, bytes, built modules or None)
         self.host_bytes = 4 * cache_bytes if host_bytes is None else host_bytes
         self.ensemble_plans = PlanChooser(PLANS)  # batched, sequential or chunked, by measurement per shape
         # the latest cold loads (fetch + attach): seconds, and whether the module came from the host tier
@@ -216,21 +249,21 @@ class Runtime:
         return True
 
     def _host_full(self) -> bool:
-        return sum(n for _, n, _ in self.host.values()) >= self.host_bytes
+        return self.host.total >= self.host_bytes
 
     def _keep(self, module_id: str, art: Artifact, nbytes: int) -> None:
         """Keep an artifact in the host tier (most recent last), within its budget."""
         self.host[module_id] = (art, nbytes, None)
         self.host.move_to_end(module_id)
-        while sum(n for _, n, _ in self.host.values()) > self.host_bytes and len(self.host) > 1:
+        while self.host.total > self.host_bytes and len(self.host) > 1:
             self.host.popitem(last=False)
 
     def _shrink(self) -> None:
-        while sum(v.nbytes for v in self.cache.values()) > self.cache_bytes:
-            victims = [k for k in self.cache if k not in self.pinned and k not in self.leases]
-            if not victims:
+        while self.cache.total > self.cache_bytes:
+            victim = next((k for k in self.cache if k not in self.pinned and k not in self.leases), None)
+            if victim is None:
                 break
-            self.evict(victims[0], forget=False)
+            self.evict(victim, forget=False)
 
     def evict(self, module_id: str, forget: bool = True) -> None:
         """Detach a module (when no request holds it). `forget` (an archive) drops its artifact too; the LRU

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
 
 from composer import kinds
@@ -15,7 +16,7 @@ from composer.base import load_base
 from composer.composition import Single
 from composer.data import Example
 from composer.heads import HeadConfig
-from composer.serving import Runtime
+from composer.serving import Runtime, Tier
 
 ST_A = kinds.get("st_a")
 
@@ -230,3 +231,22 @@ def test_a_retired_module_loaded_by_a_request_that_read_it_before_the_archive_is
     rt.release("gone")
     assert "gone" not in rt.cache and "gone" not in res.encoder.adapters and "gone" not in rt.host
     assert "kept" in rt.cache  # an ordinary module stays
+
+
+def test_a_tier_keeps_its_byte_total_equal_to_the_sum_of_its_entries():
+    import random
+
+    tier, rng = Tier(lambda e: e[1]), random.Random(0)
+    for step in range(2_000):
+        key, op = f"m{rng.randrange(30)}", rng.randrange(5)
+        if op <= 1:
+            tier[key] = ("art", rng.randrange(1, 1_000), None)
+        elif op == 2:
+            tier.pop(key, None)
+        elif op == 3 and tier:
+            tier.popitem(last=bool(step % 2))
+        elif key in tier:
+            del tier[key]
+        assert tier.total == sum(n for _, n, _ in tier.values())
+    with pytest.raises(KeyError):
+        tier.pop("absent")
