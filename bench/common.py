@@ -30,6 +30,14 @@ def time_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
     return statistics.median(samples)
 
 
+def alternating(runs: dict[str, Callable[[], object]], rnd: int, repeats: int, warmup: int = 1) -> dict[str, float]:
+    """One round of side-by-side timing: each run's median ms over `repeats`, in an order rotated by the round
+    number, so that a shared machine's drift and warm-up fall on every run alike over the rounds."""
+    names = list(runs)
+    order = names[rnd % len(names) :] + names[: rnd % len(names)]
+    return {name: time_ms(runs[name], repeats, warmup) for name in order}
+
+
 def run_parity(script: str, *args: str) -> dict | None:
     """Run a script with the reference venv (adapters 1.3.0); None when that venv does not exist."""
     if not PARITY_PY.exists():
