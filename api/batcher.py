@@ -40,6 +40,7 @@ class MicroBatcher:
         self.queue: asyncio.Queue[Pending] = asyncio.Queue()
         self.queued_rows = 0
         self.batches = 0
+        self.forward_seconds = 0.0  # the runtime's predict, summed over batches (operators: /serving/stats)
         self.arriving = 0  # requests between "accepted" and "queued" (still resolving): worth waiting for
         self._task: asyncio.Task | None = None
 
@@ -113,8 +114,16 @@ class MicroBatcher:
 
     async def _run(self, group: list[Pending]) -> None:
         rows = [(it.module_id, ex) for it in group for ex in it.rows]
+
+        def forward() -> list[RowOutput]:
+            t = time.perf_counter()
+            try:
+                return self.runtime.predict(group[0].resident, rows)
+            finally:
+                self.forward_seconds += time.perf_counter() - t
+
         try:
-            out = await run_in_threadpool(self.runtime.predict, group[0].resident, rows)
+            out = await run_in_threadpool(forward)
         except Exception as e:  # noqa: BLE001 - the whole group failed; each caller gets the error
             for it in group:
                 if not it.future.done():

@@ -86,6 +86,9 @@ def serving_stats(request: Request, caller: Operator) -> dict:
         "host_reload_p99_ms": pct(0.99, True),
         "store_load_p50_ms": pct(0.5, False),
         "store_load_p99_ms": pct(0.99, False),
+        # the micro-batcher's forwards (tokenise, forward, heads): request latency minus these is the HTTP path
+        "batches": request.app.state.batcher.batches,
+        "forward_seconds": round(request.app.state.batcher.forward_seconds, 6),
         "ensemble_plans": rt.ensemble_plans.chosen(),  # (K, rows, tokens, early exit) -> the plan it runs
     }
 

@@ -152,6 +152,25 @@ def test_operations_endpoints(api):
     assert api.client.get("/openapi.json").json()["info"]["title"] == "Adapter composition service"
 
 
+def test_http_latency_is_counted_per_route_template_and_status(api):
+    import re
+
+    def count(route: str, status: str) -> float:
+        text = api.client.get("/metrics", headers=api.h()).text
+        pattern = (
+            rf'composer_http_request_seconds_count{{method="GET",route="{re.escape(route)}",status="{status}"}} (\S+)'
+        )
+        m = re.search(pattern, text)
+        return float(m.group(1)) if m else 0.0
+
+    before = count("/healthz", "200"), count("/adapters/{ref}", "404"), count("unmatched", "404")
+    api.client.get("/healthz")
+    assert api.client.get("/v1/adapters/nope", headers=api.h()).status_code == 404
+    assert api.client.get("/no/such/path").status_code == 404
+    after = count("/healthz", "200"), count("/adapters/{ref}", "404"), count("unmatched", "404")
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1]
+
+
 def test_job_options_give_each_forms_defaults_from_the_specs(api):
     """The dashboard's job forms show these: the values the specs fill in when a request omits them."""
     from composer.adapters.config import preset
