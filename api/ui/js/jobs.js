@@ -79,6 +79,10 @@ export async function jobPage(id) {
     try { draw(await api(`/v1/jobs/${id}/cancel`, {method: "POST"})); } catch (e) { showError(e.message); }
   });
   const tick = async () => {
+    // the job before its events: a status and its event are written together, so events read after the job
+    // hold its last status change; the other way round, a job that finished between the two reads stopped
+    // the polling with its final events unread
+    const job = await api(`/v1/jobs/${id}`);
     const ev = await api(`/v1/jobs/${id}/events?after=${seq}`);
     const lines = [];
     for (const e of ev.items) {
@@ -99,7 +103,6 @@ export async function jobPage(id) {
     lossChart.update(loss);
     if (metricName) $("#metric-chart").dataset.metric = metricName;
     metricChart.update(metric);
-    const job = await api(`/v1/jobs/${id}`);
     draw(job);
     const cks = await api(`/v1/jobs/${id}/checkpoints`);
     $("#ckpts").innerHTML = table(["step", "attempt", "size", "validation metrics", "saved"], cks.map((c) => [
