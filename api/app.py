@@ -68,8 +68,12 @@ def create_app(
             warm.join(timeout=30)
         app.state.registry.close()
 
-    app = FastAPI(title="Adapter composition service", version="0.1.0", lifespan=lifespan,
-                  description="Adapters, AdapterFusion and soft-prompt ensembles on one frozen encoder.")  # fmt: skip
+    app = FastAPI(
+        title="Adapter composition service",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Adapters, AdapterFusion and soft-prompt ensembles on one frozen encoder.",
+    )
     app.state.settings = settings
     app.state.registry = registry
     if send is None:
@@ -83,8 +87,13 @@ def create_app(
         cache_bytes=int(settings.serving_cache_mb * (1 << 20)),
         host_bytes=None if host_mb is None else int(host_mb * (1 << 20)),
     )
-    app.state.batcher = MicroBatcher(app.state.runtime, settings.batch_max_rows, settings.batch_max_wait_ms,
-                                     settings.queue_max_rows, settings.request_timeout_s)  # fmt: skip
+    app.state.batcher = MicroBatcher(
+        app.state.runtime,
+        settings.batch_max_rows,
+        settings.batch_max_wait_ms,
+        settings.queue_max_rows,
+        settings.request_timeout_s,
+    )
     app.state.adapter_metrics = AdapterMetrics(
         lambda: app.state.runtime.stats.per_module, settings.metrics_top_adapters
     )

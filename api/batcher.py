@@ -28,8 +28,14 @@ class Pending:
 
 
 class MicroBatcher:
-    def __init__(self, runtime: Runtime, max_rows: int = 32, max_wait_ms: float = 5.0, max_queue_rows: int = 512,
-                 timeout_s: float = 30.0):  # fmt: skip
+    def __init__(
+        self,
+        runtime: Runtime,
+        max_rows: int = 32,
+        max_wait_ms: float = 5.0,
+        max_queue_rows: int = 512,
+        timeout_s: float = 30.0,
+    ):
         self.runtime = runtime
         self.max_rows, self.max_wait, self.max_queue_rows, self.timeout = (
             max_rows,

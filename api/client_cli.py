@@ -146,8 +146,12 @@ def main(argv: list[str] | None = None) -> int:
         out = c.call("POST", "/v1/tasks", json={"name": args.name, "kind": args.kind, "labels": labels})
     elif args.cmd == "datasets":
         with open(args.file, "rb") as fh:
-            out = c.call("POST", f"/v1/tasks/{args.task}/datasets", data={"split": args.split},
-                         files={"file": (Path(args.file).name, fh)})  # fmt: skip
+            out = c.call(
+                "POST",
+                f"/v1/tasks/{args.task}/datasets",
+                data={"split": args.split},
+                files={"file": (Path(args.file).name, fh)},
+            )
     elif args.cmd == "jobs" and args.sub == "submit":
         body = json.loads(sys.stdin.read() if args.spec == "-" else Path(args.spec).read_text())
         headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
@@ -174,12 +178,23 @@ def main(argv: list[str] | None = None) -> int:
             body["strategy"] = args.strategy
         out = c.call("POST", f"/v1/ensembles/{args.ensemble_id}/predict", json=body)
     elif args.cmd == "predict":
-        out = c.call("POST", "/v1/predict", json={"adapter": args.adapter, "inputs": [{"text": t} for t in args.texts],
-                                                  "return_fusion_attention": args.attention})  # fmt: skip
+        out = c.call(
+            "POST",
+            "/v1/predict",
+            json={
+                "adapter": args.adapter,
+                "inputs": [{"text": t} for t in args.texts],
+                "return_fusion_attention": args.attention,
+            },
+        )
     elif args.sub == "import":
         with open(args.archive, "rb") as fh:
-            out = c.call("POST", "/v1/adapters/import", data={"task": args.task, "base_model": args.base_model},
-                         files={"file": (Path(args.archive).name, fh)})  # fmt: skip
+            out = c.call(
+                "POST",
+                "/v1/adapters/import",
+                data={"task": args.task, "base_model": args.base_model},
+                files={"file": (Path(args.archive).name, fh)},
+            )
     elif args.sub == "show":
         out = c.call("GET", f"/v1/adapters/{args.adapter}")
         text = describe_fusion(out)

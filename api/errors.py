@@ -15,9 +15,20 @@ from composer.errors import ArtifactError, ComposerError, DataError, Incompatibl
 from registry_db.errors import BlobCorrupted, Conflict, InvalidInput, LimitExceeded, NotFound
 
 BASE = "https://adapter-composer.dev/problems/"
-TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-          409: "Conflict", 413: "Payload Too Large", 429: "Too Many Requests", 415: "Unsupported Media Type", 422: "Unprocessable Content",
-          500: "Internal Server Error", 503: "Service Unavailable"}  # fmt: skip
+TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    413: "Payload Too Large",
+    429: "Too Many Requests",
+    415: "Unsupported Media Type",
+    422: "Unprocessable Content",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 
 class Problem(Exception):  # noqa: N818 - it is the RFC's name
@@ -37,8 +48,10 @@ def problem(status: int, type_: str, detail: str, instance: str | None = None, *
 
 
 def _field_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"), "message": e.get("msg", "")}
-            for e in errors]  # fmt: skip
+    return [
+        {"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"), "message": e.get("msg", "")}
+        for e in errors
+    ]
 
 
 def install(app: FastAPI) -> None:

@@ -80,8 +80,18 @@ def prefetch(runtime: Runtime, reg: Registry, device: str | None, stop: threadin
 
 def adapter_json(row: Adapter, **extra: Any) -> dict[str, Any]:
     return {
-        "id": row.id, "kind": row.kind, "name": row.name, "version": row.version, "status": row.status,
-        "task_id": row.task_id, "base_model_id": row.base_model_id, "method_config": row.method_config,
-        "param_count": row.param_count, "metrics": row.metrics, "visibility": row.visibility, "job_id": row.job_id,
-        "created_at": row.created_at.isoformat(), **extra,
-    }  # fmt: skip
+        "id": row.id,
+        "kind": row.kind,
+        "name": row.name,
+        "version": row.version,
+        "status": row.status,
+        "task_id": row.task_id,
+        "base_model_id": row.base_model_id,
+        "method_config": row.method_config,
+        "param_count": row.param_count,
+        "metrics": row.metrics,
+        "visibility": row.visibility,
+        "job_id": row.job_id,
+        "created_at": row.created_at.isoformat(),
+        **extra,
+    }

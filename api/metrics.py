@@ -9,8 +9,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 REGISTRY = CollectorRegistry()
-LATENCY = Histogram("composer_http_request_seconds", "HTTP request latency", ["method", "route", "status"],
-                    registry=REGISTRY)  # fmt: skip
+LATENCY = Histogram(
+    "composer_http_request_seconds", "HTTP request latency", ["method", "route", "status"], registry=REGISTRY
+)
 JOBS = Gauge("composer_jobs", "jobs by status", ["status"], registry=REGISTRY)
 QUEUE = Gauge("composer_queue_depth", "jobs queued in the registry", registry=REGISTRY)
 CACHE = Counter("composer_cache_events_total", "serving cache events", ["event"], registry=REGISTRY)

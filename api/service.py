@@ -68,13 +68,35 @@ def up(host: str, port: int) -> int:
     key = admin_key(reg, env.get("COMPOSER_BOOTSTRAP_KEY"))
     reg.close()
     procs: list[subprocess.Popen] = []
-    worker = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", "gpu,default", "-c", "1",
-              "-P", "prefork", "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO"]  # fmt: skip
+    worker = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.app",
+        "worker",
+        "-Q",
+        "gpu,default",
+        "-c",
+        "1",
+        "-P",
+        "prefork",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        "-l",
+        "INFO",
+    ]
     print("==> worker: starting a Celery worker on the embedded broker", flush=True)
     procs.append(subprocess.Popen(worker, env=env, start_new_session=True))
     print(f"==> api: starting uvicorn on http://{host}:{port}", flush=True)
-    procs.append(subprocess.Popen([sys.executable, "-m", "uvicorn", "api.main:app", "--host", host, "--port", str(port)],
-                                  env=env, start_new_session=True))  # fmt: skip
+    procs.append(
+        subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "api.main:app", "--host", host, "--port", str(port)],
+            env=env,
+            start_new_session=True,
+        )
+    )
     url = f"http://{host}:{port}"
     try:
         for _ in range(600):

@@ -110,11 +110,14 @@ def main() -> None:
     if ref:
         for b in (1, 8):
             result[f"adapters_fuse8_over_base_b{b}"] = round(ref[f"fuse8_b{b}"] / ref[f"base_b{b}"], 3)
-    rows = ["## P1: fusion cost (6-layer MiniLM, H=384, seq 64, CPU, 2 threads)", "",
-            "| setup | batch 1 ÷ base | batch 8 ÷ base |", "|---|---|---|",
-            f"| base forward | 1.00 ({result['base_ms_b1']} ms) | 1.00 ({result['base_ms_b8']} ms) |",
-            f"| one seq_bn adapter | {result['single_over_base_b1']} | "
-            f"{round(med['single_b8'] / med['base_b8'], 3)} |"]  # fmt: skip
+    rows = [
+        "## P1: fusion cost (6-layer MiniLM, H=384, seq 64, CPU, 2 threads)",
+        "",
+        "| setup | batch 1 ÷ base | batch 8 ÷ base |",
+        "|---|---|---|",
+        f"| base forward | 1.00 ({result['base_ms_b1']} ms) | 1.00 ({result['base_ms_b8']} ms) |",
+        f"| one seq_bn adapter | {result['single_over_base_b1']} | {round(med['single_b8'] / med['base_b8'], 3)} |",
+    ]
     for n in FUSE_SIZES:
         rows.append(f"| fuse-{n} | {result[f'fuse{n}_over_base_b1']} | {result[f'fuse{n}_over_base_b8']} |")
     rows.append(
@@ -122,11 +125,16 @@ def main() -> None:
         f"{result['fuse8_runtime_over_base_b1']} | {result['fuse8_runtime_over_base_b8']} |"
     )
     if ref:
-        rows.append(f"| adapters 1.3.0 fuse-8 | {result['adapters_fuse8_over_base_b1']} | "
-                    f"{result['adapters_fuse8_over_base_b8']} |")  # fmt: skip
-    rows += ["", "Targets: fuse-8 ≤ 1.45× at batch 1 and 8; fuse-16 ≤ 1.6×. Stacked down-projections (one GEMM),",
-             "batched up-projections, W_Qᵀ·W_K precomposed at inference and V applied after mixing.",
-             f"Median of {rounds} alternating rounds{' (--quick)' if a.quick else ''}."]  # fmt: skip
+        rows.append(
+            f"| adapters 1.3.0 fuse-8 | {result['adapters_fuse8_over_base_b1']} | "
+            f"{result['adapters_fuse8_over_base_b8']} |"
+        )
+    rows += [
+        "",
+        "Targets: fuse-8 ≤ 1.45× at batch 1 and 8; fuse-16 ≤ 1.6×. Stacked down-projections (one GEMM),",
+        "batched up-projections, W_Qᵀ·W_K precomposed at inference and V applied after mixing.",
+        f"Median of {rounds} alternating rounds{' (--quick)' if a.quick else ''}.",
+    ]
     if not ref:
         rows.append("The `adapters` 1.3.0 row needs the reference venv `.venv-parity` (scripts/parity/README.md).")
     write_section("fusion", "\n".join(rows))

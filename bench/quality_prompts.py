@@ -64,8 +64,13 @@ def main() -> None:
             per = logits.argmax(-1).numpy() == gold[:, None]  # [N, K] correct
             accs = per.mean(0)
             scores = [run.result.best_metrics[f"{n}/accuracy"] for n in run.names]
-            row = {"task": name, "kind": kind, "prompts": [round(float(x), 4) for x in accs],
-                   "mean": round(float(accs.mean()), 4), "best": round(float(accs.max()), 4)}  # fmt: skip
+            row = {
+                "task": name,
+                "kind": kind,
+                "prompts": [round(float(x), 4) for x in accs],
+                "mean": round(float(accs.mean()), 4),
+                "best": round(float(accs.max()), 4),
+            }
             for strat in STRATEGIES:
                 labels = np.array([v.label for v in vote(logits, strat, scores)])
                 row[strat] = round(float((labels == gold).mean()), 4)
@@ -77,14 +82,20 @@ def main() -> None:
             print(json.dumps(row), f"({time.time() - t0:.0f}s)", flush=True)
     (ROOT / "runs").mkdir(exist_ok=True)
     (ROOT / "runs" / "quality_prompts.json").write_text(json.dumps(rows, indent=2))
-    lines = [f"## Prompt-ensemble quality ({layers}-layer MiniLM, K=5, {n_train} training rows, test {n_test}"
-             f"{', --quick' if a.quick else ''})", "",
-             "| task | kind | prompts (test acc.) | mean | best (oracle) | majority | weighted | mean prob | mean logit "
-             "| majority − mean, 95% CI |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"## Prompt-ensemble quality ({layers}-layer MiniLM, K=5, {n_train} training rows, test {n_test}"
+        f"{', --quick' if a.quick else ''})",
+        "",
+        "| task | kind | prompts (test acc.) | mean | best (oracle) | majority | weighted | mean prob | mean logit "
+        "| majority − mean, 95% CI |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['task']} | {r['kind']} | {', '.join(f'{x:.3f}' for x in r['prompts'])} | {r['mean']:.3f} | "
-                     f"{r['best']:.3f} | {r['majority']:.3f} | {r['weighted']:.3f} | {r['mean_prob']:.3f} | "
-                     f"{r['mean_logit']:.3f} | [{r['ci_majority_minus_mean'][0]:+.3f}, {r['ci_majority_minus_mean'][1]:+.3f}] |")  # fmt: skip
+        lines.append(
+            f"| {r['task']} | {r['kind']} | {', '.join(f'{x:.3f}' for x in r['prompts'])} | {r['mean']:.3f} | "
+            f"{r['best']:.3f} | {r['majority']:.3f} | {r['weighted']:.3f} | {r['mean_prob']:.3f} | "
+            f"{r['mean_logit']:.3f} | [{r['ci_majority_minus_mean'][0]:+.3f}, {r['ci_majority_minus_mean'][1]:+.3f}] |"
+        )
     write_section("quality_prompts", "\n".join(lines))
     emit(summary)
 

@@ -39,9 +39,16 @@ from workers.catalog import register_base_model
 
 TASK = TaskSpec("sentiment", labels=("neg", "pos"))
 ST_A = kinds.get("st_a")
-TEXTS = ["a moving and surprisingly funny film", "the plot never gets going", "great value, tastes fresh",
-         "an uneven but charming story", "boring", "i would not buy this again", "the actors are wonderful",
-         "it was fine, nothing more"]  # fmt: skip
+TEXTS = [
+    "a moving and surprisingly funny film",
+    "the plot never gets going",
+    "great value, tastes fresh",
+    "an uneven but charming story",
+    "boring",
+    "i would not buy this again",
+    "the actors are wonderful",
+    "it was fine, nothing more",
+]
 
 
 def make_adapters(n: int) -> list:
@@ -147,8 +154,11 @@ def p4(reg: Registry, rows: dict[str, object], base_key: str, reps: int) -> dict
         t = time.perf_counter()
         ensure(rt, reg, fusion_row, rows["base"], rows["adapters"], "cpu").release()  # type: ignore[arg-type]
         fusion_cold.append((time.perf_counter() - t) * 1000)
-    return {"cold_load_ms": round(statistics.median(cold), 2), "warm_hit_ms": round(warm, 4),
-            "fusion8_cold_load_ms": round(statistics.median(fusion_cold), 2)}  # fmt: skip
+    return {
+        "cold_load_ms": round(statistics.median(cold), 2),
+        "warm_hit_ms": round(warm, 4),
+        "fusion8_cold_load_ms": round(statistics.median(fusion_cold), 2),
+    }
 
 
 async def load(url: str, key: str, adapter: str, seconds: float, clients: int) -> tuple[list[float], int]:
@@ -284,23 +294,26 @@ def main() -> None:
             return rt.predict(res, [("id0", Example(TEXTS[0]))])
 
     result.update(p6(tmp, db_url, tmp / "blobs", key, rows[0].id, raw, 10 if a.quick else 60))
-    lines = [f"## Serving (6-layer MiniLM, CPU, 2 threads{', --quick' if a.quick else ''})", "",
-             f"- **P3** mixed batch of 8 rows for 8 different ST-As vs 8 rows for one adapter (throughput): "
-             f"**{result['mixed8_over_same8']}×** on short review snippets, **{result['mixed8_over_same8_seq64']}×** at 64 tokens "
-             f"(target ≥ 0.9×); the wide-GEMM alternative (one GEMM against all 8 adapters, masked per row): "
-             f"{result['wide_gemm_mixed8_over_same8']}× and {result['wide_gemm_mixed8_over_same8_seq64']}×. "
-             f"Vs 8 separate batch-1 calls: **{result['mixed8_speedup_over_8x_b1']}×** and {result['mixed8_speedup_over_8x_b1_seq64']}× "
-             "(target ≥ 1.4×). The micro-batcher serves 8 concurrent requests for 8 adapters in one forward "
-             "(tests/api/test_backpressure.py).",
-             f"- **P4** cold load of a seq_bn adapter of the real encoder, from the file blob store (sha256 verified) to a module: "
-             f"**{result['cold_load_ms']} ms** (target ≤ 10 ms); warm hit **{result['warm_hit_ms']} ms** (target ≤ 0.1 ms); "
-             f"cold load of an 8-adapter fusion with its members: {result['fusion8_cold_load_ms']} ms.",
-             f"- **P6** HTTP `/v1/predict` unloaded p50 {result['http_p50_unloaded_ms']} ms vs the server's own forward for those requests {result['server_forward_ms']} ms "
-             f"(tokenise, forward, heads; 6 rounds): overhead **{result['http_overhead_p50_ms']} ms** (target ≤ 5 ms); against the same "
-             f"input's predict in the bench process ({result['raw_forward_ms']} ms, alternating): {result['http_overhead_vs_in_process_ms']} ms. "
-             f"32 concurrent clients: "
-             f"{result['load_throughput_rps']} req/s, p50 {result['load_p50_ms']} ms, p99 {result['load_p99_ms']} ms, "
-             f"**{result['load_errors']} errors** in {result['load_requests']} requests."]  # fmt: skip
+    lines = [
+        f"## Serving (6-layer MiniLM, CPU, 2 threads{', --quick' if a.quick else ''})",
+        "",
+        f"- **P3** mixed batch of 8 rows for 8 different ST-As vs 8 rows for one adapter (throughput): "
+        f"**{result['mixed8_over_same8']}×** on short review snippets, **{result['mixed8_over_same8_seq64']}×** at 64 tokens "
+        f"(target ≥ 0.9×); the wide-GEMM alternative (one GEMM against all 8 adapters, masked per row): "
+        f"{result['wide_gemm_mixed8_over_same8']}× and {result['wide_gemm_mixed8_over_same8_seq64']}×. "
+        f"Vs 8 separate batch-1 calls: **{result['mixed8_speedup_over_8x_b1']}×** and {result['mixed8_speedup_over_8x_b1_seq64']}× "
+        "(target ≥ 1.4×). The micro-batcher serves 8 concurrent requests for 8 adapters in one forward "
+        "(tests/api/test_backpressure.py).",
+        f"- **P4** cold load of a seq_bn adapter of the real encoder, from the file blob store (sha256 verified) to a module: "
+        f"**{result['cold_load_ms']} ms** (target ≤ 10 ms); warm hit **{result['warm_hit_ms']} ms** (target ≤ 0.1 ms); "
+        f"cold load of an 8-adapter fusion with its members: {result['fusion8_cold_load_ms']} ms.",
+        f"- **P6** HTTP `/v1/predict` unloaded p50 {result['http_p50_unloaded_ms']} ms vs the server's own forward for those requests {result['server_forward_ms']} ms "
+        f"(tokenise, forward, heads; 6 rounds): overhead **{result['http_overhead_p50_ms']} ms** (target ≤ 5 ms); against the same "
+        f"input's predict in the bench process ({result['raw_forward_ms']} ms, alternating): {result['http_overhead_vs_in_process_ms']} ms. "
+        f"32 concurrent clients: "
+        f"{result['load_throughput_rps']} req/s, p50 {result['load_p50_ms']} ms, p99 {result['load_p99_ms']} ms, "
+        f"**{result['load_errors']} errors** in {result['load_requests']} requests.",
+    ]
     write_section("serving", "\n".join(lines))
     emit(result)
 

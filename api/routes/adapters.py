@@ -33,8 +33,15 @@ def with_lineage(s, row) -> dict:  # type: ignore[no-untyped-def]
 
 
 @router.get("/adapters")
-def list_adapters(caller: Reader, reg: RegistryDep, task: str | None = None, kind: str | None = None,
-                  status: str | None = None, limit: int = 50, cursor: str | None = None) -> dict:  # fmt: skip
+def list_adapters(
+    caller: Reader,
+    reg: RegistryDep,
+    task: str | None = None,
+    kind: str | None = None,
+    status: str | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> dict:
     with reg.tx() as s:
         task_id = catalog.get_task(s, caller.owner_id, task).id if task else None
         page = adapters.list_adapters(
@@ -100,8 +107,15 @@ def _num_heads(path: str) -> int:
 
 
 @router.post("/adapters/import", status_code=201)
-async def import_adapter(request: Request, caller: Trainer, reg: RegistryDep, file: UploadFile = File(...),
-                         task: str = Form(...), base_model: str = Form(...), name: str | None = Form(None)) -> dict:  # fmt: skip
+async def import_adapter(
+    request: Request,
+    caller: Trainer,
+    reg: RegistryDep,
+    file: UploadFile = File(...),
+    task: str = Form(...),
+    base_model: str = Form(...),
+    name: str | None = Form(None),
+) -> dict:
     settings = request.app.state.settings
     data = await file.read(int(settings.max_upload_mb * (1 << 20)) + 1)
     if len(data) > settings.max_upload_mb * (1 << 20):

@@ -38,8 +38,15 @@ class EnsemblePredictIn(BaseModel):
 
 def ensemble_json(s, e: AdapterSet) -> dict:  # type: ignore[no-untyped-def]
     members = adapters.set_members(s, e.id)
-    return {"id": e.id, "name": e.name, "task_id": e.task_id, "voting": e.voting, "prompts": [m.id for m in members],
-            "scores": [m.metrics.get("accuracy") for m in members], "created_at": e.created_at.isoformat()}  # fmt: skip
+    return {
+        "id": e.id,
+        "name": e.name,
+        "task_id": e.task_id,
+        "voting": e.voting,
+        "prompts": [m.id for m in members],
+        "scores": [m.metrics.get("accuracy") for m in members],
+        "created_at": e.created_at.isoformat(),
+    }
 
 
 @router.get("/ensembles")
@@ -79,8 +86,15 @@ def create_ensemble(body: EnsembleIn, caller: Trainer, reg: RegistryDep) -> dict
             raise Problem(
                 422, "invalid-input", "weighted voting needs a validation score for every prompt", field="voting"
             )
-        e = adapters.create_set(s, owner_id=caller.owner_id, kind="ensemble", name=body.name,
-                                adapter_ids=[r.id for r in rows], task_id=task.id, voting=body.voting)  # fmt: skip
+        e = adapters.create_set(
+            s,
+            owner_id=caller.owner_id,
+            kind="ensemble",
+            name=body.name,
+            adapter_ids=[r.id for r in rows],
+            task_id=task.id,
+            voting=body.voting,
+        )
         return ensemble_json(s, e)
 
 
@@ -113,14 +127,21 @@ def _predict(request: Request, reg, caller, ensemble_id: str, body: EnsemblePred
         )
     out = []
     for v in votes:
-        out.append({
-            "label": spec.labels[v.label], "agreement": round(v.agreement, 4),
-            "votes": {spec.labels[j]: c for j, c in enumerate(v.counts) if c},
-            "per_prompt": [{"prompt": r.id, "skipped": True} if p is None else
-                           {"prompt": r.id, "label": spec.labels[p[0]], "probability": round(p[1], 6)}
-                           for r, p in zip(rows, v.per_prompt, strict=True)],
-            "early_exit": v.early_exit, "tie_break": v.tie_break,
-        })  # fmt: skip
+        out.append(
+            {
+                "label": spec.labels[v.label],
+                "agreement": round(v.agreement, 4),
+                "votes": {spec.labels[j]: c for j, c in enumerate(v.counts) if c},
+                "per_prompt": [
+                    {"prompt": r.id, "skipped": True}
+                    if p is None
+                    else {"prompt": r.id, "label": spec.labels[p[0]], "probability": round(p[1], 6)}
+                    for r, p in zip(rows, v.per_prompt, strict=True)
+                ],
+                "early_exit": v.early_exit,
+                "tie_break": v.tie_break,
+            }
+        )
     return {"ensemble_id": e.id, "strategy": strategy, "outputs": out}
 
 

@@ -40,12 +40,22 @@ class FusionIn(BaseModel):
 
 
 def job_json(j: Job) -> dict:
-    return {"id": j.id, "type": j.type, "status": j.status, "spec": j.spec, "attempts": j.attempts,
-            "worker": j.worker, "progress": j.progress, "result": j.result, "error": j.error,
-            "cancel_requested": j.cancel_requested, "idempotency_key": j.idempotency_key,
-            "created_at": j.created_at.isoformat(),
-            "started_at": j.started_at.isoformat() if j.started_at else None,
-            "finished_at": j.finished_at.isoformat() if j.finished_at else None}  # fmt: skip
+    return {
+        "id": j.id,
+        "type": j.type,
+        "status": j.status,
+        "spec": j.spec,
+        "attempts": j.attempts,
+        "worker": j.worker,
+        "progress": j.progress,
+        "result": j.result,
+        "error": j.error,
+        "cancel_requested": j.cancel_requested,
+        "idempotency_key": j.idempotency_key,
+        "created_at": j.created_at.isoformat(),
+        "started_at": j.started_at.isoformat() if j.started_at else None,
+        "finished_at": j.finished_at.isoformat() if j.finished_at else None,
+    }
 
 
 def event_json(e: JobEvent) -> dict:
@@ -62,15 +72,25 @@ def _submit(request: Request, reg, caller, job_type: str, spec: dict, key: str |
 
 
 @router.post("/jobs", status_code=202)
-def submit(body: JobIn, request: Request, caller: Trainer, reg: RegistryDep,
-           idempotency_key: str | None = Header(None, alias="Idempotency-Key", max_length=200)) -> JSONResponse:  # fmt: skip
+def submit(
+    body: JobIn,
+    request: Request,
+    caller: Trainer,
+    reg: RegistryDep,
+    idempotency_key: str | None = Header(None, alias="Idempotency-Key", max_length=200),
+) -> JSONResponse:
     spec = body.model_dump(exclude={"type"})
     return _submit(request, reg, caller, body.type, spec, idempotency_key)
 
 
 @router.post("/fusions", status_code=202)
-def fuse(body: FusionIn, request: Request, caller: Trainer, reg: RegistryDep,
-         idempotency_key: str | None = Header(None, alias="Idempotency-Key", max_length=200)) -> JSONResponse:  # fmt: skip
+def fuse(
+    body: FusionIn,
+    request: Request,
+    caller: Trainer,
+    reg: RegistryDep,
+    idempotency_key: str | None = Header(None, alias="Idempotency-Key", max_length=200),
+) -> JSONResponse:
     return _submit(request, reg, caller, "fusion", body.model_dump(exclude_none=True), idempotency_key)
 
 
@@ -81,8 +101,14 @@ def job_options(caller: Reader) -> dict:
 
 
 @router.get("/jobs")
-def list_jobs(caller: Reader, reg: RegistryDep, status: str | None = None, type: str | None = None,
-              limit: int = 50, cursor: str | None = None) -> dict:  # fmt: skip
+def list_jobs(
+    caller: Reader,
+    reg: RegistryDep,
+    status: str | None = None,
+    type: str | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> dict:
     with reg.tx() as s:
         page = jobs.list_jobs(s, caller.owner_id, status, type, limit, cursor)
         return {"items": [job_json(j) for j in page.items], "next_cursor": page.next_cursor}

@@ -25,8 +25,15 @@ class KeyIn(BaseModel):
 
 
 def key_json(k: ApiKey) -> dict:
-    return {"id": k.id, "owner_id": k.owner_id, "name": k.name, "prefix": k.prefix, "scopes": k.scopes,
-            "created_at": k.created_at.isoformat(), "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None}  # fmt: skip
+    return {
+        "id": k.id,
+        "owner_id": k.owner_id,
+        "name": k.name,
+        "prefix": k.prefix,
+        "scopes": k.scopes,
+        "created_at": k.created_at.isoformat(),
+        "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None,
+    }
 
 
 @router.post("/keys", status_code=201)

@@ -88,8 +88,11 @@ def render(row, spec: TaskSpec, members: list[str], outputs: list[RowOutput]) ->
         if o.attention:
             layers = {k: [round(float(v), 4) for v in a] for k, a in o.attention.items()}
             mean = [sum(v[j] for v in layers.values()) / len(layers) for j in range(len(members))]
-            item["fusion_attention"] = {"adapters": members, "layers": layers,
-                                        "top_adapter": members[max(range(len(mean)), key=mean.__getitem__)]}  # fmt: skip
+            item["fusion_attention"] = {
+                "adapters": members,
+                "layers": layers,
+                "top_adapter": members[max(range(len(mean)), key=mean.__getitem__)],
+            }
         out.append(item)
     return {"adapter_id": row.id, "kind": row.kind, "outputs": out}
 

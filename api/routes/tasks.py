@@ -25,8 +25,14 @@ class TaskIn(BaseModel):
 
 
 def task_json(t: Task) -> dict:
-    return {"id": t.id, "name": t.name, "kind": t.kind, "labels": t.labels, "metric": t.metric,
-            "created_at": t.created_at.isoformat()}  # fmt: skip
+    return {
+        "id": t.id,
+        "name": t.name,
+        "kind": t.kind,
+        "labels": t.labels,
+        "metric": t.metric,
+        "created_at": t.created_at.isoformat(),
+    }
 
 
 @router.post("/tasks", status_code=201)
@@ -48,8 +54,14 @@ def get_task(name: str, caller: Reader, reg: RegistryDep) -> dict:
 
 
 @router.post("/tasks/{name}/datasets", status_code=201)
-async def upload(name: str, request: Request, caller: Trainer, reg: RegistryDep,
-                 file: UploadFile = File(...), split: Literal["train", "validation", "test"] = Form(...)) -> dict:  # fmt: skip
+async def upload(
+    name: str,
+    request: Request,
+    caller: Trainer,
+    reg: RegistryDep,
+    file: UploadFile = File(...),
+    split: Literal["train", "validation", "test"] = Form(...),
+) -> dict:
     limit = int(request.app.state.settings.max_upload_mb * (1 << 20))
     data = await file.read(limit + 1)
     if len(data) > limit:

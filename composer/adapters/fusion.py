@@ -31,8 +31,15 @@ from composer.adapters.bottleneck import BottleneckAdapter, BottleneckLayer, act
 from composer.adapters.config import PLACEMENTS
 from composer.errors import ConfigError
 
-PLACEMENT_FIELDS = ("mh_adapter", "output_adapter", "original_ln_before", "original_ln_after",
-                    "residual_before_ln", "is_parallel", "leave_out")  # fmt: skip
+PLACEMENT_FIELDS = (
+    "mh_adapter",
+    "output_adapter",
+    "original_ln_before",
+    "original_ln_after",
+    "residual_before_ln",
+    "is_parallel",
+    "leave_out",
+)
 WARM_MARGIN = 12.0  # a warm start's prior on its member: the others get e^-12 of the attention at step 0
 
 

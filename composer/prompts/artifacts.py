@@ -44,11 +44,20 @@ def to_files(art: PromptArtifact) -> tuple[bytes, bytes]:
     tensors = {"prompt.embedding": art.prompt, **{f"head.{k}": v for k, v in art.head_tensors.items()}}
     weights = tensors_to_bytes(tensors)
     meta = {
-        "format": FORMAT, "format_version": 1, "name": art.name, "kind": "soft_prompt", "method": "prompt_tuning",
-        "config": art.config.to_dict(), "head": art.head.to_dict() if art.head else None, "labels": art.labels,
-        "hidden_size": art.hidden_size, "base": art.base.to_dict() if art.base else None,
-        "metrics": art.metrics, "max_length": art.max_length, "sha256": sha256_bytes(weights),
-    }  # fmt: skip
+        "format": FORMAT,
+        "format_version": 1,
+        "name": art.name,
+        "kind": "soft_prompt",
+        "method": "prompt_tuning",
+        "config": art.config.to_dict(),
+        "head": art.head.to_dict() if art.head else None,
+        "labels": art.labels,
+        "hidden_size": art.hidden_size,
+        "base": art.base.to_dict() if art.base else None,
+        "metrics": art.metrics,
+        "max_length": art.max_length,
+        "sha256": sha256_bytes(weights),
+    }
     return json.dumps(meta, indent=2, sort_keys=True).encode(), weights
 
 
@@ -62,13 +71,17 @@ def from_files(config: bytes, weights: bytes) -> PromptArtifact:
     if "prompt.embedding" not in tensors:
         raise ArtifactError("prompt weights have no prompt.embedding")
     return PromptArtifact(
-        name=meta["name"], config=PromptConfig.from_dict(meta["config"]), hidden_size=int(meta["hidden_size"]),
+        name=meta["name"],
+        config=PromptConfig.from_dict(meta["config"]),
+        hidden_size=int(meta["hidden_size"]),
         prompt=tensors["prompt.embedding"],
         head=HeadConfig.from_dict(meta["head"]) if meta.get("head") else None,
         head_tensors={k[5:]: v for k, v in tensors.items() if k.startswith("head.")},
-        labels=meta.get("labels"), base=BaseIdentity.from_dict(meta["base"]) if meta.get("base") else None,
-        metrics=meta.get("metrics") or {}, max_length=meta.get("max_length"),
-    )  # fmt: skip
+        labels=meta.get("labels"),
+        base=BaseIdentity.from_dict(meta["base"]) if meta.get("base") else None,
+        metrics=meta.get("metrics") or {},
+        max_length=meta.get("max_length"),
+    )
 
 
 def import_adapterhub_prompt(directory: str | Path) -> PromptArtifact:

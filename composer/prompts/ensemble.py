@@ -38,8 +38,12 @@ def check_strategy(strategy: str, scores: list[float | None] | None) -> None:
         raise ConfigError("weighted voting needs a validation score for every prompt")
 
 
-def vote(logits: torch.Tensor, strategy: str = "majority", scores: list[float | None] | None = None,
-         evaluated: torch.Tensor | None = None) -> list[RowVote]:  # fmt: skip
+def vote(
+    logits: torch.Tensor,
+    strategy: str = "majority",
+    scores: list[float | None] | None = None,
+    evaluated: torch.Tensor | None = None,
+) -> list[RowVote]:
     """logits [B, K, C]; `evaluated` [B, K] bool marks prompts that ran for each row (default: all)."""
     check_strategy(strategy, scores)
     b, k, c = logits.shape

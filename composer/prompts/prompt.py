@@ -80,8 +80,9 @@ class SoftPrompt(nn.Module):
                 raise ConfigError("deep prompts need the number of layers")
             if cfg.reparam_hidden:
                 out = num_layers * 2 * hidden_size
-                self.reparam = nn.Sequential(nn.Linear(hidden_size, cfg.reparam_hidden), nn.Tanh(),
-                                             nn.Linear(cfg.reparam_hidden, out))  # fmt: skip
+                self.reparam = nn.Sequential(
+                    nn.Linear(hidden_size, cfg.reparam_hidden), nn.Tanh(), nn.Linear(cfg.reparam_hidden, out)
+                )
             else:
                 self.deep = nn.Parameter(torch.zeros(num_layers, 2, cfg.length, hidden_size))
 
@@ -157,8 +158,13 @@ def encode_prompted(
         return model(**kwargs).last_hidden_state
 
 
-def _encode_deep(base: LoadedBase, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 token_type_ids: torch.Tensor | None, prefixes: torch.Tensor) -> torch.Tensor:  # fmt: skip
+def _encode_deep(
+    base: LoadedBase,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    token_type_ids: torch.Tensor | None,
+    prefixes: torch.Tensor,
+) -> torch.Tensor:
     from transformers import DynamicCache
 
     if base.family not in ("bert", "roberta", "xlm-roberta", "electra"):

@@ -39,17 +39,26 @@ class PromptsRun:
             cfg = self.model.prompts[n].cfg
             if cfg.kind == "deep" and cfg.reparam_hidden:  # collapse the MLP: plain tensors on save
                 cfg = dataclasses.replace(cfg, reparam_hidden=0)
-            out.append(PromptArtifact(
-                name=n, config=cfg, hidden_size=self.model.base.hidden_size,
-                prompt=self.model.prompts[n].value().detach().cpu().clone(), head=self.model.heads[n].cfg,
-                head_tensors={k: v.detach().cpu().clone() for k, v in self.model.heads[n].state_dict().items()},
-                labels=list(task.labels), base=self.model.base.identity, metrics=metrics, max_length=self.max_length,
-            ))  # fmt: skip
+            out.append(
+                PromptArtifact(
+                    name=n,
+                    config=cfg,
+                    hidden_size=self.model.base.hidden_size,
+                    prompt=self.model.prompts[n].value().detach().cpu().clone(),
+                    head=self.model.heads[n].cfg,
+                    head_tensors={k: v.detach().cpu().clone() for k, v in self.model.heads[n].state_dict().items()},
+                    labels=list(task.labels),
+                    base=self.model.base.identity,
+                    metrics=metrics,
+                    max_length=self.max_length,
+                )
+            )
         return out
 
 
-def batched_logits(model: PromptModel, names: list[str], examples: Sequence[Example], collate: Collator,
-                   batch_size: int) -> torch.Tensor:  # fmt: skip
+def batched_logits(
+    model: PromptModel, names: list[str], examples: Sequence[Example], collate: Collator, batch_size: int
+) -> torch.Tensor:
     chunks = []
     with torch.no_grad():
         for i in range(0, len(examples), batch_size):

@@ -44,13 +44,18 @@ class Api:
         return r.json()["key"]
 
     def task_with_data(self, name: str = "sentiment", key: str = ADMIN) -> dict[str, str]:
-        r = self.client.post("/v1/tasks", json={"name": name, "kind": "classification", "labels": ["neg", "pos"]},
-                             headers=self.h(key))  # fmt: skip
+        r = self.client.post(
+            "/v1/tasks", json={"name": name, "kind": "classification", "labels": ["neg", "pos"]}, headers=self.h(key)
+        )
         assert r.status_code == 201, r.text
         ids = {}
         for split, n, seed in (("train", 48, 0), ("validation", 16, 1)):
-            r = self.client.post(f"/v1/tasks/{name}/datasets", headers=self.h(key), data={"split": split},
-                                 files={"file": (f"{split}.jsonl", jsonl(toy_rows(n, seed)))})  # fmt: skip
+            r = self.client.post(
+                f"/v1/tasks/{name}/datasets",
+                headers=self.h(key),
+                data={"split": split},
+                files={"file": (f"{split}.jsonl", jsonl(toy_rows(n, seed)))},
+            )
             assert r.status_code == 201, r.text
             ids[split] = r.json()["id"]
         return ids

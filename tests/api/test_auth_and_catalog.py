@@ -75,19 +75,29 @@ def test_dataset_upload_validates_rows_deduplicates_and_limits_size(api):
     ids = api.task_with_data()
     ds = api.client.get(f"/v1/datasets/{ids['train']}", headers=api.h()).json()
     assert ds["row_count"] == 48 and ds["label_histogram"] == {"neg": 24, "pos": 24}
-    again = api.client.post("/v1/tasks/sentiment/datasets", headers=api.h(), data={"split": "train"},
-                            files={"file": ("t.jsonl", jsonl(toy_rows(48, 0)))})  # fmt: skip
+    again = api.client.post(
+        "/v1/tasks/sentiment/datasets",
+        headers=api.h(),
+        data={"split": "train"},
+        files={"file": ("t.jsonl", jsonl(toy_rows(48, 0)))},
+    )
     assert again.json()["id"] == ids["train"] and again.json()["deduplicated"]
     bad = jsonl(toy_rows(3)) + b'{"text": "fine", "label": "maybe"}\n'
-    r = api.client.post("/v1/tasks/sentiment/datasets", headers=api.h(), data={"split": "train"},
-                        files={"file": ("bad.jsonl", bad)})  # fmt: skip
+    r = api.client.post(
+        "/v1/tasks/sentiment/datasets", headers=api.h(), data={"split": "train"}, files={"file": ("bad.jsonl", bad)}
+    )
     assert r.status_code == 422 and r.json()["line"] == 4 and "label set" in r.json()["detail"]
     huge = jsonl(toy_rows(2000))
-    r = api.client.post("/v1/tasks/sentiment/datasets", headers=api.h(), data={"split": "train"},
-                        files={"file": ("big.jsonl", huge)})  # fmt: skip
+    r = api.client.post(
+        "/v1/tasks/sentiment/datasets", headers=api.h(), data={"split": "train"}, files={"file": ("big.jsonl", huge)}
+    )
     assert r.status_code == 413 and r.headers["content-type"] == PROBLEM
-    r = api.client.post("/v1/tasks/sentiment/datasets", headers=api.h(), data={"split": "dev"},
-                        files={"file": ("x.jsonl", jsonl(toy_rows(2)))})  # fmt: skip
+    r = api.client.post(
+        "/v1/tasks/sentiment/datasets",
+        headers=api.h(),
+        data={"split": "dev"},
+        files={"file": ("x.jsonl", jsonl(toy_rows(2)))},
+    )
     assert r.status_code == 422 and r.json()["field"] == "split"
 
 
@@ -95,8 +105,12 @@ def test_a_tasks_datasets_list_page_by_page_and_delete_only_when_unused(api):
     ids = api.task_with_data()
     extra = []
     for seed in (7, 8, 9):
-        r = api.client.post("/v1/tasks/sentiment/datasets", headers=api.h(), data={"split": "train"},
-                            files={"file": ("t.jsonl", jsonl(toy_rows(12, seed)))})  # fmt: skip
+        r = api.client.post(
+            "/v1/tasks/sentiment/datasets",
+            headers=api.h(),
+            data={"split": "train"},
+            files={"file": ("t.jsonl", jsonl(toy_rows(12, seed)))},
+        )
         extra.append(r.json()["id"])
     seen, cursor = [], None
     while True:  # pages of two, newest first, every dataset once

@@ -15,8 +15,9 @@ from workers.settings import Settings
 def test_flood_gets_503_then_the_server_is_healthy(api, tmp_path):
     ids = api.task_with_data()
     adapters = [api.train_adapter(ids), api.train_adapter(ids, name="b")]
-    settings = Settings(data_dir=tmp_path, register_packaged_encoder=False, queue_max_rows=2, batch_max_wait_ms=500,
-                        batch_max_rows=64)  # fmt: skip
+    settings = Settings(
+        data_dir=tmp_path, register_packaged_encoder=False, queue_max_rows=2, batch_max_wait_ms=500, batch_max_rows=64
+    )
     app = create_app(settings, registry=api.registry, send=lambda *_: True)
     headers = {"Authorization": f"Bearer {ADMIN}"}
 
@@ -52,8 +53,12 @@ def test_concurrent_requests_for_different_adapters_share_a_forward(api, tmp_pat
 
     async def together() -> list[dict]:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t", timeout=60) as c:
-            rs = await asyncio.gather(*[c.post("/v1/predict", headers=headers, json={"adapter": a, "inputs": [{"text": "good movie"}]})
-                                        for a in adapters])  # fmt: skip
+            rs = await asyncio.gather(
+                *[
+                    c.post("/v1/predict", headers=headers, json={"adapter": a, "inputs": [{"text": "good movie"}]})
+                    for a in adapters
+                ]
+            )
             return [r.json() for r in rs]
 
     outs = asyncio.run(together())

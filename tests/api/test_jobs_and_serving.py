@@ -80,15 +80,27 @@ def test_bad_job_specs_are_refused_before_queueing(api):
 def test_fusion_with_attention_aliases_and_archive(api):
     ids = api.task_with_data()
     a, b = api.train_adapter(ids), api.train_adapter(ids, name="second")
-    r = api.client.post("/v1/fusions", headers=api.h(), json={"task": "sentiment", "adapters": [a, b],
-                        "train_dataset": ids["train"], "validation_dataset": ids["validation"], "hyperparameters": HP})  # fmt: skip
+    r = api.client.post(
+        "/v1/fusions",
+        headers=api.h(),
+        json={
+            "task": "sentiment",
+            "adapters": [a, b],
+            "train_dataset": ids["train"],
+            "validation_dataset": ids["validation"],
+            "hyperparameters": HP,
+        },
+    )
     assert r.status_code == 202, r.text
     job = api.client.get(f"/v1/jobs/{r.json()['id']}", headers=api.h()).json()
     fusion_id = job["result"]["adapter_id"]
     info = api.client.get(f"/v1/adapters/{fusion_id}", headers=api.h()).json()
     assert info["kind"] == "fusion" and info["members"] == [a, b]
-    r = api.client.post("/v1/predict", headers=api.h(), json={"adapter": fusion_id, "inputs": [{"text": "good movie"}],
-                        "return_fusion_attention": True})  # fmt: skip
+    r = api.client.post(
+        "/v1/predict",
+        headers=api.h(),
+        json={"adapter": fusion_id, "inputs": [{"text": "good movie"}], "return_fusion_attention": True},
+    )
     att = r.json()["outputs"][0]["fusion_attention"]
     assert att["adapters"] == [a, b] and att["top_adapter"] in (a, b)
     assert all(abs(sum(v) - 1) < 1e-3 for v in att["layers"].values())
@@ -110,9 +122,16 @@ def test_fusion_with_attention_aliases_and_archive(api):
 
 def test_prompts_and_the_ensemble_endpoint(api):
     ids = api.task_with_data()
-    body = {"type": "prompts", "task": "sentiment", "base_model": api.base_id, "train_dataset": ids["train"],
-            "validation_dataset": ids["validation"], "k": 3, "prompt": {"length": 4},
-            "hyperparameters": {**HP, "learning_rate": 3e-2}}  # fmt: skip
+    body = {
+        "type": "prompts",
+        "task": "sentiment",
+        "base_model": api.base_id,
+        "train_dataset": ids["train"],
+        "validation_dataset": ids["validation"],
+        "k": 3,
+        "prompt": {"length": 4},
+        "hyperparameters": {**HP, "learning_rate": 3e-2},
+    }
     job_id = api.client.post("/v1/jobs", json=body, headers=api.h()).json()["id"]
     job = api.client.get(f"/v1/jobs/{job_id}", headers=api.h()).json()
     assert job["status"] == "succeeded", job
@@ -143,8 +162,12 @@ def test_download_import_roundtrip_and_hostile_archives(api):
     a = api.train_adapter(ids)
     z = api.client.get(f"/v1/adapters/{a}/download", headers=api.h())
     assert z.status_code == 200 and z.headers["content-type"] == "application/zip"
-    r = api.client.post("/v1/adapters/import", headers=api.h(), data={"task": "sentiment", "base_model": api.base_id, "name": "copy"},
-                        files={"file": ("a.zip", z.content)})  # fmt: skip
+    r = api.client.post(
+        "/v1/adapters/import",
+        headers=api.h(),
+        data={"task": "sentiment", "base_model": api.base_id, "name": "copy"},
+        files={"file": ("a.zip", z.content)},
+    )
     assert r.status_code == 201, r.text
     copy = r.json()["id"]
     p1 = api.client.post("/v1/predict", headers=api.h(), json={"adapter": a, "inputs": [{"text": "good movie"}]}).json()
@@ -172,8 +195,12 @@ def test_download_import_roundtrip_and_hostile_archives(api):
         "not-zip": b"this is not a zip",
     }
     for label, data in hostile.items():
-        r = api.client.post("/v1/adapters/import", headers=api.h(), data={"task": "sentiment", "base_model": api.base_id},
-                            files={"file": ("x.zip", data)})  # fmt: skip
+        r = api.client.post(
+            "/v1/adapters/import",
+            headers=api.h(),
+            data={"task": "sentiment", "base_model": api.base_id},
+            files={"file": ("x.zip", data)},
+        )
         assert r.status_code == 422, (label, r.text)
         assert r.headers["content-type"] == "application/problem+json"
 

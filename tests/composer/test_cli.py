@@ -14,9 +14,24 @@ def test_train_adapter_cli_writes_a_loadable_artifact(tiny_bert_dir, tmp_path, t
     val = write_jsonl(tmp_path / "val.jsonl", toy_rows[:4] + toy_rows[-4:])
     out = tmp_path / "adapter"
     rc = main(
-        ["train-adapter", "--base", str(tiny_bert_dir), "--train", str(train), "--validation", str(val),
-         "--out", str(out), "--epochs", "2", "--batch-size", "4", "--reduction-factor", "4"]
-    )  # fmt: skip
+        [
+            "train-adapter",
+            "--base",
+            str(tiny_bert_dir),
+            "--train",
+            str(train),
+            "--validation",
+            str(val),
+            "--out",
+            str(out),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+            "--reduction-factor",
+            "4",
+        ]
+    )
     assert rc == 0
     captured = capsys.readouterr()
     assert "training" in captured.err and "6/6" in captured.err  # the tqdm bar reached the end
@@ -28,8 +43,19 @@ def test_train_adapter_cli_writes_a_loadable_artifact(tiny_bert_dir, tmp_path, t
 
 def test_cli_reports_bad_rows_with_line_numbers(tiny_bert_dir, tmp_path, toy_rows, capsys):
     train = write_jsonl(tmp_path / "train.jsonl", [*toy_rows[:3], {"text": "", "label": "pos"}])
-    rc = main(["train-adapter", "--base", str(tiny_bert_dir), "--train", str(train), "--validation", str(train),
-               "--out", str(tmp_path / "o")])  # fmt: skip
+    rc = main(
+        [
+            "train-adapter",
+            "--base",
+            str(tiny_bert_dir),
+            "--train",
+            str(train),
+            "--validation",
+            str(train),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     assert rc == 2
     assert "line 4" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

@@ -21,8 +21,14 @@ def test_adapterhub_prompt_tuning_hidden_states():
     base = load_base(PARITY / "base", with_tokenizer=False, device="cpu")
     b = x["input_ids"].shape[0]
     with torch.no_grad():
-        hidden = encode_prompted(base, x["input_ids"], x["attention_mask"], x["token_type_ids"],
-                                 art.prompt.expand(b, -1, -1), art.config.insertion)  # fmt: skip
+        hidden = encode_prompted(
+            base,
+            x["input_ids"],
+            x["attention_mask"],
+            x["token_type_ids"],
+            art.prompt.expand(b, -1, -1),
+            art.config.insertion,
+        )
     assert hidden.shape == ref["prompt/adapterhub"].shape == (3, 15, 32)
     # Row 0 has no padding: identical to the reference's batch output.
     torch.testing.assert_close(hidden[0], ref["prompt/adapterhub"][0], atol=1e-5, rtol=0)

@@ -111,8 +111,14 @@ def test_regression_head_fits_a_sentence_pair_score(tiny_bert_dir):
     from composer.data import TaskSpec
     from composer.heads import HeadConfig
 
-    pairs = [("good movie", "great film", 0.9), ("bad movie", "great film", 0.1), ("awful plot", "poor story", 0.8),
-             ("happy actor", "sad actor", 0.2), ("funny story", "funny film", 0.9), ("boring food", "fresh food", 0.1)]  # fmt: skip
+    pairs = [
+        ("good movie", "great film", 0.9),
+        ("bad movie", "great film", 0.1),
+        ("awful plot", "poor story", 0.8),
+        ("happy actor", "sad actor", 0.2),
+        ("funny story", "funny film", 0.9),
+        ("boring food", "fresh food", 0.1),
+    ]
     ex = [Example(a, y, text_pair=b) for a, b, y in pairs]
     task = TaskSpec(kind="regression", metric="pearson")
     cfg = TrainConfig(learning_rate=1e-2, epochs=40, batch_size=3, patience=0)

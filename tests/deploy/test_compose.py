@@ -80,8 +80,12 @@ def test_docker_compose_config_validates_the_file():
         [*cli, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], capture_output=True, text=True, env=env
     )
     assert r.returncode == 0, r.stderr
-    r = subprocess.run([*cli, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], capture_output=True, text=True,
-                       env={"PATH": env["PATH"]})  # fmt: skip
+    r = subprocess.run(
+        [*cli, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
+        capture_output=True,
+        text=True,
+        env={"PATH": env["PATH"]},
+    )
     assert r.returncode != 0 and "COMPOSER_BOOTSTRAP_KEY" in r.stderr  # the admin key must be chosen explicitly
 
 

@@ -33,15 +33,30 @@ def service(request, tmp_path):
         redis, broker = None, f"sqla+sqlite:///{tmp_path / 'broker.db'}"
         db = f"sqlite:///{tmp_path / 'registry.db'}"
     upgrade(db)
-    env = {**__import__("os").environ, "COMPOSER_DATA_DIR": str(tmp_path), "COMPOSER_DATABASE_URL": db,
-           "COMPOSER_BLOB_URL": f"file://{tmp_path / 'blobs'}", "COMPOSER_BROKER_URL": broker,
-           "COMPOSER_BOOTSTRAP_KEY": ADMIN, "COMPOSER_REGISTER_PACKAGED_ENCODER": "false",
-           "COMPOSER_HEARTBEAT_INTERVAL": "0.5", "COMPOSER_STALE_AFTER": "5", "COMPOSER_SSE_POLL_SECONDS": "0.2",
-           "COMPOSER_CHECKPOINT_EVERY_STEPS": "10", "COMPOSER_PROGRESS_EVERY_SECONDS": "0.2", "OMP_NUM_THREADS": "1"}  # fmt: skip
+    env = {
+        **__import__("os").environ,
+        "COMPOSER_DATA_DIR": str(tmp_path),
+        "COMPOSER_DATABASE_URL": db,
+        "COMPOSER_BLOB_URL": f"file://{tmp_path / 'blobs'}",
+        "COMPOSER_BROKER_URL": broker,
+        "COMPOSER_BOOTSTRAP_KEY": ADMIN,
+        "COMPOSER_REGISTER_PACKAGED_ENCODER": "false",
+        "COMPOSER_HEARTBEAT_INTERVAL": "0.5",
+        "COMPOSER_STALE_AFTER": "5",
+        "COMPOSER_SSE_POLL_SECONDS": "0.2",
+        "COMPOSER_CHECKPOINT_EVERY_STEPS": "10",
+        "COMPOSER_PROGRESS_EVERY_SECONDS": "0.2",
+        "OMP_NUM_THREADS": "1",
+    }
     port = free_port()
     log = open(tmp_path / "api.log", "wb")  # noqa: SIM115
-    api = subprocess.Popen([sys.executable, "-m", "uvicorn", "api.main:app", "--port", str(port)], cwd=ROOT, env=env,
-                           stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    api = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "api.main:app", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
@@ -77,11 +92,21 @@ def follow(c: httpx.Client, job_id: str, timeout: float = 300) -> tuple[dict, li
 def test_the_users_three_actions_and_the_bad_paths(service, tiny_bert_dir):
     c = httpx.Client(base_url=service, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=60)
     base, ds = seed_over_http(c, tiny_bert_dir)
-    bad = c.post("/v1/tasks/sentiment/datasets", data={"split": "train"},
-                 files={"file": ("d.jsonl", jsonl(toy_rows(2)) + b'{"text": ""}\n')})  # fmt: skip
+    bad = c.post(
+        "/v1/tasks/sentiment/datasets",
+        data={"split": "train"},
+        files={"file": ("d.jsonl", jsonl(toy_rows(2)) + b'{"text": ""}\n')},
+    )
     assert bad.status_code == 422 and bad.json()["line"] == 3
-    spec = {"type": "adapter", "task": "sentiment", "base_model": base, "train_dataset": ds["train"],
-            "validation_dataset": ds["validation"], "adapter": {"reduction_factor": 4}, "hyperparameters": HP}  # fmt: skip
+    spec = {
+        "type": "adapter",
+        "task": "sentiment",
+        "base_model": base,
+        "train_dataset": ds["train"],
+        "validation_dataset": ds["validation"],
+        "adapter": {"reduction_factor": 4},
+        "hyperparameters": HP,
+    }
 
     # 1. train an adapter, following its events
     r = c.post("/v1/jobs", json=spec, headers={"Idempotency-Key": "first"})
@@ -97,19 +122,45 @@ def test_the_users_three_actions_and_the_bad_paths(service, tiny_bert_dir):
 
     # 2. fuse two adapters and predict with the fusion attention
     b, _ = follow(c, c.post("/v1/jobs", json={**spec, "name": "second"}).json()["id"])
-    fu = c.post("/v1/fusions", json={"task": "sentiment", "adapters": [a, b["result"]["adapter_id"]],
-                                     "train_dataset": ds["train"], "hyperparameters": HP})  # fmt: skip
+    fu = c.post(
+        "/v1/fusions",
+        json={
+            "task": "sentiment",
+            "adapters": [a, b["result"]["adapter_id"]],
+            "train_dataset": ds["train"],
+            "hyperparameters": HP,
+        },
+    )
     assert fu.status_code == 202
     fjob, _ = follow(c, fu.json()["id"])
     assert fjob["status"] == "succeeded", fjob
-    out = c.post("/v1/predict", json={"adapter": fjob["result"]["adapter_id"], "inputs": [{"text": "good movie"}],
-                                      "return_fusion_attention": True}).json()["outputs"][0]  # fmt: skip
+    out = c.post(
+        "/v1/predict",
+        json={
+            "adapter": fjob["result"]["adapter_id"],
+            "inputs": [{"text": "good movie"}],
+            "return_fusion_attention": True,
+        },
+    ).json()["outputs"][0]
     assert out["fusion_attention"]["top_adapter"] in (a, b["result"]["adapter_id"])
 
     # 3. train prompts and query the ensemble endpoint
-    pjob, _ = follow(c, c.post("/v1/jobs", json={"type": "prompts", "task": "sentiment", "base_model": base,
-                     "train_dataset": ds["train"], "validation_dataset": ds["validation"], "k": 3,
-                     "prompt": {"length": 4}, "hyperparameters": {**HP, "learning_rate": 3e-2}}).json()["id"])  # fmt: skip
+    pjob, _ = follow(
+        c,
+        c.post(
+            "/v1/jobs",
+            json={
+                "type": "prompts",
+                "task": "sentiment",
+                "base_model": base,
+                "train_dataset": ds["train"],
+                "validation_dataset": ds["validation"],
+                "k": 3,
+                "prompt": {"length": 4},
+                "hyperparameters": {**HP, "learning_rate": 3e-2},
+            },
+        ).json()["id"],
+    )
     assert pjob["status"] == "succeeded", pjob
     ens = pjob["result"]["ensemble_id"]
     votes = c.post(f"/v1/ensembles/{ens}/predict", json={"inputs": [{"text": "good movie"}], "early_exit": True}).json()

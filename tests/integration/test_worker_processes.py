@@ -143,9 +143,15 @@ def test_multitask_then_fusion_jobs_on_a_real_worker(tmp_path, tiny_bert_dir):
         w = st.world
         hp = {"learning_rate": 1e-2, "epochs": 2, "batch_size": 8, "patience": 0}
         st.start_worker()
-        mt_spec = {"base_model": w.base, "hyperparameters": hp, "adapter": {"reduction_factor": 4},
-                   "tasks": [{"task": "sentiment", "train_dataset": w.train, "validation_dataset": w.validation},
-                             {"task": "sentiment2", "train_dataset": w.validation}]}  # fmt: skip
+        mt_spec = {
+            "base_model": w.base,
+            "hyperparameters": hp,
+            "adapter": {"reduction_factor": 4},
+            "tasks": [
+                {"task": "sentiment", "train_dataset": w.train, "validation_dataset": w.validation},
+                {"task": "sentiment2", "train_dataset": w.validation},
+            ],
+        }
         from registry_db.repo import catalog
         from tests.workers.fixtures import jsonl, toy_rows
         from workers.catalog import upload_dataset
@@ -158,8 +164,13 @@ def test_multitask_then_fusion_jobs_on_a_real_worker(tmp_path, tiny_bert_dir):
         done = st.wait_status(mt.id, ("succeeded", "failed"))
         assert done.status == "succeeded", done.error
         members = done.result["adapter_ids"]
-        fusion_spec = {"task": "sentiment", "adapters": members, "train_dataset": w.train,
-                       "validation_dataset": w.validation, "hyperparameters": hp}  # fmt: skip
+        fusion_spec = {
+            "task": "sentiment",
+            "adapters": members,
+            "train_dataset": w.train,
+            "validation_dataset": w.validation,
+            "hyperparameters": hp,
+        }
         fu, _ = submit_job(w.registry, w.owner, "fusion", fusion_spec, send=st.send)
         done = st.wait_status(fu.id, ("succeeded", "failed"))
         assert done.status == "succeeded", done.error

@@ -61,9 +61,14 @@ def test_mt_a_set_and_prompt_ensemble_are_ordered_sets(registry):
     members = [add_adapter(registry, ids, name=f"p{i}", kind="soft_prompt") for i in range(3)]
     with registry.tx() as s:
         ens = adapters.create_set(
-            s, owner_id=ids["owner"], kind="ensemble", name="sent-ens", adapter_ids=members[::-1],
-            task_id=ids["task"], voting="majority",
-        )  # fmt: skip
+            s,
+            owner_id=ids["owner"],
+            kind="ensemble",
+            name="sent-ens",
+            adapter_ids=members[::-1],
+            task_id=ids["task"],
+            voting="majority",
+        )
     with registry.tx() as s:
         assert [m.id for m in adapters.set_members(s, ens.id)] == members[::-1]
         assert [x.id for x in adapters.sets_of(s, members[0])] == [ens.id]

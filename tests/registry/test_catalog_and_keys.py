@@ -80,7 +80,14 @@ def test_base_model_registration_is_idempotent_by_identity(registry):
     ids = seed(registry)
     with registry.tx() as s:
         again, created = catalog.register_base_model(
-            s, name="other-name", identity="acme".ljust(32, "0")[:32], config_hash="c" * 64, weights_hash="w" * 64,
-            architecture="bert", hidden_size=384, num_layers=6, path="/x",
-        )  # fmt: skip
+            s,
+            name="other-name",
+            identity="acme".ljust(32, "0")[:32],
+            config_hash="c" * 64,
+            weights_hash="w" * 64,
+            architecture="bert",
+            hidden_size=384,
+            num_layers=6,
+            path="/x",
+        )
     assert not created and again.id == ids["base"]

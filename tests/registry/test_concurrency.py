@@ -37,9 +37,16 @@ def test_racing_for_the_same_version_number(registry):
     def register(_i: int) -> str:
         with registry.tx() as s:
             return adapters.register_adapter(
-                s, owner_id=ids["owner"], task_id=ids["task"], base_model_id=ids["base"], kind="st_a",
-                name="sentiment", method_config={}, hidden_size=384, version=1,
-            ).id  # fmt: skip
+                s,
+                owner_id=ids["owner"],
+                task_id=ids["task"],
+                base_model_id=ids["base"],
+                kind="st_a",
+                name="sentiment",
+                method_config={},
+                hidden_size=384,
+                version=1,
+            ).id
 
     results = race(register)
     assert sum(isinstance(r, str) for r in results) == 1
@@ -78,7 +85,7 @@ def test_auto_versions_under_contention_never_duplicate(registry):
                     method_config={},
                     hidden_size=384,
                 ).version
-            )  # fmt: skip
+            )
         )
 
     results = race(register, n=4)

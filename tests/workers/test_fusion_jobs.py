@@ -49,15 +49,28 @@ def two_adapters(w) -> list[str]:
 
 
 def fusion_spec(w, ids, **kw):
-    return {"task": w.task, "adapters": ids, "train_dataset": w.train, "validation_dataset": w.validation,
-            "hyperparameters": HP, **kw}  # fmt: skip
+    return {
+        "task": w.task,
+        "adapters": ids,
+        "train_dataset": w.train,
+        "validation_dataset": w.validation,
+        "hyperparameters": HP,
+        **kw,
+    }
 
 
 def test_multitask_job_registers_a_derived_base_and_its_adapters(world):
     w = world
-    spec = {"base_model": w.base, "adapter": {"reduction_factor": 4}, "hyperparameters": HP, "temperature": 2,
-            "tasks": [{"task": "sentiment", "train_dataset": w.train, "validation_dataset": w.validation},
-                      {"task": "flip", "train_dataset": w.flip_train}]}  # fmt: skip
+    spec = {
+        "base_model": w.base,
+        "adapter": {"reduction_factor": 4},
+        "hyperparameters": HP,
+        "temperature": 2,
+        "tasks": [
+            {"task": "sentiment", "train_dataset": w.train, "validation_dataset": w.validation},
+            {"task": "flip", "train_dataset": w.flip_train},
+        ],
+    }
     done = submit_and_run(w, "multitask", spec)
     derived_id = done.result["base_model_id"]
     with w.registry.tx() as s:
@@ -146,9 +159,16 @@ def test_evaluate_job_stores_metrics_on_the_adapter(world):
 
 def test_prompts_job_registers_k_prompts_and_an_ensemble(world):
     w = world
-    spec = {"task": w.task, "base_model": w.base, "train_dataset": w.train, "validation_dataset": w.validation,
-            "k": 3, "prompt": {"length": 4}, "voting": "weighted",
-            "hyperparameters": {"learning_rate": 3e-2, "epochs": 2, "batch_size": 8, "patience": 0}}  # fmt: skip
+    spec = {
+        "task": w.task,
+        "base_model": w.base,
+        "train_dataset": w.train,
+        "validation_dataset": w.validation,
+        "k": 3,
+        "prompt": {"length": 4},
+        "voting": "weighted",
+        "hyperparameters": {"learning_rate": 3e-2, "epochs": 2, "batch_size": 8, "patience": 0},
+    }
     done = submit_and_run(w, "prompts", spec)
     with w.registry.tx() as s:
         members = adapters.set_members(s, done.result["ensemble_id"])

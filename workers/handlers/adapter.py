@@ -59,17 +59,32 @@ def handle(ctx: JobContext) -> Finish:
     head = HeadConfig(kind=tspec.kind, num_labels=tspec.num_labels, pooling=spec.pooling)
     name = spec.name or task.name
     run = train_st_adapter(
-        base, tspec, train, validation, preset(spec.preset, **spec.adapter), cfg, head,
-        callbacks=[ctx.callback()], resume=ctx.resume, name=name,
-    )  # fmt: skip
+        base,
+        tspec,
+        train,
+        validation,
+        preset(spec.preset, **spec.adapter),
+        cfg,
+        head,
+        callbacks=[ctx.callback()],
+        resume=ctx.resume,
+        name=name,
+    )
     art = run.artifact(tspec)
     weights_sha, config_sha = artifact_store.store(ctx.registry, art)
 
     def register(s: Session, job: Job) -> dict:
         row = adapters.register_adapter(
-            s, owner_id=job.owner_id, task_id=task.id, base_model_id=base_row.id, name=name, job_id=job.id,
-            blob_sha256=weights_sha, config_sha256=config_sha, **artifact_store.registration(art, preset=spec.preset),
-        )  # fmt: skip
+            s,
+            owner_id=job.owner_id,
+            task_id=task.id,
+            base_model_id=base_row.id,
+            name=name,
+            job_id=job.id,
+            blob_sha256=weights_sha,
+            config_sha256=config_sha,
+            **artifact_store.registration(art, preset=spec.preset),
+        )
         return {"adapter_id": row.id, "version": row.version}
 
     result = {"metrics": run.result.best_metrics, "steps": run.result.steps, "resumed_from": ctx.resumed_from}

@@ -165,8 +165,12 @@ def handle(ctx: JobContext) -> Finish:
             derived = pruned(run.model, run.name, keep)
             p_metrics, p_s = _timed_score(run.model, derived, derived, tspec, report_on, collate)
             pruned_ids = [member_ids[names.index(k)] for k in keep]  # type: ignore[union-attr]
-            result["pruned"] = {"members": pruned_ids, "metrics": p_metrics, "full_metrics": full_metrics,
-                                "relative_cost": round(p_s / full_s, 3)}  # fmt: skip
+            result["pruned"] = {
+                "members": pruned_ids,
+                "metrics": p_metrics,
+                "full_metrics": full_metrics,
+                "relative_cost": round(p_s / full_s, 3),
+            }
         else:
             result["pruned"] = {"members": [], "note": "fewer than 2 adapters above the threshold; nothing derived"}
     art = run.artifact(member_ids, tspec)
@@ -179,18 +183,32 @@ def handle(ctx: JobContext) -> Finish:
 
     def register(s: Session, job: Job) -> dict:
         row = adapters.register_adapter(
-            s, owner_id=job.owner_id, task_id=task.id, base_model_id=base_row.id, name=name, job_id=job.id,
-            blob_sha256=w_sha, config_sha256=c_sha, **artifact_store.registration(art),
-        )  # fmt: skip
+            s,
+            owner_id=job.owner_id,
+            task_id=task.id,
+            base_model_id=base_row.id,
+            name=name,
+            job_id=job.id,
+            blob_sha256=w_sha,
+            config_sha256=c_sha,
+            **artifact_store.registration(art),
+        )
         adapters.add_fusion_members(s, row.id, member_ids)
         out = {"adapter_id": row.id, "version": row.version}
         if pruned_ids:
             derived = artifact_store.registration(art, members=pruned_ids, derived_from=row.id)
             derived["metrics"] = result["pruned"]["metrics"]
             derived_row = adapters.register_adapter(
-                s, owner_id=job.owner_id, task_id=task.id, base_model_id=base_row.id, name=f"{name}-pruned",
-                blob_sha256=w_sha, config_sha256=c_sha, job_id=job.id, **derived,
-            )  # fmt: skip
+                s,
+                owner_id=job.owner_id,
+                task_id=task.id,
+                base_model_id=base_row.id,
+                name=f"{name}-pruned",
+                blob_sha256=w_sha,
+                config_sha256=c_sha,
+                job_id=job.id,
+                **derived,
+            )
             adapters.add_fusion_members(s, derived_row.id, pruned_ids)
             out["pruned_adapter_id"] = derived_row.id
         return out

@@ -35,9 +35,15 @@ def handle(ctx: JobContext) -> Finish:
         data.append(TaskData(task_spec(task), train, val))
     base = ctx.load_base(base_row)
     run = train_multitask(
-        base, data, preset(spec.preset, **spec.adapter), cfg, alpha=spec.sampling_alpha(),
-        base_learning_rate=spec.base_learning_rate, callbacks=[ctx.callback()], resume=ctx.resume,
-    )  # fmt: skip
+        base,
+        data,
+        preset(spec.preset, **spec.adapter),
+        cfg,
+        alpha=spec.sampling_alpha(),
+        base_learning_rate=spec.base_learning_rate,
+        callbacks=[ctx.callback()],
+        resume=ctx.resume,
+    )
     derived = run.derive_base(f"{base_row.name}+mt:{ctx.job.id}")
     weights_sha = ctx.registry.blobs.put(tensors_to_bytes(run.base_weights()))
     ctx.event("derived_base", {"identity": derived.fingerprint, "parent": base_row.id, "weights_sha256": weights_sha})
@@ -64,13 +70,20 @@ def handle(ctx: JobContext) -> Finish:
         ids = []
         for (task, _, _), art, (w_sha, c_sha) in zip(rows, arts, stored, strict=True):
             row = adapters.register_adapter(
-                s, owner_id=job.owner_id, task_id=task.id, base_model_id=derived_row.id,
-                name=f"{set_name}/{task.name}", blob_sha256=w_sha, config_sha256=c_sha, job_id=job.id,
+                s,
+                owner_id=job.owner_id,
+                task_id=task.id,
+                base_model_id=derived_row.id,
+                name=f"{set_name}/{task.name}",
+                blob_sha256=w_sha,
+                config_sha256=c_sha,
+                job_id=job.id,
                 **artifact_store.registration(art, preset=spec.preset),
-            )  # fmt: skip
+            )
             ids.append(row.id)
-        mt_set = adapters.create_set(s, owner_id=job.owner_id, kind="mt_a", name=f"{set_name}#{job.id}",
-                                     adapter_ids=ids, job_id=job.id)  # fmt: skip
+        mt_set = adapters.create_set(
+            s, owner_id=job.owner_id, kind="mt_a", name=f"{set_name}#{job.id}", adapter_ids=ids, job_id=job.id
+        )
         return {"adapter_ids": ids, "set_id": mt_set.id, "base_model_id": derived_row.id}
 
     result = {"metrics": run.result.best_metrics, "selection": run.selection, "steps": run.result.steps}

@@ -20,8 +20,17 @@ def handle(ctx: JobContext) -> Finish:
     inp = job_inputs(ctx, spec.task, spec.base_model, spec.train_dataset, spec.validation_dataset)
     task, tspec, base_row, base = inp.task, inp.spec, inp.base_row, inp.base
     train, validation = inp.train, inp.validation
-    run = train_prompts(base, tspec, train, validation, spec.k, PromptConfig.from_dict(spec.prompt), cfg,
-                        callbacks=[ctx.callback()], resume=ctx.resume)  # fmt: skip
+    run = train_prompts(
+        base,
+        tspec,
+        train,
+        validation,
+        spec.k,
+        PromptConfig.from_dict(spec.prompt),
+        cfg,
+        callbacks=[ctx.callback()],
+        resume=ctx.resume,
+    )
     arts = run.artifacts(tspec)
     stored = [artifact_store.store(ctx.registry, art) for art in arts]
     name = spec.name or f"{task.name}-prompts"
@@ -30,14 +39,30 @@ def handle(ctx: JobContext) -> Finish:
         ids = []
         for art, (w_sha, c_sha) in zip(arts, stored, strict=True):
             row = adapters.register_adapter(
-                s, owner_id=job.owner_id, task_id=task.id, base_model_id=base_row.id, name=f"{name}/{art.name}",
-                blob_sha256=w_sha, config_sha256=c_sha, job_id=job.id, **artifact_store.registration(art),
-            )  # fmt: skip
+                s,
+                owner_id=job.owner_id,
+                task_id=task.id,
+                base_model_id=base_row.id,
+                name=f"{name}/{art.name}",
+                blob_sha256=w_sha,
+                config_sha256=c_sha,
+                job_id=job.id,
+                **artifact_store.registration(art),
+            )
             ids.append(row.id)
-        ens = adapters.create_set(s, owner_id=job.owner_id, kind="ensemble", name=f"{name}#{job.id}",
-                                  adapter_ids=ids, task_id=task.id, voting=spec.voting, job_id=job.id)  # fmt: skip
+        ens = adapters.create_set(
+            s,
+            owner_id=job.owner_id,
+            kind="ensemble",
+            name=f"{name}#{job.id}",
+            adapter_ids=ids,
+            task_id=task.id,
+            voting=spec.voting,
+            job_id=job.id,
+        )
         return {"adapter_ids": ids, "ensemble_id": ens.id}
 
     scores = {n: run.result.best_metrics.get(f"{n}/{tspec.metric}") for n in run.names}
-    return Finish(result={"metrics": run.result.best_metrics, "scores": scores, "steps": run.result.steps},
-                  register=register)  # fmt: skip
+    return Finish(
+        result={"metrics": run.result.best_metrics, "scores": scores, "steps": run.result.steps}, register=register
+    )
