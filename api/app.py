@@ -80,6 +80,8 @@ def create_app(
         from workers.queueing import enqueue as send
     app.state.send = send  # publishes "run job X" to the broker
     app.state.callers = Recent(10_000, ttl=settings.auth_cache_seconds)  # key hash -> Caller
+    # (owner, adapter reference) -> its row, while it serves; dropped by an archive or alias move here
+    app.state.adapter_refs = Recent(10_000, ttl=settings.adapter_cache_seconds)
     app.state.module_facts = Recent(10_000)  # adapter id -> what never changes about it (task, base, members)
     app.state.limiter = RateLimiter(settings.predict_rate_per_key, settings.predict_burst_per_key)
     host_mb = settings.serving_host_cache_mb
@@ -101,9 +103,9 @@ def create_app(
     app.state.metrics_registry.register(app.state.adapter_metrics)
     errors.install(app)
     install_metrics(app)
-    app.include_router(health.router)
-    app.include_router(ui.router)
+    # the routers carry their own prefix, so a route's template (its latency label) is its whole path; the
+    # router tries them in this order, the busiest first
+    for module in (predict, ensembles, health, keys, base_models, tasks, datasets, jobs, adapters, ui):
+        app.include_router(module.router)
     app.mount("/ui/static", StaticFiles(directory=ui.UI), name="ui-static")
-    for module in (keys, base_models, tasks, datasets, jobs, adapters, predict, ensembles):
-        app.include_router(module.router, prefix="/v1")
     return app

@@ -20,6 +20,7 @@ class Recent(Generic[K, V]):
         self.max_entries, self.ttl = max_entries, ttl
         self._items: OrderedDict[K, tuple[float, V]] = OrderedDict()
         self._lock = threading.Lock()
+        self.generation = 0  # counts `drop`s: a value read before one must not be put after it
 
     def get(self, key: K) -> V | None:
         with self._lock:
@@ -32,10 +33,13 @@ class Recent(Generic[K, V]):
             self._items.move_to_end(key)
             return hit[1]
 
-    def put(self, key: K, value: V) -> None:
+    def put(self, key: K, value: V, generation: int | None = None) -> None:
+        """Remember a value; with `generation` (read before the value was), only if nothing was dropped since."""
         if self.ttl == 0:
             return
         with self._lock:
+            if generation is not None and generation != self.generation:
+                return
             self._items[key] = (time.monotonic(), value)
             self._items.move_to_end(key)
             while len(self._items) > self.max_entries:
@@ -44,5 +48,6 @@ class Recent(Generic[K, V]):
     def drop(self, match: Callable[[V], bool]) -> None:
         """Forget every value for which `match` is true."""
         with self._lock:
+            self.generation += 1
             for key in [k for k, (_, v) in self._items.items() if match(v)]:
                 del self._items[key]

@@ -164,6 +164,22 @@ class Runtime:
         with self._lock:
             self._shrink()
 
+    def lease_loaded(self, base_key: str, module_id: str, members: Sequence[str] = ()) -> Resident | None:
+        """Lease a module and its members if all of them are attached to `base_key`'s resident already (no load,
+        no wait: cheap enough for an event loop); None when any is not, or is archived or being evicted (then
+        `ensure`). Counted as hits, as `ensure` counts them."""
+        ids = (*members, module_id)
+        with self._lock:
+            res = self.residents.get(base_key)
+            if res is None or any(i not in self.cache or i in self.retired or i in self.doomed for i in ids):
+                return None
+            for i in ids:
+                self.cache.move_to_end(i)
+                self.stats.hits += 1
+                self.stats.per_module[(i, "hits")] += 1
+                self.leases[i] += 1
+            return res
+
     def release(self, module_id: str, members: Sequence[str] = ()) -> None:
         with self._lock:
             for i in (module_id, *members):

@@ -21,7 +21,7 @@ from composer.exporting import Target
 from registry_db.repo import adapters, catalog
 from workers import artifact_store
 
-router = APIRouter(tags=["adapters"])
+router = APIRouter(prefix="/v1", tags=["adapters"])
 
 
 def with_lineage(s, row) -> dict:  # type: ignore[no-untyped-def]
@@ -140,6 +140,7 @@ def archive(ref: str, request: Request, caller: Trainer, reg: RegistryDep) -> di
         row = adapters.resolve_adapter(s, caller.owner_id, ref)
         row = adapters.archive_adapter(s, row.id, caller.owner_id)
         out = adapter_json(row)
+    request.app.state.adapter_refs.drop(lambda r: r.id == row.id)
     request.app.state.runtime.retire(row.id)
     return out
 
@@ -150,7 +151,7 @@ class AliasIn(BaseModel):
 
 
 @router.put("/adapters/aliases/{task}/{alias}")
-def set_alias(task: str, alias: str, body: AliasIn, caller: Trainer, reg: RegistryDep) -> dict:
+def set_alias(task: str, alias: str, body: AliasIn, request: Request, caller: Trainer, reg: RegistryDep) -> dict:
     with reg.tx() as s:
         t = catalog.get_task(s, caller.owner_id, task)
         row = adapters.resolve_adapter(s, caller.owner_id, body.adapter)
@@ -169,7 +170,9 @@ def set_alias(task: str, alias: str, body: AliasIn, caller: Trainer, reg: Regist
             {"adapter_id": h.adapter_id, "assigned_at": h.assigned_at.isoformat()}
             for h in adapters.alias_history(s, al.id)
         ]
-        return {"task": t.name, "alias": alias, "adapter_id": row.id, "history": history}
+    # once committed, this process's requests for task@alias follow at once (the task's remembered rows go)
+    request.app.state.adapter_refs.drop(lambda r: r.task_id == t.id)
+    return {"task": t.name, "alias": alias, "adapter_id": row.id, "history": history}
 
 
 __all__ = ["router"]

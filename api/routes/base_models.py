@@ -13,7 +13,7 @@ from registry_db.models import BaseModelRow
 from registry_db.repo import catalog
 from workers.catalog import register_base_model
 
-router = APIRouter(tags=["base-models"])
+router = APIRouter(prefix="/v1", tags=["base-models"])
 
 
 class BaseModelIn(BaseModel):

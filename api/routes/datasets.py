@@ -8,7 +8,7 @@ from api.deps import Reader, RegistryDep, Trainer
 from api.schemas import dataset_json
 from registry_db.repo import catalog
 
-router = APIRouter(tags=["datasets"])
+router = APIRouter(prefix="/v1", tags=["datasets"])
 
 
 @router.get("/datasets/{dataset_id}")

@@ -19,7 +19,7 @@ from registry_db.models import AdapterSet
 from registry_db.repo import adapters, catalog
 from workers.catalog import task_spec
 
-router = APIRouter(tags=["ensembles"])
+router = APIRouter(prefix="/v1", tags=["ensembles"])
 Strategy = Literal["majority", "weighted", "mean_prob", "mean_logit"]
 
 

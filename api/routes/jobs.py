@@ -18,7 +18,7 @@ from registry_db.repo import jobs
 from workers import specs
 from workers.submit import submit_job
 
-router = APIRouter(tags=["jobs"])
+router = APIRouter(prefix="/v1", tags=["jobs"])
 
 
 class JobIn(BaseModel):

@@ -15,7 +15,7 @@ from api.errors import Problem
 from registry_db.models import ApiKey
 from registry_db.repo import keys
 
-router = APIRouter(tags=["keys"])
+router = APIRouter(prefix="/v1", tags=["keys"])
 
 
 class KeyIn(BaseModel):

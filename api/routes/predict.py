@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from api.caches import Recent
 from api.deps import Reader, RegistryDep
 from api.errors import Problem
-from api.loaders import ensure
+from api.loaders import Lease, ensure
 from api.schemas import InputRow, examples
 from composer.data import TaskSpec
 from composer.serving import RowOutput
@@ -22,7 +22,7 @@ from registry_db.models import Adapter, BaseModelRow
 from registry_db.repo import adapters, catalog
 from workers.catalog import task_spec
 
-router = APIRouter(tags=["predict"])
+router = APIRouter(prefix="/v1", tags=["predict"])
 
 
 class PredictIn(BaseModel):
@@ -40,10 +40,27 @@ class Facts:
     members: list[Adapter]
 
 
+def leased(request: Request, caller, body: PredictIn):  # type: ignore[no-untyped-def]
+    """A warm request's way, on the event loop: its reference resolved within `adapter_cache_seconds` by this
+    process, its module and members attached. No registry read, no thread hop. None: take `resolve`."""
+    row = request.app.state.adapter_refs.get((caller.owner_id, body.adapter))
+    facts = request.app.state.module_facts.get(row.id) if row is not None else None
+    if facts is None:
+        return None
+    runtime, members = request.app.state.runtime, [m.id for m in facts.members]
+    res = runtime.lease_loaded(facts.base_row.id, row.id, members)  # None once archived here, or not loaded
+    if res is None:
+        return None
+    return row, facts.spec, members, Lease(runtime, res, row.id, members)
+
+
 def resolve(request: Request, reg, caller, body: PredictIn):  # type: ignore[no-untyped-def]
     """Everything that can fail for this request alone happens here, before it joins a batch. The adapter
-    row (its status, an alias's target) is read every time; its task, base and members once per process."""
+    row (its status, an alias's target) is read from the registry; its task, base and members once per
+    process. A row that serves is remembered for `leased`."""
     cache: Recent[str, Facts] = request.app.state.module_facts
+    refs = request.app.state.adapter_refs
+    generation = refs.generation  # an archive or alias move during this read keeps its row out
     with reg.tx() as s:
         try:
             row = adapters.resolve_adapter(s, caller.owner_id, body.adapter)
@@ -65,10 +82,13 @@ def resolve(request: Request, reg, caller, body: PredictIn):  # type: ignore[no-
                 task_spec(task), catalog.get_base_model(s, row.base_model_id), adapters.fusion_members(s, row.id)
             )
             cache.put(row.id, facts)
-    if row.status == "archived":
+    if row.status == "archived":  # archived through another process: what this one holds of it goes too
+        refs.drop(lambda r: r.id == row.id)
+        request.app.state.runtime.retire(row.id)
         raise Problem(
             404, "archived", f"adapter {row.id} is archived: it no longer serves (its row and lineage remain)"
         )
+    refs.put((caller.owner_id, body.adapter), row, generation)
     settings = request.app.state.settings
     lease = ensure(request.app.state.runtime, reg, row, facts.base_row, facts.members, settings.device)
     return row, facts.spec, [m.id for m in facts.members], lease
@@ -80,10 +100,10 @@ def render(row, spec: TaskSpec, members: list[str], outputs: list[RowOutput]) ->
         if spec.kind == "regression":
             item = {"value": float(o.logits)}
         else:
-            probs = o.logits.softmax(-1)
+            probs = o.logits.softmax(-1).tolist()
             item = {
-                "label": spec.labels[int(probs.argmax())],
-                "probabilities": dict(zip(spec.labels, [round(float(p), 6) for p in probs], strict=True)),
+                "label": spec.labels[max(range(len(probs)), key=probs.__getitem__)],
+                "probabilities": dict(zip(spec.labels, [round(p, 6) for p in probs], strict=True)),
             }
         if o.attention:
             layers = {k: [round(float(v), 4) for v in a] for k, a in o.attention.items()}
@@ -104,10 +124,11 @@ async def predict(body: PredictIn, request: Request, caller: Reader, reg: Regist
     batcher = request.app.state.batcher
     batcher.expect()
     try:
-        row, spec, members, lease = await run_in_threadpool(resolve, request, reg, caller, body)
+        found = leased(request, caller, body) or await run_in_threadpool(resolve, request, reg, caller, body)
     except BaseException:
         batcher.gone()
         raise
+    row, spec, members, lease = found
     with lease:
         inputs = examples(body.inputs)
         if body.return_fusion_attention and members:  # inspection requests run alone

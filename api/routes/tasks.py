@@ -14,7 +14,7 @@ from registry_db.models import Task
 from registry_db.repo import catalog
 from workers.catalog import upload_dataset
 
-router = APIRouter(tags=["tasks"])
+router = APIRouter(prefix="/v1", tags=["tasks"])
 
 
 class TaskIn(BaseModel):

@@ -177,11 +177,11 @@ def test_http_latency_is_counted_per_route_template_and_status(api):
         m = re.search(pattern, text)
         return float(m.group(1)) if m else 0.0
 
-    before = count("/healthz", "200"), count("/adapters/{ref}", "404"), count("unmatched", "404")
+    before = count("/healthz", "200"), count("/v1/adapters/{ref}", "404"), count("unmatched", "404")
     api.client.get("/healthz")
     assert api.client.get("/v1/adapters/nope", headers=api.h()).status_code == 404
     assert api.client.get("/no/such/path").status_code == 404
-    after = count("/healthz", "200"), count("/adapters/{ref}", "404"), count("unmatched", "404")
+    after = count("/healthz", "200"), count("/v1/adapters/{ref}", "404"), count("unmatched", "404")
     assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1]
 
 

@@ -233,6 +233,38 @@ def test_a_retired_module_loaded_by_a_request_that_read_it_before_the_archive_is
     assert "kept" in rt.cache  # an ordinary module stays
 
 
+def test_lease_loaded_leases_only_what_is_attached_and_never_an_archived_or_doomed_module(tiny_bert_dir):
+    """The request path's way without a load: a module and its members already attached are leased (the LRU
+    then keeps them, a hit each); anything else (another base, not loaded, archived, evicted while leased) is
+    None and leases nothing."""
+    arts = make_artifacts(tiny_bert_dir, n=3)
+    one = sum(t.numel() * 4 for t in arts[0].tensors.values())
+    rt = Runtime(cache_bytes=int(one * 1.5))
+    res = rt.resident("tiny", lambda: load_base(tiny_bert_dir))
+    assert rt.lease_loaded("tiny", "id0") is None and rt.stats.hits == 0
+    load(rt, res, "id0", arts[0])
+    assert rt.lease_loaded("other-base", "id0") is None
+    assert rt.lease_loaded("tiny", "id0", members=["id1"]) is None and not rt.leases
+    assert rt.lease_loaded("tiny", "id0") is res and rt.leases["id0"] == 1 and rt.stats.hits == 1
+    load(rt, res, "id1", arts[1])  # over budget: the LRU passes over the leased id0 and evicts id1
+    assert "id0" in rt.cache and "id1" not in rt.cache
+    (got,) = rt.predict(res, [("id0", Example("good movie"))])
+    rt.release("id0")
+    fresh = Runtime()
+    fres = fresh.resident("tiny", lambda: load_base(tiny_bert_dir))
+    load(fresh, fres, "id0", arts[0])
+    (want,) = fresh.predict(fres, [("id0", Example("good movie"))])
+    torch.testing.assert_close(got.logits, want.logits, atol=1e-6, rtol=0)
+    load(rt, res, "id2", arts[2])
+    rt.ensure(res, "tiny", "id2", ST_A, lambda: arts[2])
+    rt.evict("id2")  # doomed: goes at its release
+    assert rt.lease_loaded("tiny", "id2") is None and rt.leases["id2"] == 1
+    rt.release("id2")
+    load(rt, res, "id1", arts[1])
+    rt.retire("id1")
+    assert rt.lease_loaded("tiny", "id1") is None and "id1" not in rt.leases
+
+
 def test_a_tier_keeps_its_byte_total_equal_to_the_sum_of_its_entries():
     import random
 

@@ -1,0 +1,113 @@
+"""A warm /v1/predict (its reference resolved by this process within `adapter_cache_seconds`, its module
+attached) leases the module on the event loop and reads no table; what changes the answer still applies:
+an alias move or an archive through this process at once, through another within that time, and another
+owner never sees the cached row."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+from fastapi.testclient import TestClient
+from sqlalchemy import event
+
+from api.app import create_app
+from tests.api.conftest import ADMIN
+from workers.settings import Settings
+
+INPUTS = [{"text": "good movie"}, {"text": "a really boring plot"}]
+
+
+@contextmanager
+def statements(engine):  # type: ignore[no-untyped-def]
+    """The SQL statements the engine runs inside the block."""
+    seen: list[str] = []
+
+    def record(conn, cursor, statement, *_):  # type: ignore[no-untyped-def]
+        seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+def ask(client: TestClient, ref: str, key: str = ADMIN):  # type: ignore[no-untyped-def]
+    return client.post(
+        "/v1/predict", headers={"Authorization": f"Bearer {key}"}, json={"adapter": ref, "inputs": INPUTS}
+    )
+
+
+def test_a_warm_predict_reads_no_table_and_an_alias_move_or_archive_here_applies_at_once(api):
+    ids = api.task_with_data()
+    a, b = api.train_adapter(ids), api.train_adapter(ids, adapter={"reduction_factor": 2})
+    want = {x: ask(api.client, x).json()["outputs"] for x in (a, b)}
+    assert want[a] != want[b]
+    r = api.client.put("/v1/adapters/aliases/sentiment/prod", headers=api.h(), json={"adapter": a})
+    assert r.status_code == 200, r.text
+
+    assert ask(api.client, "sentiment@prod").json()["outputs"] == want[a]  # resolved from the registry
+    hits = api.client.app.state.runtime.stats.hits
+    with statements(api.registry.engine) as seen:
+        warm = ask(api.client, "sentiment@prod")
+    assert warm.status_code == 200 and warm.json() == {"adapter_id": a, "kind": "st_a", "outputs": want[a]}
+    assert seen == []  # neither the key nor the adapter row was read
+    assert api.client.app.state.runtime.stats.hits == hits + 1
+
+    r = api.client.put("/v1/adapters/aliases/sentiment/prod", headers=api.h(), json={"adapter": b})
+    assert r.status_code == 200, r.text
+    moved = ask(api.client, "sentiment@prod").json()
+    assert (moved["adapter_id"], moved["outputs"]) == (b, want[b])
+
+    assert ask(api.client, "sentiment@prod").status_code == 200  # warm again, on b
+    assert api.client.post(f"/v1/adapters/{b}/archive", headers=api.h()).status_code == 200
+    for ref in ("sentiment@prod", b):
+        gone = ask(api.client, ref)
+        assert gone.status_code == 404 and gone.json()["type"].endswith("archived"), gone.text
+    assert ask(api.client, a).json()["outputs"] == want[a]
+
+
+def test_another_owner_never_gets_a_row_cached_for_the_owner_of_the_adapter(api):
+    ids = api.task_with_data()
+    a = api.train_adapter(ids)
+    ask(api.client, a), ask(api.client, a)  # cached and attached for the admin's owner
+    stranger = api.key(["read"], owner="someone-else")
+    r = ask(api.client, a, stranger)
+    assert r.status_code == 404 and r.json()["type"].endswith("not-found"), r.text
+
+
+def test_an_archive_through_another_process_applies_within_adapter_cache_seconds(api, tmp_path):
+    """Another API process on the same registry: warm, it may serve what it had loaded for up to
+    `adapter_cache_seconds` after the archive (the answer unchanged), then it answers 404; with 0 at once."""
+    ids = api.task_with_data()
+    a, b = api.train_adapter(ids), api.train_adapter(ids, adapter={"reduction_factor": 2})
+    want = {x: ask(api.client, x).json()["outputs"] for x in (a, b)}
+    ttl = 0.5
+    settings = Settings(data_dir=tmp_path, register_packaged_encoder=False, adapter_cache_seconds=ttl)
+    no_cache = Settings(data_dir=tmp_path, register_packaged_encoder=False, adapter_cache_seconds=0)
+    with (
+        TestClient(create_app(settings, registry=api.registry)) as other,
+        TestClient(create_app(no_cache, registry=api.registry)) as uncached,
+    ):
+        for client in (other, uncached):
+            for x in (a, b):
+                assert ask(client, x).json()["outputs"] == want[x]  # resolved, then warm
+                assert ask(client, x).json()["outputs"] == want[x]
+        for x in (a, b):
+            assert api.client.post(f"/v1/adapters/{x}/archive", headers=api.h()).status_code == 200
+        for x in (a, b):
+            r = ask(uncached, x)
+            assert r.status_code == 404 and r.json()["type"].endswith("archived"), r.text
+            r = ask(other, x)
+            assert r.status_code == 404 or r.json()["outputs"] == want[x], r.text
+        time.sleep(ttl)
+        for x in (a, b):
+            r = ask(other, x)
+            assert r.status_code == 404 and r.json()["type"].endswith("archived"), r.text
+        assert {
+            m["id"] for m in other.get("/v1/adapters/loaded", headers={"Authorization": f"Bearer {ADMIN}"}).json()
+        } & {
+            a,
+            b,
+        } == set()
