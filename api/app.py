@@ -16,7 +16,7 @@ from api.adapter_metrics import AdapterMetrics
 from api.batcher import MicroBatcher
 from api.caches import Recent
 from api.limits import RateLimiter
-from api.loaders import prefetch
+from api.loaders import prefetch, watch_references
 from api.metrics import install as install_metrics
 from api.routes import adapters, base_models, datasets, ensembles, health, jobs, keys, predict, tasks, ui
 from composer.serving import Runtime
@@ -62,10 +62,16 @@ def create_app(
             args = (app.state.runtime, app.state.registry, settings.device, stop)
             warm = threading.Thread(target=prefetch, args=args, name="prefetch", daemon=True)
             warm.start()
+        watch = None
+        if settings.adapter_cache_seconds > 0:
+            args = (app.state.adapter_refs, app.state.registry, settings.adapter_cache_seconds, stop)
+            watch = threading.Thread(target=watch_references, args=args, name="reference-epoch", daemon=True)
+            watch.start()
         yield
         stop.set()
-        if warm is not None:
-            warm.join(timeout=30)
+        for thread in (warm, watch):
+            if thread is not None:
+                thread.join(timeout=30)
         app.state.registry.close()
 
     app = FastAPI(
@@ -80,8 +86,9 @@ def create_app(
         from workers.queueing import enqueue as send
     app.state.send = send  # publishes "run job X" to the broker
     app.state.callers = Recent(10_000, ttl=settings.auth_cache_seconds)  # key hash -> Caller
-    # (owner, adapter reference) -> its row, while it serves; dropped by an archive or alias move here
-    app.state.adapter_refs = Recent(10_000, ttl=settings.adapter_cache_seconds)
+    # (owner, adapter reference) -> its row, while it serves: dropped by an archive or alias move here at once,
+    # and all of them when the registry's reference epoch moves (`watch_references`)
+    app.state.adapter_refs = Recent(10_000, ttl=None if settings.adapter_cache_seconds > 0 else 0)
     app.state.module_facts = Recent(10_000)  # adapter id -> what never changes about it (task, base, members)
     app.state.limiter = RateLimiter(settings.predict_rate_per_key, settings.predict_burst_per_key)
     host_mb = settings.serving_host_cache_mb

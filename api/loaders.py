@@ -10,6 +10,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from api.caches import Recent
 from composer import kinds
 from composer.serving import Resident, Runtime
 from registry_db.models import Adapter, BaseModelRow
@@ -76,6 +77,27 @@ def prefetch(runtime: Runtime, reg: Registry, device: str | None, stop: threadin
         done += 1
     log.info("prefetched %d modules into the host tier", done)
     return done
+
+
+def watch_references(refs: Recent[Any, Adapter], reg: Registry, every: float, stop: threading.Event) -> None:
+    """Forget every remembered adapter reference when the registry's reference epoch moves (a registration,
+    an archive or an alias move, through any process) or cannot be read; checked every `every` seconds, so
+    another process's change reaches this one's warm requests within that time. Runs in a thread of the API."""
+
+    def epoch() -> int | None:
+        try:
+            with reg.tx() as s:
+                return adapters.reference_epoch(s)
+        except Exception as e:  # noqa: BLE001 - an outage: remember nothing until the registry answers again
+            log.warning("cannot read the reference epoch: %s", e)
+            return None
+
+    seen = epoch()
+    while not stop.wait(every):
+        now = epoch()
+        if now is None or now != seen:
+            refs.drop(lambda _: True)
+            seen = now
 
 
 def adapter_json(row: Adapter, **extra: Any) -> dict[str, Any]:

@@ -47,9 +47,9 @@ class Settings(BaseSettings):
     serving_prefetch: bool = False
     metrics_top_adapters: int = Field(100, ge=1, le=10000)  # adapters with their own label on /metrics
     auth_cache_seconds: float = Field(1.0, ge=0)  # a valid key is trusted this long per API process; 0: never
-    # what an adapter reference (id, name:version, task@alias) resolved to is trusted this long per API process,
-    # so a warm /v1/predict reads no table; an archive or alias move made through this process applies at once,
-    # through another within this time; 0: read the registry on every request
+    # an API process remembers what adapter references (id, name:version, task@alias) resolved to, so a warm
+    # /v1/predict reads no table, and checks the registry's reference epoch this often: an archive or alias
+    # move through this process applies at once, through another within this time; 0: read every request
     adapter_cache_seconds: float = Field(1.0, ge=0)
     sse_poll_seconds: float = Field(0.5, gt=0)
     batch_max_rows: int = Field(32, ge=1)

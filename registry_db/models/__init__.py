@@ -9,6 +9,7 @@ from registry_db.models.adapters import (
     Alias,
     AliasHistory,
     FusionMember,
+    ReferenceEpoch,
 )
 from registry_db.models.auth import SCOPES, ApiKey, Owner
 from registry_db.models.base import Base, new_id, utcnow
@@ -41,6 +42,7 @@ __all__ = [
     "Job",
     "JobEvent",
     "Owner",
+    "ReferenceEpoch",
     "Task",
     "new_id",
     "utcnow",

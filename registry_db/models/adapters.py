@@ -97,3 +97,13 @@ class AliasHistory(Base):
     alias_id: Mapped[str] = mapped_column(ForeignKey("aliases.id", ondelete="CASCADE"), index=True)
     adapter_id: Mapped[str] = mapped_column(ForeignKey("adapters.id"))
     assigned_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ReferenceEpoch(Base):
+    """One row whose serial every write that changes what an adapter reference (an id, `name:version`,
+    `task@alias`) resolves to increments in its own transaction: a registration, an archive, an alias move.
+    API processes that remember resolved references read it to know when to forget them."""
+
+    __tablename__ = "reference_epoch"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    serial: Mapped[int] = mapped_column(Integer, default=0)

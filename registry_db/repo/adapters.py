@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from registry_db.errors import Conflict, InvalidInput, NotFound
@@ -19,6 +19,7 @@ from registry_db.models import (
     BaseModelRow,
     FusionMember,
     Job,
+    ReferenceEpoch,
     Task,
     utcnow,
 )
@@ -85,7 +86,21 @@ def register_adapter(
     )
     s.add(row)
     flush_unique(s, f"version {version} of {kind} {name!r} was registered concurrently; retry")
+    references_changed(s)  # a new `name:version` can make one that resolved ambiguous
     return row
+
+
+def references_changed(s: Session) -> None:
+    """Every write that changes what an adapter reference resolves to calls this in its transaction."""
+    bumped = s.execute(update(ReferenceEpoch).where(ReferenceEpoch.id == 1).values(serial=ReferenceEpoch.serial + 1))
+    if bumped.rowcount == 0:  # type: ignore[attr-defined]
+        s.add(ReferenceEpoch(id=1, serial=1))
+        s.flush()
+
+
+def reference_epoch(s: Session) -> int:
+    """The serial `references_changed` moves: equal at two reads, no reference changed in between."""
+    return s.scalar(select(ReferenceEpoch.serial).where(ReferenceEpoch.id == 1)) or 0
 
 
 def visible(viewer_owner_id: str):  # type: ignore[no-untyped-def]
@@ -240,6 +255,7 @@ def set_alias(s: Session, owner_id: str, task_id: str, alias: str, adapter_id: s
         row.adapter_id, row.updated_at = adapter_id, utcnow()
     s.add(AliasHistory(alias_id=row.id, adapter_id=adapter_id))
     s.flush()
+    references_changed(s)
     return row
 
 
@@ -253,4 +269,5 @@ def archive_adapter(s: Session, adapter_id: str, owner_id: str) -> Adapter:
     if row.owner_id != owner_id:
         raise NotFound(f"adapter {adapter_id!r} not found")
     row.status = "archived"
+    references_changed(s)
     return row

@@ -102,3 +102,30 @@ def test_archive(registry):
     with registry.tx() as s:
         assert adapters.get_adapter(s, a).status == "archived"
         assert adapters.list_adapters(s, ids["owner"], status="ready").items == []
+
+
+def test_the_reference_epoch_moves_with_every_write_that_changes_a_resolution_and_only_then(registry):
+    """Registrations, archives and alias moves each move it once, committed or not at all; reads leave it."""
+    ids = seed(registry)
+
+    def epoch() -> int:
+        with registry.tx() as s:
+            return adapters.reference_epoch(s)
+
+    start = epoch()
+    a = add_adapter(registry, ids)
+    assert epoch() == start + 1
+    with registry.tx() as s:
+        adapters.set_alias(s, ids["owner"], ids["task"], "production", a)
+    assert epoch() == start + 2
+    with registry.tx() as s:
+        adapters.resolve_adapter(s, ids["owner"], "sentiment@production")
+        adapters.list_adapters(s, ids["owner"])
+    assert epoch() == start + 2
+    with pytest.raises(RuntimeError), registry.tx() as s:
+        adapters.archive_adapter(s, a, ids["owner"])
+        raise RuntimeError("rolled back")
+    assert epoch() == start + 2
+    with registry.tx() as s:
+        adapters.archive_adapter(s, a, ids["owner"])
+    assert epoch() == start + 3
