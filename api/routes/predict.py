@@ -40,14 +40,22 @@ class Facts:
     members: list[Adapter]
 
 
-def leased(request: Request, caller, body: PredictIn):  # type: ignore[no-untyped-def]
-    """A warm request's way, on the event loop: its reference resolved within `adapter_cache_seconds` by this
-    process, its module and members attached. No registry read, no thread hop. None: take `resolve`."""
+def remembered(request: Request, caller, body: PredictIn) -> tuple[Adapter, Facts] | None:  # type: ignore[no-untyped-def]
+    """The row this process resolved the reference to (until the registry's reference epoch moves, or an
+    archive or alias move here) and its facts; None: read the registry."""
     row = request.app.state.adapter_refs.get((caller.owner_id, body.adapter))
     facts = request.app.state.module_facts.get(row.id) if row is not None else None
-    if facts is None:
+    return None if facts is None else (row, facts)
+
+
+def leased(request: Request, caller, body: PredictIn):  # type: ignore[no-untyped-def]
+    """A warm request's way, on the event loop: its reference remembered, its module and members attached.
+    No registry read, no thread hop. None: take `resolve`."""
+    known = remembered(request, caller, body)
+    if known is None:
         return None
-    runtime, members = request.app.state.runtime, [m.id for m in facts.members]
+    (row, facts), runtime = known, request.app.state.runtime
+    members = [m.id for m in facts.members]
     res = runtime.lease_loaded(facts.base_row.id, row.id, members)  # None once archived here, or not loaded
     if res is None:
         return None
@@ -55,9 +63,20 @@ def leased(request: Request, caller, body: PredictIn):  # type: ignore[no-untype
 
 
 def resolve(request: Request, reg, caller, body: PredictIn):  # type: ignore[no-untyped-def]
-    """Everything that can fail for this request alone happens here, before it joins a batch. The adapter
-    row (its status, an alias's target) is read from the registry; its task, base and members once per
-    process. A row that serves is remembered for `leased`."""
+    """Everything that can fail for this request alone happens here, before it joins a batch. A remembered
+    reference whose module is not attached (evicted, say) loads it without a registry read."""
+    known = remembered(request, caller, body)
+    if known is None or known[0].id in request.app.state.runtime.retired:
+        known = read(request, reg, caller, body)
+    row, facts = known
+    settings = request.app.state.settings
+    lease = ensure(request.app.state.runtime, reg, row, facts.base_row, facts.members, settings.device)
+    return row, facts.spec, [m.id for m in facts.members], lease
+
+
+def read(request: Request, reg, caller, body: PredictIn) -> tuple[Adapter, Facts]:  # type: ignore[no-untyped-def]
+    """The adapter row (its status, an alias's target) from the registry; its task, base and members once per
+    process. A row that serves is remembered."""
     cache: Recent[str, Facts] = request.app.state.module_facts
     refs = request.app.state.adapter_refs
     generation = refs.generation  # an archive or alias move during this read keeps its row out
@@ -89,9 +108,7 @@ def resolve(request: Request, reg, caller, body: PredictIn):  # type: ignore[no-
             404, "archived", f"adapter {row.id} is archived: it no longer serves (its row and lineage remain)"
         )
     refs.put((caller.owner_id, body.adapter), row, generation)
-    settings = request.app.state.settings
-    lease = ensure(request.app.state.runtime, reg, row, facts.base_row, facts.members, settings.device)
-    return row, facts.spec, [m.id for m in facts.members], lease
+    return row, facts
 
 
 def render(row, spec: TaskSpec, members: list[str], outputs: list[RowOutput]) -> dict:  # type: ignore[no-untyped-def]

@@ -137,3 +137,15 @@ def test_a_process_that_cannot_read_the_reference_epoch_forgets_every_reference(
     stop.set()
     watcher.join(5)
     assert refs.get(("owner", "ad_1")) is None and not watcher.is_alive()
+
+
+def test_an_evicted_module_of_a_remembered_reference_reloads_without_reading_the_registry(api):
+    ids = api.task_with_data()
+    a = api.train_adapter(ids)
+    first = ask(api.client, a).json()
+    rt = api.client.app.state.runtime
+    rt.evict(a, forget=False)  # what the LRU does under a full cache
+    with statements(api.registry.engine) as seen:
+        again = ask(api.client, a)
+    assert again.json() == first and seen == []  # reattached from the host tier
+    assert a in rt.cache
