@@ -65,13 +65,24 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
+class Linear(nn.Linear):
+    """`nn.Linear` that skips its random initialisation on the meta device, where modules are built only to be
+    given stored weights at once (`composer.adapters.model._built`): the initialisation, which loading
+    overwrites, was about 40% of building an adapter for serving. Elsewhere it initialises (and draws from
+    the RNG) exactly as `nn.Linear` does; its weights and state-dict keys are nn.Linear's."""
+
+    def reset_parameters(self) -> None:
+        if not self.weight.is_meta:
+            super().reset_parameters()
+
+
 class PredictionHead(nn.Module):
     def __init__(self, cfg: HeadConfig, hidden_size: int):
         super().__init__()
         self.cfg = cfg
-        self.dense = nn.Linear(hidden_size, hidden_size) if cfg.layers == 2 else None
+        self.dense = Linear(hidden_size, hidden_size) if cfg.layers == 2 else None
         self.act = activation(cfg.activation) if cfg.layers == 2 else None
-        self.out = nn.Linear(hidden_size, cfg.num_labels)
+        self.out = Linear(hidden_size, cfg.num_labels)
         self.dropout = nn.Dropout(cfg.dropout)
         with torch.no_grad():
             for lin in (self.dense, self.out):

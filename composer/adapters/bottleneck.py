@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from composer.adapters.config import BottleneckConfig
-from composer.heads import activation
+from composer.heads import Linear, activation
 from composer.injection import PLACEMENTS, Placement
 
 
@@ -28,9 +28,9 @@ class BottleneckLayer(nn.Module):
         self.cfg = cfg
         size = cfg.bottleneck_size(hidden_size)
         self.norm_before = nn.LayerNorm(hidden_size) if cfg.ln_before else None
-        self.down = nn.Linear(hidden_size, size)
+        self.down = Linear(hidden_size, size)
         self.act = activation(cfg.non_linearity)
-        self.up = nn.Linear(size, hidden_size)
+        self.up = Linear(size, hidden_size)
         if cfg.scaling == "learned":
             self.scaling: nn.Parameter | float = nn.Parameter(torch.ones(1))
         else:

@@ -176,3 +176,34 @@ def test_non_finite_weights_are_named_in_any_float_dtype_and_empty_tensors_pass(
             weights = {**ok, "z_bad": torch.tensor([0.5, bad, 1.0], dtype=dtype)}
             with pytest.raises(ArtifactError, match="'z_bad' contains NaN or Inf"):
                 tensors_from_bytes(save(weights))
+
+
+def test_modules_built_for_stored_weights_skip_initialising_and_fresh_ones_draw_as_nn_linear_does():
+    """Serving builds an adapter and its head on the meta device and gives them their weights: nothing is
+    initialised there (no draw from the RNG), and the weights are the stored ones. Built for training, the
+    layers initialise as `nn.Linear` does, draw for draw."""
+    from composer.adapters.bottleneck import BottleneckLayer
+    from composer.heads import Linear, PredictionHead
+
+    torch.manual_seed(3)
+    want = torch.nn.Linear(8, 4)
+    torch.manual_seed(3)
+    got = Linear(8, 4)
+    torch.testing.assert_close(got.weight, want.weight, atol=0, rtol=0)
+    torch.testing.assert_close(got.bias, want.bias, atol=0, rtol=0)
+
+    cfg = preset("seq_bn", reduction_factor=2)
+    torch.manual_seed(4)
+    layer, head = BottleneckLayer(cfg, 8), PredictionHead(HeadConfig(num_labels=3, layers=2), 8)
+    weights = {**layer.state_dict(), **{f"head.{k}": v for k, v in head.state_dict().items()}}
+    state = torch.get_rng_state()
+    with torch.device("meta"):
+        built, built_head = BottleneckLayer(cfg, 8), PredictionHead(HeadConfig(num_labels=3, layers=2), 8)
+    assert torch.equal(torch.get_rng_state(), state)  # nothing drawn
+    built.load_state_dict({k: v for k, v in weights.items() if not k.startswith("head.")}, strict=True, assign=True)
+    built_head.load_state_dict(
+        {k[5:]: v for k, v in weights.items() if k.startswith("head.")}, strict=True, assign=True
+    )
+    for a, b in ((built, layer), (built_head, head)):
+        for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+            assert ka == kb and torch.equal(va, vb)
