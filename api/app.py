@@ -69,6 +69,7 @@ def create_app(
             watch.start()
         yield
         stop.set()
+        await app.state.batcher.stop()
         for thread in (warm, watch):
             if thread is not None:
                 thread.join(timeout=30)
