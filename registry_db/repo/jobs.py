@@ -18,10 +18,17 @@ from registry_db.models import FINISHED, JOB_TYPES, Checkpoint, Job, JobEvent, O
 from registry_db.repo.common import Page, flush_unique, paginate
 
 
-def append_event(s: Session, job_id: str, type_: str, payload: dict[str, Any]) -> JobEvent:
-    # writers of one job's events (its worker, a cancel from the API, the reconciler) take the job's row
-    # lock first, so two of them never read the same last seq (PostgreSQL; SQLite writes one at a time)
+def lock_job(s: Session, job_id: str) -> None:
+    """Take the job's row lock (PostgreSQL; SQLite writes one at a time). Writers of one job (its worker, a
+    cancel from the API, the reconciler) take it as their first lock on the job in a transaction: one that
+    first holds a weaker lock (an UPDATE's, or the key-share lock a row pointing at the job takes) and then
+    asks for this one can deadlock with another doing the same."""
     s.execute(select(Job.id).where(Job.id == job_id).with_for_update())
+
+
+def append_event(s: Session, job_id: str, type_: str, payload: dict[str, Any]) -> JobEvent:
+    # under the job's row lock, so two writers never read the same last seq
+    lock_job(s, job_id)
     seq = (s.scalar(select(func.max(JobEvent.seq)).where(JobEvent.job_id == job_id)) or 0) + 1
     ev = JobEvent(job_id=job_id, seq=seq, type=type_, payload=payload)
     s.add(ev)
@@ -123,6 +130,7 @@ def heartbeat(s: Session, job_id: str, worker: str, progress: dict[str, Any] | N
 
 
 def _finish(s: Session, job_id: str, worker: str | None, status: str, **fields: Any) -> Job:
+    lock_job(s, job_id)
     job = s.get(Job, job_id, populate_existing=True)
     if job is None:
         raise NotFound(f"job {job_id!r} not found")
@@ -158,6 +166,8 @@ def mark_cancelled(s: Session, job_id: str, worker: str | None, step: int | None
 def request_cancel(s: Session, job_id: str, owner_id: str | None = None) -> Job:
     """A queued job is cancelled at once; a running one is flagged and stops at its next step."""
     job = get_job(s, job_id, owner_id)
+    lock_job(s, job_id)  # before the UPDATEs below (see lock_job); the job is read again under it
+    s.refresh(job)
     if job.status in FINISHED:
         raise Conflict(f"job {job_id} is already {job.status}")
     res = s.execute(
@@ -177,7 +187,9 @@ def request_cancel(s: Session, job_id: str, owner_id: str | None = None) -> Job:
 def requeue_or_fail(s: Session, job_id: str, reason: str) -> Job:
     """For a job whose worker died or whose message was lost: queue it again, or fail it after max attempts.
     A job whose cancel was requested ends `cancelled` instead: no worker would ever claim it again."""
+    lock_job(s, job_id)
     job = get_job(s, job_id)
+    s.refresh(job)
     if job.status in FINISHED:
         return job
     if job.cancel_requested:
@@ -216,6 +228,7 @@ def queued_with_cancel(s: Session) -> list[Job]:
 
 
 def add_checkpoint(s: Session, job_id: str, step: int, attempt: int, sha256: str, size: int) -> Checkpoint:
+    lock_job(s, job_id)  # before the checkpoint row's key-share lock on the job (see lock_job)
     existing = s.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.step == step)).first()
     if existing is not None:  # the same step again after a resume: keep the newer blob
         existing.blob_sha256, existing.size, existing.attempt = sha256, size, attempt
