@@ -174,11 +174,15 @@ class Runtime:
             if res is None or any(i not in self.cache or i in self.retired or i in self.doomed for i in ids):
                 return None
             for i in ids:
-                self.cache.move_to_end(i)
-                self.stats.hits += 1
-                self.stats.per_module[(i, "hits")] += 1
-                self.leases[i] += 1
+                self._hit(i)
             return res
+
+    def _hit(self, module_id: str) -> None:
+        """A loaded module leased (under the lock): most recently used, counted as a hit."""
+        self.cache.move_to_end(module_id)
+        self.stats.hits += 1
+        self.stats.per_module[(module_id, "hits")] += 1
+        self.leases[module_id] += 1
 
     def release(self, module_id: str, members: Sequence[str] = ()) -> None:
         with self._lock:
@@ -200,10 +204,7 @@ class Runtime:
         while True:
             with self._lock:
                 if module_id in self.cache:
-                    self.cache.move_to_end(module_id)
-                    self.stats.hits += 1
-                    self.stats.per_module[(module_id, "hits")] += 1
-                    self.leases[module_id] += 1
+                    self._hit(module_id)
                     return
                 pending = self.loading.get(module_id)
                 if pending is None:

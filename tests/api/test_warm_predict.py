@@ -37,9 +37,9 @@ def statements(engine):  # type: ignore[no-untyped-def]
 
 @contextmanager
 def serving(api, tmp_path, seconds: float = 3600):  # type: ignore[no-untyped-def]
-    """Another API process on the fixture's registry whose reference-epoch watcher does not tick during the
-    test (its reads would land among the statements counted, and its first look after a change forgets
-    everything once); changes made through it still apply to it at once."""
+    """Another API process on the fixture's registry, looking at the reference epoch every `seconds`. By
+    default its watcher does not tick during a test (its reads would land among the statements counted, and
+    its first look after a change forgets everything once); changes made through it apply to it at once."""
     settings = Settings(data_dir=tmp_path, register_packaged_encoder=False, adapter_cache_seconds=seconds)
     with TestClient(create_app(settings, registry=api.registry)) as client:
         yield client
@@ -104,12 +104,7 @@ def test_an_archive_through_another_process_applies_within_adapter_cache_seconds
     a, b = api.train_adapter(ids), api.train_adapter(ids, adapter={"reduction_factor": 2})
     want = {x: ask(api.client, x).json()["outputs"] for x in (a, b)}
     ttl = 0.5
-    settings = Settings(data_dir=tmp_path, register_packaged_encoder=False, adapter_cache_seconds=ttl)
-    no_cache = Settings(data_dir=tmp_path, register_packaged_encoder=False, adapter_cache_seconds=0)
-    with (
-        TestClient(create_app(settings, registry=api.registry)) as other,
-        TestClient(create_app(no_cache, registry=api.registry)) as uncached,
-    ):
+    with serving(api, tmp_path, ttl) as other, serving(api, tmp_path, 0) as uncached:
         for client in (other, uncached):
             for x in (a, b):
                 assert ask(client, x).json()["outputs"] == want[x]  # resolved, then warm
