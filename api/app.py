@@ -15,6 +15,7 @@ from api import errors
 from api.adapter_metrics import AdapterMetrics
 from api.batcher import MicroBatcher
 from api.caches import Recent
+from api.edge import Edge
 from api.limits import RateLimiter
 from api.loaders import prefetch, watch_references
 from api.metrics import install as install_metrics
@@ -111,6 +112,7 @@ def create_app(
     app.state.metrics_registry.register(app.state.adapter_metrics)
     errors.install(app)
     install_metrics(app)
+    app.add_middleware(Edge)  # the outermost of ours: request ids, and a 500 for what no handler took
     # the routers carry their own prefix, so a route's template (its latency label) is its whole path; the
     # router tries them in this order, the busiest first
     for module in (predict, ensembles, health, keys, base_models, tasks, datasets, jobs, adapters, ui):

@@ -1,6 +1,7 @@
 """Registering an uploaded archive: one module (ours, AdapterHub or PEFT), or an AdapterHub fusion saved
-with its members. Everything is read, checked against the base on a throwaway model, and refused with a
-422 before anything is stored; a fusion and its members are registered in one transaction, with lineage."""
+with its members. Everything is read, checked against the base, attached to a throwaway model and made to
+predict through its head on a probe input (`composer.probe`); what cannot serve the task is refused with a
+422 before anything is stored. A fusion and its members are registered in one transaction, with lineage."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from typing import Any
 from api.errors import Problem
 from api.loaders import adapter_json
 from composer import kinds
+from composer.adapters.fusion_artifacts import resolve_head
 from composer.base import BaseIdentity, LoadedBase
 from composer.errors import ArtifactError, ComposerError
 from composer.method import Artifact, MethodKind
+from composer.probe import Expect, check_serves
 from registry_db.models import BaseModelRow, Task
 from registry_db.registry import Registry
 from registry_db.repo import adapters, catalog
@@ -25,7 +28,10 @@ def _read(files: dict[str, bytes], base: BaseModelRow, where: str = "") -> tuple
         face, source = kinds.detect(files)
     except ArtifactError as e:
         raise Problem(422, "unknown-format", f"{where}{e}", field="file") from None
-    art = face.import_files(files, base.path)
+    try:
+        art = face.import_files(files, base.path)
+    except ComposerError as e:
+        raise Problem(422, "invalid-artifact", f"{where}{e}", field="file") from None
     if art.base is not None and art.base.fingerprint != base.identity:
         raise Problem(422, "wrong-base", f"{where}this module was trained on base {art.base.name!r}, not {base.name!r}")
     if art.hidden_size != base.hidden_size:
@@ -49,14 +55,23 @@ def _check_labels(art: Artifact, task: Task) -> None:
         raise Problem(422, "label-mismatch", detail)
 
 
-def _fits(
-    face: MethodKind, art: Artifact, base: LoadedBase, members: Sequence[tuple[MethodKind, Artifact]] = ()
+def _serves(
+    face: MethodKind,
+    art: Artifact,
+    base: LoadedBase,
+    task: Task,
+    members: Sequence[tuple[MethodKind, Artifact]] = (),
 ) -> None:
+    """The module attaches to the base and predicts through its head what the task expects."""
+    expect = Expect(task.kind, len(task.labels) if task.kind == "classification" and task.labels else None)  # type: ignore[arg-type]
     try:
-        kinds.check_fits(face, art, base, members)
+        check_serves(face, art, base, members, expect)
     except ComposerError as e:
         raise Problem(
-            422, "invalid-artifact", f"the module does not fit base {base.identity.name!r}: {e}", field="file"
+            422,
+            "cannot-serve",
+            f"the module cannot serve task {task.name!r} on base {base.identity.name!r}: {e}",
+            field="file",
         ) from None
 
 
@@ -82,7 +97,7 @@ def register_import(
             detail = f"a {face.name} imports together with its members: one archive with a folder per member and one for the fusion"  # noqa: E501
             raise Problem(422, "unsupported-import", detail, field="file")
         _check_labels(art, task)
-        _fits(face, art, load_base(base))
+        _serves(face, art, load_base(base), task)
         shas = artifact_store.store(reg, art)
         with reg.tx() as s:
             row = _register(s, owner_id, task, base, name or art.name, art, source, shas)
@@ -118,8 +133,12 @@ def _register_fusion(reg, owner_id, plan, task, base, name, loaded) -> dict[str,
     fusion, fusion_source, fusion_art = _read(plan.fusion, base, where="fusion: ")
     if fusion is not fusion_face:
         raise Problem(422, "unknown-format", "the fusion folder is not an AdapterHub fusion", field="file")
+    try:
+        head_from = resolve_head(fusion_art, [(folder, art) for folder, _, _, art in members])
+    except ArtifactError as e:
+        raise Problem(422, "no-head", str(e), field="file") from None
     _check_labels(fusion_art, task)
-    _fits(fusion_face, fusion_art, loaded, [(face, art) for _, face, _, art in members])
+    _serves(fusion_face, fusion_art, loaded, task, [(face, art) for _, face, _, art in members])
     stored = [artifact_store.store(reg, art) for _, _, _, art in members]
     with reg.tx() as s:
         rows = [
@@ -131,4 +150,10 @@ def _register_fusion(reg, owner_id, plan, task, base, name, loaded) -> dict[str,
         row = _register(s, owner_id, task, base, name or fusion_art.name, fusion_art, fusion_source, shas)
         adapters.add_fusion_members(s, row.id, fusion_art.members)
         member_json = [adapter_json(r, format=src) for r, (_, _, src, _) in zip(rows, members, strict=True)]
-        return adapter_json(row, format=fusion_source, members=fusion_art.members, imported_members=member_json)
+        return adapter_json(
+            row,
+            format=fusion_source,
+            members=fusion_art.members,
+            imported_members=member_json,
+            head_from=head_from,
+        )

@@ -4,14 +4,12 @@ face up here (`get(row.kind)`) instead of branching on the kind."""
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from composer.adapters.kind import FUSION, LORA, MT_A, ST_A
-from composer.base import LoadedBase
 from composer.errors import ArtifactError, ConfigError
-from composer.method import Artifact, MethodKind, Models, json_config
+from composer.method import Artifact, MethodKind, json_config
 from composer.prompts.kind import SOFT_PROMPT
 
 KINDS: dict[str, MethodKind] = {k.name: k for k in (ST_A, MT_A, LORA, FUSION, SOFT_PROMPT)}
@@ -46,22 +44,6 @@ def load_dir(directory: str | os.PathLike[str], base_dir: str | os.PathLike[str]
     if not d.is_dir():
         raise ArtifactError(f"{d} is not a directory")
     return load_files({p.name: p.read_bytes() for p in d.iterdir() if p.is_file()}, base_dir)
-
-
-def check_fits(
-    kind: MethodKind, art: Artifact, base: LoadedBase, members: Sequence[tuple[MethodKind, Artifact]] = ()
-) -> None:
-    """Attach `art` (after its members, for a fusion) to a throwaway model on `base`, so every name, shape
-    and base check that serving would make refuses a bad upload now (ComposerError), before anything is
-    registered."""
-    from composer.adapters.model import AdaptedEncoder
-    from composer.prompts.model import PromptModel
-
-    models = Models(base, AdaptedEncoder(base), PromptModel(base))
-    names = [f"__probe_member_{i}__" for i in range(len(members))]
-    for name, (face, member) in zip(names, members, strict=True):
-        face.attach(models, member, name)
-    kind.attach(models, art, "__probe__", names)
 
 
 @dataclass

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from composer.adapters.model import AdaptedEncoder
     from composer.base import BaseIdentity, LoadedBase
     from composer.exporting import Target
+    from composer.heads import HeadConfig
     from composer.prompts.model import PromptModel
 
 
@@ -37,6 +38,7 @@ class Artifact(Protocol):
     labels: list[str] | None
     metrics: dict[str, Any]
     max_length: int | None
+    head: HeadConfig | None  # what a prediction goes through; None: the module cannot serve on its own
 
     @property
     def kind(self) -> str: ...

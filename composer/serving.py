@@ -53,6 +53,7 @@ class Loaded:
     kind: MethodKind
     nbytes: int
     max_length: int
+    serves: bool = True  # it has a head to predict through (a fusion's headless member does not)
 
 
 class Tier(OrderedDict[str, Any]):
@@ -228,7 +229,13 @@ class Runtime:
                     kind.reattach(res, module_id, held)
                 else:
                     kind.attach(res, art, module_id, members)
-            entry = Loaded(base_key, kind, kind.nbytes(res, module_id), kind.max_length(art, res.token_limit))
+            entry = Loaded(
+                base_key,
+                kind,
+                kind.nbytes(res, module_id),
+                kind.max_length(art, res.token_limit),
+                serves=art.head is not None,
+            )
             with self._lock:
                 self.cache[module_id] = entry
                 self.leases[module_id] += 1
@@ -311,9 +318,19 @@ class Runtime:
             self.retired.add(module_id)
         self.evict(module_id)
 
+    def unretire(self, module_id: str) -> None:
+        """A restored module: it may be leased and kept again."""
+        with self._lock:
+            self.retired.discard(module_id)
+
     def pin(self, module_id: str, pinned: bool = True) -> None:
         """Pinned modules are never evicted by the LRU (archiving still evicts them)."""
         (self.pinned.add if pinned else self.pinned.discard)(module_id)
+
+    def serves(self, module_id: str) -> bool:
+        """Whether a leased module can answer a request on its own: it has a head."""
+        with self._lock:
+            return self._entry(module_id).serves
 
     def loaded(self) -> list[dict[str, Any]]:
         with self._lock:

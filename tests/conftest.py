@@ -122,3 +122,12 @@ def fresh_pg_database():
     with admin.connect() as c:
         c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_dropped_connections():  # type: ignore[no-untyped-def]
+    """Fails the session if a real server dropped a connection under any test's request (tests/http.py)."""
+    from tests.http import DROPPED
+
+    yield
+    assert not DROPPED, f"the server dropped {len(DROPPED)} connection(s): {DROPPED[:5]}"

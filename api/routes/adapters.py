@@ -145,6 +145,18 @@ def archive(ref: str, request: Request, caller: Trainer, reg: RegistryDep) -> di
     return out
 
 
+@router.post("/adapters/{ref}/restore")
+def restore(ref: str, request: Request, caller: Trainer, reg: RegistryDep) -> dict:
+    """An archived adapter serves again, with the weights it had."""
+    with reg.tx() as s:
+        row = adapters.resolve_adapter(s, caller.owner_id, ref)
+        row = adapters.restore_adapter(s, row.id, caller.owner_id)
+        out = adapter_json(row)
+    request.app.state.adapter_refs.drop(lambda r: r.id == row.id)
+    request.app.state.runtime.unretire(row.id)
+    return out
+
+
 class AliasIn(BaseModel):
     adapter: str
     force: bool = False  # move the alias to a fusion that scores below its best member anyway

@@ -107,6 +107,8 @@ def read(request: Request, reg, caller, body: PredictIn) -> tuple[Adapter, Facts
         raise Problem(
             404, "archived", f"adapter {row.id} is archived: it no longer serves (its row and lineage remain)"
         )
+    if row.id in request.app.state.runtime.retired:  # restored through another process
+        request.app.state.runtime.unretire(row.id)
     refs.put((caller.owner_id, body.adapter), row, generation)
     return row, facts
 
@@ -147,6 +149,14 @@ async def predict(body: PredictIn, request: Request, caller: Reader, reg: Regist
         raise
     row, spec, members, lease = found
     with lease:
+        if not request.app.state.runtime.serves(row.id):
+            batcher.gone()
+            raise Problem(
+                422,
+                "no-head",
+                f"adapter {row.id} has no head to predict through: it serves as a member of a fusion",
+                field="adapter",
+            )
         inputs = examples(body.inputs)
         if body.return_fusion_attention and members:  # inspection requests run alone
             batcher.gone()

@@ -167,3 +167,33 @@ def import_adapterhub_fusion(directory: str | Path) -> FusionArtifact:
         head_tensors={k[len("head.") :]: v for k, v in head_tensors.items()},
         labels=labels,
     )
+
+
+def resolve_head(art: FusionArtifact, members: list[tuple[str, Any]]) -> str:
+    """Where an imported fusion's head comes from, as AdapterHub serves it. A head saved with the fusion
+    (`save_adapter_fusion(..., with_head=True)`) is the fusion's. Without one, AdapterHub serves a fusion
+    through the active head, which users name after the target adapter and save with that member
+    (`save_adapter(..., with_head=True)`): when exactly one member has a head, it is the fusion's head too
+    (the member keeps it). No head, or several a fusion without its own could mean, is refused, saying
+    which heads were found where. Returns where the head came from (`fusion/` or the member's folder)."""
+    with_heads = [(folder, m) for folder, m in members if getattr(m, "head", None) is not None]
+    found = ", ".join(f"{folder}/ ({m.head.kind}, {m.head.num_labels} outputs)" for folder, m in with_heads)
+    if art.head is not None:
+        return "fusion/"
+    if not with_heads:
+        raise ArtifactError(
+            "the fusion has no head: neither the fusion folder nor any member folder holds head_config.json and "
+            "model_head.safetensors; save the head with the fusion (save_adapter_fusion(..., with_head=True)) "
+            "or with its target member (save_adapter(..., with_head=True))"
+        )
+    if len(with_heads) > 1:
+        raise ArtifactError(
+            f"the fusion folder has no head and several members have one: {found}; which one the fusion "
+            "serves through is not clear. Save the head with the fusion (save_adapter_fusion(..., "
+            "with_head=True)), or keep a head with the target member only"
+        )
+    folder, member = with_heads[0]
+    art.head = member.head
+    art.head_tensors = {k[len("head.") :]: v for k, v in member.tensors.items() if k.startswith("head.")}
+    art.labels = art.labels or member.labels
+    return f"{folder}/"

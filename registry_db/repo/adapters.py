@@ -271,3 +271,16 @@ def archive_adapter(s: Session, adapter_id: str, owner_id: str) -> Adapter:
     row.status = "archived"
     references_changed(s)
     return row
+
+
+def restore_adapter(s: Session, adapter_id: str, owner_id: str) -> Adapter:
+    """An archived adapter serves again (its blobs were never deleted); restoring one that is not archived
+    is a conflict."""
+    row = get_adapter(s, adapter_id, owner_id)
+    if row.owner_id != owner_id:
+        raise NotFound(f"adapter {adapter_id!r} not found")
+    if row.status != "archived":
+        raise Conflict(f"adapter {adapter_id} is {row.status}, not archived: there is nothing to restore")
+    row.status = "ready"
+    references_changed(s)
+    return row

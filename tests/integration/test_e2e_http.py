@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from registry_db.migrate import upgrade
+from tests.http import client as live_client
 from tests.integration.procs import ROOT, RedisServer, Worker, free_port, seed_over_http, wait_for
 from tests.workers.fixtures import jsonl, toy_rows
 
@@ -90,7 +91,7 @@ def follow(c: httpx.Client, job_id: str, timeout: float = 300) -> tuple[dict, li
 
 
 def test_the_users_three_actions_and_the_bad_paths(service, tiny_bert_dir):
-    c = httpx.Client(base_url=service, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=60)
+    c = live_client(service, ADMIN)
     base, ds = seed_over_http(c, tiny_bert_dir)
     bad = c.post(
         "/v1/tasks/sentiment/datasets",
@@ -168,10 +169,10 @@ def test_the_users_three_actions_and_the_bad_paths(service, tiny_bert_dir):
 
     # bad paths: a read-only key submitting, another owner's adapter, cancelling a running job
     read = c.post("/v1/keys", json={"scopes": ["read"]}).json()["key"]
-    r = httpx.post(service + "/v1/jobs", json=spec, headers={"Authorization": f"Bearer {read}"})
+    r = live_client(service, read).post("/v1/jobs", json=spec)
     assert r.status_code == 403 and r.headers["content-type"] == "application/problem+json"
     other = c.post("/v1/keys", json={"scopes": ["train"], "owner": "globex"}).json()["key"]
-    assert httpx.get(f"{service}/v1/adapters/{a}", headers={"Authorization": f"Bearer {other}"}).status_code == 404
+    assert live_client(service, other).get(f"/v1/adapters/{a}").status_code == 404
     long = c.post("/v1/jobs", json={**spec, "hyperparameters": {**HP, "epochs": 5000}}).json()["id"]  # minutes
     wait_for(lambda: c.get(f"/v1/jobs/{long}").json()["progress"].get("step", 0) > 0, 120, "the long job to run")
     assert c.post(f"/v1/jobs/{long}/cancel").status_code == 200

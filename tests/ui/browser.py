@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from registry_db.migrate import upgrade
+from tests.http import client as live_client
 from tests.integration.procs import ROOT, Worker, free_port, wait_for
 
 ADMIN = "ui-admin-key-0123456789abcdef"
@@ -68,7 +69,7 @@ class Stack:
         self.url = f"http://127.0.0.1:{port}"
         wait_for(self._up, 60, "uvicorn")
         self.worker = Worker(self.env, tmp / "worker.log", "ui")
-        self.http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=60)
+        self.http = live_client(self.url, ADMIN)
 
     def _up(self) -> bool:
         try:
