@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +29,7 @@ from composer.method import Artifact, MethodKind, Models, module_bytes
 from composer.planner import PlanChooser, bucket
 from composer.prompts.ensemble import RowVote, predict_ensemble
 from composer.prompts.model import PLANS, PromptModel
+from composer.tiers import Tier
 
 Loader = Callable[[], Artifact]
 
@@ -54,39 +55,6 @@ class Loaded:
     nbytes: int
     max_length: int
     serves: bool = True  # it has a head to predict through (a fusion's headless member does not)
-
-
-class Tier(OrderedDict[str, Any]):
-    """An LRU of modules that keeps the sum of its entries' bytes (`total`) as they come and go."""
-
-    def __init__(self, size: Callable[[Any], int]):
-        super().__init__()
-        self.size, self.total = size, 0
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        if key in self:
-            self.total -= self.size(self[key])
-        super().__setitem__(key, value)
-        self.total += self.size(value)
-
-    def __delitem__(self, key: str) -> None:
-        self.total -= self.size(self[key])
-        super().__delitem__(key)
-
-    _absent = object()
-
-    def pop(self, key: str, default: Any = _absent) -> Any:  # type: ignore[override]
-        if key in self:
-            value = self[key]
-            del self[key]
-            return value
-        if default is Tier._absent:
-            raise KeyError(key)
-        return default
-
-    def popitem(self, last: bool = True) -> tuple[str, Any]:
-        key = next(reversed(self)) if last else next(iter(self))
-        return key, self.pop(key)
 
 
 @dataclass
