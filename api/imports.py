@@ -18,9 +18,9 @@ from composer.method import Artifact, MethodKind
 from composer.probe import Expect, check_serves
 from registry_db.models import BaseModelRow, Task
 from registry_db.registry import Registry
-from registry_db.repo import adapters, catalog
-from workers import artifact_store
-from workers.catalog import task_spec
+from registry_db.repo import catalog
+from service import artifact_store
+from service.catalog import task_spec
 
 
 def _read(files: dict[str, bytes], base: BaseModelRow, where: str = "") -> tuple[MethodKind, str, Artifact]:
@@ -105,18 +105,18 @@ def register_import(
     return _register_fusion(reg, owner_id, plan, task, base, name, load_base(base))
 
 
-def _register(s, owner_id, task, base, name, art, source, shas):  # type: ignore[no-untyped-def]
+def _register(s, owner_id, task, base, name, art, source, shas, fusion_members=None):  # type: ignore[no-untyped-def]
     """One imported module's registry row (its blobs already stored)."""
-    w_sha, c_sha = shas
-    return adapters.register_adapter(
+    return artifact_store.register_stored(
         s,
+        art,
+        shas,
         owner_id=owner_id,
         task_id=task.id,
         base_model_id=base.id,
         name=name,
-        blob_sha256=w_sha,
-        config_sha256=c_sha,
-        **artifact_store.registration(art, source=source),
+        fusion_members=fusion_members,
+        source=source,
     )
 
 
@@ -147,8 +147,9 @@ def _register_fusion(reg, owner_id, plan, task, base, name, loaded) -> dict[str,
         ]
         fusion_art.members = [r.id for r in rows]  # ours names members by registry id
         shas = artifact_store.store(reg, fusion_art)
-        row = _register(s, owner_id, task, base, name or fusion_art.name, fusion_art, fusion_source, shas)
-        adapters.add_fusion_members(s, row.id, fusion_art.members)
+        row = _register(
+            s, owner_id, task, base, name or fusion_art.name, fusion_art, fusion_source, shas, fusion_art.members
+        )
         member_json = [adapter_json(r, format=src) for r, (_, _, src, _) in zip(rows, members, strict=True)]
         return adapter_json(
             row,

@@ -16,8 +16,8 @@ from composer.serving import Resident, Runtime
 from registry_db.models import Adapter, BaseModelRow
 from registry_db.registry import Registry
 from registry_db.repo import adapters, catalog
-from workers import artifact_store
-from workers.catalog import load_registered_base
+from service import artifact_store
+from service.catalog import load_registered_base
 
 log = logging.getLogger(__name__)
 

@@ -26,6 +26,7 @@ import torch
 from bench.common import ROOT, emit, write_section
 from composer.adapters.config import preset
 from composer.adapters.fusion import FusionConfig
+from composer.adapters.fusion_recipe import LR_GRID
 from composer.adapters.fusion_training import SIGNIFICANCE, attention_report, train_fusion
 from composer.adapters.multitask import TaskData, train_multitask
 from composer.adapters.training import predict_logits, score, train_st_adapter
@@ -34,7 +35,6 @@ from composer.composition import Fuse, Single
 from composer.corpora import load_corpus
 from composer.data import Collator
 from composer.training import TrainConfig
-from workers.specs import LR_GRID
 
 SOURCES = ("rt_polarity", "rt_subjectivity", "conll_uncertainty")
 METHODS = ("st_a", "mt_a", "fusion_st", "fusion_mt", "fusion_warm")

@@ -2,7 +2,7 @@
 
 For each task (RT polarity, fine foods, CoNLL uncertainty): train K prompts jointly (validation
 picks the epoch), then score on a held-out test split each prompt, their mean, the best one (an
-oracle) and the ensemble under every voting strategy, with a paired bootstrap 95% interval for
+oracle) and the ensemble under every voting rule, with a paired bootstrap 95% interval for
 ensemble − mean prompt.
 
     .venv/bin/python -m bench.quality_prompts [--quick]
@@ -21,7 +21,7 @@ from bench.common import ROOT, emit, write_section
 from composer.base import load_base, packaged_encoder_dir
 from composer.corpora import load_corpus
 from composer.data import Collator
-from composer.prompts.ensemble import STRATEGIES, vote
+from composer.prompts.ensemble import VOTING_RULES, vote
 from composer.prompts.prompt import PromptConfig
 from composer.prompts.training import batched_logits, train_prompts
 from composer.training import TrainConfig
@@ -71,7 +71,7 @@ def main() -> None:
                 "mean": round(float(accs.mean()), 4),
                 "best": round(float(accs.max()), 4),
             }
-            for strat in STRATEGIES:
+            for strat in VOTING_RULES:
                 labels = np.array([v.label for v in vote(logits, strat, scores)])
                 row[strat] = round(float((labels == gold).mean()), 4)
                 if strat == "majority":

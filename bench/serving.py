@@ -34,8 +34,8 @@ from registry_db.engine import make_engine
 from registry_db.migrate import upgrade
 from registry_db.registry import Registry
 from registry_db.repo import adapters, catalog, keys
-from workers import artifact_store
-from workers.catalog import register_base_model
+from service import artifact_store
+from service.catalog import register_base_model
 
 TASK = TaskSpec("sentiment", labels=("neg", "pos"))
 ST_A = kinds.get("st_a")

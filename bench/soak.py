@@ -4,7 +4,7 @@ computed beforehand on freshly built single-purpose models in this process.
 
 Kinds in the mix: ST-A predict (seq_bn and double_seq_bn, so mixed batches both gather and scatter),
 fusion predict with and without attention, a single shallow and a single deep soft prompt, and the
-prompt ensemble under every voting strategy, with early exit on and off. Concurrent requests for
+prompt ensemble under every voting rule, with early exit on and off. Concurrent requests for
 different adapters are served as mixed batches by the micro-batcher.
 
     .venv/bin/python -m bench.soak [--quick]
@@ -33,7 +33,7 @@ from composer.base import load_base, packaged_encoder_dir
 from composer.composition import Fuse, Single
 from composer.heads import HeadConfig
 from composer.prompts.artifacts import PromptArtifact
-from composer.prompts.ensemble import STRATEGIES, predict_ensemble
+from composer.prompts.ensemble import VOTING_RULES, predict_ensemble
 from composer.prompts.model import PromptModel
 from composer.prompts.prompt import PromptConfig
 from registry_db.blobs import LocalBlobStore
@@ -41,8 +41,8 @@ from registry_db.engine import make_engine
 from registry_db.migrate import upgrade
 from registry_db.registry import Registry
 from registry_db.repo import adapters, catalog, keys
-from workers import artifact_store
-from workers.catalog import register_base_model
+from service import artifact_store
+from service.catalog import register_base_model
 
 LABELS = ["neg", "pos"]
 TEXTS = [
@@ -103,7 +103,7 @@ def build_modules() -> dict[str, object]:
 
 
 def expected(arts: dict[str, object]) -> dict:
-    """Per module and text: probabilities (and fusion attention); per strategy and early exit: ensemble votes."""
+    """Per module and text: probabilities (and fusion attention); per voting rule and early exit: ensemble votes."""
     out: dict = {}
     for name in ("s0", "s1", "s2", "h0", "fusion"):
         model = AdaptedEncoder(load_base(packaged_encoder_dir(), device="cpu")).eval()
@@ -128,12 +128,12 @@ def expected(arts: dict[str, object]) -> dict:
             with torch.no_grad():
                 out[(name, t)] = (prompts.logits([name], batch)[0, 0].softmax(-1).tolist(), None)
     scores = [arts[p].metrics["accuracy"] for p in ("p0", "p1", "p2")]  # type: ignore[attr-defined]
-    for strategy in STRATEGIES:
-        for early in (False, True) if strategy == "majority" else (False,):
+    for voting in VOTING_RULES:
+        for early in (False, True) if voting == "majority" else (False,):
             for t in TEXTS:
                 batch = dict(prompts.base.tokenizer([t], truncation=True, max_length=64, return_tensors="pt"))
-                (v,) = predict_ensemble(prompts, ["p0", "p1", "p2"], batch, strategy, scores, early)
-                out[("ensemble", strategy, early, t)] = v
+                (v,) = predict_ensemble(prompts, ["p0", "p1", "p2"], batch, voting, scores, early)
+                out[("ensemble", voting, early, t)] = v
     return out
 
 
@@ -182,9 +182,9 @@ def requests_mix(ids: dict[str, str]) -> list[tuple[str, str, dict]]:
     """(what, path, body-template) — the inputs are drawn per request."""
     mix = [("predict", n, {"adapter": ids[n]}) for n in ("s0", "s1", "s2", "h0", "p0", "deep", "fusion")]
     mix.append(("predict", "fusion", {"adapter": ids["fusion"], "return_fusion_attention": True}))
-    for strategy in STRATEGIES:
-        for early in (False, True) if strategy == "majority" else (False,):
-            mix.append(("ensemble", f"{strategy}/{early}", {"strategy": strategy, "early_exit": early}))
+    for voting in VOTING_RULES:
+        for early in (False, True) if voting == "majority" else (False,):
+            mix.append(("ensemble", f"{voting}/{early}", {"voting": voting, "early_exit": early}))
     return mix
 
 
@@ -204,7 +204,7 @@ def check(kind: str, name: str, body: dict, texts: list[str], resp: dict, want: 
                 ):
                     return False
         else:
-            v = want[("ensemble", body["strategy"], body["early_exit"], t)]
+            v = want[("ensemble", body["voting"], body["early_exit"], t)]
             if o["label"] != LABELS[v.label] or o["early_exit"] != v.early_exit:
                 return False
             for p, w in zip(o["per_prompt"], v.per_prompt, strict=True):
@@ -276,7 +276,7 @@ def main() -> None:
         f"{result['soak_clients']} concurrent clients for {result['soak_seconds']} s against `uvicorn api.main:app`, each "
         f"request drawn from {result['soak_kinds']} kinds: ST-A (two layouts, so mixed batches gather and scatter), "
         "fusion with and without attention, a shallow and a deep soft prompt alone, and the 3-prompt ensemble "
-        "under every strategy, early exit on and off. Every output is compared with a freshly built "
+        "under every voting rule, early exit on and off. Every output is compared with a freshly built "
         "single-purpose model computed beforehand (probabilities to 2e-5, attention to 1e-4, votes exactly). "
         "Throughput is far below P6's single-adapter load: a third of the requests are ensembles (three "
         "prompted forwards each, not batched across requests), requests carry 1-3 inputs, and 32 clients "

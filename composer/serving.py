@@ -362,7 +362,7 @@ class Runtime:
         res: Resident,
         prompt_ids: list[str],
         inputs: Sequence[Example],
-        strategy: str,
+        voting: str,
         scores: list[float | None],
         early_exit: bool,
     ) -> list[RowVote]:
@@ -372,10 +372,10 @@ class Runtime:
         batch = self.tokenize(res, inputs, [min(e.max_length for e in entries)] * len(inputs))
         b, t = batch["input_ids"].shape
         if b < 8:  # one forward is fastest for a handful of rows
-            return predict_ensemble(res.prompts, prompt_ids, batch, strategy, scores, early_exit)
+            return predict_ensemble(res.prompts, prompt_ids, batch, voting, scores, early_exit)
         key = (len(prompt_ids), bucket(b), bucket(t), early_exit)
         plan = self.ensemble_plans.choose(key)
         t0 = time.perf_counter()
-        out = predict_ensemble(res.prompts, prompt_ids, batch, strategy, scores, early_exit, plan)
+        out = predict_ensemble(res.prompts, prompt_ids, batch, voting, scores, early_exit, plan)
         self.ensemble_plans.record(key, plan, time.perf_counter() - t0)
         return out

@@ -1,8 +1,8 @@
-"""Engine and session factory. `COMPOSER_DATABASE_URL` selects the database.
+"""Engine and session factory for a database URL the caller gives (the service's settings resolve it).
 
-The default is SQLite in the data directory (`COMPOSER_DATA_DIR`, default `./data`), with
-WAL mode, a busy timeout and foreign keys on. PostgreSQL goes through psycopg 3
-(`postgresql+psycopg://...`).
+SQLite gets WAL mode, a busy timeout and foreign keys on; PostgreSQL goes through psycopg 3
+(`postgresql+psycopg://...`). `env_database_url` is for this package's own command line and Alembic,
+which read `COMPOSER_DATABASE_URL` (default: SQLite in `COMPOSER_DATA_DIR`, `./data`) at their entry.
 """
 
 from __future__ import annotations
@@ -18,21 +18,23 @@ from sqlalchemy.orm import Session, sessionmaker
 POOL_SIZE = 20
 
 
-def data_dir() -> Path:
-    return Path(os.environ.get("COMPOSER_DATA_DIR", "data")).resolve()
-
-
-def database_url() -> str:
-    url = os.environ.get("COMPOSER_DATABASE_URL")
-    if url:
-        return url
-    d = data_dir()
+def sqlite_url(data_dir: Path) -> str:
+    """The embedded default: a SQLite registry in the data directory (created)."""
+    d = Path(data_dir).resolve()
     d.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{d / 'registry.db'}"
 
 
-def make_engine(url: str | None = None) -> Engine:
-    url = url or database_url()
+def env_data_dir() -> Path:
+    return Path(os.environ.get("COMPOSER_DATA_DIR", "data")).resolve()
+
+
+def env_database_url() -> str:
+    """For the registry's command line and Alembic only; the service passes its settings' URL."""
+    return os.environ.get("COMPOSER_DATABASE_URL") or sqlite_url(env_data_dir())
+
+
+def make_engine(url: str) -> Engine:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
     # An API process serves requests from up to 40 threads: a pool this size keeps their connections

@@ -7,7 +7,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-from registry_db.engine import database_url
+from registry_db.engine import env_database_url
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -15,7 +15,7 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 def alembic_config(url: str | None = None) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    cfg.set_main_option("sqlalchemy.url", (url or database_url()).replace("%", "%%"))
+    cfg.set_main_option("sqlalchemy.url", (url or env_database_url()).replace("%", "%%"))
     return cfg
 
 

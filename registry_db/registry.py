@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -12,7 +13,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from registry_db.blobs import BlobStore, open_blob_store
-from registry_db.engine import make_engine, session_factory, transaction
+from registry_db.engine import env_data_dir, env_database_url, make_engine, session_factory, transaction
 from registry_db.errors import Conflict
 from registry_db.models import Adapter, BaseModelRow, Checkpoint, Dataset
 
@@ -26,9 +27,19 @@ class Registry:
         self.blobs = blobs
 
     @classmethod
-    def from_env(cls, database_url: str | None = None, blob_url: str | None = None) -> Registry:
+    def open(cls, database_url: str, blob_url: str) -> Registry:
+        """The registry at these URLs (the service's settings resolve them: `service.settings`)."""
         engine = make_engine(database_url)
         return cls(engine, open_blob_store(engine, blob_url))
+
+    @classmethod
+    def from_env(cls) -> Registry:
+        """For the registry's own command line: COMPOSER_DATABASE_URL and COMPOSER_BLOB_URL (or
+        COMPOSER_BLOB_DIR), defaulting to SQLite and blobs in COMPOSER_DATA_DIR."""
+        blob_url = os.environ.get("COMPOSER_BLOB_URL")
+        if not blob_url:
+            blob_url = f"file://{os.environ.get('COMPOSER_BLOB_DIR') or env_data_dir() / 'blobs'}"
+        return cls.open(env_database_url(), blob_url)
 
     def tx(self) -> AbstractContextManager[Session]:
         """One transaction: commit on success, roll back on any exception."""

@@ -1,4 +1,5 @@
-"""Dependencies point one way: api -> workers -> composer; api, workers -> registry_db. Checked on imports."""
+"""Dependencies point one way: `cli` -> `api`, `workers` -> `service` -> `registry_db`, `composer`; `api` reaches
+`workers` only to enqueue (`workers.queueing`) and uses `composer` for serving. Checked on imports."""
 
 from __future__ import annotations
 
@@ -18,11 +19,26 @@ FORBIDDEN = {
         "fastapi",
         "starlette",
         "registry_db",
+        "service",
         "workers",
         "api",
+        "cli",
     },
-    "registry_db": {"torch", "transformers", "safetensors", "composer", "workers", "api", "celery", "fastapi"},
-    "workers": {"api", "fastapi"},
+    "registry_db": {
+        "torch",
+        "transformers",
+        "safetensors",
+        "composer",
+        "service",
+        "workers",
+        "api",
+        "cli",
+        "celery",
+        "fastapi",
+    },
+    "service": {"api", "workers", "cli", "fastapi", "starlette", "celery", "kombu"},
+    "workers": {"api", "cli", "fastapi", "starlette"},
+    "api": {"cli"},
 }
 
 
@@ -57,9 +73,20 @@ def test_package_imports_point_one_way(package):
     assert {k: v for k, v in bad.items() if v} == {}
 
 
+def test_api_reaches_workers_only_to_enqueue():
+    """HTTP calls the service layer; of the Celery side it takes only the enqueue module."""
+    found = {}
+    for f in sorted((ROOT / "api").rglob("*.py")):
+        mods = {m for m in imported_modules(f) if m == "workers" or m.startswith("workers.")}
+        outside = {m for m in mods if not (m == "workers.queueing" or m.startswith("workers.queueing."))}
+        if outside:
+            found[str(f.relative_to(ROOT))] = sorted(outside)
+    assert found == {}
+
+
 def test_no_module_grows_past_400_lines():
     long = {}
-    for pkg in ("composer", "registry_db", "workers", "api"):
+    for pkg in ("composer", "registry_db", "service", "workers", "api", "cli"):
         for f in (ROOT / pkg).rglob("*.py"):
             if "migrations/versions" in str(f):
                 continue  # generated DDL
@@ -113,7 +140,7 @@ def test_api_and_workers_never_branch_on_a_method_kind():
         return set()
 
     branches = []
-    for pkg in ("api", "workers"):
+    for pkg in ("api", "service", "workers", "cli"):
         for f in (ROOT / pkg).rglob("*.py"):
             for node in ast.walk(ast.parse(f.read_text())):
                 if isinstance(node, ast.Compare):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Queue
 
-from workers.settings import get_settings
+from service.settings import get_settings
 
 settings = get_settings()
 

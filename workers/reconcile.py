@@ -16,7 +16,7 @@ from datetime import timedelta
 from registry_db.models import utcnow
 from registry_db.registry import Registry
 from registry_db.repo import jobs
-from workers.settings import Settings
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
 

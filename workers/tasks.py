@@ -8,6 +8,7 @@ import threading
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from registry_db.registry import Registry
+from service.settings import open_registry
 from workers.app import app, settings
 from workers.queueing import enqueue
 
@@ -17,17 +18,16 @@ _parent_registry: list[Registry] = []
 
 
 def registry() -> Registry:
-    return Registry.from_env(database_url=settings.database_url, blob_url=settings.blob_url)
+    return open_registry(settings)
 
 
 @app.task(name="workers.tasks.run_job", bind=True, acks_late=True, reject_on_worker_lost=True)
 def run_job(self, job_id: str) -> str:  # type: ignore[no-untyped-def]
-    from workers.handlers import HANDLERS
     from workers.runner import run
 
     reg = registry()
     try:
-        return run(reg, settings, job_id, HANDLERS, node=self.request.hostname)
+        return run(reg, settings, job_id, node=self.request.hostname)
     finally:
         reg.close()
 

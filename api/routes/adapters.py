@@ -19,7 +19,7 @@ from composer import kinds
 from composer.errors import ComposerError
 from composer.exporting import Target
 from registry_db.repo import adapters, catalog
-from workers import artifact_store
+from service import artifact_store
 
 router = APIRouter(prefix="/v1", tags=["adapters"])
 

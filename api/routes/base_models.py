@@ -11,7 +11,7 @@ from api.deps import Caller, Operator, Reader, RegistryDep
 from api.errors import Problem
 from registry_db.models import BaseModelRow
 from registry_db.repo import catalog
-from workers.catalog import register_base_model
+from service.catalog import register_base_model
 
 router = APIRouter(prefix="/v1", tags=["base-models"])
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from contextlib import ExitStack
-from typing import Literal
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, Field
+from pydantic import AliasChoices, BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import Reader, RegistryDep, Trainer
@@ -14,37 +13,39 @@ from api.errors import Problem
 from api.loaders import ensure
 from api.schemas import InputRow, examples
 from composer import kinds
-from composer.prompts.ensemble import check_strategy
+from composer.prompts.ensemble import Voting
 from registry_db.models import AdapterSet
 from registry_db.repo import adapters, catalog
-from workers.catalog import task_spec
+from service.catalog import task_spec
 
 router = APIRouter(prefix="/v1", tags=["ensembles"])
-Strategy = Literal["majority", "weighted", "mean_prob", "mean_logit"]
 
 
 class EnsembleIn(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     task: str
     prompts: list[str] = Field(min_length=1, max_length=32)
-    voting: Strategy = "majority"
+    voting: Voting = "majority"
 
 
 class EnsemblePredictIn(BaseModel):
     inputs: list[InputRow] = Field(min_length=1, max_length=256)
-    strategy: Strategy | None = None
+    # the ensemble's own rule unless given; `strategy`, its name before, is still read
+    voting: Voting | None = Field(None, validation_alias=AliasChoices("voting", "strategy"))
     early_exit: bool = False
 
 
 def ensemble_json(s, e: AdapterSet) -> dict:  # type: ignore[no-untyped-def]
     members = adapters.set_members(s, e.id)
+    metric = catalog.get_task(s, e.owner_id, e.task_id).metric  # type: ignore[arg-type]
     return {
         "id": e.id,
         "name": e.name,
         "task_id": e.task_id,
         "voting": e.voting,
         "prompts": [m.id for m in members],
-        "scores": [m.metrics.get("accuracy") for m in members],
+        "metric": metric,
+        "scores": [m.metrics.get(metric) for m in members],  # each prompt's validation score on the task's metric
         "created_at": e.created_at.isoformat(),
     }
 
@@ -116,14 +117,13 @@ def _predict(request: Request, reg, caller, ensemble_id: str, body: EnsemblePred
     if archived:
         raise Problem(404, "archived", f"the ensemble's prompts {archived} are archived: it no longer serves")
     spec = task_spec(task)
-    strategy = body.strategy or e.voting or "majority"
+    voting = body.voting or e.voting or "majority"
     scores = [r.metrics.get(spec.metric) for r in rows]
-    check_strategy(strategy, scores)
     rt, device = request.app.state.runtime, request.app.state.settings.device
     with ExitStack() as leases:
         held = [leases.enter_context(ensure(rt, reg, r, base_rows[r.base_model_id], [], device)) for r in rows]
         votes = rt.predict_ensemble(
-            held[0].resident, [r.id for r in rows], examples(body.inputs), strategy, scores, body.early_exit
+            held[0].resident, [r.id for r in rows], examples(body.inputs), voting, scores, body.early_exit
         )
     out = []
     for v in votes:
@@ -142,7 +142,7 @@ def _predict(request: Request, reg, caller, ensemble_id: str, body: EnsemblePred
                 "tie_break": v.tie_break,
             }
         )
-    return {"ensemble_id": e.id, "strategy": strategy, "outputs": out}
+    return {"ensemble_id": e.id, "voting": voting, "outputs": out}
 
 
 @router.post("/ensembles/{ensemble_id}/predict")

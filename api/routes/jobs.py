@@ -5,38 +5,30 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, Literal
+from typing import Literal
 
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import Reader, RegistryDep, Trainer
 from registry_db.models import FINISHED, Job, JobEvent
 from registry_db.repo import jobs
-from workers import specs
-from workers.submit import submit_job
+from service import specs
+from service.jobs import JOB_TYPES
+from service.jobs.fusion import FusionJobSpec
+from service.submit import submit_job
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
 
 class JobIn(BaseModel):
+    """A job: its `type` (one of the registered job types) and that type's spec fields, validated by the
+    type's own model at submit."""
+
     model_config = ConfigDict(extra="allow")
-    type: Literal["adapter", "multitask", "fusion", "prompts", "evaluate"]
-
-
-class FusionIn(BaseModel):
-    task: str
-    adapters: list[str] = Field(min_length=2, max_length=16)
-    train_dataset: str
-    validation_dataset: str | None = None
-    hyperparameters: dict[str, Any] = Field(default_factory=dict)
-    fusion: dict[str, Any] = Field(default_factory=dict)
-    prune_threshold: float | None = None
-    name: str | None = None
-    warm_start: bool = True  # start from the target task's own adapter when it is a member
-    require_improvement: bool = False  # fail, rather than register a copy of the start
+    type: Literal[tuple(JOB_TYPES)]  # type: ignore[valid-type]
 
 
 def job_json(j: Job) -> dict:
@@ -85,7 +77,7 @@ def submit(
 
 @router.post("/fusions", status_code=202)
 def fuse(
-    body: FusionIn,
+    body: FusionJobSpec,
     request: Request,
     caller: Trainer,
     reg: RegistryDep,

@@ -20,7 +20,7 @@ from composer.serving import RowOutput
 from registry_db.errors import NotFound
 from registry_db.models import Adapter, BaseModelRow
 from registry_db.repo import adapters, catalog
-from workers.catalog import task_spec
+from service.catalog import task_spec
 
 router = APIRouter(prefix="/v1", tags=["predict"])
 

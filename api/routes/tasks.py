@@ -12,7 +12,7 @@ from api.errors import Problem
 from api.schemas import dataset_json
 from registry_db.models import Task
 from registry_db.repo import catalog
-from workers.catalog import upload_dataset
+from service.catalog import upload_dataset
 
 router = APIRouter(prefix="/v1", tags=["tasks"])
 

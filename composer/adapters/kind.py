@@ -190,13 +190,8 @@ class FusionKind(MethodKind):
         return int(sum(t.numel() for t in art.tensors.values()))
 
     def method_config(self, art: FusionArtifact, **extra: Any) -> dict[str, Any]:
-        return {
-            "method": "fusion",
-            "config": art.config.to_dict(),
-            "members": list(art.members),
-            "max_length": art.max_length,
-            **extra,
-        }
+        # the members are the registry's fusion_members rows (and the artifact's own list), not a third copy
+        return {"method": "fusion", "config": art.config.to_dict(), "max_length": art.max_length, **extra}
 
     def attach(self, models: Models, art: FusionArtifact, name: str, members: Sequence[str] = ()) -> None:
         fusion_artifacts.attach(models.encoder, art, member_names=list(members) or None, name=name)

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import torch
 
 from composer.errors import ConfigError
 from composer.prompts.model import PromptModel
 
-STRATEGIES = ("majority", "weighted", "mean_prob", "mean_logit")
+# an ensemble's voting rule: the one name it has where it is stored, requested and used
+Voting = Literal["majority", "weighted", "mean_prob", "mean_logit"]
+VOTING_RULES: tuple[str, ...] = get_args(Voting)
 
 
 @dataclass
@@ -31,21 +34,21 @@ class RowVote:
     extra: dict[str, float] = field(default_factory=dict)
 
 
-def check_strategy(strategy: str, scores: list[float | None] | None) -> None:
-    if strategy not in STRATEGIES:
-        raise ConfigError(f"unknown voting strategy {strategy!r}; use one of {list(STRATEGIES)}")
-    if strategy == "weighted" and (not scores or any(s is None for s in scores)):
+def check_voting(voting: str, scores: list[float | None] | None) -> None:
+    if voting not in VOTING_RULES:
+        raise ConfigError(f"unknown voting rule {voting!r}; use one of {list(VOTING_RULES)}")
+    if voting == "weighted" and (not scores or any(s is None for s in scores)):
         raise ConfigError("weighted voting needs a validation score for every prompt")
 
 
 def vote(
     logits: torch.Tensor,
-    strategy: str = "majority",
+    voting: str = "majority",
     scores: list[float | None] | None = None,
     evaluated: torch.Tensor | None = None,
 ) -> list[RowVote]:
-    """logits [B, K, C]; `evaluated` [B, K] bool marks prompts that ran for each row (default: all)."""
-    check_strategy(strategy, scores)
+    """logits [B, K, C]; `evaluated` [B, K] bool marks prompts that ran for each row (default: all). The
+    rule was checked by the caller (`predict_ensemble`, or `check_voting`)."""
     b, k, c = logits.shape
     ev = evaluated if evaluated is not None else torch.ones(b, k, dtype=torch.bool)
     probs = torch.softmax(logits.float(), dim=-1)
@@ -59,19 +62,15 @@ def vote(
         for j, kk in enumerate(idx.tolist()):
             per[kk] = (int(v[j]), float(p[j, v[j]]))
         tie = False
-        if strategy in ("majority", "weighted"):
-            w = (
-                torch.ones(len(idx))
-                if strategy == "majority"
-                else torch.tensor([float(scores[j]) for j in idx.tolist()])
-            )  # type: ignore[index,arg-type]
-            w = w / w.sum() * len(idx) if strategy == "weighted" else w
+        if voting in ("majority", "weighted"):
+            w = torch.ones(len(idx)) if voting == "majority" else torch.tensor([float(scores[j]) for j in idx.tolist()])  # type: ignore[index,arg-type]
+            w = w / w.sum() * len(idx) if voting == "weighted" else w
             counts = torch.zeros(c).index_add_(0, v, w)
             top = counts.max()
             tied = (counts == top).nonzero().flatten()
             tie = len(tied) > 1
             label = int(tied[mean_p[tied].argmax()]) if tie else int(tied[0])
-        elif strategy == "mean_prob":
+        elif voting == "mean_prob":
             counts, label = torch.bincount(v, minlength=c).float(), int(mean_p.argmax())
         else:
             counts, label = torch.bincount(v, minlength=c).float(), int(lg.mean(0).argmax())
@@ -95,7 +94,7 @@ def predict_ensemble(
     model: PromptModel,
     names: Sequence[str],
     batch: dict[str, torch.Tensor],
-    strategy: str = "majority",
+    voting: str = "majority",
     scores: Sequence[float | None] | None = None,
     early_exit: bool = False,
     plan: str = "batched",
@@ -107,12 +106,12 @@ def predict_ensemble(
     k = len(names)
     model.check_batchable(names)
     scores_l = list(scores) if scores is not None else [None] * k
-    check_strategy(strategy, scores_l)
-    if early_exit and strategy != "majority":
+    check_voting(voting, scores_l)
+    if early_exit and voting != "majority":
         raise ConfigError("early exit is exact only for majority voting")
     with torch.no_grad():
         if not early_exit or k < 3:
-            return vote(model.logits(names, batch, plan), strategy, scores_l)
+            return vote(model.logits(names, batch, plan), voting, scores_l)
         order = sorted(range(k), key=lambda j: -(scores_l[j] if scores_l[j] is not None else float("-inf")))
         m = k // 2 + 1
         first = model.logits([names[j] for j in order[:m]], batch, plan)  # [B, m, C]
@@ -129,7 +128,7 @@ def predict_ensemble(
             for col, j in enumerate(order[m:]):
                 logits[todo, j] = rest[:, col]
             evaluated[todo.unsqueeze(1), torch.tensor(order[m:]).unsqueeze(0)] = True
-        out = vote(logits, strategy, scores_l, evaluated)
+        out = vote(logits, voting, scores_l, evaluated)
         for i, row in enumerate(out):
             row.early_exit = bool(done[i])
         return out

@@ -7,23 +7,17 @@ reaches it). `COMPOSER_BLOB_DIR` is a shorthand for `file://` with that director
 
 from __future__ import annotations
 
-import os
-
 from sqlalchemy import Engine
 
 from registry_db.blobs.base import BlobStore, sha256_hex
 from registry_db.blobs.database import DatabaseBlobStore
 from registry_db.blobs.local import LocalBlobStore
-from registry_db.engine import data_dir
 
 __all__ = ["BlobStore", "DatabaseBlobStore", "LocalBlobStore", "open_blob_store", "sha256_hex"]
 
 
-def open_blob_store(engine: Engine, url: str | None = None) -> BlobStore:
-    url = url or os.environ.get("COMPOSER_BLOB_URL")
-    if not url:
-        blob_dir = os.environ.get("COMPOSER_BLOB_DIR")
-        url = f"file://{blob_dir or data_dir() / 'blobs'}"
+def open_blob_store(engine: Engine, url: str) -> BlobStore:
+    """`file:///path` or `db://` (chunks in the registry database); the caller resolves the default."""
     if url.startswith("file://"):
         return LocalBlobStore(url[len("file://") :])
     if url in ("db://", "db:"):

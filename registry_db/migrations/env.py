@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from registry_db.engine import database_url, make_engine
+from registry_db.engine import env_database_url, make_engine
 from registry_db.models import Base
 
 config = context.config
@@ -13,7 +13,7 @@ target_metadata = Base.metadata
 
 def run_offline() -> None:
     context.configure(
-        url=config.get_main_option("sqlalchemy.url") or database_url(),
+        url=config.get_main_option("sqlalchemy.url") or env_database_url(),
         target_metadata=target_metadata,
         literal_binds=True,
         render_as_batch=True,
@@ -29,7 +29,7 @@ def run_online() -> None:
         with context.begin_transaction():
             context.run_migrations()
         return
-    engine = make_engine(config.get_main_option("sqlalchemy.url") or database_url())
+    engine = make_engine(config.get_main_option("sqlalchemy.url") or env_database_url())
     with engine.connect() as conn:
         context.configure(connection=conn, target_metadata=target_metadata, render_as_batch=True)
         with context.begin_transaction():

@@ -17,11 +17,11 @@ from registry_db.blobs import LocalBlobStore
 from registry_db.engine import make_engine
 from registry_db.migrate import upgrade
 from registry_db.registry import Registry
+from service.catalog import register_base_model
+from service.jobs import JOB_TYPES
+from service.settings import Settings
 from tests.workers.fixtures import jsonl, toy_rows
-from workers.catalog import register_base_model
-from workers.handlers import HANDLERS
 from workers.runner import run
-from workers.settings import Settings
 
 ADMIN = "admin-key-for-tests-0123456789"
 FAST = Settings(heartbeat_interval=0.2, stale_after=2, checkpoint_every_steps=5, progress_every_seconds=0)
@@ -102,7 +102,7 @@ def api(request, tmp_path, tiny_bert_dir):
 
     def send(job_id: str, job_type: str) -> bool:
         outbox.append(job_id)
-        run(reg, FAST, job_id, HANDLERS)
+        run(reg, FAST, job_id, JOB_TYPES)
         return True
 
     settings = Settings(data_dir=tmp_path, bootstrap_key=ADMIN, register_packaged_encoder=False, max_upload_mb=0.05)
@@ -114,7 +114,7 @@ def api(request, tmp_path, tiny_bert_dir):
 @pytest.fixture()
 def adapterctl(api, monkeypatch):  # type: ignore[no-untyped-def]
     """The `adapterctl` module with its HTTP client pointed at the in-process app."""
-    from api import client_cli
+    from cli import adapterctl as client_cli
 
     def init(self, url: str, key: str) -> None:
         api.client.headers["Authorization"] = f"Bearer {key}"

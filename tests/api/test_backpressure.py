@@ -8,8 +8,8 @@ import asyncio
 import httpx
 
 from api.app import create_app
+from service.settings import Settings
 from tests.api.conftest import ADMIN
-from workers.settings import Settings
 
 
 def test_flood_gets_503_then_the_server_is_healthy(api, tmp_path):

@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import load_file
 
 from api.archives import make_zip
+from service.catalog import register_base_model
 from tests.conftest import FIXTURES, write_tokenizer
-from workers.catalog import register_base_model
 
 PARITY = FIXTURES / "parity"
 INPUTS = json.loads((PARITY / "layouts_inputs.json").read_text())

@@ -17,9 +17,9 @@ from composer.base import load_base
 from composer.composition import Fuse
 from composer.method import Models
 from composer.prompts.model import PromptModel
+from service.catalog import register_base_model
 from tests.api.conftest import ADMIN
 from tests.conftest import FIXTURES, write_tokenizer
-from workers.catalog import register_base_model
 
 ARCHIVE = FIXTURES / "parity" / "fusions" / "with_head"
 TEXTS = ["good movie", "a bad and boring plot", "fine", "great acting but awful ending"]

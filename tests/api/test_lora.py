@@ -20,8 +20,8 @@ from composer.adapters import artifacts
 from composer.adapters.model import AdaptedEncoder
 from composer.base import load_base
 from composer.composition import Single
+from service.catalog import register_base_model
 from tests.conftest import FIXTURES, write_tokenizer
-from workers.catalog import register_base_model
 
 PEFT = FIXTURES / "parity" / "lora" / "peft_qv"
 TEXTS = ["good movie", "a bad and boring plot", "fine", "great acting but awful ending"]

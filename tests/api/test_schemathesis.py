@@ -12,8 +12,8 @@ from registry_db.engine import make_engine
 from registry_db.migrate import upgrade
 from registry_db.registry import Registry
 from registry_db.repo import catalog, keys
-from workers.catalog import register_base_model
-from workers.settings import Settings
+from service.catalog import register_base_model
+from service.settings import Settings
 
 KEY = "fuzz-admin-key-0123456789abcdef"
 
@@ -65,9 +65,9 @@ def two_owners(tmp_path_factory, tiny_bert_dir):
     from composer.base import load_base
     from composer.heads import HeadConfig
     from registry_db.repo import adapters, jobs
+    from service import artifact_store
+    from service.catalog import upload_dataset
     from tests.workers.fixtures import jsonl, toy_rows
-    from workers import artifact_store
-    from workers.catalog import upload_dataset
 
     tmp = tmp_path_factory.mktemp("fuzz2")
     url = f"sqlite:///{tmp / 'registry.db'}"

@@ -22,9 +22,9 @@ from registry_db.engine import make_engine
 from registry_db.migrate import upgrade
 from registry_db.registry import Registry
 from registry_db.repo import keys
+from service.catalog import register_base_model
+from service.settings import Settings
 from tests.conftest import FIXTURES, write_tokenizer
-from workers.catalog import register_base_model
-from workers.settings import Settings
 
 PARITY = FIXTURES / "parity"
 KEYS = {"a": "owner-a-fuzz-modules-0123456789", "b": "owner-b-fuzz-modules-0123456789"}

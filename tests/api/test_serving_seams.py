@@ -18,10 +18,10 @@ from composer.composition import Single
 from composer.heads import HeadConfig
 from composer.prompts.model import PromptModel
 from registry_db.repo import adapters, catalog
+from service import artifact_store
+from service.catalog import register_base_model
 from tests.api.conftest import HP
 from tests.conftest import make_tiny_bert
-from workers import artifact_store
-from workers.catalog import register_base_model
 
 INPUTS = [{"text": "good movie"}, {"text": "a really boring plot"}, {"text": "the food was fresh"}]
 
@@ -164,8 +164,8 @@ def test_refused_archives_answer_4xx_and_leave_nothing_registered(api, tmp_path)
     from fastapi.testclient import TestClient
 
     from api.app import create_app
+    from service.settings import Settings
     from tests.api.conftest import ADMIN
-    from workers.settings import Settings
 
     api.task_with_data()
 
@@ -283,7 +283,7 @@ def test_a_process_that_prefetches_serves_its_first_requests_from_the_host_tier(
     from fastapi.testclient import TestClient
 
     from api.app import create_app
-    from workers.settings import Settings
+    from service.settings import Settings
 
     ids = api.task_with_data()
     a, b, gone = (api.train_adapter(ids) for _ in range(3))

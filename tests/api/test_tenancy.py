@@ -7,8 +7,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from service.settings import Settings
 from tests.api.conftest import ADMIN, HP
-from workers.settings import Settings
 
 
 def test_an_owners_admin_manages_its_own_keys_only(api):

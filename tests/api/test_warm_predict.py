@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import event
 
 from api.app import create_app
+from service.settings import Settings
 from tests.api.conftest import ADMIN
-from workers.settings import Settings
 
 INPUTS = [{"text": "good movie"}, {"text": "a really boring plot"}]
 

@@ -3,7 +3,7 @@ resident bases and from several threads, gives the outputs of a freshly built si
 
 The runtime runs ST-As, LoRAs, mixed batches of both (gathered and group-and-scatter), fusions (with and
 without attention), single soft prompts (shallow, deep, and prepended to the embedding output) and
-prompt ensembles under every voting strategy (8+ rows: under whichever execution plan the runtime
+prompt ensembles under every voting rule (8+ rows: under whichever execution plan the runtime
 measured fastest), with loads, LRU evictions under a small cache, explicit
 evictions and archives while a request holds a lease. Each output is compared, atol 1e-5, with an
 oracle: a model built from a freshly loaded base that has only ever run that one module.
@@ -31,7 +31,7 @@ from composer.composition import Fuse, Single
 from composer.data import Example
 from composer.heads import HeadConfig
 from composer.prompts.artifacts import PromptArtifact
-from composer.prompts.ensemble import STRATEGIES, predict_ensemble
+from composer.prompts.ensemble import VOTING_RULES, predict_ensemble
 from composer.prompts.model import PromptModel
 from composer.prompts.prompt import PromptConfig
 from composer.serving import Runtime
@@ -142,10 +142,10 @@ class Oracle:
             att = {k: v[0] for k, v in out.fusion_attention.items()} if out.fusion_attention else None
             return out.logits[0], att
 
-    def ensemble(self, texts: list[str], strategy: str, scores: list[float], early_exit: bool):  # type: ignore[no-untyped-def]
+    def ensemble(self, texts: list[str], voting: str, scores: list[float], early_exit: bool):  # type: ignore[no-untyped-def]
         model = self._model("ensemble")
         batch = dict(model.base.tokenizer(texts, padding=True, return_tensors="pt"))
-        return predict_ensemble(model, list(ENSEMBLE), batch, strategy, scores, early_exit)
+        return predict_ensemble(model, list(ENSEMBLE), batch, voting, scores, early_exit)
 
 
 TEXT = st.lists(st.sampled_from(WORDS), min_size=1, max_size=7).map(" ".join)
@@ -222,19 +222,17 @@ class ServingMachine(RuleBasedStateMachine):
             torch.testing.assert_close(row.logits, want, atol=ATOL, rtol=1e-4)
         self.checks += len(rows)
 
-    def _ensemble(self, key: str, texts: list[str], strategy: str, early_exit: bool) -> None:
+    def _ensemble(self, key: str, texts: list[str], voting: str, early_exit: bool) -> None:
         arts = self.bases[key][1]
         scores = [arts[p].metrics["accuracy"] for p in ENSEMBLE]  # type: ignore[attr-defined]
         leases = [self._ensure(key, p) for p in ENSEMBLE]
         try:
             ids = [f"{key}:{p}" for p in ENSEMBLE]
-            got = self.rt.predict_ensemble(
-                self.res[key], ids, [Example(t) for t in texts], strategy, scores, early_exit
-            )
+            got = self.rt.predict_ensemble(self.res[key], ids, [Example(t) for t in texts], voting, scores, early_exit)
         finally:
             for mid, members in leases:
                 self.rt.release(mid, members)
-        want = self.bases[key][2].ensemble(texts, strategy, scores, early_exit)
+        want = self.bases[key][2].ensemble(texts, voting, scores, early_exit)
         for g, w in zip(got, want, strict=True):
             assert (g.label, g.early_exit, g.counts) == (w.label, w.early_exit, w.counts)
             for a, b in zip(g.per_prompt, w.per_prompt, strict=True):
@@ -265,9 +263,9 @@ class ServingMachine(RuleBasedStateMachine):
     def single_prompt(self, key: str, name: str, texts: list[str]) -> None:
         self._single(key, name, texts)
 
-    @rule(key=st.sampled_from("AB"), texts=TEXTS, strategy=st.sampled_from(STRATEGIES), early_exit=st.booleans())
-    def ensemble(self, key: str, texts: list[str], strategy: str, early_exit: bool) -> None:
-        self._ensemble(key, texts, strategy, early_exit and strategy == "majority")
+    @rule(key=st.sampled_from("AB"), texts=TEXTS, voting=st.sampled_from(VOTING_RULES), early_exit=st.booleans())
+    def ensemble(self, key: str, texts: list[str], voting: str, early_exit: bool) -> None:
+        self._ensemble(key, texts, voting, early_exit and voting == "majority")
 
     @rule(key=st.sampled_from("AB"), texts=st.lists(TEXT, min_size=8, max_size=12), early_exit=st.booleans())
     def ensemble_many_rows(self, key: str, texts: list[str], early_exit: bool) -> None:
@@ -308,7 +306,7 @@ class ServingMachine(RuleBasedStateMachine):
             elif op == "prompt":
                 jobs.append((self._single, (key, data.draw(st.sampled_from(PROMPTS)), texts)))
             elif op == "ens":
-                jobs.append((self._ensemble, (key, texts, data.draw(st.sampled_from(STRATEGIES)), False)))
+                jobs.append((self._ensemble, (key, texts, data.draw(st.sampled_from(VOTING_RULES)), False)))
             else:
                 names = data.draw(st.lists(st.sampled_from(ADAPTERS), min_size=len(texts), max_size=len(texts)))
                 jobs.append((self._mixed, (key, names, texts)))

@@ -11,10 +11,10 @@ from celery import Celery
 
 from registry_db.models import Job
 from registry_db.repo import jobs
+from service.settings import Settings
 from tests.integration.procs import RedisServer, Worker, wait_for
 from tests.workers.fixtures import World, make_world
 from workers.queueing import enqueue
-from workers.settings import Settings
 
 
 @dataclass

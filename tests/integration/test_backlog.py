@@ -15,12 +15,12 @@ from registry_db.migrate import upgrade
 from registry_db.models import Job, utcnow
 from registry_db.registry import Registry
 from registry_db.repo import jobs
+from service.settings import Settings
 from tests.integration.procs import RedisServer
 from tests.registry.helpers import seed
 from workers.broker import held_job_ids
 from workers.queueing import enqueue
 from workers.reconcile import sweep
-from workers.settings import Settings
 
 SETTINGS = Settings(requeue_queued_after=300)
 

@@ -66,7 +66,7 @@ def chaos(tmp_path):
     stack.api.start()
     for _ in range(2):
         stack.start_worker()
-    reg = Registry.from_env(pg.url, "db://")
+    reg = Registry.open(pg.url, "db://")
     try:
         yield stack, reg, pg, redis
     finally:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from api.service import port_free
+from cli.launcher import port_free
 from tests.integration.procs import ROOT, alive, children, free_port, wait_for
 
 BOOT = "bootstrap-key-0123456789abcdef"
@@ -35,7 +35,7 @@ def service_env(tmp_path, **extra: str) -> dict[str, str]:
 
 def start(tmp_path, port: int, **env: str) -> tuple[subprocess.Popen, list[str]]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "api.service", "up", "--port", str(port)],
+        [sys.executable, "-m", "cli.launcher", "up", "--port", str(port)],
         cwd=ROOT,
         env=service_env(tmp_path, **env),
         stdout=subprocess.PIPE,
@@ -95,7 +95,7 @@ def test_sigterm_stops_the_api_and_the_worker_and_keys_are_printed_only_when_cre
     assert "another-bootstrap-value" not in banner and "create-key" in banner
     out = (
         subprocess.run(
-            [sys.executable, "-m", "api.service", "create-key"],
+            [sys.executable, "-m", "cli.launcher", "create-key"],
             cwd=ROOT,
             env=service_env(tmp_path),
             capture_output=True,
@@ -117,7 +117,7 @@ def test_a_taken_port_is_refused_before_anything_starts(tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         res = subprocess.run(
-            [sys.executable, "-m", "api.service", "up", "--port", str(port)],
+            [sys.executable, "-m", "cli.launcher", "up", "--port", str(port)],
             cwd=ROOT,
             env=service_env(tmp_path),
             capture_output=True,

@@ -13,9 +13,9 @@ from safetensors.torch import load as st_load
 from sqlalchemy import select
 
 from registry_db.models import Adapter
+from service.submit import submit_job
 from tests.integration.procs import wait_for
 from tests.workers.fixtures import adapter_spec
-from workers.submit import submit_job
 
 LONG = {"epochs": 12, "batch_size": 2, "checkpoint_every_steps": 10}  # 384 steps on the tiny model
 
@@ -153,8 +153,8 @@ def test_multitask_then_fusion_jobs_on_a_real_worker(tmp_path, tiny_bert_dir):
             ],
         }
         from registry_db.repo import catalog
+        from service.catalog import upload_dataset
         from tests.workers.fixtures import jsonl, toy_rows
-        from workers.catalog import upload_dataset
 
         with w.registry.tx() as s:
             catalog.create_task(s, w.owner, "sentiment2", "classification", ["neg", "pos"])

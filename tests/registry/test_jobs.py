@@ -115,8 +115,8 @@ def test_requeue_then_fail_after_max_attempts(registry):
 
 
 def test_a_cancelled_job_whose_worker_died_ends_cancelled_not_queued_forever(registry):
+    from service.settings import Settings
     from workers.reconcile import sweep
-    from workers.settings import Settings
 
     ids = seed(registry)
     dead, stuck = new_job(registry, ids), new_job(registry, ids)

@@ -198,7 +198,7 @@ def test_6_request_a_fusion_and_read_its_comparison_heat_map_and_lineage(stack, 
     wait.until(ec.presence_of_element_located(by("#job-status")))
     job = stack.wait_job(d.current_url.rsplit("/", 1)[1])
     assert job["type"] == "fusion" and job["status"] == "succeeded", job
-    assert sorted(job["spec"]["adapters"]) == sorted(a["id"] for a in ready)
+    assert sorted(job["spec"]["members"]) == sorted(a["id"] for a in ready)
     wait.until(ec.element_to_be_clickable(by("#result-adapter"))).click()
     table = wait.until(ec.presence_of_element_located(by("#comparison")))
     cmp = job["result"]["comparison"]
@@ -239,13 +239,13 @@ def test_7_create_an_ensemble_and_query_it(stack, d):
     assert len(made) == 1 and made[0]["voting"] == "mean_prob" and len(made[0]["prompts"]) == 3
     texts = ["good good film", "awful bad plot"]
     d.find_element(*by("#ensq-text")).send_keys("\n".join(texts))
-    Select(d.find_element(*by("#ensq-strategy"))).select_by_visible_text("majority")  # early exit is exact for it
+    Select(d.find_element(*by("#ensq-voting"))).select_by_visible_text("majority")  # early exit is exact for it
     d.find_element(*by("#ensq-early")).click()
     d.find_element(*by("#ensq-run")).click()
     rows = wait.until(lambda drv: len(drv.find_elements(*by("#ensq-table tbody tr"))) == 2 and drv).find_elements(
         *by("#ensq-table tbody tr")
     )
-    body = {"inputs": [{"text": t} for t in texts], "early_exit": True, "strategy": "majority"}
+    body = {"inputs": [{"text": t} for t in texts], "early_exit": True, "voting": "majority"}
     want = stack.http.post(f"/v1/ensembles/{made[0]['id']}/predict", json=body).json()["outputs"]
     for row, o in zip(rows, want, strict=True):  # the page shows what the endpoint answers
         cells = [c.text for c in row.find_elements(*by("td"))]

@@ -12,7 +12,7 @@ from registry_db.engine import make_engine
 from registry_db.migrate import upgrade
 from registry_db.registry import Registry
 from registry_db.repo import catalog, keys
-from workers.catalog import register_base_model, upload_dataset
+from service.catalog import register_base_model, upload_dataset
 
 POS = ["good", "great", "fine", "fresh", "happy", "love", "funny"]
 NEG = ["bad", "awful", "poor", "rotten", "sad", "hate", "boring"]

@@ -8,12 +8,12 @@ from sqlalchemy import select
 from registry_db.errors import InvalidInput, NotFound
 from registry_db.models import Adapter
 from registry_db.repo import adapters, catalog, jobs
+from service.catalog import register_base_model, upload_dataset
+from service.jobs import JOB_TYPES
+from service.submit import submit_job
 from tests.workers.fixtures import adapter_spec, jsonl, make_world, toy_rows
 from tests.workers.test_submit_and_runner import FAST, Outbox
-from workers.catalog import register_base_model, upload_dataset
-from workers.handlers import HANDLERS
 from workers.runner import run
-from workers.submit import submit_job
 
 HP = {"learning_rate": 1e-2, "epochs": 2, "batch_size": 8, "patience": 0}
 
@@ -32,7 +32,7 @@ def world(request, tmp_path, tiny_bert_dir):
 
 def submit_and_run(w, job_type, spec):
     job, _ = submit_job(w.registry, w.owner, job_type, spec, send=Outbox())
-    assert run(w.registry, FAST, job.id, HANDLERS) == "succeeded", jobs_error(w, job.id)
+    assert run(w.registry, FAST, job.id, JOB_TYPES) == "succeeded", jobs_error(w, job.id)
     with w.registry.tx() as s:
         return jobs.get_job(s, job.id)
 
@@ -88,7 +88,7 @@ def test_multitask_job_registers_a_derived_base_and_its_adapters(world):
     assert w.registry.blobs.exists(derived.weights_sha256)
     assert derived.weights_sha256 not in w.registry.gc(min_age_seconds=0)  # the GC keeps a derived base
     # the stored weights reproduce the registered identity (load_registered_base checks it)
-    from workers.catalog import load_registered_base
+    from service.catalog import load_registered_base
 
     assert load_registered_base(derived, "cpu", w.registry).identity.fingerprint == derived.identity
     # an MT-A and an ST-A of the parent base cannot be fused; two MT-As of the derived base can
@@ -204,7 +204,7 @@ def test_a_fusion_over_the_targets_own_adapter_starts_from_it_and_is_compared_wi
         fusion_spec(w, ids, require_improvement=True, hyperparameters={**HP, "learning_rate": 1e-12}),
         send=Outbox(),
     )
-    assert run(w.registry, FAST, job.id, HANDLERS) == "failed"
+    assert run(w.registry, FAST, job.id, JOB_TYPES) == "failed"
     assert "did not improve on its start" in jobs_error(w, job.id)["message"]
     with w.registry.tx() as s:
         assert len(s.scalars(select(Adapter).where(Adapter.kind == "fusion")).all()) == 1

@@ -12,11 +12,11 @@ from sqlalchemy import func, select
 from registry_db.errors import InvalidInput, NotFound
 from registry_db.models import Adapter, Job
 from registry_db.repo import catalog, jobs
+from service.jobs import JOB_TYPES
+from service.settings import Settings
+from service.submit import submit_job
 from tests.workers.fixtures import adapter_spec, jsonl, make_world, toy_rows
-from workers.handlers import HANDLERS
 from workers.runner import run
-from workers.settings import Settings
-from workers.submit import submit_job
 
 FAST = Settings(heartbeat_interval=0.2, stale_after=2, checkpoint_every_steps=5, progress_every_seconds=0)
 
@@ -71,7 +71,7 @@ def test_bad_specs_fail_at_submit_before_anything_is_queued(world, change, error
 def test_dataset_of_another_task_is_refused(world):
     with world.registry.tx() as s:
         catalog.create_task(s, world.owner, "topic", "classification", ["neg", "pos"])
-    from workers.catalog import upload_dataset
+    from service.catalog import upload_dataset
 
     other, _ = upload_dataset(world.registry, world.owner, "topic", "train", jsonl(toy_rows(8, 5)))
     with pytest.raises(InvalidInput, match="another task"):
@@ -97,8 +97,8 @@ def test_broker_down_at_submit_keeps_the_job_queued(world):
 
 def test_run_trains_registers_once_and_streams_events(world):
     job, _ = submit_job(world.registry, world.owner, "adapter", adapter_spec(world), send=Outbox())
-    assert run(world.registry, FAST, job.id, HANDLERS) == "succeeded"
-    assert run(world.registry, FAST, job.id, HANDLERS) == "skipped"  # a duplicate delivery does nothing
+    assert run(world.registry, FAST, job.id, JOB_TYPES) == "succeeded"
+    assert run(world.registry, FAST, job.id, JOB_TYPES) == "skipped"  # a duplicate delivery does nothing
     with world.registry.tx() as s:
         done = jobs.get_job(s, job.id)
         types = [e.type for e in jobs.list_events(s, job.id)]
@@ -115,7 +115,7 @@ def test_a_failure_is_recorded_with_a_structured_error_and_traceback(world):
     with world.registry.tx() as s:
         sha = catalog.get_dataset(s, world.train).sha256
     world.registry.blobs.path(sha).write_bytes(b"tampered")
-    assert run(world.registry, FAST, job.id, HANDLERS) == "failed"
+    assert run(world.registry, FAST, job.id, JOB_TYPES) == "failed"
     with world.registry.tx() as s:
         failed = jobs.get_job(s, job.id)
         err = [e for e in jobs.list_events(s, job.id) if e.type == "error"][0]
@@ -128,7 +128,7 @@ def test_cancel_stops_a_running_job_at_a_step_boundary(world):
     spec = adapter_spec(world, epochs=200)
     job, _ = submit_job(world.registry, world.owner, "adapter", spec, send=Outbox())
     outcome: list[str] = []
-    t = threading.Thread(target=lambda: outcome.append(run(world.registry, FAST, job.id, HANDLERS)))
+    t = threading.Thread(target=lambda: outcome.append(run(world.registry, FAST, job.id, JOB_TYPES)))
     t.start()
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -152,7 +152,7 @@ def test_checkpoints_are_pruned_while_running_and_when_the_job_ends(world, kept_
 
     settings = FAST.model_copy(update={"checkpoints_kept_after": kept_after})
     job, _ = submit_job(world.registry, world.owner, "adapter", adapter_spec(world, epochs=3), send=Outbox())
-    assert run(world.registry, settings, job.id, HANDLERS) == "succeeded"
+    assert run(world.registry, settings, job.id, JOB_TYPES) == "succeeded"
     with world.registry.tx() as s:
         saved = [e.payload for e in jobs.list_events(s, job.id) if e.type == "checkpoint"]
         rows = s.scalars(select(Checkpoint).where(Checkpoint.job_id == job.id)).all()

@@ -1,8 +1,8 @@
-// Prompt ensembles: create one from a task's soft prompts with a voting strategy, and query it: each
+// Prompt ensembles: create one from a task's soft prompts with a voting rule, and query it: each
 // input's label, agreement, every prompt's vote, and whether early exit decided it.
 import {$, $$, allPages, api, esc, options, showError, table, view} from "./core.js";
 
-const STRATEGIES = ["majority", "weighted", "mean_prob", "mean_logit"];
+const VOTING = ["majority", "weighted", "mean_prob", "mean_logit"];
 
 export async function ensemblesPage() {
   const [ensembles, tasks, prompts] = await Promise.all([api("/v1/ensembles"), api("/v1/tasks"), allPages("/v1/adapters?kind=soft_prompt&status=ready")]);
@@ -14,12 +14,12 @@ export async function ensemblesPage() {
     <p><label for="ens-name">Name</label> <input id="ens-name" required placeholder="sentiment-vote"></p>
     <p><label for="ens-task">Task</label> <select id="ens-task">${options(classification, (t) => t.name, (t) => t.name)}</select></p>
     <fieldset><legend>Soft prompts</legend><div id="ens-prompts"></div></fieldset>
-    <p><label for="ens-voting">Voting strategy</label> <select id="ens-voting">${STRATEGIES.map((s) => `<option>${s}</option>`).join("")}</select></p>
+    <p><label for="ens-voting">Voting</label> <select id="ens-voting">${VOTING.map((s) => `<option>${s}</option>`).join("")}</select></p>
     <button id="ens-create" type="submit">Create ensemble</button><p id="ens-created" role="status"></p></form>
   <form id="ensq-form" class="card" aria-labelledby="ensq-title"><h3 id="ensq-title">Query an ensemble</h3>
     <p><label for="ensq-target">Ensemble</label> <select id="ensq-target">${options(ensembles, (e) => e.id, (e) => `${e.name} (${e.voting})`)}</select></p>
     <p><label for="ensq-text">Inputs, one per line</label><br><textarea id="ensq-text" rows="4" cols="70"></textarea></p>
-    <p><label for="ensq-strategy">Strategy</label> <select id="ensq-strategy"><option value="">the ensemble's own</option>${STRATEGIES.map((s) => `<option>${s}</option>`).join("")}</select>
+    <p><label for="ensq-voting">Voting</label> <select id="ensq-voting"><option value="">the ensemble's own</option>${VOTING.map((s) => `<option>${s}</option>`).join("")}</select>
       <input type="checkbox" id="ensq-early"> <label for="ensq-early">Early exit (majority voting: stop once the other prompts cannot change the vote)</label></p>
     <button id="ensq-run" type="submit">Query</button></form><div id="ensq-out" aria-live="polite"></div>`;
   const fill = () => {
@@ -46,13 +46,13 @@ export async function ensemblesPage() {
     const inputs = $("#ensq-text").value.split("\n").map((s) => s.trim()).filter(Boolean).map((text) => ({text}));
     if (!inputs.length) { showError("Type at least one input."); return; }
     const body = {inputs, early_exit: $("#ensq-early").checked};
-    if ($("#ensq-strategy").value) body.strategy = $("#ensq-strategy").value;
+    if ($("#ensq-voting").value) body.voting = $("#ensq-voting").value;
     try {
       const r = await api(`/v1/ensembles/${$("#ensq-target").value}/predict`, {method: "POST", body});
       showError("");
       const ids = r.outputs[0].per_prompt.map((p) => p.prompt);
       const names = Object.fromEntries(prompts.map((p) => [p.id, p.name]));
-      $("#ensq-out").innerHTML = `<p>Strategy <strong>${esc(r.strategy)}</strong>.</p>` + table(
+      $("#ensq-out").innerHTML = `<p>Voting <strong>${esc(r.voting)}</strong>.</p>` + table(
         ["input", "label", "agreement", "decided", ...ids.map((id) => names[id] || id)],
         r.outputs.map((o, i) => [esc(inputs[i].text), `<strong class="ens-label">${esc(o.label)}</strong>`, `${(100 * o.agreement).toFixed(0)}%`,
           o.early_exit ? `<span class="early">early exit</span>` : "all prompts",

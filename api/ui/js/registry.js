@@ -37,7 +37,7 @@ export async function registryPage() {
     ev.preventDefault();
     const picked = $$(".pick:checked").map((c) => c.value);
     if (picked.length < 2 || picked.length > 16) { showError("Pick between 2 and 16 adapters to fuse."); return; }
-    const body = {task: $("#fuse-task").value, adapters: picked, train_dataset: $("#fuse-train").value,
+    const body = {task: $("#fuse-task").value, members: picked, train_dataset: $("#fuse-train").value,
       warm_start: $("#fuse-warm").checked, require_improvement: $("#fuse-require").checked};
     if ($("#fuse-val").value) body.validation_dataset = $("#fuse-val").value;
     $("#fuse").disabled = true;

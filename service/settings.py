@@ -88,6 +88,21 @@ class Settings(BaseSettings):
         return opts
 
 
+def registry_urls(settings: Settings) -> tuple[str, str]:
+    """The registry's database and blob store: the given URLs, else SQLite and blobs in the data directory
+    (`blob_dir` names another directory for them)."""
+    from registry_db.engine import sqlite_url
+
+    blobs = settings.blob_url or f"file://{Path(settings.blob_dir or settings.data_dir / 'blobs').resolve()}"
+    return settings.database_url or sqlite_url(settings.data_dir), blobs
+
+
+def open_registry(settings: Settings):  # type: ignore[no-untyped-def]
+    from registry_db.registry import Registry
+
+    return Registry.open(*registry_urls(settings))
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     s = Settings()

@@ -9,9 +9,8 @@ from registry_db.errors import Conflict, LimitExceeded
 from registry_db.models import Job
 from registry_db.registry import Registry
 from registry_db.repo import jobs
-from workers.queueing import enqueue
-from workers.settings import get_settings
-from workers.specs import check_against_registry, parse_spec
+from service.settings import get_settings
+from service.specs import check_against_registry, parse_spec
 
 
 def submit_job(
@@ -20,10 +19,12 @@ def submit_job(
     job_type: str,
     raw_spec: dict[str, Any],
     idempotency_key: str | None = None,
-    send: Callable[[str, str], bool] = enqueue,
+    *,
+    send: Callable[[str, str], bool],
     max_active: int | None = None,
 ) -> tuple[Job, bool]:
-    """Returns (job, created). A retried submit with the same Idempotency-Key returns the first job.
+    """Returns (job, created). `send` publishes "run job X" (the API passes `workers.queueing.enqueue`).
+    A retried submit with the same Idempotency-Key returns the first job.
 
     Bad specs raise (pydantic ValidationError, NotFound, InvalidInput) before anything is written
     or queued. If the broker is down the job is still recorded as queued and is sent by the sweep.

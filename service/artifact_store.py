@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from composer import kinds
 from composer.errors import ArtifactError
 from composer.method import Artifact
 from registry_db.models import Adapter
 from registry_db.registry import Registry
+from registry_db.repo import adapters
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 
 def store(reg: Registry, art: Artifact) -> tuple[str, str]:
@@ -34,3 +38,38 @@ def registration(art: Artifact, **method_extra: Any) -> dict[str, Any]:
         "param_count": face.param_count(art),
         "metrics": dict(art.metrics),
     }
+
+
+def register_stored(
+    s: Session,
+    art: Artifact,
+    shas: tuple[str, str],
+    *,
+    owner_id: str,
+    task_id: str,
+    base_model_id: str,
+    name: str,
+    job_id: str | None = None,
+    fusion_members: list[str] | None = None,
+    metrics: dict[str, Any] | None = None,
+    **method_extra: Any,
+) -> Adapter:
+    """The one way a stored artifact (`store` returned `shas`) becomes a registry row: its registration
+    fields, and a fusion's members in order (the `fusion_members` table is their truth)."""
+    fields = registration(art, **method_extra)
+    if metrics is not None:
+        fields["metrics"] = metrics
+    row = adapters.register_adapter(
+        s,
+        owner_id=owner_id,
+        task_id=task_id,
+        base_model_id=base_model_id,
+        name=name,
+        job_id=job_id,
+        blob_sha256=shas[0],
+        config_sha256=shas[1],
+        **fields,
+    )
+    if fusion_members:
+        adapters.add_fusion_members(s, row.id, fusion_members)
+    return row

@@ -24,6 +24,7 @@ import urllib.request
 from registry_db.migrate import upgrade
 from registry_db.registry import Registry
 from registry_db.repo import keys
+from service.settings import get_settings, open_registry
 
 
 def admin_key(reg: Registry, bootstrap: str | None) -> str | None:
@@ -64,7 +65,7 @@ def up(host: str, port: int) -> int:
     env = dict(os.environ)
     print(f"==> registry: migrating ({env.get('COMPOSER_DATABASE_URL') or f'sqlite in {data_dir}'})", flush=True)
     upgrade()
-    reg = Registry.from_env()
+    reg = open_registry(get_settings())
     key = admin_key(reg, env.get("COMPOSER_BOOTSTRAP_KEY"))
     reg.close()
     procs: list[subprocess.Popen] = []
@@ -142,7 +143,7 @@ def up(host: str, port: int) -> int:
 def create_key(owner: str, scopes: list[str], name: str) -> int:
     """For an operator with access to the registry (the same COMPOSER_* settings as the service)."""
     upgrade()
-    reg = Registry.from_env()
+    reg = open_registry(get_settings())
     try:
         with reg.tx() as s:
             owner_id = keys.get_or_create_owner(s, owner).id

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy.orm import Session
 
 from composer.adapters import artifacts
@@ -11,14 +13,27 @@ from composer.composition import Single
 from composer.data import Collator
 from registry_db.models import Job
 from registry_db.repo import adapters, catalog
-from workers import artifact_store
-from workers.catalog import load_dataset_examples, task_spec
-from workers.runner import Finish, JobContext
-from workers.specs import EvaluateJobSpec
+from registry_db.repo import adapters as adapter_repo
+from service import artifact_store
+from service.catalog import load_dataset_examples, task_spec
+from service.jobs.base import JobType, Spec, dataset_of_task
+from service.jobs.context import Finish, JobContext
 
 
-def handle(ctx: JobContext) -> Finish:
-    spec = EvaluateJobSpec.model_validate(ctx.job.spec)
+class EvaluateJobSpec(Spec):
+    """Score an adapter on a dataset split and store the metrics."""
+
+    adapter: str
+    dataset: str
+
+
+def check(s: Session, owner_id: str, spec: EvaluateJobSpec) -> dict[str, Any]:
+    adapter = adapter_repo.resolve_adapter(s, owner_id, spec.adapter)
+    dataset_of_task(s, owner_id, spec.dataset, adapter.task_id, "evaluation")
+    return spec.model_copy(update={"adapter": adapter.id}).model_dump()
+
+
+def handle(ctx: JobContext, spec: EvaluateJobSpec) -> Finish:
     with ctx.registry.tx() as s:
         row = adapters.get_adapter(s, spec.adapter, ctx.job.owner_id)
         task = catalog.get_task(s, row.owner_id, row.task_id)
@@ -42,3 +57,6 @@ def handle(ctx: JobContext) -> Finish:
         return {}
 
     return Finish(result={"adapter_id": row.id, "dataset_id": ds.id, "metrics": metrics}, register=register)
+
+
+JOB = JobType("evaluate", EvaluateJobSpec, check, handle, queue="default")
