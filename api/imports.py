@@ -11,9 +11,9 @@ from typing import Any
 from api.errors import Problem
 from api.loaders import adapter_json
 from composer import kinds
-from composer.adapters.fusion_artifacts import resolve_head
 from composer.base import BaseIdentity, LoadedBase
 from composer.errors import ArtifactError, ComposerError
+from composer.fusion.artifacts import resolve_head
 from composer.method import Artifact, MethodKind
 from composer.probe import Expect, check_serves
 from registry_db.models import BaseModelRow, Task

@@ -15,15 +15,16 @@ import argparse
 import torch
 
 from bench.common import emit, run_parity, time_ms, write_section
+from composer import adapter_artifact as artifacts
 from composer import kinds
-from composer.adapters import artifacts, fusion_artifacts
-from composer.adapters.config import preset
-from composer.adapters.fusion import FusionConfig
-from composer.adapters.model import AdaptedEncoder
 from composer.base import load_base, packaged_encoder_dir
 from composer.composition import Fuse, Single
 from composer.data import Example
+from composer.encoder import AdaptedEncoder
+from composer.fusion import artifacts as fusion_artifacts
+from composer.fusion.modules import FusionConfig
 from composer.heads import HeadConfig
+from composer.presets import preset
 from composer.serving import Runtime
 
 SEQ = 64

@@ -24,16 +24,16 @@ from pathlib import Path
 import torch
 
 from bench.common import ROOT, emit, write_section
-from composer.adapters.config import preset
-from composer.adapters.fusion import FusionConfig
-from composer.adapters.fusion_recipe import LR_GRID
-from composer.adapters.fusion_training import SIGNIFICANCE, attention_report, train_fusion
-from composer.adapters.multitask import TaskData, train_multitask
-from composer.adapters.training import predict_logits, score, train_st_adapter
+from composer.adapter_training import predict_logits, score, train_st_adapter
 from composer.base import load_base, packaged_encoder_dir
+from composer.bottleneck.multitask import TaskData, train_multitask
 from composer.composition import Fuse, Single
 from composer.corpora import load_corpus
 from composer.data import Collator
+from composer.fusion.modules import FusionConfig
+from composer.fusion.recipe import LR_GRID
+from composer.fusion.training import SIGNIFICANCE, attention_report, train_fusion
+from composer.presets import preset
 from composer.training import TrainConfig
 
 SOURCES = ("rt_polarity", "rt_subjectivity", "conll_uncertainty")

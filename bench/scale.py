@@ -26,11 +26,11 @@ import httpx
 import torch
 
 from bench.common import api_server, emit, write_section
-from composer.adapters import artifacts
-from composer.adapters.config import preset
-from composer.adapters.model import AdaptedEncoder
+from composer import adapter_artifact as artifacts
 from composer.base import load_base, packaged_encoder_dir
+from composer.encoder import AdaptedEncoder
 from composer.heads import HeadConfig
+from composer.presets import preset
 from registry_db.blobs import LocalBlobStore
 from registry_db.engine import make_engine
 from registry_db.migrate import upgrade

@@ -19,15 +19,16 @@ import httpx
 import torch
 
 from bench.common import api_server, emit, time_ms, write_section
+from composer import adapter_artifact as artifacts
 from composer import kinds
-from composer.adapters import artifacts, routing
-from composer.adapters.config import preset
-from composer.adapters.fusion import FusionConfig
-from composer.adapters.fusion_artifacts import extract as extract_fusion
-from composer.adapters.model import AdaptedEncoder
 from composer.base import load_base, packaged_encoder_dir
+from composer.bottleneck import routing
 from composer.data import Example, TaskSpec
+from composer.encoder import AdaptedEncoder
+from composer.fusion.artifacts import extract as extract_fusion
+from composer.fusion.modules import FusionConfig
 from composer.heads import HeadConfig
+from composer.presets import preset
 from composer.serving import Runtime
 from registry_db.blobs import LocalBlobStore
 from registry_db.engine import make_engine

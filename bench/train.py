@@ -12,11 +12,11 @@ import statistics
 import torch
 
 from bench.common import emit, run_parity, time_ms, write_section
-from composer.adapters.config import preset
-from composer.adapters.model import AdaptedEncoder
 from composer.base import load_base, packaged_encoder_dir
 from composer.composition import Single
+from composer.encoder import AdaptedEncoder
 from composer.heads import HeadConfig
+from composer.presets import preset
 
 BATCH, SEQ = 32, 64
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from composer.adapters import artifacts
-from composer.adapters.config import PRESETS, preset
-from composer.adapters.training import train_st_adapter
+from composer import adapter_artifact as artifacts
+from composer.adapter_training import train_st_adapter
 from composer.base import load_base, packaged_encoder_dir
 from composer.corpora import CORPORA, load_corpus
 from composer.data import TaskSpec, infer_task, read_examples
 from composer.errors import ComposerError
+from composer.presets import PRESETS, preset
 from composer.training import Callback, TrainConfig
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from composer.errors import ConfigError
+from composer.errors import ArtifactError, ConfigError
 from composer.heads import HeadConfig
-from composer.safetensors_io import tensors_to_bytes
+from composer.safetensors_io import read_tensors, tensors_to_bytes
 
 HUB_VERSION = "adapters.1.3.0"
 # the attribute that holds the encoder in the reference's models, by our family name
@@ -96,3 +97,44 @@ def peft_head(head: HeadConfig | None, tensors: dict[str, torch.Tensor], with_he
     weights = {f"{root}{{prefix}}.pooler.dense.{p}": tensors[f"dense.{p}"] for p in ("weight", "bias")}
     weights.update({f"{root}classifier.{p}": tensors[f"out.{p}"] for p in ("weight", "bias")})
     return ["classifier", "pooler"], weights
+
+
+CONVERT_HINT = (
+    "convert it once, in an environment you trust, with: "
+    'python -c "import torch, safetensors.torch as s; '
+    "s.save_file(torch.load('pytorch_adapter.bin', weights_only=True), 'adapter.safetensors')\""
+)
+
+
+def read_hub_head(d: Path) -> tuple[HeadConfig | None, list[str] | None, dict[str, torch.Tensor]]:
+    """An AdapterHub head saved beside a module (`head_config.json` + `model_head.safetensors`): its config,
+    labels and tensors (`head.*`); nothing when there is none. A pickled head is refused."""
+    if (d / "pytorch_model_head.bin").exists() and not (d / "model_head.safetensors").exists():
+        raise ArtifactError(f"pytorch_model_head.bin is a pickle and is refused; {CONVERT_HINT}")
+    if not (d / "head_config.json").is_file():
+        return None, None, {}
+    raw = json.loads((d / "head_config.json").read_text())["config"]
+    if raw.get("head_type") not in ("classification", "regression") or raw.get("use_pooler"):
+        raise ConfigError(f"unsupported AdapterHub head {raw.get('head_type')!r} (use_pooler={raw.get('use_pooler')})")
+    n = int(raw["num_labels"])
+    cfg = HeadConfig(
+        kind="regression" if n == 1 else "classification",
+        num_labels=n,
+        layers=int(raw.get("layers", 2)),
+        activation=raw.get("activation_function") or "tanh",
+        pooling="cls",
+        dropout=float(raw.get("dropout_prob") or 0.1),
+    )
+    labels = None
+    if raw.get("label2id"):
+        labels = [k for k, _ in sorted(raw["label2id"].items(), key=lambda kv: kv[1])]
+    tensors = read_tensors(d / "model_head.safetensors")
+    last = 3 * cfg.layers - 2  # index of the output Linear in AdapterHub's Sequential
+    names = {"1": "dense", str(last): "out"} if cfg.layers == 2 else {str(last): "out"}
+    out: dict[str, torch.Tensor] = {}
+    for k, v in tensors.items():
+        idx, param = k.split(".")[-2:]
+        if idx not in names:
+            raise ArtifactError(f"unexpected AdapterHub head parameter {k!r}")
+        out[f"head.{names[idx]}.{param}"] = v
+    return cfg, labels, out

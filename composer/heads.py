@@ -67,7 +67,7 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.
 
 class Linear(nn.Linear):
     """`nn.Linear` that skips its random initialisation on the meta device, where modules are built only to be
-    given stored weights at once (`composer.adapters.model._built`): the initialisation, which loading
+    given stored weights at once (`composer.encoder._built`): the initialisation, which loading
     overwrites, was about 40% of building an adapter for serving. Elsewhere it initialises (and draws from
     the RNG) exactly as `nn.Linear` does; its weights and state-dict keys are nn.Linear's."""
 

@@ -34,6 +34,12 @@ from torch import nn
 Placement = Literal["attention", "ffn"]
 PLACEMENTS: tuple[Placement, ...] = ("attention", "ffn")
 
+
+def site_key(layer: int, placement: Placement) -> str:
+    """The name of one (layer, placement) site, as modules key their per-site parts."""
+    return f"L{layer}_{placement}"
+
+
 SiteHandler = Callable[
     [int, Placement, torch.Tensor, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]], torch.Tensor
 ]

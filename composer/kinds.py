@@ -7,8 +7,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from composer.adapters.kind import FUSION, LORA, MT_A, ST_A
+from composer.bottleneck.kind import MT_A, ST_A
 from composer.errors import ArtifactError, ConfigError
+from composer.fusion.kind import FUSION
+from composer.lora.kind import LORA
 from composer.method import Artifact, MethodKind, json_config
 from composer.prompts.kind import SOFT_PROMPT
 

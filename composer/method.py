@@ -1,7 +1,7 @@
 """The face of a method kind: everything api, workers and serving need to know about one kind.
 
 Each kind (st_a, mt_a, fusion, soft_prompt) implements `MethodKind` once, in its family
-package (`composer/adapters/kind.py`, `composer/prompts/kind.py`), and `composer.kinds`
+package (`composer/<method>/kind.py`), and `composer.kinds`
 keys them by name, as peft registers its tuners. Callers look the face up by the
 registry row's kind and never branch on the kind themselves.
 
@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 if TYPE_CHECKING:
-    from composer.adapters.model import AdaptedEncoder
     from composer.base import BaseIdentity, LoadedBase
+    from composer.encoder import AdaptedEncoder
     from composer.exporting import Target
     from composer.heads import HeadConfig
     from composer.prompts.model import PromptModel

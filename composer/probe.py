@@ -13,9 +13,9 @@ from typing import Literal
 
 import torch
 
-from composer.adapters.model import AdaptedEncoder
 from composer.base import LoadedBase
 from composer.data import Example
+from composer.encoder import AdaptedEncoder
 from composer.errors import ArtifactError
 from composer.method import Artifact, MethodKind
 from composer.prompts.model import PromptModel

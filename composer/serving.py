@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 
-from composer.adapters.model import AdaptedEncoder
 from composer.base import LoadedBase
 from composer.data import Example
+from composer.encoder import AdaptedEncoder
 from composer.errors import ConfigError
 from composer.method import Artifact, MethodKind, Models, module_bytes
 from composer.planner import PlanChooser, bucket

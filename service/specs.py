@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from composer.adapters.config import PRESETS, preset
+from composer.presets import PRESETS, preset
 from composer.training import TrainConfig
 from registry_db.errors import InvalidInput
 from service.jobs import JOB_TYPES

@@ -96,36 +96,48 @@ def test_no_module_grows_past_400_lines():
     assert long == {}
 
 
-# The engine modules that the families build on; kinds.py, serving.py and cli.py bring the families together.
-ENGINE = (
-    "base",
-    "checkpoint",
-    "composition",
-    "corpora",
-    "data",
-    "errors",
-    "heads",
-    "injection",
-    "method",
-    "metrics",
-    "safetensors_io",
-    "training",
-)
-FAMILIES = ("composer.adapters", "composer.prompts")
+# Where the methods come together (their faces, presets, the serving runtime, the CLI, the import probe); every
+# other module of composer is the engine, or a method package.
+TOGETHER = ("kinds", "presets", "serving", "cli", "probe")
+# One package per method. A method imports the engine and never another method, except that a fusion fuses
+# bottleneck adapters, and so builds on the bottleneck method's modules.
+METHODS = ("bottleneck", "lora", "fusion", "prompts")
+MAY_USE = {"fusion": {"bottleneck"}}
 
 
 def _uses(path: Path, package: str) -> bool:
     return any(m == package or m.startswith(package + ".") for m in imported_modules(path))
 
 
-def test_the_engine_never_imports_a_family_and_families_never_import_each_other():
-    engine = {name: ROOT / "composer" / f"{name}.py" for name in ENGINE}
-    assert all(p.is_file() for p in engine.values())
-    assert {n for n, p in engine.items() if any(_uses(p, f) for f in FAMILIES)} == set()
-    for family in FAMILIES:
-        other = next(f for f in FAMILIES if f != family)
-        files = (ROOT / family.replace(".", "/")).rglob("*.py")
-        assert {str(f.relative_to(ROOT)) for f in files if _uses(f, other)} == set()
+def test_the_engine_never_imports_a_method_and_methods_never_import_each_other():
+    flat = sorted((ROOT / "composer").glob("*.py"))
+    engine = [p for p in flat if p.stem not in TOGETHER and p.stem != "__init__"]
+    assert len(engine) >= 15 and all((ROOT / "composer" / m).is_dir() for m in METHODS)
+    uses_a_method = {
+        str(p.relative_to(ROOT)): [m for m in METHODS if _uses(p, f"composer.{m}")]
+        for p in engine
+        if any(_uses(p, f"composer.{m}") for m in METHODS)
+    }
+    assert uses_a_method == {}
+    crossing = {}
+    for method in METHODS:
+        for f in (ROOT / "composer" / method).rglob("*.py"):
+            others = [
+                m for m in METHODS if m != method and m not in MAY_USE.get(method, ()) and _uses(f, f"composer.{m}")
+            ]
+            if others:
+                crossing[str(f.relative_to(ROOT))] = others
+    assert crossing == {}
+
+
+def test_every_method_package_has_one_face_registered_by_name():
+    """Adding a method is one package whose kind.py defines its face(s), and one line in composer/kinds.py."""
+    from composer.kinds import KINDS
+
+    for method in METHODS:
+        assert (ROOT / "composer" / method / "kind.py").is_file(), method
+    faces = {type(face).__module__.split(".")[1] for face in KINDS.values()}
+    assert faces == set(METHODS)
 
 
 def test_api_and_workers_never_branch_on_a_method_kind():

@@ -47,8 +47,8 @@ def vote(
     scores: list[float | None] | None = None,
     evaluated: torch.Tensor | None = None,
 ) -> list[RowVote]:
-    """logits [B, K, C]; `evaluated` [B, K] bool marks prompts that ran for each row (default: all). The
-    rule was checked by the caller (`predict_ensemble`, or `check_voting`)."""
+    """logits [B, K, C]; `evaluated` [B, K] bool marks prompts that ran for each row (default: all)."""
+    check_voting(voting, scores)  # the one check of a request's rule (the API's schema names the rules)
     b, k, c = logits.shape
     ev = evaluated if evaluated is not None else torch.ones(b, k, dtype=torch.bool)
     probs = torch.softmax(logits.float(), dim=-1)
@@ -106,7 +106,6 @@ def predict_ensemble(
     k = len(names)
     model.check_batchable(names)
     scores_l = list(scores) if scores is not None else [None] * k
-    check_voting(voting, scores_l)
     if early_exit and voting != "majority":
         raise ConfigError("early exit is exact only for majority voting")
     with torch.no_grad():

@@ -7,10 +7,10 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 from sqlalchemy.orm import Session
 
-from composer.adapters.config import PRESETS, preset
-from composer.adapters.training import train_st_adapter
+from composer.adapter_training import train_st_adapter
 from composer.errors import ComposerError
 from composer.heads import HeadConfig
+from composer.presets import PRESETS, preset
 from composer.training import TrainConfig
 from registry_db.errors import InvalidInput
 from registry_db.models import Job

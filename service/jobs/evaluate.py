@@ -6,11 +6,11 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from composer.adapters import artifacts
-from composer.adapters.model import AdaptedEncoder
-from composer.adapters.training import predict_logits, score
+from composer import adapter_artifact as artifacts
+from composer.adapter_training import predict_logits, score
 from composer.composition import Single
 from composer.data import Collator
+from composer.encoder import AdaptedEncoder
 from registry_db.models import Job
 from registry_db.repo import adapters, catalog
 from registry_db.repo import adapters as adapter_repo

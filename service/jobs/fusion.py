@@ -1,5 +1,5 @@
 """`fusion` jobs: an AdapterFusion over registered adapters for a target task, optionally pruned. The recipe
-(warm start, learning-rate grid, member comparison, pruning) is `composer.adapters.fusion_recipe.fuse`;
+(warm start, learning-rate grid, member comparison, pruning) is `composer.fusion.recipe.fuse`;
 this job loads its inputs, calls it, and registers the fusion (and the pruned one) with its members."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from pydantic import AliasChoices, Field
 from sqlalchemy.orm import Session
 
 from composer import kinds
-from composer.adapters.fusion import FusionConfig
-from composer.adapters.fusion_recipe import LR_GRID, FusionRequest, fuse
 from composer.errors import ComposerError
+from composer.fusion.modules import FusionConfig
+from composer.fusion.recipe import LR_GRID, FusionRequest, fuse
 from composer.heads import HeadConfig
 from composer.training import TrainConfig
 from registry_db.errors import InvalidInput
@@ -51,7 +51,7 @@ class FusionJobSpec(Spec):
 
 
 def check(s: Session, owner_id: str, spec: FusionJobSpec) -> dict[str, Any]:
-    from composer.adapters.fusion import PLACEMENT_FIELDS, FusionConfig
+    from composer.fusion.modules import PLACEMENT_FIELDS, FusionConfig
 
     try:
         spec.train_config()

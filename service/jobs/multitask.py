@@ -7,8 +7,8 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 from sqlalchemy.orm import Session
 
-from composer.adapters.config import PRESETS, preset
-from composer.adapters.multitask import TaskData, train_multitask
+from composer.bottleneck.multitask import TaskData, train_multitask
+from composer.presets import PRESETS, preset
 from composer.safetensors_io import tensors_to_bytes
 from registry_db.errors import InvalidInput
 from registry_db.models import Job

@@ -187,7 +187,7 @@ def test_http_latency_is_counted_per_route_template_and_status(api):
 
 def test_job_options_give_each_forms_defaults_from_the_specs(api):
     """The dashboard's job forms show these: the values the specs fill in when a request omits them."""
-    from composer.adapters.config import preset
+    from composer.presets import preset
     from composer.training import TrainConfig
 
     reader = api.key(["read"])

@@ -12,9 +12,9 @@ import torch
 
 from api.archives import make_zip
 from composer import kinds
-from composer.adapters.model import AdaptedEncoder
 from composer.base import load_base
 from composer.composition import Fuse
+from composer.encoder import AdaptedEncoder
 from composer.method import Models
 from composer.prompts.model import PromptModel
 from service.catalog import register_base_model

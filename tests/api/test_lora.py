@@ -15,11 +15,11 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from api.archives import make_zip
+from composer import adapter_artifact as artifacts
 from composer import kinds
-from composer.adapters import artifacts
-from composer.adapters.model import AdaptedEncoder
 from composer.base import load_base
 from composer.composition import Single
+from composer.encoder import AdaptedEncoder
 from service.catalog import register_base_model
 from tests.conftest import FIXTURES, write_tokenizer
 

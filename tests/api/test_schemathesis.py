@@ -59,11 +59,11 @@ A_KEY, B_KEY = "owner-a-admin-key-0123456789", "owner-b-admin-key-0123456789"
 def two_owners(tmp_path_factory, tiny_bert_dir):
     """Owner A holds one of everything (task, dataset, adapter, alias, ensemble, job, key); owner B holds an
     admin key and nothing else."""
-    from composer.adapters import artifacts
-    from composer.adapters.config import preset
-    from composer.adapters.model import AdaptedEncoder
+    from composer import adapter_artifact as artifacts
     from composer.base import load_base
+    from composer.encoder import AdaptedEncoder
     from composer.heads import HeadConfig
+    from composer.presets import preset
     from registry_db.repo import adapters, jobs
     from service import artifact_store
     from service.catalog import upload_dataset

@@ -16,9 +16,9 @@ import torch
 
 from api.archives import make_zip
 from composer import kinds
-from composer.adapters.model import AdaptedEncoder
 from composer.base import load_base
 from composer.data import Example
+from composer.encoder import AdaptedEncoder
 from composer.prompts.model import PromptModel
 from composer.serving import Resident, Runtime
 from tests.api.conftest import HP

@@ -9,13 +9,13 @@ import threading
 import torch
 
 from api.archives import make_zip
+from composer import adapter_artifact as artifacts
 from composer import kinds
-from composer.adapters import artifacts
-from composer.adapters.config import preset
-from composer.adapters.model import AdaptedEncoder
 from composer.base import load_base
 from composer.composition import Single
+from composer.encoder import AdaptedEncoder
 from composer.heads import HeadConfig
+from composer.presets import preset
 from composer.prompts.model import PromptModel
 from registry_db.repo import adapters, catalog
 from service import artifact_store

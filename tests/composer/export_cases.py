@@ -11,16 +11,17 @@ from typing import Any
 
 import torch
 
+from composer import adapter_artifact as artifacts
 from composer import kinds
-from composer.adapters import artifacts, fusion_artifacts
-from composer.adapters.config import preset
-from composer.adapters.fusion import FusionConfig
-from composer.adapters.model import AdaptedEncoder
 from composer.base import LoadedBase, load_base
 from composer.composition import Fuse, Single
+from composer.encoder import AdaptedEncoder
 from composer.exporting import Target
+from composer.fusion import artifacts as fusion_artifacts
+from composer.fusion.modules import FusionConfig
 from composer.heads import HeadConfig
 from composer.method import Models
+from composer.presets import preset
 from composer.prompts.artifacts import PromptArtifact
 from composer.prompts.model import PromptModel
 from composer.prompts.prompt import PromptConfig

@@ -10,14 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from composer import adapter_artifact as artifacts
 from composer import kinds
-from composer.adapters import artifacts
-from composer.adapters.config import BottleneckConfig, preset
-from composer.adapters.model import AdaptedEncoder
 from composer.base import load_base
+from composer.bottleneck.modules import BottleneckConfig
 from composer.composition import Single
+from composer.encoder import AdaptedEncoder
 from composer.errors import ArtifactError, ConfigError, IncompatibleBaseError
 from composer.heads import HeadConfig
+from composer.presets import preset
 from tests.conftest import FIXTURES
 
 
@@ -182,7 +183,7 @@ def test_modules_built_for_stored_weights_skip_initialising_and_fresh_ones_draw_
     """Serving builds an adapter and its head on the meta device and gives them their weights: nothing is
     initialised there (no draw from the RNG), and the weights are the stored ones. Built for training, the
     layers initialise as `nn.Linear` does, draw for draw."""
-    from composer.adapters.bottleneck import BottleneckLayer
+    from composer.bottleneck.modules import BottleneckLayer
     from composer.heads import Linear, PredictionHead
 
     torch.manual_seed(3)

@@ -13,10 +13,10 @@ from transformers import (
     XLMRobertaConfig,
 )
 
-from composer.adapters.config import preset
-from composer.adapters.model import AdaptedEncoder
 from composer.base import load_base
 from composer.composition import Single
+from composer.encoder import AdaptedEncoder
+from composer.presets import preset
 
 COMMON = dict(vocab_size=50, max_position_embeddings=40)
 CONFIGS = {

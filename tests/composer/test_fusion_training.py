@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from composer.adapters import artifacts
-from composer.adapters.config import preset
-from composer.adapters.fusion import FusionConfig
-from composer.adapters.fusion_training import attention_report, build_fused_model, prune_members, pruned, train_fusion
-from composer.adapters.multitask import TaskData, multitask_plan, sampling_weights, train_multitask
-from composer.adapters.training import train_st_adapter
+from composer import adapter_artifact as artifacts
+from composer.adapter_training import train_st_adapter
 from composer.base import load_base
+from composer.bottleneck.multitask import TaskData, multitask_plan, sampling_weights, train_multitask
 from composer.composition import Fuse, Single
 from composer.data import Collator, Example, TaskSpec
 from composer.errors import ConfigError
+from composer.fusion.modules import FusionConfig
+from composer.fusion.training import attention_report, build_fused_model, prune_members, pruned, train_fusion
+from composer.presets import preset
 from composer.training import TrainConfig
 from tests.workers.fixtures import toy_rows
 
@@ -107,15 +107,15 @@ def test_attention_report_and_pruning(tiny_bert_dir, members):
 
 def test_fusing_adapters_with_different_placements_is_refused(tiny_bert_dir, members):
     base = load_base(tiny_bert_dir)
-    from composer.adapters.model import AdaptedEncoder
+    from composer.encoder import AdaptedEncoder
 
     m = AdaptedEncoder(base)
     artifacts.attach(m, members[0], name="a")
     m.add_adapter("h", preset("double_seq_bn", reduction_factor=4))
     with pytest.raises(ConfigError, match="placements"):
-        m.add_fusion("f", ["a", "h"])
+        m.add_fusion("f", ["a", "h"], FusionConfig())
     with pytest.raises(ConfigError, match="once"):
-        m.add_fusion("f", ["a", "a"])
+        m.add_fusion("f", ["a", "a"], FusionConfig())
 
 
 def test_multitask_sampling_follows_size_to_the_alpha():
@@ -130,11 +130,11 @@ def test_multitask_sampling_follows_size_to_the_alpha():
 
 
 def test_multitask_fine_tunes_the_base_jointly_into_a_derived_base(tiny_bert_dir):
-    from composer.adapters import artifacts
-    from composer.adapters.model import AdaptedEncoder
-    from composer.adapters.training import predict_logits
+    from composer import adapter_artifact as artifacts
+    from composer.adapter_training import predict_logits
     from composer.base import derive
     from composer.data import Collator
+    from composer.encoder import AdaptedEncoder
     from composer.errors import IncompatibleBaseError
     from composer.metrics import score
 
@@ -174,8 +174,8 @@ def test_multitask_fine_tunes_the_base_jointly_into_a_derived_base(tiny_bert_dir
 
 
 def test_stacked_site_equals_each_adapter_alone_even_with_different_sizes(tiny_bert_dir):
-    from composer.adapters.fusion import StackedSite
-    from composer.adapters.model import AdaptedEncoder
+    from composer.encoder import AdaptedEncoder
+    from composer.fusion.modules import StackedSite
 
     model = AdaptedEncoder(load_base(tiny_bert_dir)).eval()
     model.add_adapter("small", preset("seq_bn", reduction_factor=16))  # bottleneck 2
@@ -190,16 +190,16 @@ def test_stacked_site_equals_each_adapter_alone_even_with_different_sizes(tiny_b
         stacked = StackedSite(layers).ups(h)
         for i, lay in enumerate(layers):
             torch.testing.assert_close(stacked[:, i], lay.delta(h), atol=1e-6, rtol=0)
-    model.add_fusion("f", ["small", "big"])
+    model.add_fusion("f", ["small", "big"], FusionConfig())
     assert not model.fusions["f"].training
 
 
 def test_a_warm_started_fusion_starts_as_the_targets_adapter_and_never_ends_below_it(tiny_bert_dir, members):
-    from composer.adapters import artifacts
-    from composer.adapters.fusion_training import fusion_model
-    from composer.adapters.model import AdaptedEncoder
-    from composer.adapters.training import predict_logits
+    from composer import adapter_artifact as artifacts
+    from composer.adapter_training import predict_logits
     from composer.data import Collator
+    from composer.encoder import AdaptedEncoder
+    from composer.fusion.training import fusion_model
 
     base = load_base(tiny_bert_dir)
     flip, sent = members[1], members[0]  # the target task is "sent": its own adapter is member 1 below
@@ -230,7 +230,7 @@ def test_a_warm_started_fusion_starts_as_the_targets_adapter_and_never_ends_belo
 def test_a_warm_starts_priors_learn_at_a_rate_that_can_cross_their_margin(tiny_bert_dir, members):
     """Adam moves a parameter about its learning rate per step: at the fusion's 1e-3 a prior 12 above the others
     would never move, and the warm fusion could only ever be its start. The priors get margin / steps-per-epoch."""
-    from composer.adapters.fusion import WARM_MARGIN
+    from composer.fusion.modules import WARM_MARGIN
 
     cfg = TrainConfig(learning_rate=1e-3, epochs=3, batch_size=8, patience=0)
     train = examples(64, seed=4)
@@ -256,10 +256,10 @@ def test_mcnemar_p_is_the_exact_binomial_tail_over_the_rows_that_changed():
 
 
 def test_a_warm_fusion_keeps_its_start_unless_its_gain_is_significant(tiny_bert_dir, members):
-    from composer.adapters import artifacts
-    from composer.adapters.model import AdaptedEncoder
-    from composer.adapters.training import predict_logits
+    from composer import adapter_artifact as artifacts
+    from composer.adapter_training import predict_logits
     from composer.data import Collator
+    from composer.encoder import AdaptedEncoder
 
     base, val = load_base(tiny_bert_dir), examples(24, seed=5)
     collate = Collator(base.tokenizer, TASK, 64)

@@ -6,11 +6,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from composer import adapter_artifact as artifacts
 from composer import kinds
-from composer.adapters import artifacts
-from composer.adapters.model import AdaptedEncoder
 from composer.base import load_base
 from composer.composition import Single
+from composer.encoder import AdaptedEncoder
 from tests.conftest import FIXTURES
 
 PARITY = FIXTURES / "parity"

@@ -6,11 +6,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from composer import adapter_artifact as artifacts
 from composer import kinds
-from composer.adapters import artifacts, fusion_artifacts
-from composer.adapters.model import AdaptedEncoder
 from composer.base import load_base
 from composer.composition import Fuse
+from composer.encoder import AdaptedEncoder
+from composer.fusion import artifacts as fusion_artifacts
 from tests.conftest import FIXTURES
 
 PARITY = FIXTURES / "parity"

@@ -8,9 +8,9 @@ import torch
 from safetensors.torch import load_file
 
 from composer import kinds
-from composer.adapters.model import AdaptedEncoder
 from composer.base import load_base
 from composer.composition import Fuse
+from composer.encoder import AdaptedEncoder
 from composer.errors import ArtifactError
 from composer.method import Models
 from composer.prompts.model import PromptModel

@@ -7,14 +7,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from composer import adapter_artifact as artifacts
 from composer import kinds
-from composer.adapters import artifacts
-from composer.adapters.config import preset
-from composer.adapters.lora import LoraAdapter, LoraConfig
-from composer.adapters.model import AdaptedEncoder
 from composer.base import load_base
 from composer.composition import Mixed, Single
+from composer.encoder import AdaptedEncoder
 from composer.errors import ArtifactError, ConfigError
+from composer.fusion.modules import FusionConfig
+from composer.lora.modules import LoraAdapter, LoraConfig
+from composer.presets import preset
 from tests.conftest import FIXTURES
 
 PARITY = FIXTURES / "parity"
@@ -185,5 +186,5 @@ def test_lora_is_not_fusable():
     model.add_adapter("a", preset("seq_bn"))
     model.add_adapter("l", preset("lora"))
     with pytest.raises(ConfigError, match="LoRA"):
-        model.add_fusion("f", ["a", "l"])
+        model.add_fusion("f", ["a", "l"], FusionConfig())
     assert not kinds.get("lora").fusable

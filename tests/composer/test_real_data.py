@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from composer.adapters.config import preset
-from composer.adapters.training import predict_logits, score, train_st_adapter
+from composer.adapter_training import predict_logits, score, train_st_adapter
 from composer.base import load_base, packaged_encoder_dir
 from composer.composition import Single
 from composer.corpora import load_corpus
 from composer.data import Collator, label_histogram
+from composer.presets import preset
 from composer.training import TrainConfig
 from tests.assets import require_assets
 

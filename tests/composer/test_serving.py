@@ -8,14 +8,14 @@ import dataclasses
 import pytest
 import torch
 
+from composer import adapter_artifact as artifacts
 from composer import kinds
-from composer.adapters import artifacts
-from composer.adapters.config import preset
-from composer.adapters.model import AdaptedEncoder
 from composer.base import load_base
 from composer.composition import Single
 from composer.data import Example
+from composer.encoder import AdaptedEncoder
 from composer.heads import HeadConfig
+from composer.presets import preset
 from composer.serving import Runtime, Tier
 
 ST_A = kinds.get("st_a")

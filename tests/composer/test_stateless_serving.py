@@ -21,15 +21,16 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
+from composer import adapter_artifact as artifacts
 from composer import kinds
-from composer.adapters import artifacts, fusion_artifacts
-from composer.adapters.config import preset
-from composer.adapters.fusion import FusionConfig
-from composer.adapters.model import AdaptedEncoder
 from composer.base import load_base
 from composer.composition import Fuse, Single
 from composer.data import Example
+from composer.encoder import AdaptedEncoder
+from composer.fusion import artifacts as fusion_artifacts
+from composer.fusion.modules import FusionConfig
 from composer.heads import HeadConfig
+from composer.presets import preset
 from composer.prompts.artifacts import PromptArtifact
 from composer.prompts.ensemble import VOTING_RULES, predict_ensemble
 from composer.prompts.model import PromptModel

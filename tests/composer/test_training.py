@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from composer.adapters.config import preset
-from composer.adapters.training import train_st_adapter
+from composer.adapter_training import train_st_adapter
 from composer.base import load_base
 from composer.data import Example, infer_task
 from composer.errors import ConfigError, TrainingCancelled
+from composer.presets import preset
 from composer.training import Callback, TrainConfig
 
 

@@ -1,72 +1,28 @@
-"""Site handlers: what each (layer, placement) site computes for the active composition."""
+"""Site handlers of bottleneck adapters: one adapter for every row (`single`), or each row its own (`mixed`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from composer.adapters.bottleneck import BottleneckAdapter, BottleneckLayer, site_key
-from composer.adapters.config import Placement
-from composer.adapters.fusion import Fusion, StackedSite
+from composer.bottleneck.stacked import StackedSite
+from composer.injection import Placement, site_key
+
+# duck-typed: a bottleneck adapter (its `sites` and `site()`) and one of its layers (`pre`, `down`, `up`, `post`, …)
+Adapter = Layer = Any
 
 LayerNorm = Callable[[torch.Tensor], torch.Tensor]
 Handler = Callable[[int, Placement, torch.Tensor, torch.Tensor, LayerNorm], torch.Tensor]
 
 
-def single(adapter: BottleneckAdapter) -> Handler:
+def single(adapter: Adapter) -> Handler:
     def handle(layer: int, placement: Placement, x: torch.Tensor, r: torch.Tensor, ln: LayerNorm) -> torch.Tensor:
         site = adapter.site(layer, placement)
         return ln(x + r) if site is None else site(x, r, ln)
 
     return handle
-
-
-def _stamp(adapters: list[BottleneckAdapter]) -> tuple[int, ...]:
-    return tuple(v for a in adapters for p in a.parameters() for v in (p._version, p.data_ptr()))
-
-
-class FusePlan:
-    """A fusion's member adapters stacked per site (one down GEMM, one up GEMM), built once and kept
-    while the fusion is loaded. The fusion's own precomposed inference matrices live on each
-    `StackedSite` and follow the fusion's weights. If a member's weights change, the plan rebuilds."""
-
-    def __init__(self, fusion: Fusion, adapters: list[BottleneckAdapter]):
-        self.fusion, self.adapters = fusion, adapters
-        self._build()
-
-    def _build(self) -> None:
-        self.stamp = _stamp(self.adapters)
-        self.stacks = {key: StackedSite([a.sites[key] for a in self.adapters]) for key in self.fusion.site_keys}  # type: ignore[misc]
-
-    def warm(self) -> None:
-        """Precompose each site's inference matrices now (serving does this at load, not per request)."""
-        for key, stack in self.stacks.items():
-            stack.inference_weights(self.fusion.layer(key))
-
-    def nbytes(self) -> int:
-        return sum(s.nbytes() for s in self.stacks.values())
-
-    def handler(self, capture: dict[str, torch.Tensor] | None = None) -> Handler:
-        """A site handler for one forward; with `capture`, each site's attention [B, T, N] is stored in it."""
-        if _stamp(self.adapters) != self.stamp:
-            self._build()
-        stacks, fusion = self.stacks, self.fusion
-
-        def handle(layer: int, placement: Placement, x: torch.Tensor, r: torch.Tensor, ln: LayerNorm) -> torch.Tensor:
-            key = site_key(layer, placement)
-            stack = stacks.get(key)
-            if stack is None:
-                return ln(x + r)
-            last = stack.last
-            h, res = last.pre(x, r, ln)
-            flat = h.reshape(-1, h.shape[-1])
-            context, probs = fusion.layer(key).attend(stack, flat)
-            if capture is not None:
-                capture[key] = probs.view(*h.shape[:-1], -1).detach()
-            return last.post(context.view_as(h) + res, x, r, ln)
-
-        return handle
 
 
 SAME_LAYOUT = (
@@ -84,7 +40,7 @@ SAME_LAYOUT = (
 )
 
 
-def _gatherable(adapters: list[BottleneckAdapter | None]) -> bool:
+def _gatherable(adapters: list[Adapter | None]) -> bool:
     """Rows can gather when the adapters they use (rows without one aside) share one layout, without
     LayerNorms of their own."""
     present = [a for a in adapters if a is not None]
@@ -103,7 +59,7 @@ class GatheredSite:
     the up-projection as the reference does. Different sizes: the distinct adapters are stacked once,
     zero-padded to the widest, and each row gathers its slice."""
 
-    def __init__(self, layers: list[BottleneckLayer], rows: torch.Tensor, bare: torch.Tensor | None = None):
+    def __init__(self, layers: list[Layer], rows: torch.Tensor, bare: torch.Tensor | None = None):
         self.last, self.act = layers[0], layers[0].act
         self.bare = bare  # rows without an adapter (a LoRA's, or the bare base's): they borrow any weights, then
         # get the site's plain output ln(x + r)
@@ -141,7 +97,7 @@ def _scales(scales: list[float | torch.Tensor], like: torch.Tensor) -> torch.Ten
     return torch.stack(values).view(-1, 1, 1)
 
 
-def mixed(adapters: list[BottleneckAdapter | None]) -> Handler:
+def mixed(adapters: list[Adapter | None]) -> Handler:
     """Rows routed to different adapters in one forward. Adapters of one layout: each row gathers its
     adapter's stacked weights (two batched matmuls per site); otherwise rows are grouped per adapter and
     scattered back. Either way every row computes exactly what it would alone."""

@@ -1,23 +1,24 @@
-"""`AdaptedEncoder`: one frozen base with named adapters, fusions and heads.
+"""`AdaptedEncoder`: one frozen base with named adapters, fusions and heads, whatever their method.
 
 The composition a forward runs (`Single`, `Fuse`, `Mixed`, or None for the bare base) is an
 argument of that forward. It lives in a scope that the forward sets and always resets, so
 nothing one request runs stays on the shared layers for the next one.
+
+The encoder knows no method. An adapter config builds its module (`cfg.build(model)`); an adapter
+module says which slot of the scope it fills (`slot`: "site" for what runs where a sublayer ends,
+"linear" for updates of a linear projection) and routes a batch whose row i uses module i
+(`route(modules)`, None for a row without one); a fusion config builds its fusion over member
+modules (`cfg.build(members, modules)`), and a fusion plans its forward (`plan(modules)`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from composer.adapters import lora, routing
-from composer.adapters.bottleneck import BottleneckAdapter
-from composer.adapters.config import AdapterConfig, BottleneckConfig
-from composer.adapters.fusion import Fusion, FusionConfig, check_fusable
-from composer.adapters.lora import LoraAdapter
-from composer.adapters.routing import FusePlan
 from composer.base import LoadedBase
 from composer.composition import Composition, Fuse, Single
 from composer.errors import ConfigError
@@ -59,7 +60,7 @@ class AdaptedEncoder(nn.Module):
         self.adapters = nn.ModuleDict()
         self.heads = nn.ModuleDict()
         self.fusions = nn.ModuleDict()
-        self._plans: dict[str, FusePlan] = {}  # per loaded fusion: its members stacked, built on first use
+        self._plans: dict[str, Any] = {}  # per loaded fusion: its members stacked, built on first use
         # The frozen base runs without dropout by default (see docs/architecture.md, "Frozen base").
         self.base_dropout = False
         self._accepts_token_types = base.family != "distilbert"
@@ -69,27 +70,17 @@ class AdaptedEncoder(nn.Module):
         return self.base.device
 
     # -- building -------------------------------------------------------------------------
-    def build_adapter(
-        self, cfg: AdapterConfig, weights: dict[str, torch.Tensor] | None = None
-    ) -> BottleneckAdapter | LoraAdapter:
-        """A bottleneck adapter or a LoRA for this model, by its config, not attached: freshly initialised, or
-        with `weights` (loaded strictly; built without initialising, which loading would overwrite anyway)."""
-
-        def build() -> BottleneckAdapter | LoraAdapter:
-            if isinstance(cfg, BottleneckConfig):
-                return BottleneckAdapter(cfg, self.base.hidden_size, self.base.num_layers)
-            return LoraAdapter.for_encoder(cfg, self.encoder, self.base.family, self.base.num_layers)
-
+    def build_adapter(self, cfg: Any, weights: dict[str, torch.Tensor] | None = None) -> nn.Module:
+        """The adapter `cfg` describes, for this model, not attached: freshly initialised, or with `weights`
+        (loaded strictly; built without initialising, which loading would overwrite anyway)."""
         # a module added to a model in eval mode must not run dropout
-        return on_device(_built(build, weights), self.device).train(self.training)  # type: ignore[return-value]
+        return on_device(_built(lambda: cfg.build(self), weights), self.device).train(self.training)
 
     def build_head(self, cfg: HeadConfig, weights: dict[str, torch.Tensor] | None = None) -> PredictionHead:
         head = on_device(_built(lambda: PredictionHead(cfg, self.base.hidden_size), weights), self.device)
         return head.train(self.training)  # type: ignore[return-value]
 
-    def add_adapter(
-        self, name: str, cfg: AdapterConfig, weights: dict[str, torch.Tensor] | None = None
-    ) -> BottleneckAdapter | LoraAdapter:
+    def add_adapter(self, name: str, cfg: Any, weights: dict[str, torch.Tensor] | None = None) -> nn.Module:
         if name in self.adapters:
             raise ConfigError(f"adapter {name!r} already exists")
         adapter = self.adapters[name] = self.build_adapter(cfg, weights)
@@ -99,7 +90,8 @@ class AdaptedEncoder(nn.Module):
         head = self.heads[name] = self.build_head(cfg, weights)
         return head
 
-    def add_fusion(self, name: str, members: list[str], cfg: FusionConfig | None = None) -> Fusion:
+    def add_fusion(self, name: str, members: list[str], cfg: Any) -> nn.Module:
+        """A fusion over attached adapters, built by its config (`composer.fusion.modules.FusionConfig`)."""
         if name in self.fusions:
             raise ConfigError(f"fusion {name!r} already exists")
         if len(set(members)) != len(members):
@@ -107,12 +99,7 @@ class AdaptedEncoder(nn.Module):
         missing = [m for m in members if m not in self.adapters]
         if missing:
             raise ConfigError(f"unknown adapters {missing}")
-        adapters = [self.adapters[m] for m in members]
-        loras = [m for m, a in zip(members, adapters, strict=True) if isinstance(a, LoraAdapter)]
-        if loras:
-            raise ConfigError(f"LoRA adapters cannot be fused (AdapterFusion fuses bottleneck adapters): {loras}")
-        check_fusable(adapters)  # type: ignore[arg-type]
-        fusion = Fusion(cfg or FusionConfig(), members, adapters[0]).to(self.device)  # type: ignore[arg-type]
+        fusion = cfg.build(members, [self.adapters[m] for m in members]).to(self.device)
         fusion.train(self.training)
         self.fusions[name] = fusion
         return fusion
@@ -132,14 +119,14 @@ class AdaptedEncoder(nn.Module):
                 del registry[name]
         self._plans.pop(name, None)
 
-    def fusion_plan(self, name: str) -> FusePlan:
-        """The stacked members of a fusion, kept until the fusion is removed."""
+    def fusion_plan(self, name: str) -> Any:
+        """How a fusion's forward runs (its members stacked), built once and kept until the fusion is removed."""
         if name not in self.fusions:
             raise ConfigError(f"unknown fusion {name!r}")
         plan = self._plans.get(name)
         if plan is None:
-            fusion: Fusion = self.fusions[name]  # type: ignore[assignment]
-            plan = self._plans[name] = FusePlan(fusion, [self.adapters[m] for m in fusion.members])  # type: ignore[misc]
+            fusion = self.fusions[name]
+            plan = self._plans[name] = fusion.plan([self.adapters[m] for m in fusion.members])
         return plan
 
     def scope(self, composition: Composition | None, capture: dict[str, torch.Tensor] | None = None) -> Scope:
@@ -156,13 +143,15 @@ class AdaptedEncoder(nn.Module):
         if missing:
             raise ConfigError(f"unknown adapters {missing}")
         modules = [self.adapters[a] if a is not None else None for a in names]
-        bottlenecks = [m if isinstance(m, BottleneckAdapter) else None for m in modules]
-        loras = [m if isinstance(m, LoraAdapter) else None for m in modules]
-        handler = None
-        if any(b is not None for b in bottlenecks):
-            single = len(bottlenecks) == 1 or all(b is bottlenecks[0] for b in bottlenecks)
-            handler = routing.single(bottlenecks[0]) if single else routing.mixed(bottlenecks)  # type: ignore[arg-type]
-        return Scope(handler=handler, linear=lora.gathered(loras), capture=capture)
+        routed: dict[str, Any] = {}
+        for slot in ("site", "linear"):
+            rows = [m if m is not None and m.slot == slot else None for m in modules]
+            present = list(dict.fromkeys(type(m) for m in rows if m is not None))
+            if len(present) > 1:
+                raise ConfigError(f"one forward routes one kind of {slot} module, got {[t.__name__ for t in present]}")
+            if present:
+                routed[slot] = present[0].route(rows)
+        return Scope(handler=routed.get("site"), linear=routed.get("linear"), capture=capture)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("encoder.")]

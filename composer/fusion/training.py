@@ -13,16 +13,17 @@ from dataclasses import dataclass
 
 import torch
 
-from composer.adapters import artifacts, fusion_artifacts
-from composer.adapters.artifacts import AdapterArtifact
-from composer.adapters.fusion import FusionConfig
-from composer.adapters.fusion_artifacts import FusionArtifact
-from composer.adapters.model import AdaptedEncoder
-from composer.adapters.training import head_for, predict_logits, score
+from composer import adapter_artifact as artifacts
+from composer.adapter_artifact import AdapterArtifact
+from composer.adapter_training import head_for, predict_logits, score
 from composer.base import LoadedBase
 from composer.composition import Fuse
 from composer.data import Collator, Example, TaskSpec
+from composer.encoder import AdaptedEncoder
 from composer.errors import ConfigError
+from composer.fusion import artifacts as fusion_artifacts
+from composer.fusion.artifacts import FusionArtifact
+from composer.fusion.modules import FusionConfig
 from composer.heads import HeadConfig
 from composer.metrics import mcnemar_p
 from composer.training import Callback, Objective, TrainConfig, TrainResult, fit

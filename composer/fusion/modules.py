@@ -27,9 +27,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from composer.adapters.bottleneck import BottleneckAdapter, BottleneckLayer, activation, site_key
-from composer.adapters.config import PLACEMENTS
+from composer.bottleneck.modules import BottleneckAdapter
+from composer.bottleneck.routing import Handler, LayerNorm
+from composer.bottleneck.stacked import StackedSite
 from composer.errors import ConfigError
+from composer.injection import PLACEMENTS, Placement, site_key
 
 PLACEMENT_FIELDS = (
     "mh_adapter",
@@ -68,6 +70,16 @@ class FusionConfig:
         if unknown:
             raise ConfigError(f"unknown fusion config fields: {unknown}")
         return cls(**d)
+
+    def build(self, members: list[str], adapters: list[nn.Module]) -> Fusion:
+        """A fusion of these attached adapters (`AdaptedEncoder.add_fusion`): bottleneck adapters of one layout."""
+        other = [m for m, a in zip(members, adapters, strict=True) if not isinstance(a, BottleneckAdapter)]
+        if other:
+            raise ConfigError(
+                f"LoRA and other non-bottleneck adapters cannot be fused (AdapterFusion fuses bottleneck adapters): {other}"
+            )
+        check_fusable(adapters)  # type: ignore[arg-type]
+        return Fusion(self, members, adapters[0])  # type: ignore[arg-type]
 
 
 class FusionLayer(nn.Module):
@@ -133,7 +145,7 @@ class FusionLayer(nn.Module):
         """The same function as `attend`, with everything linear in h folded into one GEMM
         ([W_down | A·W_upᵀ/T | A·b_upᵀ/T]) and V folded into the output GEMM."""
         m, n, r = h.shape[0], stack.n, stack.r
-        w_in, b_in, w_out = stack.inference_weights(self)
+        w_in, b_in, w_out = inference_weights(stack, self)
         z = torch.addmm(b_in, h, w_in)  # [M, N*r | N*r | N]
         d = stack.act(z[:, : n * r])
         scores = (d * z[:, n * r : 2 * n * r]).view(m, n, r).sum(-1) + z[:, 2 * n * r :]
@@ -148,66 +160,20 @@ class FusionLayer(nn.Module):
         return (eye - self.value.weight).pow(2).sum()
 
 
-class StackedSite:
-    """The N adapters of one site as one down GEMM and one batched up matmul (frozen snapshot)."""
-
-    def __init__(self, layers: list[BottleneckLayer]):
-        first = layers[0]
-        if any(lay.norm_before is not None or lay.norm_after is not None for lay in layers):
-            raise ConfigError("adapters with their own LayerNorms cannot be stacked for fusion")
-        acts = {lay.cfg.non_linearity for lay in layers}
-        if len(acts) != 1:
-            raise ConfigError(f"fused adapters must share one non-linearity, got {sorted(acts)}")
-        self.act = activation(first.cfg.non_linearity)
-        self.last = layers[-1]
-        n, hidden = len(layers), first.up.out_features
-        r = max(lay.down.out_features for lay in layers)
-        dev, dt = first.down.weight.device, first.down.weight.dtype
-        wd = torch.zeros(n, r, hidden, device=dev, dtype=dt)
-        bd = torch.zeros(n, r, device=dev, dtype=dt)
-        wu = torch.zeros(n, r, hidden, device=dev, dtype=dt)  # zero rows: padded units contribute nothing
-        bu = torch.zeros(n, hidden, device=dev, dtype=dt)
-        scale = torch.ones(n, device=dev, dtype=dt)
+def inference_weights(stack: StackedSite, layer: FusionLayer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Composite matrices for `FusionLayer._attend_inference`, cached until the fusion weights change."""
+    stamp = layer._stamp()
+    if stack._cache is None or stack._cache[0] != stamp:
         with torch.no_grad():
-            for i, lay in enumerate(layers):
-                k = lay.down.out_features
-                wd[i, :k], bd[i, :k] = lay.down.weight, lay.down.bias
-                wu[i, :k], bu[i] = lay.up.weight.t(), lay.up.bias
-                scale[i] = lay.scaling if isinstance(lay.scaling, float) else lay.scaling.detach().reshape(())
-        self.n, self.r = n, r
-        self.w_down, self.b_down = wd.reshape(n * r, hidden), bd.reshape(n * r)
-        self.w_up = (wu * scale[:, None, None]).reshape(n * r, hidden)  # scaled, stacked: [N*r, H]
-        self.w_up_t = self.w_up.t().contiguous()  # [H, N*r]
-        self.b_up = bu * scale[:, None]  # [N, H]
-        self._cache: tuple[tuple[int, ...], torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-
-    def inference_weights(self, layer: FusionLayer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Composite matrices for `FusionLayer._attend_inference`, cached until the fusion weights change."""
-        stamp = layer._stamp()
-        if self._cache is None or self._cache[0] != stamp:
-            with torch.no_grad():
-                a, c = layer._composed()
-                t = layer.cfg.temperature
-                w_in = torch.cat([self.w_down.t(), a @ self.w_up_t / t, a @ self.b_up.t() / t], dim=1).contiguous()
-                b_in = torch.cat([self.b_down, c @ self.w_up_t / t, c @ self.b_up.t() / t])
-                w_out = torch.cat([self.w_up, self.b_up], dim=0)
-                if layer.value is not None:
-                    w_out = w_out @ layer.value.weight.t()
-                self._cache = (stamp, w_in, b_in, w_out.contiguous())
-        return self._cache[1], self._cache[2], self._cache[3]
-
-    def nbytes(self) -> int:
-        kept = [self.w_down, self.b_down, self.w_up, self.w_up_t, self.b_up, *(self._cache[1:] if self._cache else ())]
-        return sum(t.numel() * t.element_size() for t in kept)
-
-    def down(self, h: torch.Tensor) -> torch.Tensor:
-        """All N bottleneck activations in one GEMM: [M, H] -> [M, N*r]."""
-        return self.act(nn.functional.linear(h, self.w_down, self.b_down))
-
-    def ups(self, h: torch.Tensor) -> torch.Tensor:
-        """The scaled bottleneck outputs [M, N, H] (for inspection and tests; fusion never builds them)."""
-        d = self.down(h).view(h.shape[0], self.n, self.r)
-        return torch.einsum("mnr,nrh->mnh", d, self.w_up.view(self.n, self.r, -1)) + self.b_up
+            a, c = layer._composed()
+            t = layer.cfg.temperature
+            w_in = torch.cat([stack.w_down.t(), a @ stack.w_up_t / t, a @ stack.b_up.t() / t], dim=1).contiguous()
+            b_in = torch.cat([stack.b_down, c @ stack.w_up_t / t, c @ stack.b_up.t() / t])
+            w_out = torch.cat([stack.w_up, stack.b_up], dim=0)
+            if layer.value is not None:
+                w_out = w_out @ layer.value.weight.t()
+            stack._cache = (stamp, w_in, b_in, w_out.contiguous())
+    return stack._cache[1], stack._cache[2], stack._cache[3]
 
 
 def check_fusable(adapters: list[BottleneckAdapter]) -> None:
@@ -253,9 +219,60 @@ class Fusion(nn.Module):
         rate a consistent push takes the target's prior down to the others' within one epoch."""
         return margin / max(1, steps_per_epoch)
 
+    def plan(self, adapters: list[BottleneckAdapter]) -> FusePlan:
+        """Its members stacked per site, for its forwards (kept by the encoder while the fusion is loaded)."""
+        return FusePlan(self, adapters)
+
     def layer(self, key: str) -> FusionLayer:
         return self.shared if self.shared is not None else self.sites[key]  # type: ignore[return-value]
 
     def regularization(self) -> torch.Tensor:
         layers = [self.shared] if self.shared is not None else list(self.sites.values())
         return self.cfg.regularization * torch.stack([lay.regularization() for lay in layers]).sum()  # type: ignore[union-attr]
+
+
+def _stamp(adapters: list[BottleneckAdapter]) -> tuple[int, ...]:
+    return tuple(v for a in adapters for p in a.parameters() for v in (p._version, p.data_ptr()))
+
+
+class FusePlan:
+    """A fusion's member adapters stacked per site (one down GEMM, one up GEMM), built once and kept
+    while the fusion is loaded. The fusion's own precomposed inference matrices live on each
+    `StackedSite` and follow the fusion's weights. If a member's weights change, the plan rebuilds."""
+
+    def __init__(self, fusion: Fusion, adapters: list[BottleneckAdapter]):
+        self.fusion, self.adapters = fusion, adapters
+        self._build()
+
+    def _build(self) -> None:
+        self.stamp = _stamp(self.adapters)
+        self.stacks = {key: StackedSite([a.sites[key] for a in self.adapters]) for key in self.fusion.site_keys}  # type: ignore[misc]
+
+    def warm(self) -> None:
+        """Precompose each site's inference matrices now (serving does this at load, not per request)."""
+        for key, stack in self.stacks.items():
+            inference_weights(stack, self.fusion.layer(key))
+
+    def nbytes(self) -> int:
+        return sum(s.nbytes() for s in self.stacks.values())
+
+    def handler(self, capture: dict[str, torch.Tensor] | None = None) -> Handler:
+        """A site handler for one forward; with `capture`, each site's attention [B, T, N] is stored in it."""
+        if _stamp(self.adapters) != self.stamp:
+            self._build()
+        stacks, fusion = self.stacks, self.fusion
+
+        def handle(layer: int, placement: Placement, x: torch.Tensor, r: torch.Tensor, ln: LayerNorm) -> torch.Tensor:
+            key = site_key(layer, placement)
+            stack = stacks.get(key)
+            if stack is None:
+                return ln(x + r)
+            last = stack.last
+            h, res = last.pre(x, r, ln)
+            flat = h.reshape(-1, h.shape[-1])
+            context, probs = fusion.layer(key).attend(stack, flat)
+            if capture is not None:
+                capture[key] = probs.view(*h.shape[:-1], -1).detach()
+            return last.post(context.view_as(h) + res, x, r, ln)
+
+        return handle

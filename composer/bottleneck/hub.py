@@ -14,18 +14,12 @@ from typing import Any
 
 import torch
 
-from composer.adapters.artifacts import AdapterArtifact
-from composer.adapters.bottleneck import site_key
-from composer.adapters.config import BottleneckConfig
+from composer.adapter_artifact import AdapterArtifact
+from composer.bottleneck.modules import BottleneckConfig, site_key
 from composer.errors import ArtifactError, ConfigError
-from composer.heads import HeadConfig
+from composer.exporting import CONVERT_HINT, read_hub_head
 from composer.safetensors_io import read_tensors
 
-CONVERT_HINT = (
-    "convert it once, in an environment you trust, with: "
-    'python -c "import torch, safetensors.torch as s; '
-    "s.save_file(torch.load('pytorch_adapter.bin', weights_only=True), 'adapter.safetensors')\""
-)
 # Options of BnConfig that we do not implement; an import must have them at the neutral value.
 _NEUTRAL = {
     "phm_layer": False,
@@ -86,38 +80,6 @@ def _param_name(rest: str, cfg: BottleneckConfig) -> str:
     return table[rest]
 
 
-def _head(d: Path) -> tuple[HeadConfig | None, list[str] | None, dict[str, torch.Tensor]]:
-    if (d / "pytorch_model_head.bin").exists() and not (d / "model_head.safetensors").exists():
-        raise ArtifactError(f"pytorch_model_head.bin is a pickle and is refused; {CONVERT_HINT}")
-    if not (d / "head_config.json").is_file():
-        return None, None, {}
-    raw = json.loads((d / "head_config.json").read_text())["config"]
-    if raw.get("head_type") not in ("classification", "regression") or raw.get("use_pooler"):
-        raise ConfigError(f"unsupported AdapterHub head {raw.get('head_type')!r} (use_pooler={raw.get('use_pooler')})")
-    n = int(raw["num_labels"])
-    cfg = HeadConfig(
-        kind="regression" if n == 1 else "classification",
-        num_labels=n,
-        layers=int(raw.get("layers", 2)),
-        activation=raw.get("activation_function") or "tanh",
-        pooling="cls",
-        dropout=float(raw.get("dropout_prob") or 0.1),
-    )
-    labels = None
-    if raw.get("label2id"):
-        labels = [k for k, _ in sorted(raw["label2id"].items(), key=lambda kv: kv[1])]
-    tensors = read_tensors(d / "model_head.safetensors")
-    last = 3 * cfg.layers - 2  # index of the output Linear in AdapterHub's Sequential
-    names = {"1": "dense", str(last): "out"} if cfg.layers == 2 else {str(last): "out"}
-    out: dict[str, torch.Tensor] = {}
-    for k, v in tensors.items():
-        idx, param = k.split(".")[-2:]
-        if idx not in names:
-            raise ArtifactError(f"unexpected AdapterHub head parameter {k!r}")
-        out[f"head.{names[idx]}.{param}"] = v
-    return cfg, labels, out
-
-
 def import_adapterhub(directory: str | Path) -> AdapterArtifact:
     d = Path(directory)
     if (d / "pytorch_adapter.bin").exists() and not (d / "adapter.safetensors").exists():
@@ -137,7 +99,7 @@ def import_adapterhub(directory: str | Path) -> AdapterArtifact:
         layer, where, rest = int(m.group(1)), m.group(2), m.group(3)
         placement = "attention" if where == "attention.output" else "ffn"
         tensors[f"adapter.sites.{site_key(layer, placement)}.{_param_name(rest, cfg)}"] = value
-    head, labels, head_tensors = _head(d)
+    head, labels, head_tensors = read_hub_head(d)
     tensors.update(head_tensors)
     return AdapterArtifact(
         name=str(meta.get("name") or d.name),

@@ -10,17 +10,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from composer.adapters import artifacts
-from composer.adapters.artifacts import AdapterArtifact
-from composer.adapters.fusion import FusionConfig
-from composer.adapters.fusion_artifacts import FusionArtifact
-from composer.adapters.fusion_training import FusionRun, attention_report, prune_members, pruned, train_fusion
-from composer.adapters.model import AdaptedEncoder
-from composer.adapters.training import predict_logits, score
+from composer import adapter_artifact as artifacts
+from composer.adapter_artifact import AdapterArtifact
+from composer.adapter_training import predict_logits, score
 from composer.base import LoadedBase
 from composer.composition import Fuse, Single
 from composer.data import Collator, Example, TaskSpec
+from composer.encoder import AdaptedEncoder
 from composer.errors import ComposerError
+from composer.fusion.artifacts import FusionArtifact
+from composer.fusion.modules import FusionConfig
+from composer.fusion.training import FusionRun, attention_report, prune_members, pruned, train_fusion
 from composer.heads import HeadConfig
 from composer.training import Callback, TrainConfig
 

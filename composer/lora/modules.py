@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -45,6 +45,12 @@ class LoraConfig:
             object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
 
     fusable = False  # AdapterFusion fuses bottleneck adapters, not low-rank updates
+    method: ClassVar[str] = "lora"  # what an artifact's config records
+    default_kind: ClassVar[str] = "lora"
+
+    def build(self, model: Any) -> LoraAdapter:
+        """The LoRA these fields describe, on `model`'s (an AdaptedEncoder's) linear projections."""
+        return LoraAdapter.for_encoder(self, model.encoder, model.base.family, model.base.num_layers)
 
     @property
     def scaling(self) -> float:
@@ -108,6 +114,13 @@ def site_name(layer: int, linear: str) -> str:
 
 class LoraAdapter(nn.Module):
     """The LoRA updates of one adapter, one `LoraLinear` per (layer, target linear)."""
+
+    slot = "linear"  # it updates linear projections (the scope's linear handler)
+
+    @staticmethod
+    def route(adapters: list[LoraAdapter | None]) -> LinearHandler | None:
+        """The linear handler for a batch whose row i runs LoRA i (None: no LoRA)."""
+        return gathered(adapters)
 
     def __init__(self, cfg: LoraConfig, shapes: dict[tuple[int, str], tuple[int, int]]):
         super().__init__()

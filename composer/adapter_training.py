@@ -7,13 +7,12 @@ from dataclasses import dataclass
 
 import torch
 
-from composer.adapters import artifacts
-from composer.adapters.artifacts import AdapterArtifact
-from composer.adapters.config import BottleneckConfig
-from composer.adapters.model import AdaptedEncoder
+from composer import adapter_artifact as artifacts
+from composer.adapter_artifact import AdapterArtifact, AdapterConfig
 from composer.base import LoadedBase
 from composer.composition import Composition, Single
 from composer.data import Collator, Example, TaskSpec
+from composer.encoder import AdaptedEncoder
 from composer.heads import HeadConfig, head_for
 from composer.metrics import score
 from composer.training import Callback, Objective, TrainConfig, TrainResult, fit
@@ -63,7 +62,7 @@ def train_st_adapter(
     task: TaskSpec,
     train: Sequence[Example],
     validation: Sequence[Example],
-    adapter_cfg: BottleneckConfig,
+    adapter_cfg: AdapterConfig,  # a bottleneck adapter's or a LoRA's
     train_cfg: TrainConfig,
     head_cfg: HeadConfig | None = None,
     callbacks: Sequence[Callback] = (),

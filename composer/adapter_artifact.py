@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
 
-from composer.adapters.config import AdapterConfig, config_from, method_of
-from composer.adapters.model import AdaptedEncoder
 from composer.base import BaseIdentity
+from composer.encoder import AdaptedEncoder
 from composer.errors import ArtifactError, IncompatibleBaseError
 from composer.heads import HeadConfig
 from composer.safetensors_io import (
@@ -33,6 +32,23 @@ FORMAT = "composer-adapter"
 FORMAT_VERSION = 1
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter.safetensors"
+
+
+class AdapterConfig(Protocol):
+    """What the engine asks of a method's adapter config (a bottleneck adapter's, a LoRA's, …)."""
+
+    method: ClassVar[str]  # recorded in the artifact; `composer.presets.CONFIGS` maps it back to the class
+    default_kind: ClassVar[str]  # the registry kind of an artifact extracted with this config
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+    def build(self, model: AdaptedEncoder) -> nn.Module: ...
+
+
+def _config_from(method: str, data: dict[str, Any]) -> AdapterConfig:
+    from composer.presets import config_from  # where the methods' config classes come together
+
+    return config_from(method, data)
 
 
 @dataclass
@@ -58,7 +74,7 @@ class AdapterArtifact:
             "format_version": FORMAT_VERSION,
             "name": self.name,
             "kind": self.kind,
-            "method": method_of(self.config),
+            "method": self.config.method,
             "config": self.config.to_dict(),
             "head": self.head.to_dict() if self.head else None,
             "labels": self.labels,
@@ -79,7 +95,7 @@ def extract(model: AdaptedEncoder, adapter: str, head: str | None = None, **meta
         tensors.update({f"head.{k}": v.detach().cpu().clone() for k, v in model.heads[head].state_dict().items()})
         head_cfg = model.heads[head].cfg
     cfg = model.adapters[adapter].cfg
-    meta.setdefault("kind", "st_a" if method_of(cfg) == "bottleneck" else "lora")
+    meta.setdefault("kind", cfg.default_kind)
     return AdapterArtifact(
         name=adapter,
         config=cfg,
@@ -124,7 +140,7 @@ def from_files(config_bytes: bytes, weights: bytes) -> AdapterArtifact:
         raise ArtifactError("checksum mismatch: adapter.safetensors does not match the sha256 in its config")
     return AdapterArtifact(
         name=str(meta["name"]),
-        config=config_from(str(meta.get("method")), meta["config"]),
+        config=_config_from(str(meta.get("method")), meta["config"]),
         hidden_size=int(meta["hidden_size"]),
         tensors=tensors_from_bytes(weights, WEIGHTS_NAME),
         head=HeadConfig.from_dict(meta["head"]) if meta.get("head") else None,
@@ -180,3 +196,10 @@ def attach(model: AdaptedEncoder, art: AdapterArtifact, name: str | None = None,
     name = name or art.name
     model.put(name, *build(model, art, share))
     return name
+
+
+def split_tensors(art: AdapterArtifact) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The artifact's module tensors and head tensors, without their prefixes."""
+    module = {k[len("adapter.") :]: v for k, v in art.tensors.items() if k.startswith("adapter.")}
+    head = {k[len("head.") :]: v for k, v in art.tensors.items() if k.startswith("head.")}
+    return module, head

@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 
-from composer.adapters.artifacts import AdapterArtifact
-from composer.adapters.hub import CONVERT_HINT, _head
-from composer.adapters.lora import LoraConfig, site_name
+from composer.adapter_artifact import AdapterArtifact
 from composer.errors import ArtifactError, ConfigError
+from composer.exporting import CONVERT_HINT, read_hub_head
 from composer.heads import peft_seq_cls_head
+from composer.lora.modules import LoraConfig, site_name
 from composer.method import json_config
 from composer.safetensors_io import read_tensors
 
@@ -160,7 +160,7 @@ def import_adapterhub_lora(files: dict[str, bytes], directory: Path) -> AdapterA
         target_modules=names,
         layers=layers if raw.get("leave_out") else None,
     )
-    head, labels, head_tensors = _head(directory)
+    head, labels, head_tensors = read_hub_head(directory)
     tensors.update(head_tensors)
     return AdapterArtifact(
         name=str(meta.get("name") or directory.name),

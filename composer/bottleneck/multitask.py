@@ -22,14 +22,14 @@ from dataclasses import dataclass
 
 import torch
 
-from composer.adapters import artifacts
-from composer.adapters.artifacts import AdapterArtifact
-from composer.adapters.config import BottleneckConfig
-from composer.adapters.model import AdaptedEncoder
-from composer.adapters.training import head_for, predict_logits, score
+from composer import adapter_artifact as artifacts
+from composer.adapter_artifact import AdapterArtifact
+from composer.adapter_training import head_for, predict_logits, score
 from composer.base import BaseIdentity, LoadedBase, base_weights, derive
+from composer.bottleneck.modules import BottleneckConfig
 from composer.composition import Single
 from composer.data import Collator, Example, TaskSpec, epoch_order
+from composer.encoder import AdaptedEncoder
 from composer.errors import ConfigError
 from composer.training import Callback, Objective, TrainConfig, TrainResult, fit
 

@@ -17,12 +17,12 @@ from typing import Any
 
 import torch
 
-from composer.adapters.bottleneck import site_key
-from composer.adapters.fusion import FusionConfig
-from composer.adapters.hub import _head
-from composer.adapters.model import AdaptedEncoder
 from composer.base import BaseIdentity
+from composer.bottleneck.modules import site_key
+from composer.encoder import AdaptedEncoder
 from composer.errors import ArtifactError, ConfigError
+from composer.exporting import read_hub_head
+from composer.fusion.modules import FusionConfig
 from composer.heads import HeadConfig
 from composer.safetensors_io import load_json, read_tensors, sha256_bytes, tensors_from_bytes, tensors_to_bytes
 
@@ -156,7 +156,7 @@ def import_adapterhub_fusion(directory: str | Path) -> FusionArtifact:
             raise ArtifactError(f"unexpected AdapterHub fusion weight {key!r}")
         placement = "attention" if m.group(2) == "attention.output" else "ffn"
         tensors[f"sites.{site_key(int(m.group(1)), placement)}.{m.group(3)}.{m.group(4)}"] = value
-    head, labels, head_tensors = _head(d)  # saved with_head=True: the fusion's own classification head
+    head, labels, head_tensors = read_hub_head(d)  # saved with_head=True: the fusion's own classification head
     return FusionArtifact(
         name=str(meta.get("name", d.name)).replace(",", "+"),
         members=list(meta["adapter_names"]),

@@ -1,0 +1,89 @@
+"""The face shared by the kinds whose artifact is an `AdapterArtifact` on the `AdaptedEncoder` (a bottleneck
+adapter, an MT-A member, a LoRA): files, attach and detach, and serving rows of any of them in one mixed
+forward, each row through its own head. Each method's package subclasses it with what is its own
+(detection, import, export, method config)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from composer import adapter_artifact as artifacts
+from composer.adapter_artifact import AdapterArtifact
+from composer.composition import Mixed, Single
+from composer.heads import pool
+from composer.method import MethodKind, Models, Prediction, module_bytes
+
+
+def rows_through_heads(
+    names: Sequence[str], hidden: torch.Tensor, mask: torch.Tensor, heads: Any
+) -> list[torch.Tensor]:
+    """Each row's own head on its own hidden states. The pooling runs once for all rows (per pooling kind
+    the heads use); each distinct head then classifies its rows' pooled vectors."""
+    distinct = list(dict.fromkeys(names))
+    if len(distinct) == 1:
+        return list(heads[distinct[0]](hidden, mask).float().cpu())
+    pooled = {p: pool(hidden, mask, p) for p in {heads[n].cfg.pooling for n in distinct}}
+    out: list[torch.Tensor | None] = [None] * len(names)
+    for head in distinct:
+        idx = [i for i, n in enumerate(names) if n == head]
+        module = heads[head]
+        rows = pooled[module.cfg.pooling].index_select(0, torch.tensor(idx, device=hidden.device))
+        for i, logits in zip(idx, module.classify(rows).float().cpu(), strict=True):
+            out[i] = logits
+    return out  # type: ignore[return-value]
+
+
+class AdapterFace(MethodKind):
+    """An adapter and its head on the resident encoder."""
+
+    file_names = (artifacts.CONFIG_NAME, artifacts.WEIGHTS_NAME)
+    prefetchable = True
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def from_files(self, config: bytes, weights: bytes) -> AdapterArtifact:
+        return artifacts.from_files(config, weights)
+
+    def to_files(self, art: AdapterArtifact) -> tuple[bytes, bytes]:
+        return artifacts.to_files(art)
+
+    def param_count(self, art: AdapterArtifact) -> int:
+        return int(sum(t.numel() for k, t in art.tensors.items() if k.startswith("adapter.")))
+
+    def attach(self, models: Models, art: AdapterArtifact, name: str, members: Sequence[str] = ()) -> None:
+        self.reattach(models, name, self.build(models, art, name))
+
+    def build(self, models: Models, art: AdapterArtifact, name: str) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+        return artifacts.build(models.encoder, art, share=True)  # serving: inference only, one copy
+
+    def remove(self, models: Models, name: str) -> None:
+        models.encoder.remove(name)
+
+    def detach(self, models: Models, name: str) -> tuple[torch.nn.Module, torch.nn.Module | None] | None:
+        """The adapter and its head, off the base. On CPU they stay built beside their artifact (whose tensors
+        they share); on a GPU they are dropped, and a reload copies the artifact over again."""
+        enc = models.encoder
+        held = (enc.adapters[name], enc.heads[name] if name in enc.heads else None)
+        enc.remove(name)
+        return held if enc.device.type == "cpu" else None
+
+    def reattach(self, models: Models, name: str, held: tuple[torch.nn.Module, torch.nn.Module | None]) -> None:
+        models.encoder.put(name, *held)
+
+    def nbytes(self, models: Models, name: str) -> int:
+        enc = models.encoder
+        return module_bytes(enc.adapters[name], enc.heads[name] if name in enc.heads else None)
+
+    def group(self, name: str) -> tuple[str, str]:
+        return ("adapters", "")  # ST-A, MT-A and LoRA rows on any adapters share one mixed forward
+
+    def predict(
+        self, models: Models, names: Sequence[str], batch: dict[str, torch.Tensor], return_attention: bool = False
+    ) -> Prediction:
+        comp = Single(names[0]) if len(set(names)) == 1 else Mixed(tuple(names))
+        hidden = models.encoder(**batch, composition=comp).hidden
+        return Prediction(rows_through_heads(names, hidden, batch["attention_mask"], models.encoder.heads))

@@ -1,0 +1,85 @@
+"""A LoRA in AdapterHub `LoRAConfig` and PEFT 0.21 layouts: the inverse of `imports.py`. What a layout cannot
+represent is refused (ConfigError): a target AdapterHub cannot adapt, a head the reference computes differently."""
+
+from __future__ import annotations
+
+from composer.adapter_artifact import AdapterArtifact
+from composer.adapter_artifact import split_tensors as _split
+from composer.errors import ConfigError
+from composer.exporting import Target, exportable_head, hub_head, hub_meta, peft_head, to_json
+from composer.lora.modules import LoraConfig, site_name
+from composer.safetensors_io import tensors_to_bytes
+
+
+def lora_to_hub(art: AdapterArtifact, target: Target, with_head: bool = True) -> dict[str, bytes]:
+    cfg: LoraConfig = art.config  # type: ignore[assignment]
+    targets = cfg.targets(target.family)
+    attn = {"attention.self.query": "q", "attention.self.key": "k", "attention.self.value": "v"}
+    other = set(targets) - set(attn) - {"intermediate.dense", "output.dense"}
+    if other:
+        raise ConfigError(f"target_modules: AdapterHub LoRA cannot adapt {sorted(other)}; export it with format=peft")
+    layers = cfg.layers if cfg.layers is not None else tuple(range(target.num_layers))
+    raw = {
+        "architecture": "lora",
+        "selfattn_lora": any(t in attn for t in targets),
+        "attn_matrices": [attn[t] for t in attn if t in targets],
+        "intermediate_lora": "intermediate.dense" in targets,
+        "output_lora": "output.dense" in targets,
+        "r": cfg.r,
+        "alpha": cfg.scaling * cfg.r,
+        "dropout": cfg.dropout,
+        "leave_out": [i for i in range(target.num_layers) if i not in layers],
+        "composition_mode": "add",
+        "init_weights": "lora",
+        "use_gating": False,
+    }
+    module, head = _split(art)
+    weights = {}
+    for layer in layers:
+        for t in targets:
+            for ab in ("A", "B"):
+                v = module[f"sites.{site_name(layer, t)}.{ab}"]
+                weights[f"{target.prefix}.encoder.layer.{layer}.{t}.loras.{art.name}.lora_{ab}"] = v
+    files = {
+        "adapter_config.json": to_json({**hub_meta(art.name, target, art.hidden_size), "config": raw}),
+        "adapter.safetensors": tensors_to_bytes(weights),
+    }
+    if exportable_head(art.head, with_head, f"adapter {art.name!r}"):
+        files.update(hub_head(art.name, art.head, head, art.labels, target, art.hidden_size))  # type: ignore[arg-type]
+    return files
+
+
+def lora_to_peft(art: AdapterArtifact, target: Target, with_head: bool = True) -> dict[str, bytes]:
+    cfg: LoraConfig = art.config  # type: ignore[assignment]
+    targets = cfg.targets(target.family)
+    module, head = _split(art)
+    modules_to_save, weights = peft_head(art.head, head, with_head, f"adapter {art.name!r}", "base_model.model.")
+    weights = {k.replace("{prefix}", target.prefix): v for k, v in weights.items()}
+    root = f"base_model.model.{target.prefix}." if modules_to_save else "base_model.model."
+    layers = cfg.layers if cfg.layers is not None else tuple(range(target.num_layers))
+    for layer in layers:
+        for t in targets:
+            for ab in ("A", "B"):
+                weights[f"{root}encoder.layer.{layer}.{t}.lora_{ab}.weight"] = module[
+                    f"sites.{site_name(layer, t)}.{ab}"
+                ]
+    config = {
+        "peft_type": "LORA",
+        "task_type": "SEQ_CLS" if modules_to_save else None,
+        "r": cfg.r,
+        "lora_alpha": cfg.alpha,
+        "lora_dropout": cfg.dropout,
+        "use_rslora": cfg.use_rslora,
+        "target_modules": list(targets),
+        "layers_to_transform": list(cfg.layers) if cfg.layers is not None else None,
+        "layers_pattern": "layer" if cfg.layers is not None else None,
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "init_lora_weights": True,
+        "use_dora": False,
+        "modules_to_save": modules_to_save,
+        "inference_mode": True,
+        "base_model_name_or_path": target.name,
+        "revision": None,
+    }
+    return {"adapter_config.json": to_json(config), "adapter_model.safetensors": tensors_to_bytes(weights)}
