@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from composer.data import Example
+from composer.data import Example, TaskSpec
+from composer.serving import RowOutput
 from registry_db.models import Dataset
 
 
@@ -28,3 +29,26 @@ def dataset_json(d: Dataset) -> dict:
         "label_histogram": d.label_histogram,
         "created_at": d.created_at.isoformat(),
     }
+
+
+def render(row, spec: TaskSpec, members: list[str], outputs: list[RowOutput]) -> dict:  # type: ignore[no-untyped-def]
+    out = []
+    for o in outputs:
+        if spec.kind == "regression":
+            item = {"value": float(o.logits)}
+        else:
+            probs = o.logits.softmax(-1).tolist()
+            item = {
+                "label": spec.labels[max(range(len(probs)), key=probs.__getitem__)],
+                "probabilities": dict(zip(spec.labels, [round(p, 6) for p in probs], strict=True)),
+            }
+        if o.attention:
+            layers = {k: [round(float(v), 4) for v in a] for k, a in o.attention.items()}
+            mean = [sum(v[j] for v in layers.values()) / len(layers) for j in range(len(members))]
+            item["fusion_attention"] = {
+                "adapters": members,
+                "layers": layers,
+                "top_adapter": members[max(range(len(mean)), key=mean.__getitem__)],
+            }
+        out.append(item)
+    return {"adapter_id": row.id, "kind": row.kind, "outputs": out}

@@ -1,8 +1,18 @@
-"""Compositions are small value objects that say which modules a forward pass runs."""
+"""Compositions are small value objects that say which modules a forward pass runs.
+
+`Single`, `Fuse` and `Mixed` (AdapterHub's BatchSplit: each row its own adapter) name registered modules.
+`Stack` and `Average` are trees over adapter names, with the semantics and the nesting rules of
+AdapterHub `adapters` 1.3.0 (a Stack holds names and Averages; an Average holds names and Stacks);
+`check_tree` refuses an invalid tree naming the offending node (`stack[1].average[0]`).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from composer.errors import ConfigError
+
+MAX_DEPTH = 8  # the deepest tree served
 
 
 @dataclass(frozen=True)
@@ -26,4 +36,72 @@ class Mixed:
     adapters: tuple[str | None, ...]
 
 
-Composition = Single | Fuse | Mixed
+@dataclass(frozen=True, init=False)
+class Stack:
+    """At each site the children run in order, each on the previous one's output (MAD-X: a language or
+    domain adapter under a task adapter). The head is the last member's unless one is named."""
+
+    children: tuple[Node, ...]
+
+    def __init__(self, *children: Node):
+        object.__setattr__(self, "children", tuple(children))
+
+
+@dataclass(frozen=True, init=False)
+class Average:
+    """At each site the children's outputs are mixed with `weights` (normalised to sum to 1; equal when
+    none are given), as AdapterHub's Average, which needs a named head."""
+
+    children: tuple[Node, ...]
+    weights: tuple[float, ...] | None = field(default=None)
+
+    def __init__(self, *children: Node, weights: tuple[float, ...] | list[float] | None = None):
+        object.__setattr__(self, "children", tuple(children))
+        object.__setattr__(self, "weights", tuple(float(w) for w in weights) if weights is not None else None)
+
+    def normalised_weights(self) -> tuple[float, ...]:
+        if self.weights is None:
+            return tuple(1.0 / len(self.children) for _ in self.children)
+        total = sum(self.weights)
+        return tuple(w / total for w in self.weights)
+
+
+Node = str | Stack | Average
+NESTING: dict[type, tuple[type, ...]] = {Stack: (str, Average), Average: (str, Stack)}
+
+
+def leaves(node: Node) -> list[str]:
+    """The adapter names of a tree, left to right (a name may appear more than once)."""
+    return [node] if isinstance(node, str) else [leaf for child in node.children for leaf in leaves(child)]
+
+
+def check_tree(node: Node, path: str = "", depth: int = 1) -> None:
+    """Refuse an invalid tree (ConfigError), naming the offending node by its path."""
+    where = path or type(node).__name__.lower()
+    if isinstance(node, str):
+        if not node:
+            raise ConfigError(f"{where}: a member is an adapter name, got an empty string")
+        return
+    if not isinstance(node, Stack | Average):
+        raise ConfigError(f"{where}: {type(node).__name__} is not a composition block")
+    if depth > MAX_DEPTH:
+        raise ConfigError(f"{where}: the tree is deeper than {MAX_DEPTH} blocks")
+    if not node.children:
+        raise ConfigError(f"{where}: empty {type(node).__name__}")
+    if isinstance(node, Average) and node.weights is not None:
+        if len(node.weights) != len(node.children):
+            raise ConfigError(f"{where}: {len(node.weights)} weights for {len(node.children)} members")
+        if abs(sum(node.weights)) < 1e-12:
+            raise ConfigError(f"{where}: the weights sum to 0")
+    for i, child in enumerate(node.children):
+        here = f"{where}[{i}]"
+        if not isinstance(child, NESTING[type(node)]):
+            allowed = ", ".join("names" if t is str else f"{t.__name__}s" for t in NESTING[type(node)])
+            raise ConfigError(
+                f"{here}: {type(child).__name__} cannot be nested in {type(node).__name__} "
+                f"(a {type(node).__name__} holds {allowed})"
+            )
+        check_tree(child, f"{here}.{type(child).__name__.lower()}" if not isinstance(child, str) else here, depth + 1)
+
+
+Composition = Single | Fuse | Mixed | Stack | Average

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from composer.base import LoadedBase
-from composer.composition import Composition, Fuse, Single
+from composer.composition import Average, Composition, Fuse, Single, Stack, check_tree, leaves
 from composer.errors import ConfigError
 from composer.heads import HeadConfig, PredictionHead
 from composer.injection import Scope, inject
@@ -136,6 +136,8 @@ class AdaptedEncoder(nn.Module):
             return Scope()
         if isinstance(composition, Fuse):
             return Scope(handler=self.fusion_plan(composition.fusion).handler(capture), capture=capture)
+        if isinstance(composition, Stack | Average):
+            return Scope(handler=self._tree(composition), capture=capture)
         names = (composition.adapter,) if isinstance(composition, Single) else getattr(composition, "adapters", None)
         if names is None:
             raise ConfigError(f"unsupported composition {composition!r}")
@@ -152,6 +154,19 @@ class AdaptedEncoder(nn.Module):
             if present:
                 routed[slot] = present[0].route(rows)
         return Scope(handler=routed.get("site"), linear=routed.get("linear"), capture=capture)
+
+    def _tree(self, tree: Stack | Average) -> Any:
+        """The site handler of a Stack/Average tree: its members' method routes it (`route_tree`)."""
+        check_tree(tree)
+        names = list(dict.fromkeys(leaves(tree)))
+        missing = [n for n in names if n not in self.adapters]
+        if missing:
+            raise ConfigError(f"unknown adapters {missing}")
+        modules = {n: self.adapters[n] for n in names}
+        other = [f"{n} ({type(m).__name__})" for n, m in modules.items() if not hasattr(m, "route_tree")]
+        if other or len({type(m) for m in modules.values()}) != 1:
+            raise ConfigError(f"only bottleneck adapters can be stacked or averaged; got {other or list(modules)}")
+        return next(iter(modules.values())).route_tree(tree, modules)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("encoder.")]

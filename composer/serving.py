@@ -295,6 +295,10 @@ class Runtime:
         """Pinned modules are never evicted by the LRU (archiving still evicts them)."""
         (self.pinned.add if pinned else self.pinned.discard)(module_id)
 
+    def max_length(self, module_id: str) -> int:
+        """Where a leased module's inputs are truncated."""
+        return self._entry(module_id).max_length
+
     def serves(self, module_id: str) -> bool:
         """Whether a leased module can answer a request on its own: it has a head."""
         with self._lock:

@@ -5,18 +5,19 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from api.caches import Recent
+from api.compositions import predict_composition
 from api.deps import Reader, RegistryDep
 from api.errors import Problem
 from api.loaders import Lease, ensure
-from api.schemas import InputRow, examples
+from api.schemas import InputRow, examples, render
 from composer.data import TaskSpec
-from composer.serving import RowOutput
 from registry_db.errors import NotFound
 from registry_db.models import Adapter, BaseModelRow
 from registry_db.repo import adapters, catalog
@@ -25,10 +26,32 @@ from service.catalog import task_spec
 router = APIRouter(prefix="/v1", tags=["predict"])
 
 
+COMPOSITION_EXAMPLES = [
+    {"stack": ["ad_domain", "ad_task"]},
+    {"average": ["ad_a", "ad_b"], "weights": [0.7, 0.3], "head": "ad_a"},
+    {"stack": ["ad_lang", {"average": ["ad_a", "ad_b"]}], "head": "ad_b"},
+]
+
+
 class PredictIn(BaseModel):
-    adapter: str = Field(description="an id, name:version or task@alias")
+    adapter: str | None = Field(None, description="an id, name:version or task@alias")
+    composition: dict[str, Any] | None = Field(
+        None,
+        description="instead of `adapter`: a tree of registered adapters. A leaf is a reference; "
+        '{"stack": [node, …], "head": ref} runs its members in order at every site (the head is the last '
+        'member\'s unless named); {"average": [node, …], "weights": [w, …], "head": ref} mixes their outputs '
+        "(weights normalised; equal if none; the head is named). A stack holds references and averages; an "
+        "average holds references and stacks (adapters 1.3.0's rules); at most 8 deep and 16 members.",
+        json_schema_extra={"examples": COMPOSITION_EXAMPLES},
+    )
     inputs: list[InputRow] = Field(min_length=1, max_length=256)
     return_fusion_attention: bool = False
+
+    @model_validator(mode="after")
+    def _one_target(self) -> PredictIn:
+        if (self.adapter is None) == (self.composition is None):
+            raise ValueError("give either `adapter` or `composition`")
+        return self
 
 
 @dataclass(frozen=True)
@@ -113,33 +136,14 @@ def read(request: Request, reg, caller, body: PredictIn) -> tuple[Adapter, Facts
     return row, facts
 
 
-def render(row, spec: TaskSpec, members: list[str], outputs: list[RowOutput]) -> dict:  # type: ignore[no-untyped-def]
-    out = []
-    for o in outputs:
-        if spec.kind == "regression":
-            item = {"value": float(o.logits)}
-        else:
-            probs = o.logits.softmax(-1).tolist()
-            item = {
-                "label": spec.labels[max(range(len(probs)), key=probs.__getitem__)],
-                "probabilities": dict(zip(spec.labels, [round(p, 6) for p in probs], strict=True)),
-            }
-        if o.attention:
-            layers = {k: [round(float(v), 4) for v in a] for k, a in o.attention.items()}
-            mean = [sum(v[j] for v in layers.values()) / len(layers) for j in range(len(members))]
-            item["fusion_attention"] = {
-                "adapters": members,
-                "layers": layers,
-                "top_adapter": members[max(range(len(mean)), key=mean.__getitem__)],
-            }
-        out.append(item)
-    return {"adapter_id": row.id, "kind": row.kind, "outputs": out}
-
-
 @router.post("/predict", responses={503: {"content": {"application/problem+json": {}}}})
 async def predict(body: PredictIn, request: Request, caller: Reader, reg: RegistryDep) -> dict:
     t0 = time.perf_counter()
     request.app.state.limiter.take(caller.key_id)
+    if body.composition is not None:
+        return await run_in_threadpool(
+            predict_composition, request, reg, caller, body.composition, examples(body.inputs)
+        )
     batcher = request.app.state.batcher
     batcher.expect()
     try:

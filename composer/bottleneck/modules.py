@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from composer.bottleneck import routing
+from composer.bottleneck import routing, trees
+from composer.composition import Average, leaves
 from composer.errors import ConfigError
 from composer.heads import Linear, activation
 from composer.injection import PLACEMENTS, Placement, site_key
@@ -245,6 +246,24 @@ class BottleneckAdapter(nn.Module):
                 if p in cfg.placements
             }
         )
+
+    @staticmethod
+    def route_tree(tree: Any, adapters: dict[str, BottleneckAdapter]) -> Callable[..., torch.Tensor]:
+        """The site handler of a Stack/Average tree over these adapters (`composer.bottleneck.trees`). An
+        Average's members must have their layers at the same sites, as adapters 1.3.0 requires."""
+
+        def check(node: Any, where: str) -> None:
+            if isinstance(node, str):
+                return
+            if isinstance(node, Average):
+                keys = {frozenset(adapters[n].sites) for n in leaves(node)}
+                if len(keys) != 1:
+                    raise ConfigError(f"{where}: Average members have different sites: {leaves(node)}")
+            for i, child in enumerate(node.children):
+                check(child, f"{where}[{i}]")
+
+        check(tree, type(tree).__name__.lower())
+        return trees.tree(tree, adapters)
 
     def site(self, layer: int, placement: Placement) -> BottleneckLayer | None:
         key = site_key(layer, placement)

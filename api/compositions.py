@@ -1,0 +1,102 @@
+"""`POST /v1/predict` with a `composition`: a tree of registered adapters, served in one forward.
+
+The grammar (JSON): a registry reference (an id, `name:version` or `task@alias`) is a leaf;
+`{"stack": [node, …], "head": ref}` runs its members in order at every site; `{"average": [node, …],
+"weights": [w, …], "head": ref}` mixes their outputs. A Stack's head is its last member's unless one is
+named; an Average names its head. The nesting rules are adapters 1.3.0's (`composer.composition`), and
+an invalid tree is a 422 that names the offending node (`stack[1].average`)."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from typing import Any
+
+from api.errors import Problem
+from api.loaders import ensure
+from api.schemas import render
+from composer.composed import predict_tree
+from composer.composition import Average, Stack, check_tree, leaves
+from composer.data import Example
+from composer.errors import ConfigError
+from registry_db.errors import NotFound
+from registry_db.repo import adapters, catalog
+from service.catalog import task_spec
+
+MAX_MEMBERS = 16
+
+
+def parse(node: Any, where: str = "composition") -> Any:
+    """The JSON tree as composer nodes whose leaves are the references, as written."""
+    if isinstance(node, str):
+        if not node:
+            raise Problem(422, "invalid-composition", f"{where}: an empty reference", field=where)
+        return node
+    if not isinstance(node, dict):
+        raise Problem(422, "invalid-composition", f"{where}: a reference or a block, got {type(node).__name__}")
+    blocks = [k for k in ("stack", "average") if k in node]
+    unknown = sorted(set(node) - {"stack", "average", "weights", "head"})
+    if len(blocks) != 1 or unknown:
+        detail = f"{where}: one of 'stack' or 'average' (with 'weights', 'head'); got {sorted(node)}"
+        raise Problem(422, "invalid-composition", detail, field=where)
+    kind, children = blocks[0], node[blocks[0]]
+    if not isinstance(children, list):
+        raise Problem(422, "invalid-composition", f"{where}.{kind}: a list of members", field=where)
+    if "weights" in node and kind != "average":
+        raise Problem(422, "invalid-composition", f"{where}: only an average takes weights", field=where)
+    parsed = [parse(c, f"{where}.{kind}[{i}]") for i, c in enumerate(children)]
+    if kind == "stack":
+        return Stack(*parsed)
+    weights = node.get("weights")
+    if weights is not None and (not isinstance(weights, list) or not all(isinstance(w, int | float) for w in weights)):
+        raise Problem(422, "invalid-composition", f"{where}.weights: a list of numbers", field=where)
+    return Average(*parsed, weights=weights)
+
+
+def _with_leaves(node: Any, ids: dict[str, str]) -> Any:
+    if isinstance(node, str):
+        return ids[node]
+    children = [_with_leaves(c, ids) for c in node.children]
+    return Stack(*children) if isinstance(node, Stack) else Average(*children, weights=node.weights)
+
+
+def predict_composition(request, reg, caller, raw: dict[str, Any], inputs: list[Example]) -> dict:  # type: ignore[no-untyped-def]
+    """Resolve, check, lease and run one composition; the response is shaped as predict's."""
+    tree = parse(raw)
+    if isinstance(tree, str):
+        raise Problem(422, "invalid-composition", "composition: a block; serve one adapter with 'adapter'")
+    try:
+        check_tree(tree)
+    except ConfigError as e:
+        raise Problem(422, "invalid-composition", str(e), field="composition") from None
+    refs = list(dict.fromkeys(leaves(tree)))
+    head_ref = raw.get("head")
+    if head_ref is None and isinstance(tree, Average):
+        raise Problem(422, "invalid-composition", "composition: an average names its head ('head': a member)")
+    if len(refs) > MAX_MEMBERS:
+        raise Problem(422, "invalid-composition", f"composition: more than {MAX_MEMBERS} members")
+    with reg.tx() as s:
+        rows = {}
+        for ref in [*refs, *([head_ref] if head_ref else [])]:
+            try:
+                rows[ref] = adapters.resolve_adapter(s, caller.owner_id, ref)
+            except NotFound:
+                raise Problem(404, "not-found", f"composition: adapter {ref!r} not found") from None
+        archived = [r.id for r in rows.values() if r.status == "archived"]
+        if archived:
+            raise Problem(404, "archived", f"composition: adapters {archived} are archived")
+        if len({r.base_model_id for r in rows.values()}) != 1:
+            raise Problem(422, "wrong-base", "composition: the members were trained on different base models")
+        head = rows[head_ref] if head_ref else rows[leaves(tree)[-1]]
+        spec = task_spec(catalog.get_task(s, head.owner_id, head.task_id))
+        base_row = catalog.get_base_model(s, head.base_model_id)
+    ids = {ref: row.id for ref, row in rows.items()}
+    tree_ids = _with_leaves(tree, ids)
+    runtime, device = request.app.state.runtime, request.app.state.settings.device
+    with ExitStack() as held:
+        leased = [held.enter_context(ensure(runtime, reg, rows[r], base_row, [], device)) for r in refs]
+        try:
+            outputs = predict_tree(runtime, leased[0].resident, tree_ids, head.id, inputs)
+        except ConfigError as e:
+            raise Problem(422, "invalid-composition", str(e), field="composition") from None
+    out = render(head, spec, [], outputs)
+    return {"composition": raw, "head": head.id, "kind": "composition", "outputs": out["outputs"]}

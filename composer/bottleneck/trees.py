@@ -1,0 +1,93 @@
+"""Stack and Average over bottleneck adapters at one site, as adapters 1.3.0 composes them.
+
+A site's state is (hidden, adapter residual, the last adapter that ran). Inside a `Stack` each adapter
+first runs its own `pre` on the hidden state it is given (the previous member's output, beside the
+sublayer's residual input `r`), then its bottleneck and residual (`finish`); a nested block takes the
+state as it is. An `Average` runs its first member's `pre` once, every child on that same state, and
+mixes their outputs with its weights. The last adapter that ran applies its `post` (the original
+LayerNorm, a parallel adapter's add) once, at the end.
+
+One difference from adapters 1.3.0, on purpose: its `Average` takes the *mean* of the weighted outputs,
+`mean(stack(h_i) * w_i)`, which divides the average by the number of members (Average(a, a) is not a);
+here it is the weighted sum `Σ w_i h_i` (scripts/parity/make_compositions.py keeps both). A block none of
+whose members has a layer at a site is skipped there, where adapters 1.3.0 fails with a KeyError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from composer.composition import Average, Stack
+from composer.injection import Placement
+
+LayerNorm = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class _State:
+    hidden: torch.Tensor
+    residual: torch.Tensor
+    last: Any = None  # the bottleneck layer that ran last
+
+
+def _present(node: Any, sites: Mapping[str, Any]) -> bool:
+    return any(sites.get(leaf) is not None for leaf in _leaves(node))
+
+
+def _leaves(node: Any) -> list[str]:
+    return [node] if isinstance(node, str) else [leaf for child in node.children for leaf in _leaves(child)]
+
+
+def _single(site: Any, st: _State) -> _State:
+    return _State(site.finish(site.delta(st.hidden), st.residual), st.residual, site)
+
+
+def _run(node: Any, st: _State, sites: Mapping[str, Any], r: torch.Tensor, ln: LayerNorm) -> _State:
+    if isinstance(node, str):  # a member of a Stack, or the whole composition: its own pre, then itself
+        site = sites.get(node)
+        if site is None:
+            return st
+        h, res = site.pre(st.hidden, r, ln)
+        return _single(site, _State(h, res, st.last))
+    if not _present(node, sites):
+        return st
+    if isinstance(node, Stack):
+        for child in node.children:
+            st = _run(child, st, sites, r, ln)
+        return st
+    if isinstance(node, Average):
+        first = sites.get(_leaves(node)[0])
+        if first is not None:
+            h, res = first.pre(st.hidden, r, ln)
+            st = _State(h, res, st.last)
+        outs, weights = [], []
+        for child, w in zip(node.children, node.normalised_weights(), strict=True):
+            if isinstance(child, str):
+                if sites.get(child) is None:
+                    continue
+                outs.append(_single(sites[child], st))
+            elif _present(child, sites):
+                outs.append(_run(child, st, sites, r, ln))
+            else:
+                continue
+            weights.append(w)
+        hidden = sum(w * o.hidden for w, o in zip(weights, outs, strict=True))
+        return _State(hidden, st.residual, outs[-1].last)  # type: ignore[arg-type]
+    raise TypeError(f"a bottleneck site cannot run {type(node).__name__}")
+
+
+def tree(node: Stack | Average, adapters: Mapping[str, Any]) -> Callable[..., torch.Tensor]:
+    """The site handler of a Stack/Average tree whose leaves name these bottleneck adapters."""
+
+    def handle(layer: int, placement: Placement, x: torch.Tensor, r: torch.Tensor, ln: LayerNorm) -> torch.Tensor:
+        sites = {name: a.site(layer, placement) for name, a in adapters.items()}
+        if all(s is None for s in sites.values()):
+            return ln(x + r)
+        st = _run(node, _State(x, r), sites, r, ln)
+        return st.last.post(st.hidden, x, r, ln)
+
+    return handle

@@ -1,0 +1,100 @@
+"""POST /v1/predict with a `composition` tree of registered adapters: each answer equals a freshly built
+model running the same tree; bad trees are 4xx naming the node."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import torch
+
+from composer import adapter_artifact as artifacts
+from composer.base import load_base
+from composer.composition import Average, Stack
+from composer.encoder import AdaptedEncoder
+
+TEXTS = ["good movie", "a really awful and boring plot", "the film", "love this food"]
+
+
+def _art(api, adapter_id: str):  # type: ignore[no-untyped-def]
+    z = api.client.get(f"/v1/adapters/{adapter_id}/download", headers=api.h())
+    zf = zipfile.ZipFile(io.BytesIO(z.content))
+    return artifacts.from_files(zf.read(artifacts.CONFIG_NAME), zf.read(artifacts.WEIGHTS_NAME))
+
+
+def oracle(api, base_dir, ids: list[str], tree, head: str) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    model = AdaptedEncoder(load_base(base_dir, device="cpu")).eval()
+    for i in ids:
+        artifacts.attach(model, _art(api, i), name=i)
+    out = []
+    for t in TEXTS:
+        batch = dict(model.base.tokenizer([t], return_tensors="pt"))
+        with torch.no_grad():
+            out.append(model(**batch, head=head, composition=tree).logits[0].softmax(-1))
+    return torch.stack(out)
+
+
+def ask(api, composition: dict):  # type: ignore[no-untyped-def]
+    body = {"composition": composition, "inputs": [{"text": t} for t in TEXTS]}
+    return api.client.post("/v1/predict", headers=api.h(), json=body)
+
+
+def probs(r) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    assert r.status_code == 200, r.text
+    return torch.tensor([list(o["probabilities"].values()) for o in r.json()["outputs"]])
+
+
+def test_stack_average_and_nested_trees_equal_a_fresh_model(api, tiny_bert_dir):
+    ids = api.task_with_data()
+    # three different adapters (one seed and one dataset train identical ones of one size)
+    a, b, c = (
+        api.train_adapter(ids, name=n, adapter={"reduction_factor": rf}) for n, rf in (("a", 2), ("b", 4), ("c", 8))
+    )
+    cases = [
+        ({"stack": [a, b]}, Stack(a, b), b),
+        ({"stack": [a, b], "head": a}, Stack(a, b), a),
+        ({"average": [a, b], "weights": [0.7, 0.3], "head": a}, Average(a, b, weights=(0.7, 0.3)), a),
+        ({"stack": [a, {"average": [b, c]}], "head": c}, Stack(a, Average(b, c)), c),
+        ({"average": [{"stack": [a, b]}, c], "head": "c:1"}, Average(Stack(a, b), c), c),
+    ]
+    alone = probs(
+        api.client.post("/v1/predict", headers=api.h(), json={"adapter": b, "inputs": [{"text": t} for t in TEXTS]})
+    )
+    for body, tree, head in cases:
+        r = ask(api, body)
+        got = probs(r)
+        assert r.json()["head"] == head and r.json()["kind"] == "composition"
+        want = oracle(api, tiny_bert_dir, [a, b, c], tree, head)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0, msg=str(body))
+        assert (got - alone).abs().max() > 1e-4, body  # the tree changed the answer: the test can fail
+
+
+def test_bad_trees_are_refused_naming_the_node(api):
+    ids = api.task_with_data()
+    a, b = api.train_adapter(ids, name="a"), api.train_adapter(ids, name="b")
+    lora = api.train_adapter(ids, name="lo", preset="lora", adapter={"r": 2})
+    cases = [
+        ({"stack": [a, {"stack": [b]}]}, 422, "stack[1]: Stack cannot be nested in Stack"),
+        ({"stack": [a, "ad_nope"]}, 404, "'ad_nope' not found"),
+        ({"average": [a, b]}, 422, "names its head"),
+        ({"average": [a, b], "weights": [1, -1], "head": a}, 422, "sum to 0"),
+        ({"average": [a, b], "weights": [1], "head": a}, 422, "1 weights for 2 members"),
+        ({"stack": []}, 422, "empty"),
+        ({"stack": [a, b], "head": lora}, 422, "not a member"),
+        ({"stack": [a, lora]}, 422, "bottleneck"),
+        ({"stack": [a, 3]}, 422, "composition.stack[1]: a reference or a block"),
+        ({"fuse": [a, b]}, 422, "one of 'stack' or 'average'"),
+        ({"stack": [a, b], "weights": [1, 1]}, 422, "only an average takes weights"),
+    ]
+    for body, status, words in cases:
+        r = ask(api, body)
+        assert r.status_code == status and words in r.json()["detail"], (body, r.text)
+        assert r.headers["content-type"] == "application/problem+json"
+    both = {"adapter": a, "composition": {"stack": [a, b]}, "inputs": [{"text": "x"}]}
+    r = api.client.post("/v1/predict", headers=api.h(), json=both)
+    assert r.status_code == 422 and "either" in r.text
+    other = api.key(["train"], owner="globex")
+    r = api.client.post(
+        "/v1/predict", headers=api.h(other), json={"composition": {"stack": [a, b]}, "inputs": [{"text": "x"}]}
+    )
+    assert r.status_code == 404  # another owner's adapters are not found, never served

@@ -1,0 +1,112 @@
+"""Stack and Average over bottleneck adapters equal AdapterHub `adapters` 1.3.0 on the same weights
+(scripts/parity/make_compositions.py), with its Average fixed to the weighted sum; bad trees are refused
+naming the node."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from composer import adapter_artifact as artifacts
+from composer import kinds
+from composer.base import load_base
+from composer.composition import Average, Single, Stack, check_tree
+from composer.encoder import AdaptedEncoder
+from composer.errors import ConfigError
+from composer.presets import preset
+from tests.conftest import FIXTURES
+
+PARITY = FIXTURES / "parity"
+NAMES = ["seq_bn", "double_seq_bn", "par_bn", "scaled_par_bn"]
+EXPECTED = load_file(PARITY / "compositions" / "expected.safetensors")
+CASES = {
+    "stack/seq_bn+double_seq_bn": Stack("seq_bn", "double_seq_bn"),
+    "stack/par_bn+seq_bn": Stack("par_bn", "seq_bn"),
+    "stack/seq_bn+scaled_par_bn+double_seq_bn": Stack("seq_bn", "scaled_par_bn", "double_seq_bn"),
+    "average/seq_bn+par_bn@0.7,0.3": Average("seq_bn", "par_bn", weights=(0.7, 0.3)),
+    "average/par_bn+scaled_par_bn": Average("par_bn", "scaled_par_bn"),
+    "average/seq_bn+seq_bn_copy": Average("seq_bn", "seq_bn_copy"),
+    "stack/seq_bn+average(par_bn,scaled_par_bn)": Stack("seq_bn", Average("par_bn", "scaled_par_bn")),
+    "average/stack(seq_bn,par_bn)+scaled_par_bn@1,3": Average(
+        Stack("seq_bn", "par_bn"), "scaled_par_bn", weights=(1.0, 3.0)
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def model() -> AdaptedEncoder:
+    m = AdaptedEncoder(load_base(PARITY / "base", with_tokenizer=False, device="cpu")).eval()
+    for name in NAMES:
+        artifacts.attach(m, kinds.load_dir(PARITY / "adapters" / name), name=name)
+    artifacts.attach(m, kinds.load_dir(PARITY / "adapters" / "seq_bn"), name="seq_bn_copy")
+    return m
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_composition_matches_adapterhub(model, case):
+    x = load_file(PARITY / "inputs.safetensors")
+    with torch.no_grad():
+        hidden = model(**x, composition=CASES[case]).hidden
+        alone = model(**x, composition=Single("seq_bn")).hidden
+    want = EXPECTED[case]
+    assert (want - EXPECTED["single/seq_bn"]).abs().max() > 1e-2 or case.endswith("seq_bn_copy")
+    torch.testing.assert_close(hidden, want, atol=1e-5, rtol=0)
+    torch.testing.assert_close(alone, EXPECTED["single/seq_bn"], atol=1e-5, rtol=0)
+
+
+def test_the_references_average_divides_by_the_member_count_and_ours_does_not(model):
+    """Average(a, a) is a: adapters 1.3.0 gives something else (its mean of weighted outputs)."""
+    x = load_file(PARITY / "inputs.safetensors")
+    with torch.no_grad():
+        ours = model(**x, composition=Average("seq_bn", "seq_bn_copy")).hidden
+    torch.testing.assert_close(ours, EXPECTED["single/seq_bn"], atol=1e-5, rtol=0)
+    for key in EXPECTED:
+        if key.startswith("average/"):
+            shipped = EXPECTED[key.replace("average", "average_as_shipped", 1)]
+            assert (shipped - EXPECTED[key]).abs().max() > 1e-2, key
+
+
+def _deep(levels: int):  # type: ignore[no-untyped-def]
+    node = "x"
+    for i in range(levels):
+        node = Stack("a", node) if i % 2 else Average("a", node)
+    return node
+
+
+@pytest.mark.parametrize(
+    ("tree", "words"),
+    [
+        (Stack(), "stack: empty"),
+        (Average("a"), None),
+        (Average("a", "b", weights=(1.0,)), "average: 1 weights for 2 members"),
+        (Average("a", "b", weights=(1.0, -1.0)), "sum to 0"),
+        (Stack("a", Stack("b")), "stack[1]: Stack cannot be nested in Stack"),
+        (
+            Average("a", Stack("b", Average("c", Average("d", "e")))),
+            "average[1].stack[1].average[1]: Average cannot be nested in Average",
+        ),
+        (Stack("a", ""), "stack[1]: a member is an adapter name"),
+        (_deep(9), "deeper than 8"),
+    ],
+)
+def test_an_invalid_tree_is_refused_naming_the_node(tree, words):
+    if words is None:
+        check_tree(tree)  # a one-member Average is allowed, as in adapters 1.3.0
+        return
+    with pytest.raises(ConfigError, match=words.replace("[", r"\[").replace("]", r"\]")):
+        check_tree(tree)
+
+
+def test_trees_refuse_unknown_members_loras_and_averages_of_different_sites(model, tiny_bert_dir):
+    x = load_file(PARITY / "inputs.safetensors")
+    with pytest.raises(ConfigError, match="unknown adapters"):
+        model(**x, composition=Stack("seq_bn", "nope"))
+    with pytest.raises(ConfigError, match="different sites"):
+        model(**x, composition=Average("seq_bn", "double_seq_bn"))
+    m = AdaptedEncoder(load_base(tiny_bert_dir)).eval()
+    m.add_adapter("a", preset("seq_bn", reduction_factor=4))
+    m.add_adapter("l", preset("lora"))
+    ids = {"input_ids": torch.tensor([[2, 5, 3]]), "attention_mask": torch.ones(1, 3, dtype=torch.long)}
+    with pytest.raises(ConfigError, match="bottleneck"):
+        m(**ids, composition=Stack("a", "l"))
