@@ -14,8 +14,8 @@ from typing import Any
 from api.errors import Problem
 from api.loaders import ensure
 from api.schemas import render
-from composer.composed import predict_tree
-from composer.composition import Average, Stack, check_tree, leaves
+from composer.composed import predict_parallel, predict_tree
+from composer.composition import Average, Parallel, Stack, check_tree, leaves
 from composer.data import Example
 from composer.errors import ConfigError
 from registry_db.errors import NotFound
@@ -33,10 +33,10 @@ def parse(node: Any, where: str = "composition") -> Any:
         return node
     if not isinstance(node, dict):
         raise Problem(422, "invalid-composition", f"{where}: a reference or a block, got {type(node).__name__}")
-    blocks = [k for k in ("stack", "average") if k in node]
-    unknown = sorted(set(node) - {"stack", "average", "weights", "head"})
+    blocks = [k for k in ("stack", "average", "parallel") if k in node]
+    unknown = sorted(set(node) - {"stack", "average", "parallel", "weights", "head"})
     if len(blocks) != 1 or unknown:
-        detail = f"{where}: one of 'stack' or 'average' (with 'weights', 'head'); got {sorted(node)}"
+        detail = f"{where}: one of 'stack', 'average' or 'parallel' (with 'weights', 'head'); got {sorted(node)}"
         raise Problem(422, "invalid-composition", detail, field=where)
     kind, children = blocks[0], node[blocks[0]]
     if not isinstance(children, list):
@@ -46,6 +46,10 @@ def parse(node: Any, where: str = "composition") -> Any:
     parsed = [parse(c, f"{where}.{kind}[{i}]") for i, c in enumerate(children)]
     if kind == "stack":
         return Stack(*parsed)
+    if kind == "parallel":
+        if "head" in node:
+            raise Problem(422, "invalid-composition", f"{where}: each branch names its own head", field=where)
+        return Parallel(*parsed)
     weights = node.get("weights")
     if weights is not None and (not isinstance(weights, list) or not all(isinstance(w, int | float) for w in weights)):
         raise Problem(422, "invalid-composition", f"{where}.weights: a list of numbers", field=where)
@@ -56,7 +60,21 @@ def _with_leaves(node: Any, ids: dict[str, str]) -> Any:
     if isinstance(node, str):
         return ids[node]
     children = [_with_leaves(c, ids) for c in node.children]
+    if isinstance(node, Parallel):
+        return Parallel(*children)
     return Stack(*children) if isinstance(node, Stack) else Average(*children, weights=node.weights)
+
+
+def _head_of(raw: Any, node: Any, where: str) -> str:
+    """A tree's head reference: a leaf is its own; a Stack's is its last member's unless named; an Average
+    names it."""
+    if isinstance(raw, str):
+        return raw
+    if raw.get("head") is not None:
+        return str(raw["head"])
+    if isinstance(node, Average):
+        raise Problem(422, "invalid-composition", f"{where}: an average names its head ('head': a member)")
+    return leaves(node)[-1]
 
 
 def predict_composition(request, reg, caller, raw: dict[str, Any], inputs: list[Example]) -> dict:  # type: ignore[no-untyped-def]
@@ -69,14 +87,18 @@ def predict_composition(request, reg, caller, raw: dict[str, Any], inputs: list[
     except ConfigError as e:
         raise Problem(422, "invalid-composition", str(e), field="composition") from None
     refs = list(dict.fromkeys(leaves(tree)))
-    head_ref = raw.get("head")
-    if head_ref is None and isinstance(tree, Average):
-        raise Problem(422, "invalid-composition", "composition: an average names its head ('head': a member)")
+    if isinstance(tree, Parallel):
+        head_refs = [
+            _head_of(r, n, f"composition.parallel[{i}]")
+            for i, (r, n) in enumerate(zip(raw["parallel"], tree.branches, strict=True))
+        ]
+    else:
+        head_refs = [_head_of(raw, tree, "composition")]
     if len(refs) > MAX_MEMBERS:
         raise Problem(422, "invalid-composition", f"composition: more than {MAX_MEMBERS} members")
     with reg.tx() as s:
         rows = {}
-        for ref in [*refs, *([head_ref] if head_ref else [])]:
+        for ref in dict.fromkeys([*refs, *head_refs]):
             try:
                 rows[ref] = adapters.resolve_adapter(s, caller.owner_id, ref)
             except NotFound:
@@ -86,17 +108,23 @@ def predict_composition(request, reg, caller, raw: dict[str, Any], inputs: list[
             raise Problem(404, "archived", f"composition: adapters {archived} are archived")
         if len({r.base_model_id for r in rows.values()}) != 1:
             raise Problem(422, "wrong-base", "composition: the members were trained on different base models")
-        head = rows[head_ref] if head_ref else rows[leaves(tree)[-1]]
-        spec = task_spec(catalog.get_task(s, head.owner_id, head.task_id))
-        base_row = catalog.get_base_model(s, head.base_model_id)
+        heads = [rows[h] for h in head_refs]
+        specs = [task_spec(catalog.get_task(s, h.owner_id, h.task_id)) for h in heads]
+        base_row = catalog.get_base_model(s, heads[0].base_model_id)
     ids = {ref: row.id for ref, row in rows.items()}
     tree_ids = _with_leaves(tree, ids)
     runtime, device = request.app.state.runtime, request.app.state.settings.device
     with ExitStack() as held:
         leased = [held.enter_context(ensure(runtime, reg, rows[r], base_row, [], device)) for r in refs]
         try:
-            outputs = predict_tree(runtime, leased[0].resident, tree_ids, head.id, inputs)
+            if isinstance(tree_ids, Parallel):
+                per_branch = predict_parallel(runtime, leased[0].resident, tree_ids, [h.id for h in heads], inputs)
+            else:
+                per_branch = [predict_tree(runtime, leased[0].resident, tree_ids, heads[0].id, inputs)]
         except ConfigError as e:
             raise Problem(422, "invalid-composition", str(e), field="composition") from None
-    out = render(head, spec, [], outputs)
-    return {"composition": raw, "head": head.id, "kind": "composition", "outputs": out["outputs"]}
+    rendered = [render(h, spec, [], outs)["outputs"] for h, spec, outs in zip(heads, specs, per_branch, strict=True)]
+    if isinstance(tree_ids, Parallel):  # one request, several tasks: each branch with its own head's answers
+        branches = [{"head": h.id, "outputs": outs} for h, outs in zip(heads, rendered, strict=True)]
+        return {"composition": raw, "kind": "parallel", "branches": branches}
+    return {"composition": raw, "head": heads[0].id, "kind": "composition", "outputs": rendered[0]}

@@ -12,7 +12,7 @@ import torch
 
 from composer import adapter_artifact as artifacts
 from composer.adapter_artifact import AdapterArtifact
-from composer.composition import Mixed, Single
+from composer.composition import BatchSplit, Single
 from composer.heads import pool
 from composer.method import MethodKind, Models, Prediction, module_bytes
 
@@ -84,6 +84,6 @@ class AdapterFace(MethodKind):
     def predict(
         self, models: Models, names: Sequence[str], batch: dict[str, torch.Tensor], return_attention: bool = False
     ) -> Prediction:
-        comp = Single(names[0]) if len(set(names)) == 1 else Mixed(tuple(names))
+        comp = Single(names[0]) if len(set(names)) == 1 else BatchSplit(tuple(names))
         hidden = models.encoder(**batch, composition=comp).hidden
         return Prediction(rows_through_heads(names, hidden, batch["attention_mask"], models.encoder.heads))

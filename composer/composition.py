@@ -1,6 +1,7 @@
 """Compositions are small value objects that say which modules a forward pass runs.
 
-`Single`, `Fuse` and `Mixed` (AdapterHub's BatchSplit: each row its own adapter) name registered modules.
+`Single` and `Fuse` name registered modules; `BatchSplit` gives each row of a batch its own adapter or tree;
+`Parallel` runs one batch under several branches (one request, several tasks).
 `Stack` and `Average` are trees over adapter names, with the semantics and the nesting rules of
 AdapterHub `adapters` 1.3.0 (a Stack holds names and Averages; an Average holds names and Stacks);
 `check_tree` refuses an invalid tree naming the offending node (`stack[1].average[0]`).
@@ -30,10 +31,11 @@ class Fuse:
 
 
 @dataclass(frozen=True)
-class Mixed:
-    """A micro-batch whose rows use different single adapters: `adapters[i]` serves row i (None: the plain base)."""
+class BatchSplit:
+    """Each row of a batch its own composition: `adapters[i]` serves row i, an adapter name, a Stack or
+    Average tree, or None (the plain base). AdapterHub's BatchSplit, row by row."""
 
-    adapters: tuple[str | None, ...]
+    adapters: tuple[Node | None, ...]
 
 
 @dataclass(frozen=True, init=False)
@@ -66,8 +68,23 @@ class Average:
         return tuple(w / total for w in self.weights)
 
 
+@dataclass(frozen=True, init=False)
+class Parallel:
+    """One batch under each branch (a name, a Stack or an Average): branch i's outputs are rows
+    i*B … (i+1)*B-1 of the result, each as that branch gives it alone."""
+
+    branches: tuple[Node, ...]
+
+    def __init__(self, *branches: Node):
+        object.__setattr__(self, "branches", tuple(branches))
+
+    @property
+    def children(self) -> tuple[Node, ...]:
+        return self.branches
+
+
 Node = str | Stack | Average
-NESTING: dict[type, tuple[type, ...]] = {Stack: (str, Average), Average: (str, Stack)}
+NESTING: dict[type, tuple[type, ...]] = {Stack: (str, Average), Average: (str, Stack), Parallel: (str, Stack, Average)}
 
 
 def leaves(node: Node) -> list[str]:
@@ -82,8 +99,10 @@ def check_tree(node: Node, path: str = "", depth: int = 1) -> None:
         if not node:
             raise ConfigError(f"{where}: a member is an adapter name, got an empty string")
         return
-    if not isinstance(node, Stack | Average):
+    if not isinstance(node, Stack | Average | Parallel):
         raise ConfigError(f"{where}: {type(node).__name__} is not a composition block")
+    if isinstance(node, Parallel) and depth > 1:
+        raise ConfigError(f"{where}: a Parallel runs at the top of a composition only")
     if depth > MAX_DEPTH:
         raise ConfigError(f"{where}: the tree is deeper than {MAX_DEPTH} blocks")
     if not node.children:
@@ -104,4 +123,4 @@ def check_tree(node: Node, path: str = "", depth: int = 1) -> None:
         check_tree(child, f"{here}.{type(child).__name__.lower()}" if not isinstance(child, str) else here, depth + 1)
 
 
-Composition = Single | Fuse | Mixed | Stack | Average
+Composition = Single | Fuse | BatchSplit | Stack | Average | Parallel

@@ -1,6 +1,6 @@
 """`AdaptedEncoder`: one frozen base with named adapters, fusions and heads, whatever their method.
 
-The composition a forward runs (`Single`, `Fuse`, `Mixed`, or None for the bare base) is an
+The composition a forward runs (`Single`, `Fuse`, `BatchSplit`, or None for the bare base) is an
 argument of that forward. It lives in a scope that the forward sets and always resets, so
 nothing one request runs stays on the shared layers for the next one.
 
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from composer.base import LoadedBase
-from composer.composition import Average, Composition, Fuse, Single, Stack, check_tree, leaves
+from composer.composition import Average, BatchSplit, Composition, Fuse, Parallel, Single, Stack, check_tree, leaves
 from composer.errors import ConfigError
 from composer.heads import HeadConfig, PredictionHead
 from composer.injection import Scope, inject
@@ -138,6 +138,12 @@ class AdaptedEncoder(nn.Module):
             return Scope(handler=self.fusion_plan(composition.fusion).handler(capture), capture=capture)
         if isinstance(composition, Stack | Average):
             return Scope(handler=self._tree(composition), capture=capture)
+        if isinstance(composition, Parallel):
+            raise ConfigError("a Parallel replicates its batch: run it with composer.composed.parallel_hidden")
+        if isinstance(composition, BatchSplit) and any(
+            not (r is None or isinstance(r, str)) for r in composition.adapters
+        ):
+            return Scope(handler=self._tree(composition), capture=capture)
         names = (composition.adapter,) if isinstance(composition, Single) else getattr(composition, "adapters", None)
         if names is None:
             raise ConfigError(f"unsupported composition {composition!r}")
@@ -155,10 +161,14 @@ class AdaptedEncoder(nn.Module):
                 routed[slot] = present[0].route(rows)
         return Scope(handler=routed.get("site"), linear=routed.get("linear"), capture=capture)
 
-    def _tree(self, tree: Stack | Average) -> Any:
-        """The site handler of a Stack/Average tree: its members' method routes it (`route_tree`)."""
-        check_tree(tree)
-        names = list(dict.fromkeys(leaves(tree)))
+    def _tree(self, tree: Stack | Average | BatchSplit) -> Any:
+        """The site handler of a Stack/Average tree, or of rows each with its own tree: the members' method
+        routes it (`route_tree`)."""
+        rows = tree.adapters if isinstance(tree, BatchSplit) else (tree,)
+        for i, row in enumerate(rows):
+            if row is not None and not isinstance(row, str):
+                check_tree(row, f"row {i}: {type(row).__name__.lower()}" if isinstance(tree, BatchSplit) else "")
+        names = list(dict.fromkeys(n for row in rows if row is not None for n in leaves(row)))
         missing = [n for n in names if n not in self.adapters]
         if missing:
             raise ConfigError(f"unknown adapters {missing}")

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from composer.bottleneck import routing, trees
-from composer.composition import Average, leaves
+from composer.composition import Average, BatchSplit, leaves
 from composer.errors import ConfigError
 from composer.heads import Linear, activation
 from composer.injection import PLACEMENTS, Placement, site_key
@@ -262,6 +262,11 @@ class BottleneckAdapter(nn.Module):
             for i, child in enumerate(node.children):
                 check(child, f"{where}[{i}]")
 
+        if isinstance(tree, BatchSplit):
+            for i, row in enumerate(tree.adapters):
+                if row is not None:
+                    check(row, f"row {i}")
+            return trees.batch_split(tree.adapters, adapters)
         check(tree, type(tree).__name__.lower())
         return trees.tree(tree, adapters)
 

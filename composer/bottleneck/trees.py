@@ -15,7 +15,7 @@ whose members has a layer at a site is skipped there, where adapters 1.3.0 fails
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +78,37 @@ def _run(node: Any, st: _State, sites: Mapping[str, Any], r: torch.Tensor, ln: L
         hidden = sum(w * o.hidden for w, o in zip(weights, outs, strict=True))
         return _State(hidden, st.residual, outs[-1].last)  # type: ignore[arg-type]
     raise TypeError(f"a bottleneck site cannot run {type(node).__name__}")
+
+
+def batch_split(rows: Sequence[Any], adapters: Mapping[str, Any]) -> Callable[..., torch.Tensor]:
+    """Each row its own composition (an adapter name, a tree, or None: the bare base), in one forward: at
+    every site each group of rows with the same composition runs it on its own rows, exactly as alone."""
+    groups: dict[Any, list[int]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault(row, []).append(i)
+
+    def bare(layer: int, placement: Placement, x: torch.Tensor, r: torch.Tensor, ln: LayerNorm) -> torch.Tensor:
+        return ln(x + r)
+
+    def handler_of(node: Any) -> Callable[..., torch.Tensor]:
+        if node is None:
+            return bare
+        if isinstance(node, str):
+            return tree(Stack(node), {node: adapters[node]})  # one adapter: its pre, itself, its post
+        return tree(node, {leaf: adapters[leaf] for leaf in _leaves(node)})
+
+    plan = [(handler_of(node), torch.tensor(idx)) for node, idx in groups.items()]
+
+    def handle(layer: int, placement: Placement, x: torch.Tensor, r: torch.Tensor, ln: LayerNorm) -> torch.Tensor:
+        if len(plan) == 1:
+            return plan[0][0](layer, placement, x, r, ln)
+        out = torch.empty_like(x)
+        for handler, idx in plan:
+            idx = idx.to(x.device)
+            out.index_copy_(0, idx, handler(layer, placement, x.index_select(0, idx), r.index_select(0, idx), ln))
+        return out
+
+    return handle
 
 
 def tree(node: Stack | Average, adapters: Mapping[str, Any]) -> Callable[..., torch.Tensor]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import adapters
 import torch
-from adapters.composition import Average, Stack
+from adapters.composition import Average, BatchSplit, Parallel, Stack
 from adapters.methods.bottleneck import BottleneckLayer, BottleneckState
 from safetensors.torch import load_file, save_file
 from transformers import BertModel
@@ -35,6 +35,14 @@ CASES = {
     "average/stack(seq_bn,par_bn)+scaled_par_bn@1,3": Average(
         Stack("seq_bn", "par_bn"), "scaled_par_bn", weights=[1.0, 3.0]
     ),
+    # one request, several tasks: the batch replicated per branch, [branches * B, T, H]
+    # adapters 1.3.0's Parallel runs its first member's pre-processing once for every branch, fails where
+    # its first member has no layer (KeyError) or a branch ends in a parallel adapter (its post_forward adds
+    # the input from before the replication), and runs a nested block's pre-processing a second time. Ours
+    # runs each branch as it runs alone; they agree for branches of plain sequential adapters of one layout.
+    "parallel/seq_bn|seq_bn_b": Parallel("seq_bn", "seq_bn_b"),
+    # each slice of the batch its own tree: row 0 seq_bn, rows 1-2 Stack(par_bn, seq_bn)
+    "batch_split/seq_bn|stack(par_bn,seq_bn)@1,2": BatchSplit("seq_bn", Stack("par_bn", "seq_bn"), batch_sizes=[1, 2]),
 }
 
 
@@ -54,6 +62,14 @@ def main() -> None:
     for name in NAMES:
         model.load_adapter(str(PARITY / "adapters" / name), load_as=name, use_safetensors=True)
     model.load_adapter(str(PARITY / "adapters" / "seq_bn"), load_as="seq_bn_copy", use_safetensors=True)
+    # another seq_bn adapter, for a Parallel of two different members of one layout
+    model.load_adapter(str(PARITY / "adapters" / "seq_bn"), load_as="seq_bn_b", use_safetensors=True)
+    gen = torch.Generator().manual_seed(900)
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if ".seq_bn_b." in pname:
+                p.add_(torch.randn(p.shape, generator=gen) * 0.2)
+    model.save_adapter(str(PARITY / "adapters" / "seq_bn_b"), "seq_bn_b", use_safetensors=True)
     shipped_mean = BottleneckLayer.mean
     out: dict[str, torch.Tensor] = {}
     for tag, setup in CASES.items():

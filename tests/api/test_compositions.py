@@ -83,7 +83,7 @@ def test_bad_trees_are_refused_naming_the_node(api):
         ({"stack": [a, b], "head": lora}, 422, "not a member"),
         ({"stack": [a, lora]}, 422, "bottleneck"),
         ({"stack": [a, 3]}, 422, "composition.stack[1]: a reference or a block"),
-        ({"fuse": [a, b]}, 422, "one of 'stack' or 'average'"),
+        ({"fuse": [a, b]}, 422, "one of 'stack', 'average' or 'parallel'"),
         ({"stack": [a, b], "weights": [1, 1]}, 422, "only an average takes weights"),
     ]
     for body, status, words in cases:
@@ -98,3 +98,34 @@ def test_bad_trees_are_refused_naming_the_node(api):
         "/v1/predict", headers=api.h(other), json={"composition": {"stack": [a, b]}, "inputs": [{"text": "x"}]}
     )
     assert r.status_code == 404  # another owner's adapters are not found, never served
+
+
+def test_parallel_answers_each_branch_as_it_answers_alone(api):
+    ids = api.task_with_data()
+    a, b, c = (
+        api.train_adapter(ids, name=n, adapter={"reduction_factor": rf}) for n, rf in (("a", 2), ("b", 4), ("c", 8))
+    )
+    r = ask(api, {"parallel": [a, {"stack": [b, c]}, {"average": [a, c], "weights": [1, 2], "head": c}]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["kind"] == "parallel" and [br["head"] for br in body["branches"]] == [a, c, c]
+
+    def branch(i: int) -> torch.Tensor:
+        return torch.tensor([list(o["probabilities"].values()) for o in body["branches"][i]["outputs"]])
+
+    single = {"adapter": a, "inputs": [{"text": t} for t in TEXTS]}
+    torch.testing.assert_close(
+        branch(0), probs(api.client.post("/v1/predict", headers=api.h(), json=single)), atol=1e-5, rtol=0
+    )
+    torch.testing.assert_close(branch(1), probs(ask(api, {"stack": [b, c]})), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        branch(2), probs(ask(api, {"average": [a, c], "weights": [1, 2], "head": c})), atol=1e-5, rtol=0
+    )
+    assert (branch(0) - branch(1)).abs().max() > 1e-4
+    for bad, words in (
+        ({"parallel": [a, b], "head": a}, "each branch names its own head"),
+        ({"stack": [a, {"parallel": [b, c]}]}, "Parallel cannot be nested in Stack"),
+        ({"parallel": [a, {"average": [b, c]}]}, "composition.parallel[1]: an average names its head"),
+    ):
+        r = ask(api, bad)
+        assert r.status_code == 422 and words in r.json()["detail"], (bad, r.text)

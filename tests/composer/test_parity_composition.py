@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 from composer import adapter_artifact as artifacts
 from composer import kinds
 from composer.base import load_base
-from composer.composition import Average, Single, Stack, check_tree
+from composer.composed import parallel_hidden
+from composer.composition import Average, BatchSplit, Parallel, Single, Stack, check_tree
 from composer.encoder import AdaptedEncoder
 from composer.errors import ConfigError
 from composer.presets import preset
@@ -40,6 +41,7 @@ def model() -> AdaptedEncoder:
     for name in NAMES:
         artifacts.attach(m, kinds.load_dir(PARITY / "adapters" / name), name=name)
     artifacts.attach(m, kinds.load_dir(PARITY / "adapters" / "seq_bn"), name="seq_bn_copy")
+    artifacts.attach(m, kinds.load_dir(PARITY / "adapters" / "seq_bn_b"), name="seq_bn_b")
     return m
 
 
@@ -53,6 +55,30 @@ def test_a_composition_matches_adapterhub(model, case):
     assert (want - EXPECTED["single/seq_bn"]).abs().max() > 1e-2 or case.endswith("seq_bn_copy")
     torch.testing.assert_close(hidden, want, atol=1e-5, rtol=0)
     torch.testing.assert_close(alone, EXPECTED["single/seq_bn"], atol=1e-5, rtol=0)
+
+
+def test_parallel_and_batch_split_match_adapterhub_and_each_branch_alone(model):
+    x = load_file(PARITY / "inputs.safetensors")
+    with torch.no_grad():
+        branches = parallel_hidden(model, x, Parallel("seq_bn", "seq_bn_b"))
+        alone = [model(**x, composition=Single(n)).hidden for n in ("seq_bn", "seq_bn_b")]
+        rows = BatchSplit(("seq_bn", Stack("par_bn", "seq_bn"), Stack("par_bn", "seq_bn")))
+        split = model(**x, composition=rows).hidden
+        stacked = model(**x, composition=Stack("par_bn", "seq_bn")).hidden
+    torch.testing.assert_close(torch.cat(branches), EXPECTED["parallel/seq_bn|seq_bn_b"], atol=1e-5, rtol=0)
+    for got, want in zip(branches, alone, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    assert (branches[0] - branches[1]).abs().max() > 1e-2
+    torch.testing.assert_close(split, EXPECTED["batch_split/seq_bn|stack(par_bn,seq_bn)@1,2"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(split[1:], stacked[1:], atol=1e-6, rtol=0)
+    # a tree of any shape per row, and rows without an adapter, each exactly as alone
+    mixed = (Average("par_bn", "scaled_par_bn", weights=(2.0, 1.0)), None, "double_seq_bn")
+    with torch.no_grad():
+        got = model(**x, composition=BatchSplit(mixed)).hidden
+        for i, row in enumerate(mixed):
+            comp = None if row is None else (Single(row) if isinstance(row, str) else row)
+            want = model(**{k: v[i : i + 1] for k, v in x.items()}, composition=comp).hidden[0]
+            torch.testing.assert_close(got[i], want, atol=1e-5, rtol=0)
 
 
 def test_the_references_average_divides_by_the_member_count_and_ours_does_not(model):
@@ -88,6 +114,8 @@ def _deep(levels: int):  # type: ignore[no-untyped-def]
         ),
         (Stack("a", ""), "stack[1]: a member is an adapter name"),
         (_deep(9), "deeper than 8"),
+        (Stack("a", Parallel("b", "c")), "stack[1]: Parallel cannot be nested in Stack"),
+        (Parallel("a", Parallel("b")), "parallel[1]: Parallel cannot be nested in Parallel"),
     ],
 )
 def test_an_invalid_tree_is_refused_naming_the_node(tree, words):

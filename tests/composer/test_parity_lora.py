@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from composer import adapter_artifact as artifacts
 from composer import kinds
 from composer.base import load_base
-from composer.composition import Mixed, Single
+from composer.composition import BatchSplit, Single
 from composer.encoder import AdaptedEncoder
 from composer.errors import ArtifactError, ConfigError
 from composer.fusion.modules import FusionConfig
@@ -111,7 +111,7 @@ def test_mixed_batch_of_loras_and_bottlenecks_equals_each_row_alone():
     for rows in (["l1", "b1", "l2", "l3", None, "b2", "l1", "l4"], ["l1", "l4", None, "b1", "l4"]):
         batch = {k: v[[i % 3 for i in range(len(rows))]] for k, v in x.items()}
         with torch.no_grad():
-            mixed = model(**batch, composition=Mixed(tuple(rows))).hidden
+            mixed = model(**batch, composition=BatchSplit(tuple(rows))).hidden
             for i, name in enumerate(rows):
                 row = {k: v[i : i + 1] for k, v in batch.items()}
                 alone = model(**row, composition=Single(name) if name else None).hidden
