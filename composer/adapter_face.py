@@ -39,6 +39,22 @@ def rows_through_heads(
 class AdapterFace(MethodKind):
     """An adapter and its head on the resident encoder."""
 
+    def merged(
+        self, members: Sequence[AdapterArtifact], config: Any, tensors: dict[str, torch.Tensor]
+    ) -> AdapterArtifact:
+        """The merged module as an artifact of this kind (bound to the members' base; no head yet)."""
+        first = members[0]
+        return AdapterArtifact(
+            name=f"merge of {len(members)}",
+            config=config,
+            hidden_size=first.hidden_size,
+            tensors=tensors,
+            base=first.base,
+            model_type=first.model_type,
+            kind=self.name,
+            max_length=min((m.max_length for m in members if m.max_length), default=None),
+        )
+
     file_names = (artifacts.CONFIG_NAME, artifacts.WEIGHTS_NAME)
     prefetchable = True
 

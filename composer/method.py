@@ -66,6 +66,7 @@ class MethodKind(ABC):
     ensemble_member: bool = False  # can be one prompt of a prompt ensemble
     importable: bool = True  # can be uploaded on its own through /v1/adapters/import
     prefetchable: bool = False  # serving can build it ahead of its first request and keep it in host memory
+    merge_methods: tuple[str, ...] = ()  # how modules of this kind merge into one (`merge`); () : they do not
 
     # -- files <-> artifact -----------------------------------------------------------------
     @abstractmethod
@@ -96,6 +97,14 @@ class MethodKind(ABC):
             raise ConfigError(f"format: a {self.name} downloads as {list(self.formats)}, not {fmt!r}")
         config, weights = self.to_files(art)
         return {self.file_names[0]: config, self.file_names[1]: weights}
+
+    def merge(
+        self, members: Sequence[Any], weights: Sequence[float], method: str, density: float, seed: int, family: str
+    ) -> Any:
+        """One module of this kind from `members` (no head: the caller gives it one)."""
+        from composer.errors import ConfigError
+
+        raise ConfigError(f"{self.name} modules do not merge")
 
     # -- registry facts ---------------------------------------------------------------------
     @abstractmethod

@@ -10,7 +10,9 @@ from composer import adapter_artifact as artifacts
 from composer.adapter_artifact import AdapterArtifact
 from composer.adapter_face import AdapterFace
 from composer.bottleneck import export
+from composer.bottleneck.merge import merge_bottlenecks
 from composer.exporting import Target
+from composer.merging import METHODS
 from composer.method import as_directory, json_config
 
 
@@ -45,6 +47,11 @@ class BottleneckKind(AdapterFace):
 
         with as_directory(files) as d:
             return import_adapterhub(d)
+
+    merge_methods = METHODS
+
+    def merge(self, members, weights, method, density, seed, family):  # type: ignore[no-untyped-def]
+        return self.merged(members, *merge_bottlenecks(members, weights, method, density, seed))
 
     def method_config(self, art: AdapterArtifact, **extra: Any) -> dict[str, Any]:
         return {"method": "bottleneck", "config": art.config.to_dict(), "max_length": art.max_length, **extra}

@@ -11,6 +11,7 @@ from composer.adapter_artifact import AdapterArtifact
 from composer.adapter_face import AdapterFace
 from composer.exporting import Target
 from composer.lora import export
+from composer.lora.merge import LORA_METHODS, merge_loras
 from composer.method import as_directory, json_config
 
 
@@ -47,6 +48,11 @@ class LoraKind(AdapterFace):
             if self.detect(files) == "peft":
                 return import_peft_lora(files, d, base_dir)
             return import_adapterhub_lora(files, d)
+
+    merge_methods = LORA_METHODS
+
+    def merge(self, members, weights, method, density, seed, family):  # type: ignore[no-untyped-def]
+        return self.merged(members, *merge_loras(members, weights, method, family, density, seed))
 
     def method_config(self, art: AdapterArtifact, **extra: Any) -> dict[str, Any]:
         return {"method": "lora", "config": art.config.to_dict(), "max_length": art.max_length, **extra}

@@ -103,6 +103,7 @@ def handle(ctx: JobContext, spec: AdapterJobSpec) -> Finish:
             name=name,
             job_id=job.id,
             preset=spec.preset,
+            init_seed=cfg.seed,  # the seeded initialisation it started from: merges need one start
         )
         return {"adapter_id": row.id, "version": row.version}
 

@@ -127,6 +127,7 @@ def handle(ctx: JobContext, spec: MultitaskJobSpec) -> Finish:
                 name=f"{set_name}/{task.name}",
                 job_id=job.id,
                 preset=spec.preset,
+                init_seed=cfg.seed,
             )
             ids.append(row.id)
         mt_set = adapters.create_set(

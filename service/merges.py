@@ -1,0 +1,102 @@
+"""Merging registered adapters into one new module (`POST /v1/merges`): the members' kind merges them
+(its face's `merge`), the result takes one member's head, must serve (the import probe), and is
+registered with its lineage (members, weights, method, density, seed) in its method config."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from composer import kinds
+from composer.base import LoadedBase
+from composer.errors import ConfigError
+from composer.probe import Expect, check_serves
+from registry_db.errors import InvalidInput
+from registry_db.models import Adapter, BaseModelRow
+from registry_db.registry import Registry
+from registry_db.repo import adapters, catalog
+from service import artifact_store
+
+
+class MergeSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    members: list[str] = Field(min_length=2, max_length=16)
+    weights: list[float] | None = None  # default: equal; they are used as given (task arithmetic)
+    method: Literal["linear", "ties", "dare_linear", "dare_ties", "magnitude_prune", "cat", "svd"] = "linear"
+    density: float = Field(1.0, gt=0, le=1)  # TIES, DARE and magnitude pruning keep this share of each tensor
+    seed: int = 0  # DARE's random drops
+    head: str | None = None  # the member whose head serves the merge (default: the first)
+    name: str | None = None
+    force: bool = False  # merge members that did not start from one recorded initialisation anyway
+
+
+def _start(row: Adapter) -> Any:
+    return (row.method_config or {}).get("init_seed")
+
+
+def merge(
+    reg: Registry, owner_id: str, spec: MergeSpec, load_base: Callable[[BaseModelRow], LoadedBase]
+) -> tuple[Adapter, list[Adapter]]:
+    weights = spec.weights if spec.weights is not None else [1.0 / len(spec.members)] * len(spec.members)
+    if len(weights) != len(spec.members):
+        raise InvalidInput(f"{len(weights)} weights for {len(spec.members)} members")
+    if abs(sum(weights)) < 1e-12 and spec.method not in ("cat", "svd"):
+        raise InvalidInput("the weights sum to 0")
+    with reg.tx() as s:
+        rows = [adapters.resolve_adapter(s, owner_id, ref) for ref in spec.members]
+        head = adapters.resolve_adapter(s, owner_id, spec.head) if spec.head else rows[0]
+        if len({r.id for r in rows}) != len(rows):
+            raise InvalidInput("the same adapter is listed twice")
+        if head.id not in {r.id for r in rows}:
+            raise InvalidInput(f"the head {spec.head!r} is not one of the members")
+        if len({r.kind for r in rows}) != 1:
+            raise InvalidInput(f"members of one kind merge; got {sorted({r.kind for r in rows})}")
+        face = kinds.get(rows[0].kind)
+        if spec.method not in face.merge_methods:
+            raise InvalidInput(
+                f"{face.name} modules merge by {list(face.merge_methods) or 'no method'}, not {spec.method!r}"
+            )
+        if len({r.base_model_id for r in rows}) != 1:
+            raise InvalidInput("the members were trained on different base models")
+        if any(r.status != "ready" for r in rows):
+            raise InvalidInput("every member must be ready")
+        starts = {str(_start(r)) for r in rows}
+        if not spec.force and (len(starts) != 1 or None in {_start(r) for r in rows}):
+            raise InvalidInput(
+                "a merge means something only for members that started from one initialisation; these record "
+                f'{sorted(starts)} (an imported module records none). Merge them anyway with "force": true'
+            )
+        task = catalog.get_task(s, owner_id, head.task_id)
+        base_row = catalog.get_base_model(s, head.base_model_id)
+    arts = [artifact_store.fetch(reg, r) for r in rows]
+    base = load_base(base_row)
+    try:
+        art = face.merge(arts, weights, spec.method, spec.density, spec.seed, base.family)
+    except ConfigError as e:
+        raise InvalidInput(str(e)) from None
+    donor = arts[[r.id for r in rows].index(head.id)]
+    art.head, art.labels = donor.head, donor.labels
+    art.tensors.update({k: v for k, v in donor.tensors.items() if k.startswith("head.")})
+    art.name = spec.name or f"{task.name}-{spec.method}-merge"
+    expect = Expect(task.kind, len(task.labels) if task.kind == "classification" else None)  # type: ignore[arg-type]
+    try:
+        check_serves(face, art, base, (), expect)
+    except ConfigError as e:
+        raise InvalidInput(f"the merged module cannot serve: {e}") from None
+    lineage = {
+        "members": [r.id for r in rows],
+        "weights": weights,
+        "method": spec.method,
+        "density": spec.density,
+        "seed": spec.seed,
+        "head_from": head.id,
+    }
+    shas = artifact_store.store(reg, art)
+    with reg.tx() as s:
+        row = artifact_store.register_stored(
+            s, art, shas, owner_id=owner_id, task_id=task.id, base_model_id=base_row.id, name=art.name, merge=lineage
+        )
+    return row, rows
