@@ -25,17 +25,22 @@ def parallel_hidden(encoder: Any, batch: dict[str, torch.Tensor], parallel: Para
     return list(hidden.split(b, dim=0))
 
 
+def _batch(runtime: Runtime, res: Resident, tree: Any, heads: Sequence[tuple[str, Any]], inputs: Sequence[Example]):  # type: ignore[no-untyped-def]
+    """Check each (head, the subtree it must belong to), and tokenise at the shortest member's length."""
+    for head, within in heads:
+        if head not in leaves(within):
+            raise ConfigError(f"the head {head!r} is not a member of {leaves(within)}")
+        if not runtime.serves(head):
+            raise ConfigError(f"adapter {head} has no head to predict through; name a member that has one")
+    limit = min(runtime.max_length(m) for m in dict.fromkeys(leaves(tree)))
+    return runtime.tokenize(res, inputs, [limit] * len(inputs))
+
+
 def predict_tree(
     runtime: Runtime, res: Resident, tree: Stack | Average, head: str, inputs: Sequence[Example]
 ) -> list[RowOutput]:
     """Rows under `tree`, whose leaves are module ids leased in `runtime` (and `head` among them)."""
-    members = list(dict.fromkeys(leaves(tree)))
-    if head not in members:
-        raise ConfigError(f"the head {head!r} is not a member of the composition {members}")
-    if not runtime.serves(head):
-        raise ConfigError(f"adapter {head} has no head to predict through; name a member that has one")
-    limit = min(runtime.max_length(m) for m in members)
-    batch = runtime.tokenize(res, inputs, [limit] * len(inputs))
+    batch = _batch(runtime, res, tree, [(head, tree)], inputs)
     with torch.no_grad():
         hidden = res.encoder(**batch, composition=tree).hidden
         logits = rows_through_heads([head] * len(inputs), hidden, batch["attention_mask"], res.encoder.heads)
@@ -46,14 +51,7 @@ def predict_parallel(
     runtime: Runtime, res: Resident, parallel: Parallel, heads: Sequence[str], inputs: Sequence[Example]
 ) -> list[list[RowOutput]]:
     """Per branch, its rows through its head (`heads[i]`, a member of branch i), in one replicated forward."""
-    members = list(dict.fromkeys(leaves(parallel)))
-    for branch, head in zip(parallel.branches, heads, strict=True):
-        if head not in leaves(branch):
-            raise ConfigError(f"the head {head!r} is not a member of its branch {leaves(branch)}")
-        if not runtime.serves(head):
-            raise ConfigError(f"adapter {head} has no head to predict through; name a member that has one")
-    limit = min(runtime.max_length(m) for m in members)
-    batch = runtime.tokenize(res, inputs, [limit] * len(inputs))
+    batch = _batch(runtime, res, parallel, list(zip(heads, parallel.branches, strict=True)), inputs)
     with torch.no_grad():
         hidden = parallel_hidden(res.encoder, batch, parallel)
         mask = batch["attention_mask"]

@@ -134,27 +134,25 @@ async def import_adapter(
     )
 
 
-@router.post("/adapters/{ref}/archive")
-def archive(ref: str, request: Request, caller: Trainer, reg: RegistryDep) -> dict:
+def _status(ref: str, request: Request, caller, reg, change, serving) -> dict:  # type: ignore[no-untyped-def]
+    """Archive or restore: the registry's change, then this process forgets the reference and tells its runtime."""
     with reg.tx() as s:
-        row = adapters.resolve_adapter(s, caller.owner_id, ref)
-        row = adapters.archive_adapter(s, row.id, caller.owner_id)
+        row = change(s, adapters.resolve_adapter(s, caller.owner_id, ref).id, caller.owner_id)
         out = adapter_json(row)
     request.app.state.adapter_refs.drop(lambda r: r.id == row.id)
-    request.app.state.runtime.retire(row.id)
+    serving(request.app.state.runtime, row.id)
     return out
+
+
+@router.post("/adapters/{ref}/archive")
+def archive(ref: str, request: Request, caller: Trainer, reg: RegistryDep) -> dict:
+    return _status(ref, request, caller, reg, adapters.archive_adapter, lambda rt, i: rt.retire(i))
 
 
 @router.post("/adapters/{ref}/restore")
 def restore(ref: str, request: Request, caller: Trainer, reg: RegistryDep) -> dict:
     """An archived adapter serves again, with the weights it had."""
-    with reg.tx() as s:
-        row = adapters.resolve_adapter(s, caller.owner_id, ref)
-        row = adapters.restore_adapter(s, row.id, caller.owner_id)
-        out = adapter_json(row)
-    request.app.state.adapter_refs.drop(lambda r: r.id == row.id)
-    request.app.state.runtime.unretire(row.id)
-    return out
+    return _status(ref, request, caller, reg, adapters.restore_adapter, lambda rt, i: rt.unretire(i))
 
 
 class AliasIn(BaseModel):

@@ -91,14 +91,26 @@ ID_FIELDS = ("ref", "adapter", "ensemble_id")
 
 def fuzz(op, caller: str, pool, ensembles, theirs: set[str], served: set[str]) -> None:  # type: ignore[no-untyped-def]
     """One operation with `caller`'s key, its adapter ids drawn in turn from `pool`."""
+    turn = itertools.count()
+
+    n = 16 if op.path == "/v1/predict" else 6  # enough predicts that some reach a module that serves
 
     @given(case=op.as_strategy())
-    @settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @settings(max_examples=n, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     def check(case):  # type: ignore[no-untyped-def]
         for name in list(case.path_parameters or {}):
             if name in ID_FIELDS:
                 case.path_parameters[name] = next(ensembles if name == "ensemble_id" else pool)
-        if isinstance(case.body, dict) and "adapter" in case.body:
+        if isinstance(case.body, dict) and case.path == "/v1/predict":
+            # a predict names one target: in turn an adapter, or a stack of two, both drawn from the pool
+            one, two = next(pool), next(pool)
+            if next(turn) % 2:
+                case.body.pop("composition", None)
+                case.body["adapter"] = one
+            else:
+                case.body.pop("adapter", None)
+                case.body["composition"] = {"stack": [one, two]}
+        elif isinstance(case.body, dict) and "adapter" in case.body:
             case.body["adapter"] = next(pool)
         response = case.call(headers={"Authorization": f"Bearer {KEYS[caller]}"})
         raw = response.content
@@ -110,7 +122,7 @@ def fuzz(op, caller: str, pool, ensembles, theirs: set[str], served: set[str]) -
             assert response.headers["content-type"][0].startswith("application/problem+json"), where
         else:
             assert not any(t.encode() in raw for t in theirs), where
-            if case.path == "/v1/predict":
+            if case.path == "/v1/predict" and "adapter" in case.body:
                 served.add(case.body["adapter"])
 
     check()
