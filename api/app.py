@@ -47,6 +47,14 @@ def bootstrap(registry: Registry, settings: Settings) -> None:
             register_base_model(registry, d, name="all-MiniLM-L6-v2")
 
 
+def broker_reachable() -> tuple[bool, str]:
+    """The enqueue side's own readiness check (imported when asked: a test app with its own `send` never
+    builds the Celery app)."""
+    from workers.queueing import broker_reachable as reachable
+
+    return reachable()
+
+
 def create_app(
     settings: Settings | None = None, registry: Registry | None = None, send: Callable[[str, str], bool] | None = None
 ) -> FastAPI:
@@ -84,9 +92,11 @@ def create_app(
     )
     app.state.settings = settings
     app.state.registry = registry
+    # the one place HTTP reaches the Celery side: publishing "run job X", and whether the broker takes messages
     if send is None:
         from workers.queueing import enqueue as send
-    app.state.send = send  # publishes "run job X" to the broker
+    app.state.send = send
+    app.state.broker_reachable = broker_reachable
     app.state.callers = Recent(10_000, ttl=settings.auth_cache_seconds)  # key hash -> Caller
     # (owner, adapter reference) -> its row, while it serves: dropped by an archive or alias move here at once,
     # and all of them when the registry's reference epoch moves (`watch_references`)

@@ -21,12 +21,6 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-def _broker_ok() -> tuple[bool, str]:
-    from workers.queueing import broker_reachable  # the enqueue side of workers: the app it publishes with
-
-    return broker_reachable()
-
-
 @router.get("/readyz", responses={503: {"content": {"application/problem+json": {}}}})
 def readyz(request: Request) -> Response:
     reg = request.app.state.registry
@@ -37,7 +31,7 @@ def readyz(request: Request) -> Response:
         checks["database"] = "ok"
     except Exception as e:  # noqa: BLE001
         checks["database"] = f"{type(e).__name__}: {e}"
-    ok, msg = _broker_ok()
+    ok, msg = request.app.state.broker_reachable()  # the enqueue side's own check (api/app.py wires it)
     checks["broker"] = msg
     try:
         sha = reg.blobs.put(b"readyz")
