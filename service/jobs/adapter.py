@@ -8,15 +8,13 @@ from pydantic import Field, field_validator
 from sqlalchemy.orm import Session
 
 from composer.adapter_training import train_st_adapter
-from composer.errors import ComposerError
 from composer.heads import HeadConfig
 from composer.presets import PRESETS, preset
 from composer.training import TrainConfig
-from registry_db.errors import InvalidInput
 from registry_db.models import Job
 from registry_db.repo import catalog
 from service import artifact_store
-from service.jobs.base import JobType, Spec, task_datasets
+from service.jobs.base import JobType, Spec, configs_valid, task_datasets
 from service.jobs.context import Finish, JobContext, job_inputs, with_checkpoint_default
 
 
@@ -46,11 +44,9 @@ class BottleneckTraining(Spec):
     def check_configs(self, architecture: str, num_layers: int) -> None:
         """Build the training and adapter configs once, so their own validation refuses bad values,
         and check the adapter config against the base it will train on (LoRA targets, layers)."""
-        try:
-            self.train_config()
-            preset(self.preset, **self.adapter).check_base(architecture, num_layers)
-        except ComposerError as e:
-            raise InvalidInput(str(e)) from None
+        configs_valid(
+            self.train_config, lambda: preset(self.preset, **self.adapter).check_base(architecture, num_layers)
+        )
 
 
 class AdapterJobSpec(BottleneckTraining):

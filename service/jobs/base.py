@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy.orm import Session
 
+from composer.errors import ComposerError
 from registry_db.errors import InvalidInput
 from registry_db.repo import catalog
 
@@ -31,6 +32,15 @@ class JobType:
     queue: Literal["gpu", "default"] = "gpu"  # training on the GPU workers; light work on the CPU worker
     hyperparameter_defaults: dict[str, Any] = field(default_factory=dict)  # what applies when a request gives none
     options: dict[str, Any] = field(default_factory=dict)  # what else a job form shows
+
+
+def configs_valid(*builds: Callable[[], object]) -> None:
+    """Build each config once, so its own validation refuses bad values: InvalidInput (a 422) saying why."""
+    try:
+        for build in builds:
+            build()
+    except ComposerError as e:
+        raise InvalidInput(str(e)) from None
 
 
 def dataset_of_task(s: Session, owner_id: str, dataset_id: str, task_id: str, role: str):  # type: ignore[no-untyped-def]

@@ -10,7 +10,6 @@ from pydantic import AliasChoices, Field
 from sqlalchemy.orm import Session
 
 from composer import kinds
-from composer.errors import ComposerError
 from composer.fusion.modules import FusionConfig
 from composer.fusion.recipe import LR_GRID, FusionRequest, fuse
 from composer.heads import HeadConfig
@@ -20,7 +19,7 @@ from registry_db.models import Job
 from registry_db.repo import adapters as adapter_repo
 from registry_db.repo import catalog
 from service import artifact_store
-from service.jobs.base import JobType, Spec, dataset_of_task
+from service.jobs.base import JobType, Spec, configs_valid, dataset_of_task
 from service.jobs.context import Finish, JobContext, job_inputs, with_checkpoint_default
 
 FUSION_DEFAULTS = {"learning_rate": 5e-5, "epochs": 10, "patience": 3}
@@ -53,11 +52,7 @@ class FusionJobSpec(Spec):
 def check(s: Session, owner_id: str, spec: FusionJobSpec) -> dict[str, Any]:
     from composer.fusion.modules import PLACEMENT_FIELDS, FusionConfig
 
-    try:
-        spec.train_config()
-        FusionConfig.from_dict(spec.fusion)
-    except ComposerError as e:
-        raise InvalidInput(str(e)) from None
+    configs_valid(spec.train_config, lambda: FusionConfig.from_dict(spec.fusion))
     task = catalog.get_task(s, owner_id, spec.task)
     dataset_of_task(s, owner_id, spec.train_dataset, task.id, "train")
     if spec.validation_dataset:

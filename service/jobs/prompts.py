@@ -7,7 +7,6 @@ from typing import Any
 from pydantic import Field
 from sqlalchemy.orm import Session
 
-from composer.errors import ComposerError
 from composer.prompts.ensemble import Voting
 from composer.prompts.prompt import PromptConfig
 from composer.prompts.training import train_prompts
@@ -16,7 +15,7 @@ from registry_db.errors import InvalidInput
 from registry_db.models import Job
 from registry_db.repo import adapters, catalog
 from service import artifact_store
-from service.jobs.base import JobType, Spec, dataset_of_task
+from service.jobs.base import JobType, Spec, configs_valid, dataset_of_task
 from service.jobs.context import Finish, JobContext, job_inputs, with_checkpoint_default
 
 PROMPT_DEFAULTS = {"learning_rate": 0.3, "epochs": 10, "patience": 3}
@@ -42,11 +41,7 @@ class PromptsJobSpec(Spec):
 def check(s: Session, owner_id: str, spec: PromptsJobSpec) -> dict[str, Any]:
     from composer.prompts.prompt import PromptConfig
 
-    try:
-        spec.train_config()
-        PromptConfig.from_dict(spec.prompt)
-    except ComposerError as e:
-        raise InvalidInput(str(e)) from None
+    configs_valid(spec.train_config, lambda: PromptConfig.from_dict(spec.prompt))
     task = catalog.get_task(s, owner_id, spec.task)
     if task.kind != "classification":
         raise InvalidInput(
