@@ -12,10 +12,18 @@ import sys
 import tempfile
 from pathlib import Path
 
-import httpx
 from sqlalchemy import create_engine, text
 
-from tests.integration.procs import ROOT, RedisServer, Worker, alive, children, free_port, require_binary, wait_for
+from tests.integration.procs import (
+    ROOT,
+    RedisServer,
+    Worker,
+    alive,
+    children,
+    free_port,
+    require_binary,
+    wait_healthy,
+)
 
 
 class PostgresServer:
@@ -82,13 +90,7 @@ class Api:
             start_new_session=True,
         )
 
-        def up() -> bool:
-            try:
-                return httpx.get(self.url + "/healthz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(up, 90, "uvicorn")
+        wait_healthy(self.url, 90)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -43,6 +43,19 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str, interva
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
+def wait_healthy(url: str, timeout: float, what: str = "uvicorn") -> None:
+    """Until the server at `url` answers /healthz with 200."""
+    import httpx
+
+    def up() -> bool:
+        try:
+            return httpx.get(url + "/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(up, timeout, what)
+
+
 class RedisServer:
     def __init__(self, workdir: Path):
         self.binary = require_binary("redis-server")

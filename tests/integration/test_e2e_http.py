@@ -16,7 +16,7 @@ import pytest
 
 from registry_db.migrate import upgrade
 from tests.http import client as live_client
-from tests.integration.procs import ROOT, RedisServer, Worker, free_port, seed_over_http, wait_for
+from tests.integration.procs import ROOT, RedisServer, Worker, free_port, seed_over_http, wait_for, wait_healthy
 from tests.workers.fixtures import jsonl, toy_rows
 
 ADMIN = "e2e-admin-key-0123456789abcdef"
@@ -60,13 +60,7 @@ def service(request, tmp_path):
     )
     url = f"http://127.0.0.1:{port}"
 
-    def up() -> bool:
-        try:
-            return httpx.get(url + "/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_for(up, 60, "uvicorn")
+    wait_healthy(url, 60)
     worker = Worker(env, tmp_path / "worker.log", "e2e")
     yield url
     worker.stop()

@@ -14,7 +14,7 @@ import pytest
 from registry_db.migrate import upgrade
 from tests.http import DROPPED
 from tests.http import client as live_client
-from tests.integration.procs import ROOT, free_port, wait_for
+from tests.integration.procs import ROOT, free_port, wait_healthy
 
 ADMIN = "edge-admin-key-0123456789abcdef"
 
@@ -39,13 +39,7 @@ def server(tmp_path):  # type: ignore[no-untyped-def]
         proc = subprocess.Popen([*cmd, "--port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
 
-        def up() -> bool:
-            try:
-                return httpx.get(url + "/healthz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(up, 60, "uvicorn")
+        wait_healthy(url, 60)
         yield url, log_path
         proc.terminate()
         proc.wait(20)

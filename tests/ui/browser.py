@@ -10,12 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
 from registry_db.migrate import upgrade
 from tests.http import client as live_client
-from tests.integration.procs import ROOT, Worker, free_port, wait_for
+from tests.integration.procs import ROOT, Worker, free_port, wait_for, wait_healthy
 
 ADMIN = "ui-admin-key-0123456789abcdef"
 IMG = ROOT / "docs" / "img"
@@ -67,15 +66,9 @@ class Stack:
         cmd = [sys.executable, "-m", "uvicorn", "api.main:app", "--port", str(port)]
         self.api = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
         self.url = f"http://127.0.0.1:{port}"
-        wait_for(self._up, 60, "uvicorn")
+        wait_healthy(self.url, 60)
         self.worker = Worker(self.env, tmp / "worker.log", "ui")
         self.http = live_client(self.url, ADMIN)
-
-    def _up(self) -> bool:
-        try:
-            return httpx.get(self.url + "/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
 
     def wait_job(self, job_id: str, timeout: float = 240) -> dict:
         def done() -> dict | None:
