@@ -63,7 +63,7 @@ def _serves(
     members: Sequence[tuple[MethodKind, Artifact]] = (),
 ) -> None:
     """The module attaches to the base and predicts through its head what the task expects."""
-    expect = Expect(task.kind, len(task.labels) if task.kind == "classification" and task.labels else None)  # type: ignore[arg-type]
+    expect = Expect.of(task.kind, task.labels)
     try:
         check_serves(face, art, base, members, expect)
     except ComposerError as e:

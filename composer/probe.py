@@ -32,6 +32,11 @@ class Expect:
     kind: Literal["classification", "regression"] = "classification"
     num_labels: int | None = None  # classes of a classification task; None: not checked
 
+    @classmethod
+    def of(cls, kind: str, labels: Sequence[str] | None) -> Expect:
+        """What a task of this kind and these labels expects (a classification task's class count)."""
+        return cls(kind, len(labels) if kind == "classification" and labels else None)  # type: ignore[arg-type]
+
 
 def _batch(res: Resident, limit: int) -> dict[str, torch.Tensor]:
     if res.base.tokenizer is not None:

@@ -81,7 +81,7 @@ def merge(
     art.head, art.labels = donor.head, donor.labels
     art.tensors.update({k: v for k, v in donor.tensors.items() if k.startswith("head.")})
     art.name = spec.name or f"{task.name}-{spec.method}-merge"
-    expect = Expect(task.kind, len(task.labels) if task.kind == "classification" else None)  # type: ignore[arg-type]
+    expect = Expect.of(task.kind, task.labels)
     try:
         check_serves(face, art, base, (), expect)
     except ConfigError as e:

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from composer.composition import Average, Stack
+from composer.composition import Average, Stack, leaves
 from composer.injection import Placement
 
 LayerNorm = Callable[[torch.Tensor], torch.Tensor]
@@ -35,11 +35,7 @@ class _State:
 
 
 def _present(node: Any, sites: Mapping[str, Any]) -> bool:
-    return any(sites.get(leaf) is not None for leaf in _leaves(node))
-
-
-def _leaves(node: Any) -> list[str]:
-    return [node] if isinstance(node, str) else [leaf for child in node.children for leaf in _leaves(child)]
+    return any(sites.get(leaf) is not None for leaf in leaves(node))
 
 
 def _single(site: Any, st: _State) -> _State:
@@ -60,7 +56,7 @@ def _run(node: Any, st: _State, sites: Mapping[str, Any], r: torch.Tensor, ln: L
             st = _run(child, st, sites, r, ln)
         return st
     if isinstance(node, Average):
-        first = sites.get(_leaves(node)[0])
+        first = sites.get(leaves(node)[0])
         if first is not None:
             h, res = first.pre(st.hidden, r, ln)
             st = _State(h, res, st.last)
@@ -95,7 +91,7 @@ def batch_split(rows: Sequence[Any], adapters: Mapping[str, Any]) -> Callable[..
             return bare
         if isinstance(node, str):
             return tree(Stack(node), {node: adapters[node]})  # one adapter: its pre, itself, its post
-        return tree(node, {leaf: adapters[leaf] for leaf in _leaves(node)})
+        return tree(node, {leaf: adapters[leaf] for leaf in leaves(node)})
 
     plan = [(handler_of(node), torch.tensor(idx)) for node, idx in groups.items()]
 

@@ -18,7 +18,7 @@ from composer.training import Callback, TrainConfig
 from registry_db.models import BaseModelRow, Job, Task
 from registry_db.registry import Registry
 from registry_db.repo import catalog, jobs
-from service.catalog import load_dataset_examples, task_spec
+from service.catalog import load_dataset_examples, load_registered_base, task_spec
 from service.settings import Settings
 
 
@@ -49,8 +49,6 @@ class JobContext:
 
     def load_base(self, row: BaseModelRow) -> LoadedBase:
         """A registered base (a derived one from the blob store, cached on this machine) on the job's device."""
-        from service.catalog import load_registered_base
-
         return load_registered_base(row, self.settings.device, self.registry, self.settings.data_dir)
 
     def callback(self) -> Callback:
