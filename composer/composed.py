@@ -12,16 +12,30 @@ from composer.adapter_face import rows_through_heads
 from composer.composition import Average, BatchSplit, Parallel, Stack, check_tree, leaves
 from composer.data import Example
 from composer.errors import ConfigError
+from composer.replication import above, replicated_from, shared_depth
 from composer.serving import Resident, RowOutput, Runtime
 
 
 def parallel_hidden(encoder: Any, batch: dict[str, torch.Tensor], parallel: Parallel) -> list[torch.Tensor]:
-    """The last hidden states of the batch under each branch (one forward over the batch replicated)."""
+    """The last hidden states of the batch under each branch, in one forward over the batch replicated.
+
+    The lower layers that no branch's adapters change (AdapterDrop's `leave_out`) run once over the B
+    rows; the batch is replicated where the first adapted layer begins (`composer.replication`)."""
     n, b = len(parallel.branches), batch["input_ids"].shape[0]
     check_tree(parallel)
-    replicated = {k: v.repeat(n, *([1] * (v.dim() - 1))) for k, v in batch.items()}
-    rows = tuple(branch for branch in parallel.branches for _ in range(b))
-    hidden = encoder(**replicated, composition=BatchSplit(rows)).hidden
+    rows = BatchSplit(tuple(branch for branch in parallel.branches for _ in range(b)))
+    names = list(dict.fromkeys(leaf for branch in parallel.branches for leaf in leaves(branch)))
+    missing = [m for m in names if m not in encoder.adapters]
+    if missing:
+        raise ConfigError(f"unknown adapters {missing}")
+    num_layers = encoder.base.num_layers
+    depth = min(shared_depth([encoder.adapters[m] for m in names], num_layers), num_layers - 1)
+    if depth == 0:
+        replicated = {k: v.repeat(n, *([1] * (v.dim() - 1))) for k, v in batch.items()}
+        return list(encoder(**replicated, composition=rows).hidden.split(b, dim=0))
+    scope = above(encoder.scope(rows), depth)
+    with replicated_from(encoder.encoder, encoder.base.family, depth, b, n):
+        hidden = encoder.encode(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"), scope)
     return list(hidden.split(b, dim=0))
 
 

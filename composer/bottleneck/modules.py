@@ -270,6 +270,10 @@ class BottleneckAdapter(nn.Module):
         check(tree, type(tree).__name__.lower())
         return trees.tree(tree, adapters)
 
+    def layers(self) -> list[int]:
+        """The layers this adapter has a site in (all but `leave_out`)."""
+        return [i for i in range(self.num_layers) if i not in self.cfg.leave_out]
+
     def site(self, layer: int, placement: Placement) -> BottleneckLayer | None:
         key = site_key(layer, placement)
         return self.sites[key] if key in self.sites else None  # type: ignore[return-value]

@@ -59,12 +59,15 @@ class GatheredSite:
     the up-projection as the reference does. Different sizes: the distinct adapters are stacked once,
     zero-padded to the widest, and each row gathers its slice."""
 
-    def __init__(self, layers: list[Layer], rows: torch.Tensor, bare: torch.Tensor | None = None):
+    def __init__(self, layers: list[Layer], rows: torch.Tensor, bare: torch.Tensor | None = None, blocks: bool = False):
         self.last, self.act = layers[0], layers[0].act
         self.bare = bare  # rows without an adapter (a LoRA's, or the bare base's): they borrow any weights, then
         # get the site's plain output ln(x + r)
+        # rows in contiguous equal blocks, one per adapter (a Parallel's layout): each adapter's weights once,
+        # over all the tokens of its block
+        self.blocks = len(layers) if blocks else 0
         if len({lay.down.out_features for lay in layers}) == 1:
-            per_row = [layers[i] for i in rows.tolist()]
+            per_row = layers if blocks else [layers[i] for i in rows.tolist()]
             self.w_down = torch.stack([lay.down.weight for lay in per_row]).transpose(1, 2)  # [B, H, r]
             self.b_down = torch.stack([lay.down.bias for lay in per_row]).unsqueeze(1)  # [B, 1, r]
             self.w_up = torch.stack([lay.up.weight for lay in per_row]).transpose(1, 2)  # [B, r, H]
@@ -72,6 +75,7 @@ class GatheredSite:
             scales = [lay.scaling for lay in per_row]
             self.scale = None if all(isinstance(s, float) and s == 1.0 for s in scales) else _scales(scales, self.b_up)
             return
+        self.blocks = 0
         stack = StackedSite(layers)
         n, r, hidden = stack.n, stack.r, stack.w_up.shape[1]
         self.w_down = stack.w_down.view(n, r, hidden)[rows].transpose(1, 2)
@@ -82,9 +86,13 @@ class GatheredSite:
 
     def __call__(self, x: torch.Tensor, r: torch.Tensor, ln: LayerNorm) -> torch.Tensor:
         h, res = self.last.pre(x, r, ln)
+        shape = h.shape
+        if self.blocks:
+            h = h.reshape(self.blocks, -1, shape[-1])
         up = torch.baddbmm(self.b_up, self.act(torch.baddbmm(self.b_down, h, self.w_down)), self.w_up)
         if self.scale is not None:
             up = up * self.scale
+        up = up.reshape(shape)
         out = self.last.post(self.last.finish(up, res), x, r, ln)
         if self.bare is None:
             return out
@@ -107,8 +115,10 @@ def mixed(adapters: list[Adapter | None]) -> Handler:
         rows = torch.tensor([slot[id(a)] if a is not None else 0 for a in adapters])
         none = [i for i, a in enumerate(adapters) if a is None]
         bare = torch.tensor(none) if none else None
+        per = len(adapters) // len(distinct)
+        blocks = bare is None and per > 1 and torch.equal(rows, torch.arange(len(distinct)).repeat_interleave(per))
         sites = {
-            key: GatheredSite([a.sites[key] for a in distinct], rows, bare)  # type: ignore[misc]
+            key: GatheredSite([a.sites[key] for a in distinct], rows, bare, blocks)  # type: ignore[misc]
             for key in distinct[0].sites
         }
 

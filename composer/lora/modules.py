@@ -128,6 +128,10 @@ class LoraAdapter(nn.Module):
         self.sites = nn.ModuleDict({site_name(i, n): LoraLinear(fi, fo, cfg) for (i, n), (fi, fo) in shapes.items()})
         self.by_target: dict[tuple[int, str], LoraLinear] = {k: self.sites[site_name(*k)] for k in shapes}  # type: ignore[misc]
 
+    def layers(self) -> list[int]:
+        """The layers whose projections this LoRA updates."""
+        return sorted({layer for layer, _ in self.by_target})
+
     @classmethod
     def for_encoder(cls, cfg: LoraConfig, model: nn.Module, family: str, num_layers: int) -> LoraAdapter:
         spec = FAMILIES[family]
