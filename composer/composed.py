@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from composer.adapter_face import rows_through_heads
-from composer.composition import Average, BatchSplit, Parallel, Stack, check_tree, leaves
+from composer.composition import Average, BatchSplit, Parallel, Stack, check_tree, fusions, leaves
 from composer.data import Example
 from composer.errors import ConfigError
 from composer.replication import above, replicated_from, shared_depth
@@ -25,9 +25,11 @@ def parallel_hidden(encoder: Any, batch: dict[str, torch.Tensor], parallel: Para
     check_tree(parallel)
     rows = BatchSplit(tuple(branch for branch in parallel.branches for _ in range(b)))
     names = list(dict.fromkeys(leaf for branch in parallel.branches for leaf in leaves(branch)))
-    missing = [m for m in names if m not in encoder.adapters]
+    fused = list(dict.fromkeys(f for branch in parallel.branches for f in fusions(branch)))
+    missing = [m for m in names if m not in encoder.adapters] + [f for f in fused if f not in encoder.fusions]
     if missing:
-        raise ConfigError(f"unknown adapters {missing}")
+        raise ConfigError(f"unknown modules {missing}")
+    names += [m for f in fused for m in encoder.fusions[f].members]  # a fusion's layers are its members
     num_layers = encoder.base.num_layers
     depth = min(shared_depth([encoder.adapters[m] for m in names], num_layers), num_layers - 1)
     if depth == 0:
@@ -42,11 +44,12 @@ def parallel_hidden(encoder: Any, batch: dict[str, torch.Tensor], parallel: Para
 def _batch(runtime: Runtime, res: Resident, tree: Any, heads: Sequence[tuple[str, Any]], inputs: Sequence[Example]):  # type: ignore[no-untyped-def]
     """Check each (head, the subtree it must belong to), and tokenise at the shortest member's length."""
     for head, within in heads:
-        if head not in leaves(within):
-            raise ConfigError(f"the head {head!r} is not a member of {leaves(within)}")
+        named = leaves(within) + fusions(within)
+        if head not in named:
+            raise ConfigError(f"the head {head!r} is not a member of {named}")
         if not runtime.serves(head):
             raise ConfigError(f"adapter {head} has no head to predict through; name a member that has one")
-    limit = min(runtime.max_length(m) for m in dict.fromkeys(leaves(tree)))
+    limit = min(runtime.max_length(m) for m in dict.fromkeys(leaves(tree) + fusions(tree)))
     return runtime.tokenize(res, inputs, [limit] * len(inputs))
 
 

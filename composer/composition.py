@@ -3,7 +3,7 @@
 `Single` and `Fuse` name registered modules; `BatchSplit` gives each row of a batch its own adapter or tree;
 `Parallel` runs one batch under several branches (one request, several tasks).
 `Stack` and `Average` are trees over adapter names, with the semantics and the nesting rules of
-AdapterHub `adapters` 1.3.0 (a Stack holds names and Averages; an Average holds names and Stacks);
+AdapterHub `adapters` 1.3.0 (a Stack holds names, Averages and Fuses; an Average holds names and Stacks);
 `check_tree` refuses an invalid tree naming the offending node (`stack[1].average[0]`).
 """
 
@@ -83,21 +83,48 @@ class Parallel:
         return self.branches
 
 
-Node = str | Stack | Average
-NESTING: dict[type, tuple[type, ...]] = {Stack: (str, Average), Average: (str, Stack), Parallel: (str, Stack, Average)}
+Node = str | Stack | Average | Fuse
+NESTING: dict[type, tuple[type, ...]] = {
+    Stack: (str, Average, Fuse),
+    Average: (str, Stack),
+    Parallel: (str, Stack, Average),
+}
 
 
 def leaves(node: Node) -> list[str]:
-    """The adapter names of a tree, left to right (a name may appear more than once)."""
-    return [node] if isinstance(node, str) else [leaf for child in node.children for leaf in leaves(child)]
+    """The adapter names of a tree, left to right (a name may appear more than once; a Fuse's members are
+    the fusion's, not the tree's: see `fusions`)."""
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, Fuse):
+        return []
+    return [leaf for child in node.children for leaf in leaves(child)]
+
+
+def fusions(node: Node) -> list[str]:
+    """The fusions a tree runs (`Fuse` nodes), left to right."""
+    if isinstance(node, Fuse):
+        return [node.fusion]
+    if isinstance(node, str):
+        return []
+    return [f for child in node.children for f in fusions(child)]
+
+
+def last_member(node: Node) -> str:
+    """The module whose head a Stack serves by default: its last member (an adapter or a fusion)."""
+    if isinstance(node, str):
+        return node
+    if isinstance(node, Fuse):
+        return node.fusion
+    return last_member(node.children[-1])
 
 
 def check_tree(node: Node, path: str = "", depth: int = 1) -> None:
     """Refuse an invalid tree (ConfigError), naming the offending node by its path."""
     where = path or type(node).__name__.lower()
-    if isinstance(node, str):
-        if not node:
-            raise ConfigError(f"{where}: a member is an adapter name, got an empty string")
+    if isinstance(node, str | Fuse):
+        if not (node if isinstance(node, str) else node.fusion):
+            raise ConfigError(f"{where}: a member is a module name, got an empty string")
         return
     if not isinstance(node, Stack | Average | Parallel):
         raise ConfigError(f"{where}: {type(node).__name__} is not a composition block")
@@ -120,7 +147,8 @@ def check_tree(node: Node, path: str = "", depth: int = 1) -> None:
                 f"{here}: {type(child).__name__} cannot be nested in {type(node).__name__} "
                 f"(a {type(node).__name__} holds {allowed})"
             )
-        check_tree(child, f"{here}.{type(child).__name__.lower()}" if not isinstance(child, str) else here, depth + 1)
+        named = isinstance(child, str | Fuse)
+        check_tree(child, here if named else f"{here}.{type(child).__name__.lower()}", depth + 1)
 
 
 Composition = Single | Fuse | BatchSplit | Stack | Average | Parallel

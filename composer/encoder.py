@@ -20,7 +20,18 @@ import torch
 from torch import nn
 
 from composer.base import LoadedBase
-from composer.composition import Average, BatchSplit, Composition, Fuse, Parallel, Single, Stack, check_tree, leaves
+from composer.composition import (
+    Average,
+    BatchSplit,
+    Composition,
+    Fuse,
+    Parallel,
+    Single,
+    Stack,
+    check_tree,
+    fusions,
+    leaves,
+)
 from composer.errors import ConfigError
 from composer.heads import HeadConfig, PredictionHead
 from composer.injection import Scope, inject
@@ -172,11 +183,13 @@ class AdaptedEncoder(nn.Module):
         missing = [n for n in names if n not in self.adapters]
         if missing:
             raise ConfigError(f"unknown adapters {missing}")
+        fused = {f: self.fusion_plan(f).fresh() for row in rows if row is not None for f in fusions(row)}
         modules = {n: self.adapters[n] for n in names}
-        other = [f"{n} ({type(m).__name__})" for n, m in modules.items() if not hasattr(m, "route_tree")]
-        if other or len({type(m) for m in modules.values()}) != 1:
-            raise ConfigError(f"only bottleneck adapters can be stacked or averaged; got {other or list(modules)}")
-        return next(iter(modules.values())).route_tree(tree, modules)
+        members = {**modules, **{m: self.adapters[m] for f in fused for m in self.fusions[f].members}}
+        other = [f"{n} ({type(m).__name__})" for n, m in members.items() if not hasattr(m, "route_tree")]
+        if other or len({type(m) for m in members.values()}) != 1:
+            raise ConfigError(f"only bottleneck adapters can be stacked or averaged; got {other or list(members)}")
+        return next(iter(members.values())).route_tree(tree, modules, fused)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("encoder.")]

@@ -30,6 +30,8 @@ COMPOSITION_EXAMPLES = [
     {"stack": ["ad_domain", "ad_task"]},
     {"average": ["ad_a", "ad_b"], "weights": [0.7, 0.3], "head": "ad_a"},
     {"stack": ["ad_lang", {"average": ["ad_a", "ad_b"]}], "head": "ad_b"},
+    {"stack": ["ad_domain", {"fuse": "ad_fusion"}]},
+    {"parallel": ["ad_sentiment", {"stack": ["ad_lang", "ad_topic"]}]},
 ]
 
 
@@ -40,8 +42,10 @@ class PredictIn(BaseModel):
         description="instead of `adapter`: a tree of registered adapters. A leaf is a reference; "
         '{"stack": [node, …], "head": ref} runs its members in order at every site (the head is the last '
         'member\'s unless named); {"average": [node, …], "weights": [w, …], "head": ref} mixes their outputs '
-        "(weights normalised; equal if none; the head is named). A stack holds references and averages; an "
-        "average holds references and stacks (adapters 1.3.0's rules); at most 8 deep and 16 members.",
+        '(weights normalised; equal if none; the head is named); {"fuse": ref} runs a registered fusion; '
+        '{"parallel": [node, …]} (top level only) answers each branch with its own head. A stack holds '
+        "references, averages and fusions; an average holds references and stacks (adapters 1.3.0's rules); "
+        "at most 8 deep and 16 members.",
         json_schema_extra={"examples": COMPOSITION_EXAMPLES},
     )
     inputs: list[InputRow] = Field(min_length=1, max_length=256)

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from composer.bottleneck import routing, trees
-from composer.composition import Average, BatchSplit, leaves
+from composer.composition import Average, BatchSplit, Fuse, leaves
 from composer.errors import ConfigError
 from composer.heads import Linear, activation
 from composer.injection import PLACEMENTS, Placement, site_key
@@ -248,12 +248,15 @@ class BottleneckAdapter(nn.Module):
         )
 
     @staticmethod
-    def route_tree(tree: Any, adapters: dict[str, BottleneckAdapter]) -> Callable[..., torch.Tensor]:
-        """The site handler of a Stack/Average tree over these adapters (`composer.bottleneck.trees`). An
-        Average's members must have their layers at the same sites, as adapters 1.3.0 requires."""
+    def route_tree(
+        tree: Any, adapters: dict[str, BottleneckAdapter], fused: dict[str, Any] | None = None
+    ) -> Callable[..., torch.Tensor]:
+        """The site handler of a Stack/Average tree over these adapters (`composer.bottleneck.trees`), and the
+        plans of the fusions it runs (`fused`). An Average's members must have their layers at the same sites,
+        as adapters 1.3.0 requires."""
 
         def check(node: Any, where: str) -> None:
-            if isinstance(node, str):
+            if isinstance(node, str | Fuse):
                 return
             if isinstance(node, Average):
                 keys = {frozenset(adapters[n].sites) for n in leaves(node)}
@@ -266,9 +269,9 @@ class BottleneckAdapter(nn.Module):
             for i, row in enumerate(tree.adapters):
                 if row is not None:
                     check(row, f"row {i}")
-            return trees.batch_split(tree.adapters, adapters)
+            return trees.batch_split(tree.adapters, adapters, fused)
         check(tree, type(tree).__name__.lower())
-        return trees.tree(tree, adapters)
+        return trees.tree(tree, adapters, fused)
 
     def layers(self) -> list[int]:
         """The layers this adapter has a site in (all but `leave_out`)."""

@@ -10,7 +10,12 @@ LayerNorm, a parallel adapter's add) once, at the end.
 One difference from adapters 1.3.0, on purpose: its `Average` takes the *mean* of the weighted outputs,
 `mean(stack(h_i) * w_i)`, which divides the average by the number of members (Average(a, a) is not a);
 here it is the weighted sum `Σ w_i h_i` (scripts/parity/make_compositions.py keeps both). A block none of
-whose members has a layer at a site is skipped there, where adapters 1.3.0 fails with a KeyError.
+whose members has a layer at a site is skipped there, where adapters 1.3.0 fails with a KeyError (a
+Stack's Fuse too: adapters 1.3.0 fails where another member of the Stack has a site the fusion lacks).
+
+A `Fuse` inside a Stack runs as adapters 1.3.0's `compose_fuse`: its last member's `pre` on the state it is
+given, every member on that, the fusion's attention over their outputs, plus the adapter residual; the
+fusion's last member is then the layer that ran last.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any
 
 import torch
 
-from composer.composition import Average, Stack, leaves
+from composer.composition import Average, Fuse, Stack, fusions, leaves
 from composer.injection import Placement
 
 LayerNorm = Callable[[torch.Tensor], torch.Tensor]
@@ -35,7 +40,9 @@ class _State:
 
 
 def _present(node: Any, sites: Mapping[str, Any]) -> bool:
-    return any(sites.get(leaf) is not None for leaf in leaves(node))
+    return any(sites.get(leaf) is not None for leaf in leaves(node)) or any(
+        sites.get(Fuse(f)) is not None for f in fusions(node)
+    )
 
 
 def _single(site: Any, st: _State) -> _State:
@@ -49,6 +56,12 @@ def _run(node: Any, st: _State, sites: Mapping[str, Any], r: torch.Tensor, ln: L
             return st
         h, res = site.pre(st.hidden, r, ln)
         return _single(site, _State(h, res, st.last))
+    if isinstance(node, Fuse):  # a fusion's site step: its last member's pre, the attention, the residual
+        step = sites.get(node)
+        if step is None:
+            return st
+        hidden, res, last = step(st.hidden, r, ln)
+        return _State(hidden, res, last)
     if not _present(node, sites):
         return st
     if isinstance(node, Stack):
@@ -76,7 +89,9 @@ def _run(node: Any, st: _State, sites: Mapping[str, Any], r: torch.Tensor, ln: L
     raise TypeError(f"a bottleneck site cannot run {type(node).__name__}")
 
 
-def batch_split(rows: Sequence[Any], adapters: Mapping[str, Any]) -> Callable[..., torch.Tensor]:
+def batch_split(
+    rows: Sequence[Any], adapters: Mapping[str, Any], fused: Mapping[str, Any] | None = None
+) -> Callable[..., torch.Tensor]:
     """Each row its own composition (an adapter name, a tree, or None: the bare base), in one forward: at
     every site each group of rows with the same composition runs it on its own rows, exactly as alone."""
     groups: dict[Any, list[int]] = {}
@@ -91,7 +106,7 @@ def batch_split(rows: Sequence[Any], adapters: Mapping[str, Any]) -> Callable[..
             return bare
         if isinstance(node, str):
             return tree(Stack(node), {node: adapters[node]})  # one adapter: its pre, itself, its post
-        return tree(node, {leaf: adapters[leaf] for leaf in leaves(node)})
+        return tree(node, {leaf: adapters[leaf] for leaf in leaves(node)}, fused)
 
     plan = [(handler_of(node), torch.tensor(idx)) for node, idx in groups.items()]
 
@@ -107,11 +122,16 @@ def batch_split(rows: Sequence[Any], adapters: Mapping[str, Any]) -> Callable[..
     return handle
 
 
-def tree(node: Stack | Average, adapters: Mapping[str, Any]) -> Callable[..., torch.Tensor]:
-    """The site handler of a Stack/Average tree whose leaves name these bottleneck adapters."""
+def tree(
+    node: Stack | Average, adapters: Mapping[str, Any], fused: Mapping[str, Any] | None = None
+) -> Callable[..., torch.Tensor]:
+    """The site handler of a Stack/Average tree whose leaves name these bottleneck adapters; `fused` maps the
+    name of each fusion the tree runs to its plan, whose `step(layer, placement)` runs it at one site."""
+    plans = {Fuse(f): (fused or {})[f] for f in dict.fromkeys(fusions(node))}
 
     def handle(layer: int, placement: Placement, x: torch.Tensor, r: torch.Tensor, ln: LayerNorm) -> torch.Tensor:
-        sites = {name: a.site(layer, placement) for name, a in adapters.items()}
+        sites: dict[Any, Any] = {name: a.site(layer, placement) for name, a in adapters.items()}
+        sites.update({key: plan.step(layer, placement) for key, plan in plans.items()})
         if all(s is None for s in sites.values()):
             return ln(x + r)
         st = _run(node, _State(x, r), sites, r, ln)

@@ -21,6 +21,7 @@ not a trainer callback; fusions are identified by name/id, never by comma-joined
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,8 @@ from composer.bottleneck.routing import Handler, LayerNorm
 from composer.bottleneck.stacked import StackedSite
 from composer.errors import ConfigError
 from composer.injection import PLACEMENTS, Placement, site_key
+
+Step = Callable[[torch.Tensor, torch.Tensor, LayerNorm], tuple[torch.Tensor, torch.Tensor, Any]]
 
 PLACEMENT_FIELDS = (
     "mh_adapter",
@@ -256,23 +259,40 @@ class FusePlan:
     def nbytes(self) -> int:
         return sum(s.nbytes() for s in self.stacks.values())
 
-    def handler(self, capture: dict[str, torch.Tensor] | None = None) -> Handler:
-        """A site handler for one forward; with `capture`, each site's attention [B, T, N] is stored in it."""
+    def fresh(self) -> FusePlan:
+        """The plan, rebuilt first if a member's weights changed since it was built."""
         if _stamp(self.adapters) != self.stamp:
             self._build()
-        stacks, fusion = self.stacks, self.fusion
+        return self
 
-        def handle(layer: int, placement: Placement, x: torch.Tensor, r: torch.Tensor, ln: LayerNorm) -> torch.Tensor:
-            key = site_key(layer, placement)
-            stack = stacks.get(key)
-            if stack is None:
-                return ln(x + r)
-            last = stack.last
-            h, res = last.pre(x, r, ln)
-            flat = h.reshape(-1, h.shape[-1])
-            context, probs = fusion.layer(key).attend(stack, flat)
+    def step(self, layer: int, placement: Placement, capture: dict[str, torch.Tensor] | None = None) -> Step | None:
+        """The fusion at one site, before the site's `post`: (hidden, adapter residual) -> (output, adapter
+        residual, the member layer that ran last); None where the members have no layer. A Stack runs it
+        on the previous member's output (adapters 1.3.0's `compose_fuse`)."""
+        key = site_key(layer, placement)
+        stack = self.stacks.get(key)
+        if stack is None:
+            return None
+        attend = self.fusion.layer(key).attend
+
+        def run(hidden: torch.Tensor, r: torch.Tensor, ln: LayerNorm) -> tuple[torch.Tensor, torch.Tensor, Any]:
+            h, res = stack.last.pre(hidden, r, ln)
+            context, probs = attend(stack, h.reshape(-1, h.shape[-1]))
             if capture is not None:
                 capture[key] = probs.view(*h.shape[:-1], -1).detach()
-            return last.post(context.view_as(h) + res, x, r, ln)
+            return context.view_as(h) + res, res, stack.last
+
+        return run
+
+    def handler(self, capture: dict[str, torch.Tensor] | None = None) -> Handler:
+        """A site handler for one forward; with `capture`, each site's attention [B, T, N] is stored in it."""
+        plan = self.fresh()
+
+        def handle(layer: int, placement: Placement, x: torch.Tensor, r: torch.Tensor, ln: LayerNorm) -> torch.Tensor:
+            step = plan.step(layer, placement, capture)
+            if step is None:
+                return ln(x + r)
+            out, _, last = step(x, r, ln)
+            return last.post(out, x, r, ln)
 
         return handle

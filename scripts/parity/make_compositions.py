@@ -17,13 +17,14 @@ from pathlib import Path
 
 import adapters
 import torch
-from adapters.composition import Average, BatchSplit, Parallel, Stack
+from adapters.composition import Average, BatchSplit, Fuse, Parallel, Stack
 from adapters.methods.bottleneck import BottleneckLayer, BottleneckState
 from safetensors.torch import load_file, save_file
 from transformers import BertModel
 
 PARITY = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "parity"
 NAMES = ["seq_bn", "double_seq_bn", "par_bn", "scaled_par_bn"]
+FUSE = Fuse("seq_bn_f0", "seq_bn_f1", "seq_bn_f2")
 CASES = {
     "stack/seq_bn+double_seq_bn": Stack("seq_bn", "double_seq_bn"),
     "stack/par_bn+seq_bn": Stack("par_bn", "seq_bn"),
@@ -43,6 +44,14 @@ CASES = {
     "parallel/seq_bn|seq_bn_b": Parallel("seq_bn", "seq_bn_b"),
     # each slice of the batch its own tree: row 0 seq_bn, rows 1-2 Stack(par_bn, seq_bn)
     "batch_split/seq_bn|stack(par_bn,seq_bn)@1,2": BatchSplit("seq_bn", Stack("par_bn", "seq_bn"), batch_sizes=[1, 2]),
+    # a fusion inside a Stack (MAD-X style: a domain adapter under a task fusion), and a Stack after one;
+    # the fusion is fixtures/parity/fusions/seq_bn (members seq_bn_f0..2)
+    "stack/seq_bn+fuse(seq_bn_f*)": Stack("seq_bn", FUSE),
+    "stack/par_bn+fuse(seq_bn_f*)": Stack("par_bn", FUSE),
+    "stack/fuse(seq_bn_f*)+seq_bn": Stack(FUSE, "seq_bn"),
+    # (adapters 1.3.0 fails with a KeyError when a Stack's fusion has no layer at a site another member has,
+    # e.g. Stack("double_seq_bn", Fuse(...)) at the attention site; ours skips the fusion there)
+    "stack/seq_bn+fuse(seq_bn_f*)+scaled_par_bn": Stack("seq_bn", FUSE, "scaled_par_bn"),
 }
 
 
@@ -62,6 +71,9 @@ def main() -> None:
     for name in NAMES:
         model.load_adapter(str(PARITY / "adapters" / name), load_as=name, use_safetensors=True)
     model.load_adapter(str(PARITY / "adapters" / "seq_bn"), load_as="seq_bn_copy", use_safetensors=True)
+    for member in FUSE.children:
+        model.load_adapter(str(PARITY / "fusions" / "seq_bn" / member), load_as=member, use_safetensors=True)
+    model.load_adapter_fusion(str(PARITY / "fusions" / "seq_bn" / "fusion"), use_safetensors=True)
     # another seq_bn adapter, for a Parallel of two different members of one layout
     model.load_adapter(str(PARITY / "adapters" / "seq_bn"), load_as="seq_bn_b", use_safetensors=True)
     gen = torch.Generator().manual_seed(900)

@@ -10,8 +10,10 @@ import torch
 
 from composer import adapter_artifact as artifacts
 from composer.base import load_base
-from composer.composition import Average, Stack
+from composer.composition import Average, Fuse, Stack
 from composer.encoder import AdaptedEncoder
+from composer.fusion import artifacts as fusion_artifacts
+from tests.api.conftest import HP
 
 TEXTS = ["good movie", "a really awful and boring plot", "the film", "love this food"]
 
@@ -83,7 +85,8 @@ def test_bad_trees_are_refused_naming_the_node(api):
         ({"stack": [a, b], "head": lora}, 422, "not a member"),
         ({"stack": [a, lora]}, 422, "bottleneck"),
         ({"stack": [a, 3]}, 422, "composition.stack[1]: a reference or a block"),
-        ({"fuse": [a, b]}, 422, "one of 'stack', 'average' or 'parallel'"),
+        ({"fuse": [a, b]}, 422, "the reference of one fusion"),
+        ({"merge": [a, b]}, 422, "one of 'stack', 'average', 'parallel' or 'fuse'"),
         ({"stack": [a, b], "weights": [1, 1]}, 422, "only an average takes weights"),
     ]
     for body, status, words in cases:
@@ -129,3 +132,51 @@ def test_parallel_answers_each_branch_as_it_answers_alone(api):
     ):
         r = ask(api, bad)
         assert r.status_code == 422 and words in r.json()["detail"], (bad, r.text)
+
+
+def _fusion_art(api, fusion_id: str):  # type: ignore[no-untyped-def]
+    z = zipfile.ZipFile(io.BytesIO(api.client.get(f"/v1/adapters/{fusion_id}/download", headers=api.h()).content))
+    return fusion_artifacts.from_files(z.read("fusion_config.json"), z.read("fusion.safetensors"))
+
+
+def test_a_fusion_inside_a_stack_equals_a_fresh_model(api, tiny_bert_dir):
+    """MAD-X's shape: a domain adapter under a task fusion; the fusion's head by default."""
+    ids = api.task_with_data()
+    a, b, dom = (
+        api.train_adapter(ids, name=n, adapter={"reduction_factor": rf}) for n, rf in (("a", 2), ("b", 4), ("d", 8))
+    )
+    body = {"task": "sentiment", "members": [a, b], "train_dataset": ids["train"], "hyperparameters": HP}
+    r = api.client.post("/v1/fusions", headers=api.h(), json=body)
+    assert r.status_code == 202, r.text
+    fusion = api.client.get(f"/v1/jobs/{r.json()['id']}", headers=api.h()).json()["result"]["adapter_id"]
+    model = AdaptedEncoder(load_base(tiny_bert_dir, device="cpu")).eval()
+    for i in (a, b, dom):
+        artifacts.attach(model, _art(api, i), name=i)
+    fusion_artifacts.attach(model, _fusion_art(api, fusion), member_names=[a, b], name=fusion)
+    alone = probs(ask(api, {"stack": [a, b]}))
+    for composition, tree, head in [
+        ({"stack": [dom, {"fuse": fusion}]}, Stack(dom, Fuse(fusion)), fusion),
+        ({"stack": [{"fuse": fusion}, dom], "head": fusion}, Stack(Fuse(fusion), dom), fusion),
+        ({"stack": [dom, {"fuse": fusion}], "head": dom}, Stack(dom, Fuse(fusion)), dom),
+    ]:
+        r = ask(api, composition)
+        got = probs(r)
+        assert r.json()["head"] == head
+        want = []
+        for t in TEXTS:
+            batch = dict(model.base.tokenizer([t], return_tensors="pt"))
+            with torch.no_grad():
+                want.append(model(**batch, head=head, composition=tree).logits[0].softmax(-1))
+        torch.testing.assert_close(got, torch.stack(want), atol=1e-5, rtol=0, msg=str(composition))
+        assert (got - alone).abs().max() > 1e-4
+    bad = [
+        ({"stack": [dom, fusion]}, "is a fusion; write"),
+        ({"stack": [dom, {"fuse": a}]}, "'fuse' takes a fusion"),
+        ({"stack": [dom, {"fuse": [a, b]}]}, "the reference of one fusion"),
+        ({"average": [dom, {"fuse": fusion}], "head": dom}, "Fuse cannot be nested in Average"),
+        ({"fuse": fusion}, "a block; serve one module"),
+        ({"stack": [dom, {"fuse": fusion}], "head": a}, "is not a member of"),  # the tree's, not the fusion's
+    ]
+    for composition, words in bad:
+        r = ask(api, composition)
+        assert r.status_code == 422 and words in r.json()["detail"], (composition, r.text)

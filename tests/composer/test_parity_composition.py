@@ -12,7 +12,8 @@ from composer import adapter_artifact as artifacts
 from composer import kinds
 from composer.base import load_base
 from composer.composed import parallel_hidden
-from composer.composition import Average, BatchSplit, Parallel, Single, Stack, check_tree
+from composer.composition import Average, BatchSplit, Fuse, Parallel, Single, Stack, check_tree
+from composer.fusion import artifacts as fusion_artifacts
 from composer.encoder import AdaptedEncoder
 from composer.errors import ConfigError
 from composer.presets import preset
@@ -32,6 +33,11 @@ CASES = {
     "average/stack(seq_bn,par_bn)+scaled_par_bn@1,3": Average(
         Stack("seq_bn", "par_bn"), "scaled_par_bn", weights=(1.0, 3.0)
     ),
+    # a registered fusion (fixtures/parity/fusions/seq_bn, here "f") inside a Stack
+    "stack/seq_bn+fuse(seq_bn_f*)": Stack("seq_bn", Fuse("f")),
+    "stack/par_bn+fuse(seq_bn_f*)": Stack("par_bn", Fuse("f")),
+    "stack/fuse(seq_bn_f*)+seq_bn": Stack(Fuse("f"), "seq_bn"),
+    "stack/seq_bn+fuse(seq_bn_f*)+scaled_par_bn": Stack("seq_bn", Fuse("f"), "scaled_par_bn"),
 }
 
 
@@ -42,6 +48,10 @@ def model() -> AdaptedEncoder:
         artifacts.attach(m, kinds.load_dir(PARITY / "adapters" / name), name=name)
     artifacts.attach(m, kinds.load_dir(PARITY / "adapters" / "seq_bn"), name="seq_bn_copy")
     artifacts.attach(m, kinds.load_dir(PARITY / "adapters" / "seq_bn_b"), name="seq_bn_b")
+    fusion = fusion_artifacts.import_adapterhub_fusion(PARITY / "fusions" / "seq_bn" / "fusion")
+    for member in fusion.members:
+        artifacts.attach(m, kinds.load_dir(PARITY / "fusions" / "seq_bn" / member))
+    assert fusion_artifacts.attach(m, fusion, name="f") == "f"
     return m
 
 
@@ -112,7 +122,10 @@ def _deep(levels: int):  # type: ignore[no-untyped-def]
             Average("a", Stack("b", Average("c", Average("d", "e")))),
             "average[1].stack[1].average[1]: Average cannot be nested in Average",
         ),
-        (Stack("a", ""), "stack[1]: a member is an adapter name"),
+        (Stack("a", ""), "stack[1]: a member is a module name"),
+        (Stack("a", Fuse("")), "stack[1]: a member is a module name"),
+        (Average("a", Fuse("f")), "average[1]: Fuse cannot be nested in Average"),
+        (Parallel("a", Fuse("f")), "parallel[1]: Fuse cannot be nested in Parallel"),
         (_deep(9), "deeper than 8"),
         (Stack("a", Parallel("b", "c")), "stack[1]: Parallel cannot be nested in Stack"),
         (Parallel("a", Parallel("b")), "parallel[1]: Parallel cannot be nested in Parallel"),

@@ -10,7 +10,8 @@ from transformers import AutoModel, BertConfig, DistilBertConfig, RobertaConfig
 
 from composer.base import load_base
 from composer.composed import parallel_hidden
-from composer.composition import Average, Parallel, Single, Stack, leaves
+from composer.composition import Average, Fuse, Parallel, Single, Stack, fusions, leaves
+from composer.fusion.modules import FusionConfig
 from composer.encoder import AdaptedEncoder
 from composer.presets import config_from, preset
 from composer.replication import layers_of, shared_depth
@@ -29,6 +30,8 @@ ADAPTERS = {
     "p0": preset("par_bn", reduction_factor=4, leave_out=[0, 1]),
     "d0": preset("double_seq_bn", reduction_factor=4, leave_out=[0, 1]),
     "low": preset("seq_bn", reduction_factor=4, leave_out=[0]),
+    "s2": preset("seq_bn", reduction_factor=4, leave_out=[0, 1]),
+    "low2": preset("seq_bn", reduction_factor=4, leave_out=[0]),
     "l0": config_from("lora", {"r": 4, "layers": [2, 3]}),
 }
 
@@ -44,6 +47,8 @@ def model(request, tmp_path_factory):  # type: ignore[no-untyped-def]
         with torch.no_grad():
             for q in m.adapters[name].parameters():
                 q.normal_(0, 0.3)
+    m.add_fusion("f_up", ["s0", "s2"], FusionConfig(dropout=0.0))  # members from layer 2 up
+    m.add_fusion("f_low", ["low", "low2"], FusionConfig(dropout=0.0))  # a member from layer 1 up
     return m
 
 
@@ -75,12 +80,15 @@ def _rows_seen(model: AdaptedEncoder) -> tuple[list[int], list]:  # type: ignore
         (("s1", Stack("s0", "p0"), Average("s0", "p0", weights=(2.0, 1.0))), 2),
         (("s0", "low"), 1),
         (("s1", "s1"), 3),
+        (("s1", Stack("s1", Fuse("f_up"))), 2),  # a fusion shares what its members leave out
+        ((Stack("s1", Fuse("f_low")), "s0"), 1),
     ],
 )
 def test_parallel_shares_the_left_out_layers_and_each_branch_is_the_branch_alone(model, branches, depth):  # type: ignore[no-untyped-def]
     batch = _batch()
     hooks_before = [len(lay._forward_pre_hooks) for lay in layers_of(model.encoder, model.base.family)]
-    assert shared_depth([model.adapters[n] for n in leaves(Parallel(*branches))], 4) == depth
+    names = [*leaves(Parallel(*branches)), *(m for f in fusions(Parallel(*branches)) for m in model.fusions[f].members)]
+    assert shared_depth([model.adapters[n] for n in names], 4) == depth
     seen, handles = _rows_seen(model)
     try:
         with torch.no_grad():

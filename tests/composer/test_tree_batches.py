@@ -1,4 +1,4 @@
-"""Property: a batch whose rows each carry a random tree (Stack/Average over random members, or a single
+"""Property: a batch whose rows each carry a random tree (Stack/Average over random members and a fusion, or a single
 adapter, or none) gives every row what the same tree gives it alone, to 1e-5; a Parallel gives each branch
 what it gives alone. Trees, members, weights and rows are drawn by hypothesis."""
 
@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from composer.base import load_base
 from composer.composed import parallel_hidden
-from composer.composition import Average, BatchSplit, Parallel, Single, Stack
+from composer.composition import Average, BatchSplit, Fuse, Parallel, Single, Stack
+from composer.fusion.modules import FusionConfig
 from composer.encoder import AdaptedEncoder
 from composer.presets import preset
 
@@ -30,6 +31,10 @@ def model(tiny_bert_dir):  # type: ignore[no-untyped-def]
         with torch.no_grad():
             for q in m.adapters[name].parameters():
                 q.normal_(0, 0.3)
+    m.add_fusion("f", ["s0", "s1"], FusionConfig(dropout=0.0))  # a fusion over two members, in Stacks
+    with torch.no_grad():
+        for q in m.fusions["f"].parameters():
+            q.normal_(0, 0.3)
     return m
 
 
@@ -40,7 +45,7 @@ def averages(children):  # type: ignore[no-untyped-def]
 
 leaf = st.sampled_from(OUT_ONLY + BOTH)
 avg_of_leaves = st.lists(st.sampled_from(OUT_ONLY), min_size=1, max_size=3).flatmap(averages)
-stack_of = st.lists(st.one_of(leaf, avg_of_leaves), min_size=1, max_size=3).map(lambda c: Stack(*c))
+stack_of = st.lists(st.one_of(leaf, avg_of_leaves, st.just(Fuse("f"))), min_size=1, max_size=3).map(lambda c: Stack(*c))
 avg_of_stacks = st.lists(
     st.lists(st.sampled_from(OUT_ONLY), min_size=1, max_size=2).map(lambda c: Stack(*c)), min_size=1, max_size=2
 ).flatmap(averages)
