@@ -13,9 +13,9 @@ from composer import kinds
 from composer.base import load_base
 from composer.composed import parallel_hidden
 from composer.composition import Average, BatchSplit, Fuse, Parallel, Single, Stack, check_tree
-from composer.fusion import artifacts as fusion_artifacts
 from composer.encoder import AdaptedEncoder
 from composer.errors import ConfigError
+from composer.fusion import artifacts as fusion_artifacts
 from composer.presets import preset
 from tests.conftest import FIXTURES
 

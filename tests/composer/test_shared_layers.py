@@ -11,8 +11,8 @@ from transformers import AutoModel, BertConfig, DistilBertConfig, RobertaConfig
 from composer.base import load_base
 from composer.composed import parallel_hidden
 from composer.composition import Average, Fuse, Parallel, Single, Stack, fusions, leaves
-from composer.fusion.modules import FusionConfig
 from composer.encoder import AdaptedEncoder
+from composer.fusion.modules import FusionConfig
 from composer.presets import config_from, preset
 from composer.replication import layers_of, shared_depth
 

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from composer.base import load_base
 from composer.composed import parallel_hidden
 from composer.composition import Average, BatchSplit, Fuse, Parallel, Single, Stack
-from composer.fusion.modules import FusionConfig
 from composer.encoder import AdaptedEncoder
+from composer.fusion.modules import FusionConfig
 from composer.presets import preset
 
 # members of three layouts: output-only sequential, output-only parallel (both average together), and
