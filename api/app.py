@@ -19,7 +19,20 @@ from api.edge import Edge
 from api.limits import RateLimiter
 from api.loaders import prefetch, watch_references
 from api.metrics import install as install_metrics
-from api.routes import adapters, base_models, datasets, ensembles, health, jobs, keys, merges, predict, tasks, ui
+from api.routes import (
+    adapters,
+    base_models,
+    compositions,
+    datasets,
+    ensembles,
+    health,
+    jobs,
+    keys,
+    merges,
+    predict,
+    tasks,
+    ui,
+)
 from composer.serving import Runtime
 from registry_db.registry import Registry
 from registry_db.repo import keys as key_repo
@@ -125,7 +138,20 @@ def create_app(
     app.add_middleware(Edge)  # the outermost of ours: request ids, and a 500 for what no handler took
     # the routers carry their own prefix, so a route's template (its latency label) is its whole path; the
     # router tries them in this order, the busiest first
-    for module in (predict, ensembles, health, keys, base_models, tasks, datasets, jobs, adapters, merges, ui):
+    for module in (
+        predict,
+        ensembles,
+        health,
+        keys,
+        base_models,
+        tasks,
+        datasets,
+        jobs,
+        adapters,
+        merges,
+        compositions,
+        ui,
+    ):
         app.include_router(module.router)
     app.mount("/ui/static", StaticFiles(directory=ui.UI), name="ui-static")
     return app

@@ -39,6 +39,8 @@ def rows_through_heads(
 class AdapterFace(MethodKind):
     """An adapter and its head on the resident encoder."""
 
+    in_trees = "member"
+
     def merged(
         self, members: Sequence[AdapterArtifact], config: Any, tensors: dict[str, torch.Tensor]
     ) -> AdapterArtifact:

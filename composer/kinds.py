@@ -8,13 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from composer.bottleneck.kind import MT_A, ST_A
+from composer.compositions.kind import COMPOSITION
 from composer.errors import ArtifactError, ConfigError
 from composer.fusion.kind import FUSION
 from composer.lora.kind import LORA
 from composer.method import Artifact, MethodKind, json_config
 from composer.prompts.kind import SOFT_PROMPT
 
-KINDS: dict[str, MethodKind] = {k.name: k for k in (ST_A, MT_A, LORA, FUSION, SOFT_PROMPT)}
+KINDS: dict[str, MethodKind] = {k.name: k for k in (ST_A, MT_A, LORA, FUSION, SOFT_PROMPT, COMPOSITION)}
 
 
 def get(name: str) -> MethodKind:

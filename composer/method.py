@@ -67,6 +67,10 @@ class MethodKind(ABC):
     importable: bool = True  # can be uploaded on its own through /v1/adapters/import
     prefetchable: bool = False  # serving can build it ahead of its first request and keep it in host memory
     merge_methods: tuple[str, ...] = ()  # how modules of this kind merge into one (`merge`); () : they do not
+    composed: bool = False  # a tree of other modules (a saved composition): it serves through that tree
+    # what it may be in a composition tree: "member" (a leaf: an adapter on the encoder), "fuse" (a `Fuse`
+    # node), or None (nothing)
+    in_trees: str | None = None
 
     # -- files <-> artifact -----------------------------------------------------------------
     @abstractmethod

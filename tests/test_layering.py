@@ -105,7 +105,7 @@ def test_no_module_grows_past_400_lines():
 TOGETHER = ("kinds", "presets", "serving", "cli", "probe")
 # One package per method. A method imports the engine and never another method, except that a fusion fuses
 # bottleneck adapters, and so builds on the bottleneck method's modules.
-METHODS = ("bottleneck", "lora", "fusion", "prompts")
+METHODS = ("bottleneck", "lora", "fusion", "prompts", "compositions")
 MAY_USE = {"fusion": {"bottleneck"}}
 
 

@@ -17,6 +17,7 @@ from api.deps import Reader, RegistryDep
 from api.errors import Problem
 from api.loaders import Lease, ensure
 from api.schemas import InputRow, examples, render
+from composer import kinds
 from composer.data import TaskSpec
 from registry_db.errors import NotFound
 from registry_db.models import Adapter, BaseModelRow
@@ -96,6 +97,8 @@ def resolve(request: Request, reg, caller, body: PredictIn):  # type: ignore[no-
     if known is None or known[0].id in request.app.state.runtime.retired:
         known = read(request, reg, caller, body)
     row, facts = known
+    if kinds.get(row.kind).composed:  # a saved composition: no module of its own; it serves through its tree
+        return row, facts.spec, [], None
     settings = request.app.state.settings
     lease = ensure(request.app.state.runtime, reg, row, facts.base_row, facts.members, settings.device)
     return row, facts.spec, [m.id for m in facts.members], lease
@@ -156,6 +159,10 @@ async def predict(body: PredictIn, request: Request, caller: Reader, reg: Regist
         batcher.gone()
         raise
     row, spec, members, lease = found
+    if lease is None:
+        batcher.gone()
+        raw = row.method_config["composition"]
+        return await run_in_threadpool(predict_composition, request, reg, caller, raw, examples(body.inputs), saved=row)
     with lease:
         if not request.app.state.runtime.serves(row.id):
             batcher.gone()

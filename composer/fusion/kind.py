@@ -20,6 +20,7 @@ class FusionKind(MethodKind):
     """An AdapterFusion over registered adapters, with the target task's head."""
 
     name = "fusion"
+    in_trees = "fuse"
     file_names = ("fusion_config.json", "fusion.safetensors")
     importable = False  # alone: it imports with its members (composer.kinds.plan_archive)
     formats = ("native", "adapterhub")

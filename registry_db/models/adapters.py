@@ -10,7 +10,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from registry_db.models.base import Base, UTCDateTime, new_id, utcnow
 
-ADAPTER_KINDS = ("st_a", "mt_a", "fusion", "soft_prompt", "lora")
+ADAPTER_KINDS = ("st_a", "mt_a", "fusion", "soft_prompt", "lora", "composition")
 ADAPTER_STATUSES = ("training", "ready", "archived")
 SET_KINDS = ("mt_a", "ensemble")
 
@@ -35,7 +35,7 @@ class Adapter(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     __table_args__ = (
         UniqueConstraint("owner_id", "task_id", "kind", "name", "version"),
-        CheckConstraint("kind IN ('st_a', 'mt_a', 'fusion', 'soft_prompt', 'lora')", name="kind"),
+        CheckConstraint("kind IN ('st_a', 'mt_a', 'fusion', 'soft_prompt', 'lora', 'composition')", name="kind"),
         CheckConstraint("status IN ('training', 'ready', 'archived')", name="status"),
         CheckConstraint("visibility IN ('private', 'public')", name="visibility"),
         CheckConstraint("version >= 1", name="version_positive"),

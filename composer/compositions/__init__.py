@@ -1,0 +1,1 @@
+"""Saved compositions as registry modules: their face (`kind.py`)."""
