@@ -2,7 +2,7 @@
 resident bases and from several threads, gives the outputs of a freshly built single-purpose model.
 
 The runtime runs ST-As, LoRAs, mixed batches of both (gathered and group-and-scatter), fusions (with and
-without attention), single soft prompts (shallow, deep, and prepended to the embedding output) and
+without attention), composition trees (Stack, Average, a fusion inside a Stack) and Parallels of them, single soft prompts (shallow, deep, and prepended to the embedding output) and
 prompt ensembles under every voting rule (8+ rows: under whichever execution plan the runtime
 measured fastest), with loads, LRU evictions under a small cache, explicit
 evictions and archives while a request holds a lease. Each output is compared, atol 1e-5, with an
@@ -24,7 +24,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from composer import adapter_artifact as artifacts
 from composer import kinds
 from composer.base import load_base
-from composer.composition import Fuse, Single
+from composer.composed import predict_parallel, predict_tree
+from composer.composition import Average, Fuse, Parallel, Single, Stack, fusions, leaves
 from composer.data import Example
 from composer.encoder import AdaptedEncoder
 from composer.fusion import artifacts as fusion_artifacts
@@ -143,10 +144,53 @@ class Oracle:
             att = {k: v[0] for k, v in out.fusion_attention.items()} if out.fusion_attention else None
             return out.logits[0], att
 
+    def tree(self, tree, head: str, text: str) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        """A model that has only ever run composition trees, over every bottleneck adapter and the fusion."""
+        if "trees" not in self.models:
+            model = AdaptedEncoder(load_base(self.base_dir)).eval()
+            for m in TREE_LEAVES:
+                artifacts.attach(model, self.arts[m], name=m)  # type: ignore[arg-type]
+            fusion_artifacts.attach(model, self.arts[FUSION], ["s0", "s1"], name=FUSION)  # type: ignore[arg-type]
+            self.models["trees"] = model
+        model = self.models["trees"]
+        batch = model.base.tokenizer([text], return_tensors="pt")
+        with torch.no_grad():
+            return model(**batch, head=head, composition=Single(tree) if isinstance(tree, str) else tree).logits[0]
+
     def ensemble(self, texts: list[str], voting: str, scores: list[float], early_exit: bool):  # type: ignore[no-untyped-def]
         model = self._model("ensemble")
         batch = dict(model.base.tokenizer(texts, padding=True, return_tensors="pt"))
         return predict_ensemble(model, list(ENSEMBLE), batch, voting, scores, early_exit)
+
+
+TREE_LEAVES = ("s0", "s1", "s2")  # the bottleneck adapters (s2 has sites the others lack: Stacks only)
+
+
+def _averages(children):  # type: ignore[no-untyped-def]
+    n = len(children)
+    weights = st.lists(st.floats(0.2, 3.0), min_size=n, max_size=n).map(tuple)
+    return st.one_of(st.just(Average(*children)), weights.map(lambda w: Average(*children, weights=w)))
+
+
+AVG = st.lists(st.sampled_from(("s0", "s1")), min_size=1, max_size=2).flatmap(_averages)
+STACK = st.lists(st.one_of(st.sampled_from(TREE_LEAVES), AVG, st.just(Fuse(FUSION))), min_size=1, max_size=3).map(
+    lambda c: Stack(*c)
+)
+TREE = st.one_of(
+    STACK, AVG, st.lists(st.sampled_from(("s0", "s1")), min_size=1, max_size=2).map(lambda c: Stack(*c)).map(Average)
+)
+
+
+def _ids(node, key: str):  # type: ignore[no-untyped-def]
+    """The tree over the runtime's module ids (`A:s0`)."""
+    if isinstance(node, str):
+        return f"{key}:{node}"
+    if isinstance(node, Fuse):
+        return Fuse(f"{key}:{node.fusion}")
+    children = [_ids(c, key) for c in node.children]
+    if isinstance(node, Parallel):
+        return Parallel(*children)
+    return Stack(*children) if isinstance(node, Stack) else Average(*children, weights=node.weights)
 
 
 TEXT = st.lists(st.sampled_from(WORDS), min_size=1, max_size=7).map(" ".join)
@@ -223,6 +267,25 @@ class ServingMachine(RuleBasedStateMachine):
             torch.testing.assert_close(row.logits, want, atol=ATOL, rtol=1e-4)
         self.checks += len(rows)
 
+    def _trees(self, key: str, trees: list, heads: list[str], texts: list[str]) -> None:  # type: ignore[type-arg]
+        """One tree (or a Parallel of several, each with its head) over leased members, as serving runs it."""
+        names = list(dict.fromkeys(n for t in trees for n in leaves(t) + fusions(t)))
+        leases = [self._ensure(key, n) for n in names]
+        try:
+            inputs = [Example(t) for t in texts]
+            if len(trees) == 1:
+                got = [predict_tree(self.rt, self.res[key], _ids(trees[0], key), f"{key}:{heads[0]}", inputs)]
+            else:
+                ids = [f"{key}:{h}" for h in heads]
+                got = predict_parallel(self.rt, self.res[key], _ids(Parallel(*trees), key), ids, inputs)
+        finally:
+            for mid, members in leases:
+                self.rt.release(mid, members)
+        for tree, head, rows in zip(trees, heads, got, strict=True):
+            for text, row in zip(texts, rows, strict=True):
+                torch.testing.assert_close(row.logits, self.bases[key][2].tree(tree, head, text), atol=ATOL, rtol=1e-4)
+        self.checks += len(texts) * len(trees)
+
     def _ensemble(self, key: str, texts: list[str], voting: str, early_exit: bool) -> None:
         arts = self.bases[key][1]
         scores = [arts[p].metrics["accuracy"] for p in ENSEMBLE]  # type: ignore[attr-defined]
@@ -259,6 +322,21 @@ class ServingMachine(RuleBasedStateMachine):
     @rule(key=st.sampled_from("AB"), names=st.lists(st.sampled_from(ADAPTERS), min_size=2, max_size=5), data=st.data())
     def mixed_batch(self, key: str, names: list[str], data: st.DataObject) -> None:
         self._mixed(key, names, data.draw(st.lists(TEXT, min_size=len(names), max_size=len(names))))
+
+    @rule(key=st.sampled_from("AB"), tree=TREE, texts=TEXTS, data=st.data())
+    def composition_tree(self, key: str, tree, texts: list[str], data: st.DataObject) -> None:  # type: ignore[no-untyped-def]
+        head = data.draw(st.sampled_from(leaves(tree) + fusions(tree)))
+        self._trees(key, [tree], [head], texts)
+
+    @rule(
+        key=st.sampled_from("AB"),
+        trees=st.lists(st.one_of(st.sampled_from(TREE_LEAVES), TREE), min_size=2, max_size=3),
+        texts=TEXTS,
+        data=st.data(),
+    )
+    def parallel(self, key: str, trees: list, texts: list[str], data: st.DataObject) -> None:  # type: ignore[type-arg]
+        heads = [data.draw(st.sampled_from(leaves(t) + fusions(t))) for t in trees]
+        self._trees(key, trees, heads, texts)
 
     @rule(key=st.sampled_from("AB"), name=st.sampled_from(PROMPTS), texts=TEXTS)
     def single_prompt(self, key: str, name: str, texts: list[str]) -> None:
@@ -297,7 +375,7 @@ class ServingMachine(RuleBasedStateMachine):
         for _ in range(data.draw(st.integers(2, 5))):
             key, op = (
                 data.draw(st.sampled_from("AB")),
-                data.draw(st.sampled_from(["adapter", "fusion", "prompt", "ens", "mixed"])),
+                data.draw(st.sampled_from(["adapter", "fusion", "prompt", "ens", "mixed", "tree"])),
             )
             texts = data.draw(TEXTS)
             if op == "adapter":
@@ -306,6 +384,11 @@ class ServingMachine(RuleBasedStateMachine):
                 jobs.append((self._single, (key, FUSION, texts, data.draw(st.booleans()))))
             elif op == "prompt":
                 jobs.append((self._single, (key, data.draw(st.sampled_from(PROMPTS)), texts)))
+            elif op == "tree":
+                tree = data.draw(TREE)
+                jobs.append(
+                    (self._trees, (key, [tree], [data.draw(st.sampled_from(leaves(tree) + fusions(tree)))], texts))
+                )
             elif op == "ens":
                 jobs.append((self._ensemble, (key, texts, data.draw(st.sampled_from(VOTING_RULES)), False)))
             else:
