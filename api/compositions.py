@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import json
 from contextlib import ExitStack
 from typing import Any
 
 from api.errors import Problem
 from api.loaders import ensure
 from api.schemas import render
-from composer.composed import predict_parallel, predict_tree
+from composer.composed import predict_parallel, predict_rows, predict_tree
 from composer.composition import Parallel
 from composer.data import Example
 from composer.errors import ConfigError
@@ -44,3 +45,37 @@ def predict_composition(request, reg, caller, raw: Any, inputs: list[Example], s
         branches = [{"head": h, "outputs": outs} for h, outs in zip(heads, rendered, strict=True)]
         return {**named, "kind": "parallel", "branches": branches}
     return {**named, "head": heads[0], "kind": "composition", "outputs": rendered[0]}
+
+
+def predict_per_row(request, reg, caller, raws: list[Any], inputs: list[Example]) -> dict:  # type: ignore[no-untyped-def]
+    """Each row under its own tree, all in one forward; each output names its head."""
+    distinct = {json.dumps(r, sort_keys=True): r for r in raws}
+    found = {}
+    try:
+        with reg.tx() as s:
+            for key, raw in distinct.items():
+                found[key] = resolve(s, caller.owner_id, raw)
+    except InvalidComposition as e:
+        raise Problem(422, "invalid-composition", f"inputs: {e}", field="inputs") from None
+    if any(isinstance(f.tree, Parallel) for f in found.values()):
+        raise Problem(422, "invalid-composition", "inputs: a row's composition cannot be a parallel", field="inputs")
+    if len({f.base_row.id for f in found.values()}) != 1:
+        raise Problem(422, "wrong-base", "inputs: the rows' compositions are on different base models")
+    per_row = [found[json.dumps(r, sort_keys=True)] for r in raws]
+    runtime, device, base_row = request.app.state.runtime, request.app.state.settings.device, per_row[0].base_row
+    leaves = {r.id: r for f in found.values() for r in f.leaves}
+    fused = {f.id: (f, m) for x in found.values() for f, m in x.fused}
+    with ExitStack() as held:
+        leased = [held.enter_context(ensure(runtime, reg, r, base_row, [], device)) for r in leaves.values()]
+        leased += [held.enter_context(ensure(runtime, reg, f, base_row, m, device)) for f, m in fused.values()]
+        try:
+            outs = predict_rows(
+                runtime, leased[0].resident, [f.tree for f in per_row], [f.heads[0].id for f in per_row], inputs
+            )
+        except ConfigError as e:
+            raise Problem(422, "invalid-composition", f"inputs: {e}", field="inputs") from None
+    rendered = [
+        {"head": f.heads[0].id, **render(f.heads[0], f.specs[0], [], [o])["outputs"][0]}
+        for f, o in zip(per_row, outs, strict=True)
+    ]
+    return {"kind": "compositions", "outputs": rendered}

@@ -41,16 +41,25 @@ def parallel_hidden(encoder: Any, batch: dict[str, torch.Tensor], parallel: Para
     return list(hidden.split(b, dim=0))
 
 
-def _batch(runtime: Runtime, res: Resident, tree: Any, heads: Sequence[tuple[str, Any]], inputs: Sequence[Example]):  # type: ignore[no-untyped-def]
-    """Check each (head, the subtree it must belong to), and tokenise at the shortest member's length."""
+def _check_heads(runtime: Runtime, heads: Sequence[tuple[str, Any]]) -> None:
+    """Each head must belong to the subtree it serves, and have a head module to predict through."""
     for head, within in heads:
         named = leaves(within) + fusions(within)
         if head not in named:
             raise ConfigError(f"the head {head!r} is not a member of {named}")
         if not runtime.serves(head):
             raise ConfigError(f"adapter {head} has no head to predict through; name a member that has one")
-    limit = min(runtime.max_length(m) for m in dict.fromkeys(leaves(tree) + fusions(tree)))
-    return runtime.tokenize(res, inputs, [limit] * len(inputs))
+
+
+def _limit(runtime: Runtime, tree: Any) -> int:
+    """Where a tree's inputs are truncated: at its shortest member's length."""
+    return min(runtime.max_length(m) for m in dict.fromkeys(leaves(tree) + fusions(tree)))
+
+
+def _batch(runtime: Runtime, res: Resident, tree: Any, heads: Sequence[tuple[str, Any]], inputs: Sequence[Example]):  # type: ignore[no-untyped-def]
+    """Check each (head, the subtree it must belong to), and tokenise at the shortest member's length."""
+    _check_heads(runtime, heads)
+    return runtime.tokenize(res, inputs, [_limit(runtime, tree)] * len(inputs))
 
 
 def predict_tree(
@@ -77,3 +86,16 @@ def predict_parallel(
             for h, hs in zip(heads, hidden, strict=True)
         ]
     return [[RowOutput(row) for row in rows] for rows in per_branch]
+
+
+def predict_rows(
+    runtime: Runtime, res: Resident, trees: Sequence[Stack | Average], heads: Sequence[str], inputs: Sequence[Example]
+) -> list[RowOutput]:
+    """Row i under `trees[i]` through `heads[i]`, all rows in one forward (`BatchSplit` of trees), each
+    truncated where its own tree's members are."""
+    _check_heads(runtime, list(zip(heads, trees, strict=True)))
+    batch = runtime.tokenize(res, inputs, [_limit(runtime, t) for t in trees])
+    with torch.no_grad():
+        hidden = res.encoder(**batch, composition=BatchSplit(tuple(trees))).hidden
+        logits = rows_through_heads(list(heads), hidden, batch["attention_mask"], res.encoder.heads)
+    return [RowOutput(row) for row in logits]

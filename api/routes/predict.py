@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from api.caches import Recent
-from api.compositions import predict_composition
+from api.compositions import predict_composition, predict_per_row
 from api.deps import Reader, RegistryDep
 from api.errors import Problem
 from api.loaders import Lease, ensure
@@ -36,6 +36,15 @@ COMPOSITION_EXAMPLES = [
 ]
 
 
+class PredictRow(InputRow):
+    composition: dict[str, Any] | None = Field(
+        None,
+        description="this row's own tree (the grammar of `composition`, without parallel), when the request "
+        "names neither `adapter` nor `composition`: every row then carries one, and all run in one forward",
+        json_schema_extra={"examples": COMPOSITION_EXAMPLES[:4]},
+    )
+
+
 class PredictIn(BaseModel):
     adapter: str | None = Field(None, description="an id, name:version or task@alias")
     composition: dict[str, Any] | None = Field(
@@ -49,13 +58,19 @@ class PredictIn(BaseModel):
         "at most 8 deep and 16 members.",
         json_schema_extra={"examples": COMPOSITION_EXAMPLES},
     )
-    inputs: list[InputRow] = Field(min_length=1, max_length=256)
+    inputs: list[PredictRow] = Field(min_length=1, max_length=256)
     return_fusion_attention: bool = False
 
     @model_validator(mode="after")
     def _one_target(self) -> PredictIn:
-        if (self.adapter is None) == (self.composition is None):
+        per_row = [r.composition is not None for r in self.inputs]
+        if self.adapter is None and self.composition is None:
+            if not all(per_row):
+                raise ValueError("give `adapter` or `composition`, or a `composition` in every input row")
+        elif self.adapter is not None and self.composition is not None:
             raise ValueError("give either `adapter` or `composition`")
+        elif any(per_row):
+            raise ValueError("a row's own `composition` is for requests that name neither `adapter` nor `composition`")
         return self
 
 
@@ -151,6 +166,9 @@ async def predict(body: PredictIn, request: Request, caller: Reader, reg: Regist
         return await run_in_threadpool(
             predict_composition, request, reg, caller, body.composition, examples(body.inputs)
         )
+    if body.adapter is None:  # every row its own tree
+        rows = [r.composition for r in body.inputs]
+        return await run_in_threadpool(predict_per_row, request, reg, caller, rows, examples(body.inputs))
     batcher = request.app.state.batcher
     batcher.expect()
     try:

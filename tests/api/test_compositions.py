@@ -180,3 +180,38 @@ def test_a_fusion_inside_a_stack_equals_a_fresh_model(api, tiny_bert_dir):
     for composition, words in bad:
         r = ask(api, composition)
         assert r.status_code == 422 and words in r.json()["detail"], (composition, r.text)
+
+
+def test_each_row_its_own_tree_in_one_request_equals_each_tree_alone(api, tiny_bert_dir):
+    ids = api.task_with_data()
+    a, b, c = (
+        api.train_adapter(ids, name=n, adapter={"reduction_factor": rf}) for n, rf in (("a", 2), ("b", 4), ("c", 8))
+    )
+    trees = [
+        {"stack": [a, b]},
+        {"average": [a, c], "weights": [2, 1], "head": c},
+        {"stack": [c, {"average": [a, b]}], "head": a},
+        {"stack": [a, b]},
+    ]
+    body = {"inputs": [{"text": t, "composition": tree} for t, tree in zip(TEXTS, trees, strict=True)]}
+    r = api.client.post("/v1/predict", headers=api.h(), json=body)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["kind"] == "compositions" and [o["head"] for o in out["outputs"]] == [b, c, a, b]
+    for i, (text, tree) in enumerate(zip(TEXTS, trees, strict=True)):
+        alone = api.client.post(
+            "/v1/predict", headers=api.h(), json={"composition": tree, "inputs": [{"text": text}]}
+        ).json()["outputs"][0]
+        got, want = out["outputs"][i]["probabilities"], alone["probabilities"]
+        assert got.keys() == want.keys() and all(abs(got[k] - want[k]) <= 1e-5 for k in got), (tree, got, want)
+    want0 = oracle(api, tiny_bert_dir, [a, b, c], Stack(a, b), b)[0]
+    assert max(abs(p - q) for p, q in zip(out["outputs"][0]["probabilities"].values(), want0.tolist())) <= 1e-5
+    bad = [
+        ({"inputs": [{"text": "x", "composition": {"stack": [a]}}, {"text": "y"}]}, "in every input row"),
+        ({"adapter": a, "inputs": [{"text": "x", "composition": {"stack": [a]}}]}, "name neither"),
+        ({"inputs": [{"text": "x", "composition": {"parallel": [a, b]}}]}, "cannot be a parallel"),
+        ({"inputs": [{"text": "x", "composition": {"stack": [a, {"stack": [b]}]}}]}, "Stack cannot be nested"),
+    ]
+    for req, words in bad:
+        r = api.client.post("/v1/predict", headers=api.h(), json=req)
+        assert r.status_code == 422 and words in r.text, (req, r.text)
