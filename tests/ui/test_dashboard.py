@@ -256,6 +256,37 @@ def test_7_create_an_ensemble_and_query_it(stack, d):
     audit(d, "ensembles")
 
 
+def test_7b_build_a_tree_try_it_and_save_it(stack, d):
+    """Tick two adapters into a stack, predict, then make it an average with a head, and save it."""
+    from selenium.webdriver.support.ui import Select
+
+    wait, ec = ui(d)
+    st_a = [a for a in stack.http.get("/v1/adapters?kind=st_a&status=ready").json()["items"]][:2]
+    d.get(stack.url + "/ui#/try")
+    for a in st_a:
+        wait.until(ec.element_to_be_clickable(by(f"#tree-pick-{a['id']}"))).click()
+    tree = {"stack": [a["id"] for a in st_a]}
+    assert json.loads(d.find_element(*by("#tree-json")).get_attribute("value")) == tree
+    d.find_element(*by("#tree-text")).send_keys("a good movie")
+    d.find_element(*by("#tree-run")).click()
+    want = stack.http.post("/v1/predict", json={"composition": tree, "inputs": [{"text": "a good movie"}]}).json()
+    wait.until(ec.text_to_be_present_in_element(by("#try-out"), f"head {st_a[1]['id']}"))
+    assert d.find_element(*by("#try-label")).text == want["outputs"][0]["label"]
+    Select(d.find_element(*by("#tree-block"))).select_by_value("average")
+    Select(d.find_element(*by("#tree-head"))).select_by_value(st_a[0]["id"])
+    d.find_element(*by("#tree-weights")).send_keys("3, 1")
+    d.find_element(*by("#tree-weights")).send_keys("\t")
+    average = {"average": [a["id"] for a in st_a], "weights": [3, 1], "head": st_a[0]["id"]}
+    wait.until(lambda drv: json.loads(drv.find_element(*by("#tree-json")).get_attribute("value")) == average)
+    d.find_element(*by("#tree-name")).send_keys("ui-average")
+    d.find_element(*by("#tree-save")).click()
+    saved = wait.until(ec.presence_of_element_located(by("#tree-saved")))
+    row = stack.http.get("/v1/adapters?kind=composition").json()["items"][0]
+    assert row["name"] == "ui-average" and row["id"] in saved.text
+    assert row["method_config"]["composition"] == average
+    audit(d, "try-tree")
+
+
 def test_8_try_a_fusion_and_an_expired_key(stack, d):
     from selenium.webdriver.support.ui import Select
 
