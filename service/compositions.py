@@ -213,9 +213,17 @@ def save(reg: Registry, owner_id: str, spec: CompositionSpec) -> Adapter:
             heads=[h.id for h in found.heads],
             members=[r.id for r in found.leaves] + [f.id for f, _ in found.fused],
             hidden_size=found.base_row.hidden_size,
+            fused={f.id: [m.id for m in ms] for f, ms in found.fused},
         )
     shas = artifact_store.store(reg, art)
-    with reg.tx() as s:
+    with reg.tx() as s:  # its lineage: every module it runs, in the order its export takes them
         return artifact_store.register_stored(
-            s, art, shas, owner_id=owner_id, task_id=head.task_id, base_model_id=head.base_model_id, name=spec.name
+            s,
+            art,
+            shas,
+            owner_id=owner_id,
+            task_id=head.task_id,
+            base_model_id=head.base_model_id,
+            name=spec.name,
+            fusion_members=art.export_order(),
         )

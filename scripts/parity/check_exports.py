@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 from adapters import BertAdapterModel
-from adapters.composition import Fuse
+from adapters.composition import Average, Fuse, Stack
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from transformers import BertForSequenceClassification
@@ -48,6 +48,38 @@ def adapterhub_fusion(case: str) -> torch.nn.Module:
     return model
 
 
+def hub_setup(node, fusions):  # type: ignore[no-untyped-def]
+    """composition.json's setup as adapters 1.3.0's blocks."""
+    if isinstance(node, str):
+        return node
+    if "fuse" in node:
+        return Fuse(*fusions[node["fuse"]])
+    if "stack" in node:
+        return Stack(*[hub_setup(c, fusions) for c in node["stack"]])
+    children = [hub_setup(c, fusions) for c in node["average"]]
+    return Average(*children, weights=node["weights"], normalize_weights=node["normalize_weights"])
+
+
+def adapterhub_composition(case: str) -> torch.nn.Module:
+    """A composition export: its adapters and fusions loaded from their folders, the setup activated."""
+    import json
+
+    model = BertAdapterModel.from_pretrained(PARITY / "base").eval()
+    d = EXPORTS / case
+    setup = json.loads((d / "composition.json").read_text())
+    head = setup["active_head"]
+    for name in setup["adapters"]:
+        model.load_adapter(str(d / name), load_as=name, with_head=name == head, use_safetensors=True)
+    for fusion, members in setup["fusions"].items():
+        for m in members:
+            if m not in model.adapters_config:
+                model.load_adapter(str(d / fusion / m), load_as=m, with_head=False, use_safetensors=True)
+        model.load_adapter_fusion(str(d / fusion / "fusion"), with_head=True, use_safetensors=True)
+    model.set_active_adapters(hub_setup(setup["setup"], setup["fusions"]))
+    model.active_head = head
+    return model
+
+
 def peft(case: str) -> torch.nn.Module:
     clf = BertForSequenceClassification.from_pretrained(PARITY / "prompts" / "peft_base").eval()
     return PeftModel.from_pretrained(clf, str(EXPORTS / case)).eval()
@@ -59,6 +91,8 @@ LOADERS = {
     "fusion_adapterhub": adapterhub_fusion,
     "lora_peft": peft,
     "prompt_peft": peft,
+    "composition_stack_fuse_adapterhub": adapterhub_composition,
+    "composition_average_adapterhub": adapterhub_composition,
 }
 
 

@@ -5,9 +5,14 @@ another owner's modules are refused with nothing registered."""
 
 from __future__ import annotations
 
+import io
+import json
+import zipfile
+
 import torch
 
 from composer.composition import Average, Stack
+from tests.api.conftest import HP
 from tests.api.test_compositions import TEXTS, ask, oracle, probs
 
 
@@ -97,3 +102,35 @@ def test_bad_saved_compositions_are_refused_and_nothing_is_registered(api):
     assert predict_id(api, stack["id"], key=other).status_code == 404
     r = save(api, "theirs", {"stack": [a, b]}, key=other)
     assert r.status_code == 404 and a in r.json()["detail"]
+
+
+def test_a_saved_composition_downloads_as_an_adapterhub_setup(api):
+    """The files are the face's export (held to adapters 1.3.0's answers, a fusion inside a Stack too, in
+    tests/composer/test_exports.py)."""
+    ids = api.task_with_data()
+    a, b, dom = (
+        api.train_adapter(ids, name=n, adapter={"reduction_factor": rf}) for n, rf in (("a", 2), ("b", 4), ("d", 8))
+    )
+    saved = save(api, "madx", {"stack": [dom, {"average": [a, b], "weights": [1, 3]}], "head": a}).json()
+    info = api.client.get(f"/v1/adapters/{saved['id']}", headers=api.h()).json()
+    assert info["members"] == [dom, a, b]  # its lineage: the modules it runs
+    # its members' heads pool the mean of the tokens, which AdapterHub's heads cannot: without heads
+    r = api.client.get(f"/v1/adapters/{saved['id']}/download?format=adapterhub", headers=api.h())
+    assert r.status_code == 422 and "head pools the mean" in r.json()["detail"]
+    r = api.client.get(f"/v1/adapters/{saved['id']}/download?format=adapterhub&with_head=false", headers=api.h())
+    assert r.status_code == 200, r.text
+    z = zipfile.ZipFile(io.BytesIO(r.content))
+    assert {f"{m}/adapter_config.json" for m in (dom, a, b)} | {"composition.json"} <= set(z.namelist())
+    assert not any("head" in n for n in z.namelist())
+    setup = json.loads(z.read("composition.json"))
+    # adapters 1.3.0 averages by the mean of weighted outputs: the weights are written times the member count
+    average = {"average": [a, b], "weights": [0.5, 1.5], "normalize_weights": False}
+    assert setup["setup"] == {"stack": [dom, average]} and setup["active_head"] is None
+    # a trained fusion's member priors have no AdapterHub equivalent; a parallel answers differently there
+    body = {"task": "sentiment", "members": [a, b], "train_dataset": ids["train"], "hyperparameters": HP}
+    job = api.client.post("/v1/fusions", headers=api.h(), json=body).json()
+    fusion = api.client.get(f"/v1/jobs/{job['id']}", headers=api.h()).json()["result"]["adapter_id"]
+    for tree, words in (({"stack": [dom, {"fuse": fusion}]}, "member priors"), ({"parallel": [a, b]}, "parallel")):
+        row = save(api, "other", tree).json()
+        r = api.client.get(f"/v1/adapters/{row['id']}/download?format=adapterhub&with_head=false", headers=api.h())
+        assert r.status_code == 422 and words in r.json()["detail"], r.text

@@ -14,7 +14,8 @@ import torch
 from composer import adapter_artifact as artifacts
 from composer import kinds
 from composer.base import LoadedBase, load_base
-from composer.composition import Fuse, Single
+from composer.composition import Fuse, Single, fusions, leaves
+from composer.compositions.kind import CompositionArtifact
 from composer.encoder import AdaptedEncoder
 from composer.exporting import Target
 from composer.fusion import artifacts as fusion_artifacts
@@ -25,6 +26,7 @@ from composer.presets import preset
 from composer.prompts.artifacts import PromptArtifact
 from composer.prompts.model import PromptModel
 from composer.prompts.prompt import PromptConfig
+from service.compositions import parse
 from tests.conftest import FIXTURES
 
 PARITY = FIXTURES / "parity"
@@ -63,6 +65,41 @@ class Case:
                 return models.prompts.logits(["x"], x)[:, 0]
             comp = Fuse("x") if self.kind == "fusion" else Single("x")
             return models.encoder(**x, head="x", composition=comp).logits
+
+
+@dataclass
+class CompositionCase(Case):
+    """A saved composition: its members (in the artifact's export order) run under its tree."""
+
+    def logits(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        base = self.loaded_base()
+        models = Models(base, AdaptedEncoder(base).eval(), PromptModel(base).eval())
+        arts = dict(zip(self.art.export_order(), self.members, strict=True))
+        for mid, member in arts.items():
+            if mid not in self.art.fused:
+                kinds.get(member.kind).attach(models, member, mid)
+        for fid, names in self.art.fused.items():
+            kinds.get("fusion").attach(models, arts[fid], fid, names)
+        with torch.no_grad():
+            tree = parse(self.art.tree)
+            return models.encoder(**x, head=self.art.heads[0], composition=tree).logits
+
+
+def _composition(tree: dict, head: str, seed: int) -> CompositionCase:
+    """Over a fusion of two adapters (ad_alpha, ad_beta: `_fusion`), a domain adapter without a head and a
+    task adapter with one (ad_task)."""
+    fusion, (alpha, beta) = _fusion(seed)
+    mods = {
+        "ad_dom": _adapter("tiny", preset("seq_bn"), None, seed + 1),
+        "ad_task": _adapter("tiny", preset("seq_bn"), ["x", "y", "z"], seed + 2),
+        "ad_f": fusion,
+        "ad_alpha": alpha,
+        "ad_beta": beta,
+    }
+    members = list(dict.fromkeys(leaves(parse(tree)) + fusions(parse(tree))))
+    fused = {f: ["ad_alpha", "ad_beta"] for f in fusions(parse(tree))}
+    art = CompositionArtifact("c", tree, [head], members, fusion.hidden_size, fused=fused)
+    return CompositionCase("tiny", "composition", "adapterhub", art, [mods[m] for m in art.export_order()])
 
 
 def _noise(module: torch.nn.Module, gen: torch.Generator, std: float = 0.3) -> None:
@@ -135,6 +172,12 @@ def cases() -> dict[str, Case]:
         "lora_peft": Case("peft", "lora", "peft", _adapter("peft", lora_peft, ["neg", "pos"], 802)),
         "fusion_adapterhub": Case("tiny", "fusion", "adapterhub", fusion, members),
         "prompt_peft": Case("peft", "soft_prompt", "peft", _prompt(804)),
+        "composition_stack_fuse_adapterhub": _composition({"stack": ["ad_dom", {"fuse": "ad_f"}]}, "ad_f", 805),
+        "composition_average_adapterhub": _composition(
+            {"stack": ["ad_dom", {"average": ["ad_task", "ad_alpha"], "weights": [0.7, 0.3]}], "head": "ad_task"},
+            "ad_task",
+            806,
+        ),
     }
 
 
