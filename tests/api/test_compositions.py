@@ -205,7 +205,10 @@ def test_each_row_its_own_tree_in_one_request_equals_each_tree_alone(api, tiny_b
         got, want = out["outputs"][i]["probabilities"], alone["probabilities"]
         assert got.keys() == want.keys() and all(abs(got[k] - want[k]) <= 1e-5 for k in got), (tree, got, want)
     want0 = oracle(api, tiny_bert_dir, [a, b, c], Stack(a, b), b)[0]
-    assert max(abs(p - q) for p, q in zip(out["outputs"][0]["probabilities"].values(), want0.tolist())) <= 1e-5
+    assert (
+        max(abs(p - q) for p, q in zip(out["outputs"][0]["probabilities"].values(), want0.tolist(), strict=True))
+        <= 1e-5
+    )
     bad = [
         ({"inputs": [{"text": "x", "composition": {"stack": [a]}}, {"text": "y"}]}, "in every input row"),
         ({"adapter": a, "inputs": [{"text": "x", "composition": {"stack": [a]}}]}, "name neither"),
