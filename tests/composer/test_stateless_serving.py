@@ -12,7 +12,6 @@ oracle: a model built from a freshly loaded base that has only ever run that one
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -21,149 +20,17 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from composer import adapter_artifact as artifacts
 from composer import kinds
 from composer.base import load_base
 from composer.composed import predict_parallel, predict_tree
-from composer.composition import Average, Fuse, Parallel, Single, Stack, fusions, leaves
+from composer.composition import Average, Fuse, Parallel, Stack, fusions, leaves
 from composer.data import Example
-from composer.encoder import AdaptedEncoder
-from composer.fusion import artifacts as fusion_artifacts
-from composer.fusion.modules import FusionConfig
-from composer.heads import HeadConfig
-from composer.presets import preset
-from composer.prompts.artifacts import PromptArtifact
-from composer.prompts.ensemble import VOTING_RULES, predict_ensemble
-from composer.prompts.model import PromptModel
-from composer.prompts.prompt import PromptConfig
+from composer.prompts.ensemble import VOTING_RULES
 from composer.serving import Runtime
+from tests.composer.serving_oracle import ADAPTERS, ENSEMBLE, FUSION, PROMPTS, TREE_LEAVES, Oracle, build_modules
 from tests.conftest import WORDS, make_tiny_bert
 
 ATOL = 1e-5
-ADAPTERS, FUSION, PROMPTS, ENSEMBLE = (
-    ("s0", "s1", "s2", "l0", "l1"),
-    "f",
-    ("p0", "p1", "p2", "deep", "hub"),
-    ("p0", "p1", "p2"),
-)
-
-
-def _noise(module: torch.nn.Module, std: float, gen: torch.Generator) -> None:
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * std)
-
-
-def build_modules(base_dir: Path, seed: int) -> dict[str, object]:
-    """Three ST-As (two of one layout, one of another), a fusion over the first two with its head, and five
-    soft prompts: three shallow ones for the ensemble, a deep one, one prepended to the embedding output."""
-    gen = torch.Generator().manual_seed(seed)
-    base = load_base(base_dir)
-    model = AdaptedEncoder(base)
-    arts: dict[str, object] = {}
-    layouts = {
-        "s0": (preset("seq_bn", reduction_factor=4), 2),
-        "s1": (preset("seq_bn", reduction_factor=8), 3),
-        "s2": (preset("double_seq_bn", reduction_factor=4), 2),
-        "l0": (preset("lora", r=4), 2),
-        "l1": (preset("lora", r=2, target_modules=["query", "key", "value", "dense"]), 3),
-    }
-    for name, (cfg, labels) in layouts.items():
-        model.add_adapter(name, cfg)
-        model.add_head(name, HeadConfig(num_labels=labels, pooling="mean"))
-        _noise(model.adapters[name], 0.3, gen)
-        _noise(model.heads[name], 0.3, gen)
-        arts[name] = artifacts.extract(model, name, head=name)
-    model.add_fusion(FUSION, ["s0", "s1"], FusionConfig(dropout=0.0))
-    model.add_head(FUSION, HeadConfig(num_labels=2, pooling="cls"))
-    _noise(model.fusions[FUSION], 0.2, gen)
-    _noise(model.heads[FUSION], 0.3, gen)
-    arts[FUSION] = fusion_artifacts.extract(model, FUSION, head=FUSION)
-    h, layers = base.hidden_size, base.num_layers
-    head = HeadConfig(num_labels=2, layers=1, pooling="mean")
-    shapes = {
-        "p0": (PromptConfig(length=4), (4, h)),
-        "p1": (PromptConfig(length=4), (4, h)),
-        "p2": (PromptConfig(length=4), (4, h)),
-        "deep": (PromptConfig(length=3, kind="deep"), (layers, 2, 3, h)),
-        "hub": (PromptConfig(length=2, insertion="embedding_output"), (2, h)),
-    }
-    for name, (cfg, shape) in shapes.items():
-        heads = PromptModel(base)
-        heads.add(name, cfg, head)
-        _noise(heads.heads[name], 0.5, gen)
-        tensors = {k: v.detach().clone() for k, v in heads.heads[name].state_dict().items()}
-        arts[name] = PromptArtifact(
-            name=name,
-            config=cfg,
-            hidden_size=h,
-            prompt=torch.randn(shape, generator=gen),
-            head=head,
-            head_tensors=tensors,
-            labels=["neg", "pos"],
-            base=base.identity,
-            metrics={"accuracy": float(torch.rand(1, generator=gen))},
-        )
-    return arts
-
-
-@dataclass
-class Oracle:
-    """Single-purpose models on freshly loaded bases, one per module, built on first use."""
-
-    base_dir: Path
-    arts: dict[str, object]
-    models: dict[str, object] = field(default_factory=dict)
-
-    def _model(self, name: str):  # type: ignore[no-untyped-def]
-        if name not in self.models:
-            base = load_base(self.base_dir)
-            if name in PROMPTS or name == "ensemble":
-                model = PromptModel(base).eval()
-                for p in ENSEMBLE if name == "ensemble" else (name,):
-                    model.attach(self.arts[p], name=p)  # type: ignore[arg-type]
-            else:
-                model = AdaptedEncoder(base).eval()
-                if name == FUSION:
-                    for m in ("s0", "s1"):
-                        artifacts.attach(model, self.arts[m], name=m)  # type: ignore[arg-type]
-                    fusion_artifacts.attach(model, self.arts[name], ["s0", "s1"], name=name)  # type: ignore[arg-type]
-                else:
-                    artifacts.attach(model, self.arts[name], name=name)  # type: ignore[arg-type]
-            self.models[name] = model
-        return self.models[name]
-
-    def logits(self, name: str, text: str) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
-        model = self._model(name)
-        batch = model.base.tokenizer([text], return_tensors="pt")
-        with torch.no_grad():
-            if isinstance(model, PromptModel):
-                return model.logits([name], dict(batch))[0, 0], None
-            comp = Fuse(name) if name == FUSION else Single(name)
-            out = model(**batch, head=name, composition=comp, return_fusion_attention=name == FUSION)
-            att = {k: v[0] for k, v in out.fusion_attention.items()} if out.fusion_attention else None
-            return out.logits[0], att
-
-    def tree(self, tree, head: str, text: str) -> torch.Tensor:  # type: ignore[no-untyped-def]
-        """A model that has only ever run composition trees, over every bottleneck adapter and the fusion."""
-        if "trees" not in self.models:
-            model = AdaptedEncoder(load_base(self.base_dir)).eval()
-            for m in TREE_LEAVES:
-                artifacts.attach(model, self.arts[m], name=m)  # type: ignore[arg-type]
-            fusion_artifacts.attach(model, self.arts[FUSION], ["s0", "s1"], name=FUSION)  # type: ignore[arg-type]
-            self.models["trees"] = model
-        model = self.models["trees"]
-        batch = model.base.tokenizer([text], return_tensors="pt")
-        with torch.no_grad():
-            return model(**batch, head=head, composition=Single(tree) if isinstance(tree, str) else tree).logits[0]
-
-    def ensemble(self, texts: list[str], voting: str, scores: list[float], early_exit: bool):  # type: ignore[no-untyped-def]
-        model = self._model("ensemble")
-        batch = dict(model.base.tokenizer(texts, padding=True, return_tensors="pt"))
-        return predict_ensemble(model, list(ENSEMBLE), batch, voting, scores, early_exit)
-
-
-TREE_LEAVES = ("s0", "s1", "s2")  # the bottleneck adapters (s2 has sites the others lack: Stacks only)
 
 
 def _averages(children):  # type: ignore[no-untyped-def]
