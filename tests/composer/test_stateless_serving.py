@@ -31,6 +31,7 @@ from tests.composer.serving_oracle import ADAPTERS, ENSEMBLE, FUSION, PROMPTS, T
 from tests.conftest import WORDS, make_tiny_bert
 
 ATOL = 1e-5
+MIXED_ATOL = 2e-4  # rows of different kinds gathered in one batch (see `_mixed`)
 
 
 def _averages(children):  # type: ignore[no-untyped-def]
@@ -130,8 +131,11 @@ class ServingMachine(RuleBasedStateMachine):
                 self.rt.release(mid, members)
         for (mid, ex), row in zip(rows, got, strict=True):
             want, _ = self.bases[key][2].logits(mid.split(":")[1], ex.text)
-            # gathered LoRA rows sum in another order than a LoRA alone: float32 reassociation only
-            torch.testing.assert_close(row.logits, want, atol=ATOL, rtol=1e-4)
+            # gathered rows run other kernels (batched matmuls) than a module alone. On these deliberately
+            # ill-conditioned modules (noise 0.3 on every LoRA pair), held to a float64 run of the same LoRA,
+            # the float32 model alone is off by 1e-5 and a LoRA row beside a bottleneck row by up to 9e-5:
+            # reassociation, not state (a leaked composition moves logits by 1e-1 and more)
+            torch.testing.assert_close(row.logits, want, atol=MIXED_ATOL, rtol=1e-4)
         self.checks += len(rows)
 
     def _trees(self, key: str, trees: list, heads: list[str], texts: list[str]) -> None:  # type: ignore[type-arg]
