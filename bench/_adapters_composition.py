@@ -3,12 +3,11 @@ same blocks at batch 8, seq 64: one adapter, Stack(a, b), Parallel of 8 at full 
 of 6 layers left out, and BatchSplit of 8 rows over 8 adapters."""
 
 import json
-import statistics
 import sys
-import time
 
 import adapters
 import torch
+from _adapters_timing import median_forward_ms
 from adapters import SeqBnConfig
 from adapters.composition import BatchSplit, Parallel, Stack
 from transformers import BertModel
@@ -26,15 +25,7 @@ ids = torch.randint(1000, 20000, (8, 64), generator=torch.Generator().manual_see
 
 def forward_ms(active) -> float:  # type: ignore[no-untyped-def]
     model.set_active_adapters(active)
-    samples = []
-    with torch.no_grad():
-        for _ in range(2):
-            model(input_ids=ids)
-        for _ in range(repeats):
-            t = time.perf_counter()
-            model(input_ids=ids)
-            samples.append((time.perf_counter() - t) * 1000)
-    return statistics.median(samples)
+    return median_forward_ms(model, ids, repeats)
 
 
 out = {

@@ -1,12 +1,11 @@
 """Reference side of bench/fusion.py (parity venv): adapters 1.3.0 Fuse forward times, ms."""
 
 import json
-import statistics
 import sys
-import time
 
 import adapters
 import torch
+from _adapters_timing import median_forward_ms
 from adapters.composition import Fuse
 from transformers import BertModel
 
@@ -23,15 +22,7 @@ for n in names:
 def forward_ms(b: int) -> float:
     """Median forward time at batch b, seq 64, after two warm-up runs."""
     ids = torch.randint(1000, 20000, (b, 64), generator=torch.Generator().manual_seed(0))
-    samples = []
-    with torch.no_grad():
-        for _ in range(2):
-            model(input_ids=ids)
-        for _ in range(repeats):
-            t = time.perf_counter()
-            model(input_ids=ids)
-            samples.append((time.perf_counter() - t) * 1000)
-    return statistics.median(samples)
+    return median_forward_ms(model, ids, repeats)
 
 
 out = {}

@@ -33,8 +33,8 @@ def model(tiny_bert_dir):  # type: ignore[no-untyped-def]
                 q.normal_(0, 0.3)
     m.add_fusion("f", ["s0", "s1"], FusionConfig(dropout=0.0))  # a fusion over two members, in Stacks
     with torch.no_grad():
-        for q in m.fusions["f"].parameters():
-            q.normal_(0, 0.3)
+        for q in m.fusions["f"].parameters():  # around its initialisation (V the identity), as a trained fusion
+            q.add_(torch.randn_like(q) * 0.05)
     return m
 
 
