@@ -12,6 +12,8 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
+from cli import pool
+
 
 class Client:
     def __init__(self, url: str, key: str):
@@ -136,12 +138,15 @@ def main(argv: list[str] | None = None) -> int:
         help="ours, or the layout AdapterHub `adapters` or PEFT load (a fusion comes with its members)",
     )
     ad.add_argument("--without-head", action="store_true", help="export the module without its prediction head")
+    pool.add_parser(sub)
     args = p.parse_args(argv)
     if not args.key:
         p.error("an API key is needed: --key or COMPOSER_KEY")
     c = Client(args.url, args.key)
     out: Any
-    if args.cmd == "tasks":
+    if args.cmd == "pool":
+        out = pool.run(c, args)
+    elif args.cmd == "tasks":
         labels = [x for x in args.labels.split(",") if x]
         out = c.call("POST", "/v1/tasks", json={"name": args.name, "kind": args.kind, "labels": labels})
     elif args.cmd == "datasets":
