@@ -55,7 +55,7 @@ def main() -> int:
         have = {f for f, _ in ASSETS.values()}
         wanted |= {k: v for k, v in pool_sources().items() if v[0][0] not in have}
     failed = []
-    for i, (key, ((filename, expected), source)) in enumerate(wanted.items(), start=1):
+    for i, (_key, ((filename, expected), source)) in enumerate(wanted.items(), start=1):
         path = d / filename
         print(f"[{i}/{len(wanted)}] {filename}", flush=True)
         if not (path.is_file() and sha256(path) == expected):
