@@ -30,6 +30,7 @@ from api.routes import (
     keys,
     merges,
     predict,
+    recommendations,
     tasks,
     ui,
 )
@@ -145,6 +146,7 @@ def create_app(
         keys,
         base_models,
         tasks,
+        recommendations,
         datasets,
         jobs,
         adapters,

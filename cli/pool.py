@@ -89,7 +89,7 @@ def train_pool(
         name = f"pool-{task}"
         ensure_task(c, task, sorted(meta["labels"]))
         task_id = c.call("GET", f"/v1/tasks/{task}")["id"]
-        done = [a for a in find_items(c, "/v1/adapters", task=task, status="active") if a["name"] == name]
+        done = [a for a in find_items(c, "/v1/adapters", task=task, status="ready") if a["name"] == name]
         done = [a for a in done if a["base_model_id"] == base_id]
         if done:
             tqdm.write(f"[{i}/{len(todo)}] {task}: already trained ({done[0]['id']}), skipped")

@@ -40,6 +40,7 @@ class AdapterFace(MethodKind):
     """An adapter and its head on the resident encoder."""
 
     in_trees = "member"
+    rankable = True
 
     def merged(
         self, members: Sequence[AdapterArtifact], config: Any, tensors: dict[str, torch.Tensor]

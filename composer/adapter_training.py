@@ -68,12 +68,16 @@ def train_st_adapter(
     callbacks: Sequence[Callback] = (),
     resume: bytes | None = None,
     name: str | None = None,
+    init_adapter: dict[str, torch.Tensor] | None = None,
 ) -> STAdapterRun:
+    """With `init_adapter` (a source adapter's weights for `adapter_cfg`), the adapter starts from them,
+    intermediate-task transfer; the head is always fresh."""
     name = name or task.name
     torch.manual_seed(train_cfg.seed)  # adapter/head init is part of the seeded run
     model = AdaptedEncoder(base)
     model.base_dropout = train_cfg.base_dropout
-    model.add_adapter(name, adapter_cfg)
+    start = {k: v.detach().clone() for k, v in init_adapter.items()} if init_adapter is not None else None
+    model.add_adapter(name, adapter_cfg, weights=start)
     model.add_head(name, head_cfg or head_for(task))
     single = Single(name)
     collate = Collator(base.tokenizer, task, train_cfg.max_length)

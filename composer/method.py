@@ -67,6 +67,9 @@ class MethodKind(ABC):
     importable: bool = True  # can be uploaded on its own through /v1/adapters/import
     prefetchable: bool = False  # serving can build it ahead of its first request and keep it in host memory
     merge_methods: tuple[str, ...] = ()  # how modules of this kind merge into one (`merge`); () : they do not
+    # a transfer source: its adapter gives the encoder features that a ranking scores, and a new adapter of
+    # its config can start from its weights (`warm_start`)
+    rankable: bool = False
     composed: bool = False  # a tree of other modules (a saved composition): it serves through that tree
     # what it may be in a composition tree: "member" (a leaf: an adapter on the encoder), "fuse" (a `Fuse`
     # node), or None (nothing)

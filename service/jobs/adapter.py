@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from sqlalchemy.orm import Session
 
+from composer import kinds
 from composer.adapter_training import train_st_adapter
 from composer.heads import HeadConfig
 from composer.presets import PRESETS, preset
 from composer.training import TrainConfig
-from registry_db.models import Job
+from registry_db.errors import InvalidInput
+from registry_db.models import Adapter, Job
+from registry_db.repo import adapters as adapter_repo
 from registry_db.repo import catalog
 from service import artifact_store
 from service.jobs.base import JobType, Spec, configs_valid, task_datasets
@@ -49,6 +52,14 @@ class BottleneckTraining(Spec):
         )
 
 
+class WarmStart(Spec):
+    """Start from a source adapter's weights (intermediate-task transfer), with a fresh head: a reference,
+    or "auto" for the top of the task's ranking (`POST /v1/tasks/{task}/recommendations`)."""
+
+    source: str = Field(validation_alias=AliasChoices("from", "source"), serialization_alias="from")
+    estimator: Literal["semb", "logme", "fusion_probe"] = "logme"  # what ranks the sources for "auto"
+
+
 class AdapterJobSpec(BottleneckTraining):
     """Train a single-task adapter (ST-A)."""
 
@@ -56,14 +67,41 @@ class AdapterJobSpec(BottleneckTraining):
     train_dataset: str
     validation_dataset: str | None = None
     pooling: Literal["cls", "mean"] = "mean"
+    warm_start: WarmStart | None = None
 
 
 def check(s: Session, owner_id: str, spec: AdapterJobSpec) -> dict[str, Any]:
     task = catalog.get_task(s, owner_id, spec.task)
     base = catalog.get_base_model(s, spec.base_model, owner_id)
-    spec.check_configs(base.architecture, base.num_layers)
     task_datasets(s, owner_id, task.id, spec.train_dataset, spec.validation_dataset)
-    return spec.model_copy(update={"task": task.id, "base_model": base.id}).model_dump()
+    update: dict[str, Any] = {"task": task.id, "base_model": base.id}
+    if spec.warm_start is None:
+        spec.check_configs(base.architecture, base.num_layers)
+    elif spec.warm_start.source != "auto":
+        asked = spec.preset if "preset" in spec.model_fields_set else None
+        if spec.adapter:
+            raise InvalidInput("a warm start takes its source's adapter config: give no adapter fields")
+        src = warm_source(s, owner_id, spec.warm_start.source, base.id, asked)
+        update["warm_start"] = spec.warm_start.model_copy(update={"source": src.id})
+    elif spec.adapter or "preset" in spec.model_fields_set:
+        raise InvalidInput("a warm start takes its source's adapter config: give no preset or adapter fields")
+    return spec.model_copy(update=update).model_dump(by_alias=True)
+
+
+def warm_source(s: Session, owner_id: str, ref: str, base_id: str, asked_preset: str | None = None) -> Adapter:
+    """The source of a warm start, checked: one the owner may read, a transfer source, ready, on this base,
+    and of the preset asked for (if one is asked for)."""
+    row = adapter_repo.resolve_adapter(s, owner_id, ref)
+    if not kinds.get(row.kind).rankable:
+        raise InvalidInput(f"adapter {row.id} is a {row.kind}; a warm start begins from an adapter (ST-A, LoRA, MT-A)")
+    if row.status != "ready":
+        raise InvalidInput(f"adapter {row.id} is {row.status}, not ready")
+    if row.base_model_id != base_id:
+        raise InvalidInput(f"adapter {row.id} was trained on base {row.base_model_id}, not {base_id}")
+    source_preset = (row.method_config or {}).get("preset")
+    if asked_preset and source_preset and source_preset != asked_preset:
+        raise InvalidInput(f"adapter {row.id} is a {source_preset}, not the {asked_preset} asked for")
+    return row
 
 
 def handle(ctx: JobContext, spec: AdapterJobSpec) -> Finish:
@@ -73,17 +111,22 @@ def handle(ctx: JobContext, spec: AdapterJobSpec) -> Finish:
     train, validation = inp.train, inp.validation
     head = HeadConfig(kind=tspec.kind, num_labels=tspec.num_labels, pooling=spec.pooling)
     name = spec.name or task.name
+    adapter_cfg, init, lineage, preset_name = preset(spec.preset, **spec.adapter), None, None, spec.preset
+    if spec.warm_start is not None:
+        adapter_cfg, init, lineage, preset_name = warm_start_from(ctx, spec, base)
+        ctx.event("warm_start", lineage)
     run = train_st_adapter(
         base,
         tspec,
         train,
         validation,
-        preset(spec.preset, **spec.adapter),
+        adapter_cfg,
         cfg,
         head,
         callbacks=[ctx.callback()],
         resume=ctx.resume,
         name=name,
+        init_adapter=init,
     )
     art = run.artifact(tspec)
     weights_sha, config_sha = artifact_store.store(ctx.registry, art)
@@ -98,13 +141,42 @@ def handle(ctx: JobContext, spec: AdapterJobSpec) -> Finish:
             base_model_id=base_row.id,
             name=name,
             job_id=job.id,
-            preset=spec.preset,
-            init_seed=cfg.seed,  # the seeded initialisation it started from: merges need one start
+            preset=preset_name,
+            # the seeded initialisation it started from (merges need one start); a warm start's is its source's
+            init_seed=None if lineage else cfg.seed,
+            **({"warm_start": lineage} if lineage else {}),
         )
         return {"adapter_id": row.id, "version": row.version}
 
     result = {"metrics": run.result.best_metrics, "steps": run.result.steps, "resumed_from": ctx.resumed_from}
+    if lineage:
+        result["warm_start"] = lineage
     return Finish(result=result, register=register)
+
+
+def warm_start_from(ctx: JobContext, spec: AdapterJobSpec, base: Any) -> tuple[Any, dict, dict, str]:
+    """The source's adapter config and weights, and the lineage to record: the source and its rank."""
+    from service.transfer import resolve_source
+
+    ws = spec.warm_start
+    assert ws is not None
+    row, lineage = resolve_source(
+        ctx.registry,
+        ctx.settings,
+        lambda _row: base,
+        ctx.job.owner_id,
+        spec.task,
+        ws.source,
+        spec.base_model,
+        ws.estimator,
+        dataset=spec.train_dataset,
+    )
+    if ws.source == "auto":
+        with ctx.registry.tx() as s:
+            warm_source(s, ctx.job.owner_id, row.id, spec.base_model)
+    art = artifact_store.fetch(ctx.registry, row)
+    weights = {k[len("adapter.") :]: v for k, v in art.tensors.items() if k.startswith("adapter.")}
+    return art.config, weights, lineage, (row.method_config or {}).get("preset") or spec.preset
 
 
 JOB = JobType("adapter", AdapterJobSpec, check, handle)

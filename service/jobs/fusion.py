@@ -25,13 +25,21 @@ from service.jobs.context import Finish, JobContext, job_inputs, with_checkpoint
 FUSION_DEFAULTS = {"learning_rate": 5e-5, "epochs": 10, "patience": 3}
 
 
+class AutoMembers(Spec):
+    """The members chosen by the service: the top `auto` fusable sources of the task's ranking, plus the
+    task's own adapter where one exists."""
+
+    auto: int = Field(ge=1, le=15)
+    estimator: Literal["semb", "logme", "fusion_probe"] = "logme"
+
+
 class FusionJobSpec(Spec):
     """Train an AdapterFusion over 2 to 16 ready adapters of one base, for a target task."""
 
     task: str
     # the fusion's members, by this one name from the request to the registry's fusion_members rows
     # (`adapters`, the field's earlier name, is still read)
-    members: list[str] = Field(min_length=2, max_length=16, validation_alias=AliasChoices("members", "adapters"))
+    members: AutoMembers | list[str] = Field(validation_alias=AliasChoices("members", "adapters"))
     train_dataset: str
     validation_dataset: str | None = None
     fusion: dict[str, Any] = Field(default_factory=dict)  # FusionConfig fields
@@ -57,6 +65,11 @@ def check(s: Session, owner_id: str, spec: FusionJobSpec) -> dict[str, Any]:
     dataset_of_task(s, owner_id, spec.train_dataset, task.id, "train")
     if spec.validation_dataset:
         dataset_of_task(s, owner_id, spec.validation_dataset, task.id, "validation")
+    if isinstance(spec.members, AutoMembers):  # chosen when the job runs, from the ranking of that moment
+        base = catalog.get_base_model(s, spec.base_model, owner_id).id if spec.base_model else None
+        return spec.model_copy(update={"task": task.id, "base_model": base}).model_dump()
+    if not 2 <= len(spec.members) <= 16:
+        raise InvalidInput(f"a fusion has 2 to 16 members, got {len(spec.members)}")
     rows = [adapter_repo.resolve_adapter(s, owner_id, ref) for ref in spec.members]
     ids = [r.id for r in rows]
     if len(set(ids)) != len(ids):
@@ -77,7 +90,49 @@ def check(s: Session, owner_id: str, spec: FusionJobSpec) -> dict[str, Any]:
     }
 
 
+def auto_members(ctx: JobContext, spec: FusionJobSpec) -> tuple[FusionJobSpec, dict[str, Any]]:
+    """`members: {auto: k}` made explicit: the top k fusable sources of the ranking on the task's train
+    dataset, after the task's own newest ready adapter on that base (which the fusion then starts from)."""
+    from service.transfer import rank
+
+    auto = spec.members
+    assert isinstance(auto, AutoMembers)
+    loaded: dict[str, Any] = {}
+
+    def load(row):  # type: ignore[no-untyped-def]
+        if row.id not in loaded:
+            loaded[row.id] = ctx.load_base(row)
+        return loaded[row.id]
+
+    ranking = rank(
+        ctx.registry,
+        ctx.settings,
+        load,
+        ctx.job.owner_id,
+        spec.task,
+        auto.estimator,
+        base_model=spec.base_model,
+        dataset=spec.train_dataset,
+    )
+    picks = [i for i in ranking.items if kinds.get(i["kind"]).fusable][: auto.auto]
+    with ctx.registry.tx() as s:
+        page = adapter_repo.list_adapters(s, ctx.job.owner_id, task_id=spec.task, status="ready", limit=200)
+        own = [a for a in page.items if kinds.get(a.kind).fusable and a.base_model_id == ranking.base_model_id]
+        own.sort(key=lambda a: a.created_at, reverse=True)
+        ids = [a.id for a in own[:1]] + [i["adapter_id"] for i in picks]
+        if len(ids) < 2:
+            raise InvalidInput(f"the ranking gave {len(ids)} fusable member(s); a fusion needs at least 2")
+        explicit = spec.model_copy(update={"members": ids, "base_model": None})
+        normalised = FusionJobSpec.model_validate(check(s, ctx.job.owner_id, explicit))
+    chosen = {"estimator": auto.estimator, "k": auto.auto, "own": ids[0] if own else None, "ranked": picks}
+    return normalised, chosen
+
+
 def handle(ctx: JobContext, spec: FusionJobSpec) -> Finish:
+    chosen = None
+    if isinstance(spec.members, AutoMembers):
+        spec, chosen = auto_members(ctx, spec)
+        ctx.event("members_chosen", chosen)
     cfg = with_checkpoint_default(spec.train_config(), ctx)
     inp = job_inputs(ctx, spec.task, spec.base_model or "", spec.train_dataset, spec.validation_dataset)
     task, tspec = inp.task, inp.spec
@@ -120,7 +175,7 @@ def handle(ctx: JobContext, spec: FusionJobSpec) -> Finish:
             done["pruned_adapter_id"] = derived.id
         return done
 
-    return Finish(result=out.report, register=register)
+    return Finish(result=out.report | ({"members_chosen": chosen} if chosen else {}), register=register)
 
 
 JOB = JobType(
