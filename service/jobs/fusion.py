@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from sqlalchemy.orm import Session
 
 from composer import kinds
@@ -53,6 +53,13 @@ class FusionJobSpec(Spec):
     # fail, instead of registering a copy of the start, when no epoch beats it on validation
     require_improvement: bool = False
 
+    @field_validator("members")
+    @classmethod
+    def _count(cls, v: AutoMembers | list[str]) -> AutoMembers | list[str]:
+        if isinstance(v, list) and not 2 <= len(v) <= 16:
+            raise ValueError(f"a fusion lists at least 2 and at most 16 members, got {len(v)}")
+        return v
+
     def train_config(self) -> TrainConfig:
         return TrainConfig.from_dict({**FUSION_DEFAULTS, **self.hyperparameters})
 
@@ -68,8 +75,6 @@ def check(s: Session, owner_id: str, spec: FusionJobSpec) -> dict[str, Any]:
     if isinstance(spec.members, AutoMembers):  # chosen when the job runs, from the ranking of that moment
         base = catalog.get_base_model(s, spec.base_model, owner_id).id if spec.base_model else None
         return spec.model_copy(update={"task": task.id, "base_model": base}).model_dump()
-    if not 2 <= len(spec.members) <= 16:
-        raise InvalidInput(f"a fusion has 2 to 16 members, got {len(spec.members)}")
     rows = [adapter_repo.resolve_adapter(s, owner_id, ref) for ref in spec.members]
     ids = [r.id for r in rows]
     if len(set(ids)) != len(ids):
