@@ -20,10 +20,21 @@ from registry_db.repo import adapters, catalog
 from service import artifact_store
 
 
+class AutoMerge(BaseModel):
+    """The members chosen by the service: the top `auto` sources of `task`'s ranking that merge with the
+    top one (its kind); the merge is a module of the top source's task (its head), for a warm start."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    auto: int = Field(ge=2, le=16)
+    task: str
+    estimator: Literal["semb", "logme", "fusion_probe"] = "logme"
+
+
 class MergeSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    members: list[str] = Field(min_length=2, max_length=16)
+    members: AutoMerge | list[str]
     weights: list[float] | None = None  # default: equal; they are used as given (task arithmetic)
     method: Literal["linear", "ties", "dare_linear", "dare_ties", "magnitude_prune", "cat", "svd"] = "linear"
     density: float = Field(1.0, gt=0, le=1)  # TIES, DARE and magnitude pruning keep this share of each tensor
@@ -37,9 +48,43 @@ def _start(row: Adapter) -> Any:
     return (row.method_config or {}).get("init_seed")
 
 
+def auto_members(
+    reg: Registry, owner_id: str, spec: MergeSpec, load_base: Callable[[BaseModelRow], LoadedBase], settings: Any
+) -> tuple[MergeSpec, dict[str, Any]]:
+    from service.transfer import rank
+
+    auto = spec.members
+    assert isinstance(auto, AutoMerge)
+    ranking = rank(reg, settings, load_base, owner_id, auto.task, auto.estimator)
+    kind = ranking.items[0]["kind"]
+    with reg.tx() as s:
+        configs = {
+            i["adapter_id"]: (adapters.get_adapter(s, i["adapter_id"]).method_config or {}).get("config")
+            for i in ranking.items
+        }
+    top = configs[ranking.items[0]["adapter_id"]]
+    picks = [i for i in ranking.items if i["kind"] == kind and configs[i["adapter_id"]] == top][: auto.auto]
+    if len(picks) < 2:
+        raise InvalidInput(f"the ranking of {auto.task!r} has {len(picks)} {kind} source(s) to merge; a merge needs 2")
+    chosen = {"task": auto.task, "estimator": auto.estimator, "k": auto.auto, "ranked": picks}
+    return spec.model_copy(update={"members": [i["adapter_id"] for i in picks]}), chosen
+
+
 def merge(
-    reg: Registry, owner_id: str, spec: MergeSpec, load_base: Callable[[BaseModelRow], LoadedBase]
+    reg: Registry,
+    owner_id: str,
+    spec: MergeSpec,
+    load_base: Callable[[BaseModelRow], LoadedBase],
+    settings: Any = None,  # service settings (where ranking features are cached); default: the environment's
 ) -> tuple[Adapter, list[Adapter]]:
+    chosen = None
+    if isinstance(spec.members, AutoMerge):
+        from service.settings import get_settings
+
+        spec, chosen = auto_members(reg, owner_id, spec, load_base, settings or get_settings())
+    assert isinstance(spec.members, list)
+    if not 2 <= len(spec.members) <= 16:
+        raise InvalidInput(f"a merge has 2 to 16 members, got {len(spec.members)}")
     weights = spec.weights if spec.weights is not None else [1.0 / len(spec.members)] * len(spec.members)
     if len(weights) != len(spec.members):
         raise InvalidInput(f"{len(weights)} weights for {len(spec.members)} members")
@@ -93,6 +138,7 @@ def merge(
         "density": spec.density,
         "seed": spec.seed,
         "head_from": head.id,
+        **({"chosen": chosen} if chosen else {}),
     }
     shas = artifact_store.store(reg, art)
     with reg.tx() as s:

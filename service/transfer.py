@@ -129,13 +129,18 @@ def target_rows(
     return task, _sample(load_dataset_examples(reg, ds, task), rows, ds.sha256)
 
 
-def candidates(reg: Registry, owner_id: str, task: Task, base_model: str | None) -> tuple[str, list[Candidate]]:
-    """Every ready transfer source the caller may read, on one base, other than the task's own."""
+def candidates(
+    reg: Registry, owner_id: str, task: Task, base_model: str | None, exclude: frozenset[str] = frozenset()
+) -> tuple[str, list[Candidate]]:
+    """Every ready transfer source the caller may read, on one base, other than the task's own and those
+    in `exclude` (adapter ids)."""
     with reg.tx() as s:
         rows, cursor = [], None
         while True:
             page = adapter_repo.list_adapters(s, owner_id, status="ready", limit=200, cursor=cursor)
-            rows += [a for a in page.items if kinds.get(a.kind).rankable and a.task_id != task.id]
+            rows += [
+                a for a in page.items if kinds.get(a.kind).rankable and a.task_id != task.id and a.id not in exclude
+            ]
             cursor = page.next_cursor
             if not cursor:
                 break
@@ -193,12 +198,13 @@ def rank(
     rows: int = 1000,
     base_model: str | None = None,
     dataset: str | None = None,
+    exclude: frozenset[str] = frozenset(),
 ) -> Ranking:
     if estimator not in ESTIMATORS:
         raise InvalidInput(f"unknown estimator {estimator!r}; known: {list(ESTIMATORS)}")
     t0 = time.perf_counter()
     task, examples = target_rows(reg, owner_id, task_ref, rows, dataset)
-    base_id, cands = candidates(reg, owner_id, task, base_model)
+    base_id, cands = candidates(reg, owner_id, task, base_model, exclude)
     with reg.tx() as s:
         base_row = catalog.get_base_model(s, base_id)
     base = load_base(base_row)

@@ -14,8 +14,13 @@ router = APIRouter(prefix="/v1", tags=["adapters"])
 
 @router.post("/merges", status_code=201)
 async def create_merge(body: MergeSpec, request: Request, caller: Trainer, reg: RegistryDep) -> dict:
-    runtime, device = request.app.state.runtime, request.app.state.settings.device
+    runtime, settings = request.app.state.runtime, request.app.state.settings
     row, _ = await run_in_threadpool(
-        merge, reg, caller.owner_id, body, lambda base_row: resident(runtime, base_row, device, reg).base
+        merge,
+        reg,
+        caller.owner_id,
+        body,
+        lambda base_row: resident(runtime, base_row, settings.device, reg).base,
+        settings,
     )
     return adapter_json(row)

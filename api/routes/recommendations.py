@@ -24,6 +24,7 @@ class RecommendationRequest(BaseModel):
     base_model: str | None = None  # default: the base that holds the most candidates
     dataset: str | None = None  # a train dataset of the task; default: its newest
     limit: int = Field(50, ge=1, le=500)  # items returned
+    exclude: list[str] = Field(default_factory=list, max_length=500)  # adapter ids not to rank
 
 
 @router.post("/tasks/{task}/recommendations")
@@ -34,7 +35,17 @@ async def recommend(task: str, body: RecommendationRequest, request: Request, ca
         return resident(runtime, base_row, settings.device, reg).base
 
     ranking = await run_in_threadpool(
-        rank, reg, settings, load_base, caller.owner_id, task, body.estimator, body.rows, body.base_model, body.dataset
+        rank,
+        reg,
+        settings,
+        load_base,
+        caller.owner_id,
+        task,
+        body.estimator,
+        body.rows,
+        body.base_model,
+        body.dataset,
+        frozenset(body.exclude),
     )
     out = ranking.json()
     out["items"] = out["items"][: body.limit]

@@ -26,7 +26,7 @@ def upload(api, task, split, rows, key):  # type: ignore[no-untyped-def]
 def test_recommendations_rank_readable_sources_and_refuse_with_reasons(api, tmp_path):
     ids = api.task_with_data("sentiment")
     a = api.train_adapter(ids, name="src-a")
-    b = api.train_adapter(ids, name="src-b", adapter={"reduction_factor": 2})
+    b = api.train_adapter(ids, name="src-b")
     r = api.client.post(
         "/v1/tasks", json={"name": "target", "kind": "classification", "labels": ["neg", "pos"]}, headers=api.h()
     )
@@ -61,6 +61,13 @@ def test_recommendations_rank_readable_sources_and_refuse_with_reasons(api, tmp_
             (i["adapter_id"], i["score"]) for i in body["items"]
         ]
     assert api.client.post("/v1/tasks/nope/recommendations", json={}, headers=api.h()).status_code == 404
+    # a merge of the target's top sources, chosen by the service
+    r = api.client.post("/v1/merges", json={"members": {"auto": 2, "task": "target"}}, headers=api.h())
+    assert r.status_code == 201, r.text
+    lineage = r.json()["method_config"]["merge"]
+    assert set(lineage["members"]) == {a, b} and lineage["chosen"]["task"] == "target"
+    r = api.client.post("/v1/merges", json={"members": {"auto": 1, "task": "target"}}, headers=api.h())
+    assert r.status_code == 422
     r = api.client.post("/v1/tasks/target/recommendations", json={"estimator": "vibes"}, headers=api.h())
     assert r.status_code == 422
     # another owner: its own task, no readable sources; acme's task is not there for it
