@@ -220,6 +220,45 @@ def test_6_request_a_fusion_and_read_its_comparison_heat_map_and_lineage(stack, 
     audit(d, "fusion")
 
 
+def test_6b_rank_sources_for_a_task_and_use_the_ranking(stack, d):
+    wait, ec = ui(d)
+    assert (
+        stack.http.post(
+            "/v1/tasks", json={"name": "target", "kind": "classification", "labels": ["neg", "pos"]}
+        ).status_code
+        == 201
+    )
+    up = stack.http.post(
+        "/v1/tasks/target/datasets", data={"split": "train"}, files={"file": ("t.jsonl", jsonl(toy_rows(30, 21)))}
+    )
+    assert up.status_code == 201, up.text
+    d.get(stack.url + "/ui#/tasks/target")
+    wait.until(ec.element_to_be_clickable(by("#rank-run"))).click()
+    rows = wait.until(lambda drv: drv.find_elements(*by("#rank-table tbody tr")))
+    want = stack.http.post("/v1/tasks/target/recommendations", json={"estimator": "logme"}).json()
+    assert [r.find_elements(*by("td"))[3].text for r in rows] == [i["source_task"] for i in want["items"]]
+    assert [r.find_elements(*by("td"))[4].text for r in rows] == [f"{i['score']:.4f}" for i in want["items"]]
+    audit(d, "sources")
+    d.find_element(*by("#use-warm")).click()
+    link = wait.until(ec.presence_of_element_located(by("#use-job")))
+    job = stack.wait_job(link.text)
+    assert job["status"] == "succeeded" and job["result"]["warm_start"]["from"] == want["items"][0]["adapter_id"], job
+    d.find_element(*by("#use-merge")).click()
+    merged = wait.until(ec.presence_of_element_located(by("#use-merged")))
+    row = stack.http.get("/v1/adapters/" + merged.get_attribute("href").rsplit("/", 1)[1]).json()
+    cfg = {
+        i["adapter_id"]: stack.http.get(f"/v1/adapters/{i['adapter_id']}").json()["method_config"]["config"]
+        for i in want["items"]
+    }
+    top = want["items"][0]
+    same = [
+        i["adapter_id"]
+        for i in want["items"]
+        if i["kind"] == top["kind"] and cfg[i["adapter_id"]] == cfg[top["adapter_id"]]
+    ]
+    assert row["method_config"]["merge"]["members"] == same[:3]
+
+
 def test_7_create_an_ensemble_and_query_it(stack, d):
     from selenium.webdriver.support.ui import Select
 

@@ -1,6 +1,7 @@
 // Tasks and their data: create a task; upload train/validation files (picker or drag and drop), list and
 // delete datasets. The API validates every row; a bad row comes back with its line and nothing is stored.
 import {$, ApiError, api, esc, showError, table, view} from "./core.js";
+import {sourcesCard, wireSources} from "./sources.js";
 
 const METRICS = {classification: ["accuracy", "macro_f1", "mcc"], regression: ["pearson", "spearman"]};
 
@@ -44,7 +45,9 @@ export async function taskPage(name) {
       <input id="upload-file" type="file" accept=".jsonl,.csv,.json,text/csv,application/jsonl"><p id="drop-help" class="hint">The upload starts when a file is chosen or dropped.</p></div>
     <div id="upload-result" role="status" aria-live="polite"></div>
   </form>
-  <h3>Datasets</h3><div id="datasets"></div><button id="more" type="button" hidden>More</button>`;
+  <h3>Datasets</h3><div id="datasets"></div><button id="more" type="button" hidden>More</button>
+  ${sourcesCard()}`;
+  wireSources(t.name);
   let cursor = null;
   const rows = [];
   const render = () => {
