@@ -48,9 +48,12 @@ def watch(c: Client, job_id: str) -> dict:
                 bar.set_postfix(epoch=p.get("epoch"), loss=f"{p.get('loss', 0):.4f}")
                 bar.refresh()
             elif ev.get("type") == "metric":
-                tqdm.write("validation: " + json.dumps({k: v for k, v in ev["payload"].items() if k not in ("step",)}))
+                tqdm.write(
+                    "validation: " + json.dumps({k: v for k, v in ev["payload"].items() if k not in ("step",)}),
+                    file=sys.stderr,
+                )
             elif ev.get("type") == "error":
-                tqdm.write("error: " + ev["payload"].get("message", ""))
+                tqdm.write("error: " + ev["payload"].get("message", ""), file=sys.stderr)
             elif "status" in ev:  # the final `end` event
                 break
     if bar:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -92,7 +93,7 @@ def train_pool(
         done = [a for a in find_items(c, "/v1/adapters", task=task, status="ready") if a["name"] == name]
         done = [a for a in done if a["base_model_id"] == base_id]
         if done:
-            tqdm.write(f"[{i}/{len(todo)}] {task}: already trained ({done[0]['id']}), skipped")
+            tqdm.write(f"[{i}/{len(todo)}] {task}: already trained ({done[0]['id']}), skipped", file=sys.stderr)
             report.append({"task": task, "adapter_id": done[0]["id"], "skipped": True})
             continue
         job = pool_job(c, task_id, name)
@@ -110,17 +111,17 @@ def train_pool(
                 "hyperparameters": hyperparameters or {},
             }
             job = c.call("POST", "/v1/jobs", json=body)
-        tqdm.write(f"[{i}/{len(todo)}] {task}: job {job['id']}")
+        tqdm.write(f"[{i}/{len(todo)}] {task}: job {job['id']}", file=sys.stderr)
         t0 = time.monotonic()
         try:
             final = watch(c, job["id"])
         except KeyboardInterrupt:
             c.call("POST", f"/v1/jobs/{job['id']}/cancel")
-            tqdm.write(f"cancelled {job['id']} ({task}); rerun `adapterctl pool train` to go on")
+            tqdm.write(f"cancelled {job['id']} ({task}); rerun `adapterctl pool train` to go on", file=sys.stderr)
             raise SystemExit(130) from None
         result = final.get("result") or {}
         metrics = result.get("metrics") or {}
-        tqdm.write(f"    {final['status']} in {time.monotonic() - t0:.0f} s: {json.dumps(metrics)}")
+        tqdm.write(f"    {final['status']} in {time.monotonic() - t0:.0f} s: {json.dumps(metrics)}", file=sys.stderr)
         report.append({"task": task, "status": final["status"], "adapter_id": result.get("adapter_id"), **metrics})
     return report
 
