@@ -243,9 +243,6 @@ def test_6b_rank_sources_for_a_task_and_use_the_ranking(stack, d):
     link = wait.until(ec.presence_of_element_located(by("#use-job")))
     job = stack.wait_job(link.text)
     assert job["status"] == "succeeded" and job["result"]["warm_start"]["from"] == want["items"][0]["adapter_id"], job
-    d.find_element(*by("#use-merge")).click()
-    merged = wait.until(ec.presence_of_element_located(by("#use-merged")))
-    row = stack.http.get("/v1/adapters/" + merged.get_attribute("href").rsplit("/", 1)[1]).json()
     cfg = {
         i["adapter_id"]: stack.http.get(f"/v1/adapters/{i['adapter_id']}").json()["method_config"]["config"]
         for i in want["items"]
@@ -256,7 +253,13 @@ def test_6b_rank_sources_for_a_task_and_use_the_ranking(stack, d):
         for i in want["items"]
         if i["kind"] == top["kind"] and cfg[i["adapter_id"]] == cfg[top["adapter_id"]]
     ]
-    assert row["method_config"]["merge"]["members"] == same[:3]
+    d.find_element(*by("#use-merge")).click()
+    if len(same) >= 2:  # the top sources that share the top one's kind and config merge
+        merged = wait.until(ec.presence_of_element_located(by("#use-merged")))
+        row = stack.http.get("/v1/adapters/" + merged.get_attribute("href").rsplit("/", 1)[1]).json()
+        assert row["method_config"]["merge"]["members"] == same[:3]
+    else:  # the form trained "sentiment" with another config than "second": nothing to merge it with
+        wait.until(lambda drv: "a merge needs 2" in drv.find_element(*by("#use-result")).text)
 
 
 def test_7_create_an_ensemble_and_query_it(stack, d):
