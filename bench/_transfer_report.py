@@ -36,7 +36,9 @@ def regret(e: dict, est: str, k: int) -> float:
     return (oracle - best_k) / oracle
 
 
-def report(per: dict, sizes, targets, quick: bool, rank_seconds: dict, n_sources: int, paired) -> None:  # type: ignore[no-untyped-def]
+def report(
+    per: dict, sizes, targets, quick: bool, rank_seconds: dict, n_sources: int, paired, section: str = ""
+) -> None:  # type: ignore[no-untyped-def]
     lines = [
         f"## Registry-driven transfer, leave-one-out over the pool ({len(targets)} targets, {n_sources} sources each"
         f"{', --quick' if quick else ''})",
@@ -103,7 +105,7 @@ def report(per: dict, sizes, targets, quick: bool, rank_seconds: dict, n_sources
         "",
         "Goals: regret@3 ≤ 1%; top-1 warm start ≥ cold + 2 points at 100 rows; ranked beats random by ≥ 1 point.",
     ]
-    write_section("transfer_quick" if quick else "transfer", "\n".join(lines))
+    write_section(section or ("transfer_quick" if quick else "transfer"), "\n".join(lines))
     first = summary[f"est{sizes[0]}"]["logme"]
     emit(
         {

@@ -169,7 +169,9 @@ def main() -> None:
     for e in ESTIMATORS:
         r = transfer.rank(reg, fresh, lambda _row: base, owner_id, name, e, exclude=frozenset({sources[t].id}))
         rank_seconds[e] = round(r.seconds, 1)
-    report(per, sizes, targets, quick, rank_seconds, len(sources) - 1, paired)
+    default = QUICK_TARGETS if quick else TARGETS
+    section = "" if tuple(targets) == default else f"transfer_{'quick_' if quick else ''}{len(targets)}_targets"
+    report(per, sizes, targets, quick, rank_seconds, len(sources) - 1, paired, section)
 
 
 if __name__ == "__main__":
