@@ -103,20 +103,28 @@ def rt_subjectivity() -> Corpus:
     return Corpus(TaskSpec("rt_subjectivity", labels=("objective", "subjective")), train, val, test)
 
 
-def _deb_member(deb: bytes, suffix: str) -> bytes:
+def deb_data_files(deb: bytes, want: Callable[[str], bool]) -> dict[str, bytes]:
+    """The regular files of a .deb's data.tar whose member name `want` accepts."""
     if deb[:8] != b"!<arch>\n":
         raise ValueError("not an ar archive")
-    pos = 8
+    pos, out = 8, {}
     while pos < len(deb):
         header = deb[pos : pos + 60]
         name, size = header[:16].decode().strip(), int(header[48:58])
         if name.startswith("data.tar"):
             with tarfile.open(fileobj=io.BytesIO(deb[pos + 60 : pos + 60 + size])) as tf:
                 for m in tf.getmembers():
-                    if m.name.endswith(suffix):
-                        return tf.extractfile(m).read()  # type: ignore[union-attr]
+                    if m.isfile() and want(m.name):
+                        out[m.name] = tf.extractfile(m).read()  # type: ignore[union-attr]
         pos += 60 + size + (size % 2)
-    raise KeyError(suffix)
+    return out
+
+
+def _deb_member(deb: bytes, suffix: str) -> bytes:
+    found = deb_data_files(deb, lambda name: name.endswith(suffix))
+    if not found:
+        raise KeyError(suffix)
+    return next(iter(found.values()))
 
 
 def _r_lazyload(deb: bytes, variable: str):

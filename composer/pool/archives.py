@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from composer.corpora import AssetsMissing, assets_dir
+from composer.corpora import AssetsMissing, assets_dir, deb_data_files
 
 
 @dataclass(frozen=True)
@@ -139,17 +139,4 @@ def nested_tar(data: bytes) -> tarfile.TarFile:
 
 def deb_files(key: str, prefix: str) -> dict[str, bytes]:
     """The regular files under `prefix` (e.g. `./usr/share/games/fortunes/`) of a .deb's data.tar."""
-    deb = archive_path(key).read_bytes()
-    if deb[:8] != b"!<arch>\n":
-        raise ValueError(f"{key}: not an ar archive")
-    pos, out = 8, {}
-    while pos < len(deb):
-        header = deb[pos : pos + 60]
-        name, size = header[:16].decode().strip(), int(header[48:58])
-        if name.startswith("data.tar"):
-            with tarfile.open(fileobj=io.BytesIO(deb[pos + 60 : pos + 60 + size])) as tf:
-                for m in tf.getmembers():
-                    if m.isfile() and m.name.startswith(prefix):
-                        out[m.name] = tf.extractfile(m).read()  # type: ignore[union-attr]
-        pos += 60 + size + (size % 2)
-    return out
+    return deb_data_files(archive_path(key).read_bytes(), lambda name: name.startswith(prefix))
