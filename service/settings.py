@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,6 +36,8 @@ class Settings(BaseSettings):
     progress_every_seconds: float = Field(1.0, ge=0)
     max_attempts: int = Field(3, ge=1)
     device: str | None = None  # default: cuda when visible (CUDA_VISIBLE_DEVICES), else cpu
+    # the forwards that give rankings their features: "auto" is bfloat16 where the hardware runs it natively
+    rank_precision: Literal["auto", "float32", "bfloat16"] = "auto"
     # -- the API --------------------------------------------------------------------------------
     bootstrap_key: str | None = None  # creates an admin key with this value if none exists
     max_upload_mb: float = Field(50.0, gt=0)

@@ -78,15 +78,15 @@ class Ranking:
 class FeatureCache:
     """Pooled features on disk, one safetensors file per (base, adapter weights or none, rows)."""
 
-    def __init__(self, directory: Path, base: LoadedBase):
+    def __init__(self, directory: Path, base: LoadedBase, precision: str = "auto"):
         self.dir = directory
-        self.model = FeatureModel(base)
+        self.model = FeatureModel(base, precision=precision)
         self.base_key = base.identity.fingerprint
         self.hits = self.misses = 0
 
     def get(self, texts: list[str], adapter: Adapter | None, reg: Registry) -> torch.Tensor:
         h = hashlib.sha256(f"{self.base_key}|{adapter.blob_sha256 if adapter else '-'}".encode())
-        h.update(f"|{self.model.max_length}|".encode())
+        h.update(f"|{self.model.max_length}|{self.model.precision}|".encode())
         for t in texts:
             h.update(t.encode() + b"\0")
         path = self.dir / f"{h.hexdigest()}.safetensors"
@@ -208,7 +208,7 @@ def rank(
     with reg.tx() as s:
         base_row = catalog.get_base_model(s, base_id)
     base = load_base(base_row)
-    cache = FeatureCache(Path(settings.data_dir) / "features", base)
+    cache = FeatureCache(Path(settings.data_dir) / "features", base, settings.rank_precision)
     texts = [e.text for e in examples]
     spec = task_spec(task)
     scores: list[float | None]

@@ -80,7 +80,12 @@ def world(request, tmp_path, tiny_bert_dir):
     db = request.getfixturevalue("fresh_pg_database") if request.param == "postgresql" else None
     w = make_world(tmp_path, tiny_bert_dir, db_url=db)
     w.settings = Settings(  # type: ignore[attr-defined]
-        data_dir=tmp_path, heartbeat_interval=0.2, stale_after=2, checkpoint_every_steps=5, progress_every_seconds=0
+        data_dir=tmp_path,
+        heartbeat_interval=0.2,
+        stale_after=2,
+        checkpoint_every_steps=5,
+        progress_every_seconds=0,
+        rank_precision="float32",  # held to a float32 oracle below; bfloat16 is checked against it
     )
     with w.registry.tx() as s:
         for name in ("flip", "noise", "target"):
@@ -162,6 +167,11 @@ def test_rankings_score_every_readable_source_as_an_oracle_does(world, tiny_bert
         mask = enc["attention_mask"].unsqueeze(-1).float()
         feats = (hidden * mask).sum(1) / mask.sum(1)
         assert item["score"] == pytest.approx(logme(feats, labels), abs=2e-5)
+    bf16 = transfer.rank(
+        w.registry, w.settings.model_copy(update={"rank_precision": "bfloat16"}), loader(w), w.owner, "target", "logme"
+    )
+    want = {i["adapter_id"]: i["score"] for i in got["logme"].items}
+    assert all(abs(i["score"] - want[i["adapter_id"]]) < 2e-3 for i in bf16.items), (bf16.items, want)
     again = rank(w, "logme")  # every feature comes from the cache now, and the scores are the same
     assert [(i["adapter_id"], i["score"]) for i in again.items] == [
         (i["adapter_id"], i["score"]) for i in got["logme"].items
