@@ -5,8 +5,7 @@ from __future__ import annotations
 import statistics
 
 from bench.common import emit, write_section
-
-ESTIMATORS = ("semb", "logme", "fusion_probe")
+from composer.transfer import ESTIMATORS
 
 
 def _rows_mean(runs: list[dict]) -> list[float]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from composer.adapter_artifact import split_tensors
 from composer.adapter_training import predict_logits, train_st_adapter
 from composer.base import LoadedBase
 from composer.composition import Fuse, Single
@@ -95,7 +96,7 @@ def train_one(base: LoadedBase, corpus: Corpus, n: int, seed: int, b: Budget, so
         adapter_cfg, init = preset("seq_bn"), None
     else:
         adapter_cfg = source.config
-        init = {k[len("adapter.") :]: v for k, v in source.tensors.items() if k.startswith("adapter.")}
+        init, _ = split_tensors(source)
     run = train_st_adapter(base, corpus.task, train, val, adapter_cfg, cfg, name="t", init_adapter=init)
     out = scored(run.model, "t", corpus, test, b, Single("t"))
     if keep:

@@ -24,6 +24,7 @@ from pathlib import Path
 from bench._transfer_report import report
 from bench._transfer_runs import Budget, Runs, fusion_one, train_one
 from composer.pool import load_pool_task
+from composer.transfer import ESTIMATORS
 from registry_db.errors import NotFound
 from registry_db.models import Adapter, Task
 from registry_db.repo import catalog
@@ -31,7 +32,6 @@ from service import artifact_store, transfer
 from service.catalog import load_registered_base, upload_dataset
 from service.settings import Settings, open_registry
 
-ESTIMATORS = ("semb", "logme", "fusion_probe")
 TARGETS = (
     "vader_amazon",
     "drug_reviews",
@@ -139,9 +139,9 @@ def main() -> None:
                     runs.get(f"{target}/{n}/warm:{src}/{s}", train_one, base, corpus, n, s, b, arts[src])
                     for s in seeds[1:]
                 ]
-            entry = {"cold": cold, "warm": warm, "top1": top1, "ranked": ranked, "labels": corpus.task.labels}
-            majority = Counter(e.label for e in corpus.test[: b.test]).most_common(1)[0][1] / len(corpus.test[: b.test])
-            entry["majority"] = majority
+            test = corpus.test[: b.test]
+            majority = Counter(e.label for e in test).most_common(1)[0][1] / len(test)
+            entry = {"cold": cold, "warm": warm, "top1": top1, "ranked": ranked, "majority": majority}
             if not quick:
                 own_art = train_one(base, corpus, n, 0, b, keep=True)["artifact"]
                 top3 = ranked["logme"]["order"][:3]

@@ -39,12 +39,14 @@ def find_items(c: Client, path: str, **params: Any) -> list[dict]:
             return items
 
 
-def ensure_task(c: Client, task: str, labels: list[str]) -> None:
+def ensure_task(c: Client, task: str, labels: list[str]) -> str:
+    """The task's id, created first if it does not exist."""
     r = c.http.get(f"/v1/tasks/{task}")
     if r.status_code == 404:
-        c.call("POST", "/v1/tasks", json={"name": task, "kind": "classification", "labels": labels})
-    elif r.status_code >= 400:
+        return c.call("POST", "/v1/tasks", json={"name": task, "kind": "classification", "labels": labels})["id"]
+    if r.status_code >= 400:
         c.call("GET", f"/v1/tasks/{task}")  # raises with the API's message
+    return r.json()["id"]
 
 
 def ensure_dataset(c: Client, task: str, split: str, path: Path, n: int) -> str:
@@ -88,8 +90,7 @@ def train_pool(
     for i, task in enumerate(todo, start=1):
         meta = json.loads((root / task / "meta.json").read_text())
         name = f"pool-{task}"
-        ensure_task(c, task, sorted(meta["labels"]))
-        task_id = c.call("GET", f"/v1/tasks/{task}")["id"]
+        task_id = ensure_task(c, task, sorted(meta["labels"]))
         done = [a for a in find_items(c, "/v1/adapters", task=task, status="ready") if a["name"] == name]
         done = [a for a in done if a["base_model_id"] == base_id]
         if done:

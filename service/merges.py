@@ -7,12 +7,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from composer import kinds
 from composer.base import LoadedBase
 from composer.errors import ConfigError
 from composer.probe import Expect, check_serves
+from composer.transfer.estimators import Estimator
 from registry_db.errors import InvalidInput
 from registry_db.models import Adapter, BaseModelRow
 from registry_db.registry import Registry
@@ -28,7 +29,7 @@ class AutoMerge(BaseModel):
 
     auto: int = Field(ge=2, le=16)
     task: str
-    estimator: Literal["semb", "logme", "fusion_probe"] = "logme"
+    estimator: Estimator = "logme"
 
 
 class MergeSpec(BaseModel):
@@ -42,6 +43,13 @@ class MergeSpec(BaseModel):
     head: str | None = None  # the member whose head serves the merge (default: the first)
     name: str | None = None
     force: bool = False  # merge members that did not start from one recorded initialisation anyway
+
+    @field_validator("members")
+    @classmethod
+    def _count(cls, v: AutoMerge | list[str]) -> AutoMerge | list[str]:
+        if isinstance(v, list) and not 2 <= len(v) <= 16:
+            raise ValueError(f"a merge lists at least 2 and at most 16 members, got {len(v)}")
+        return v
 
 
 def _start(row: Adapter) -> Any:
@@ -83,8 +91,6 @@ def merge(
 
         spec, chosen = auto_members(reg, owner_id, spec, load_base, settings or get_settings())
     assert isinstance(spec.members, list)
-    if not 2 <= len(spec.members) <= 16:
-        raise InvalidInput(f"a merge has 2 to 16 members, got {len(spec.members)}")
     weights = spec.weights if spec.weights is not None else [1.0 / len(spec.members)] * len(spec.members)
     if len(weights) != len(spec.members):
         raise InvalidInput(f"{len(weights)} weights for {len(spec.members)} members")

@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,10 +57,6 @@ class Ranking:
     seconds: float
     baseline: float | None = None  # LogME of the bare base's features, the score a source must beat
     advice: str = ""
-    timings: dict[str, float] = field(default_factory=dict)
-
-    def top(self, k: int) -> list[dict[str, Any]]:
-        return self.items[:k]
 
     def json(self) -> dict[str, Any]:
         return {
@@ -82,7 +79,6 @@ class FeatureCache:
         self.dir = directory
         self.model = FeatureModel(base, precision=precision)
         self.base_key = base.identity.fingerprint
-        self.hits = self.misses = 0
 
     def get(self, texts: list[str], adapter: Adapter | None, reg: Registry) -> torch.Tensor:
         h = hashlib.sha256(f"{self.base_key}|{adapter.blob_sha256 if adapter else '-'}".encode())
@@ -91,9 +87,7 @@ class FeatureCache:
             h.update(t.encode() + b"\0")
         path = self.dir / f"{h.hexdigest()}.safetensors"
         if path.is_file():
-            self.hits += 1
             return load_file(path)["features"]
-        self.misses += 1
         art = artifact_store.fetch(reg, adapter) if adapter is not None else None
         feats = self.model.pooled(texts, art)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -147,12 +141,9 @@ def candidates(
         if base_model:
             base_id = catalog.get_base_model(s, base_model, owner_id).id
         else:
-            counts: dict[str, int] = {}
-            for a in rows:
-                counts[a.base_model_id] = counts.get(a.base_model_id, 0) + 1
-            if not counts:
+            if not rows:
                 raise InvalidInput("no ready adapters of other tasks to rank: the registry has no sources")
-            base_id = max(counts, key=lambda b: counts[b])
+            base_id = Counter(a.base_model_id for a in rows).most_common(1)[0][0]
         rows = [a for a in rows if a.base_model_id == base_id]
         if not rows:
             raise InvalidInput(f"no ready adapters of other tasks on base model {base_id}: nothing to rank")

@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import Reader, RegistryDep
 from api.loaders import resident
+from composer.transfer.estimators import Estimator
 from service.transfer import rank
 
 router = APIRouter(prefix="/v1", tags=["tasks"])
@@ -19,7 +18,7 @@ router = APIRouter(prefix="/v1", tags=["tasks"])
 class RecommendationRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    estimator: Literal["semb", "logme", "fusion_probe"] = "logme"
+    estimator: Estimator = "logme"
     rows: int = Field(1000, ge=10, le=1000)  # the target's training rows used, at most
     base_model: str | None = None  # default: the base that holds the most candidates
     dataset: str | None = None  # a train dataset of the task; default: its newest

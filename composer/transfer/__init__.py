@@ -1,6 +1,6 @@
 """Registry-driven transfer on the model side: pooled features, transferability estimators, warm starts."""
 
-from composer.transfer.estimators import ESTIMATORS, fusion_probe, logme, semb
+from composer.transfer.estimators import ESTIMATORS, Estimator, fusion_probe, logme, semb
 from composer.transfer.features import FeatureModel
 
-__all__ = ["ESTIMATORS", "FeatureModel", "fusion_probe", "logme", "semb"]
+__all__ = ["ESTIMATORS", "Estimator", "FeatureModel", "fusion_probe", "logme", "semb"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -24,7 +25,8 @@ from composer.fusion.modules import FusionConfig
 from composer.fusion.training import attention_report, train_fusion
 from composer.training import TrainConfig
 
-ESTIMATORS = ("semb", "logme", "fusion_probe")
+Estimator = Literal["semb", "logme", "fusion_probe"]
+ESTIMATORS: tuple[str, ...] = get_args(Estimator)
 
 
 def semb(target: torch.Tensor, sources: Sequence[torch.Tensor]) -> list[float]:

@@ -8,10 +8,12 @@ from pydantic import AliasChoices, Field, field_validator
 from sqlalchemy.orm import Session
 
 from composer import kinds
+from composer.adapter_artifact import split_tensors
 from composer.adapter_training import train_st_adapter
 from composer.heads import HeadConfig
 from composer.presets import PRESETS, preset
 from composer.training import TrainConfig
+from composer.transfer.estimators import Estimator
 from registry_db.errors import InvalidInput
 from registry_db.models import Adapter, Job
 from registry_db.repo import adapters as adapter_repo
@@ -57,7 +59,7 @@ class WarmStart(Spec):
     or "auto" for the top of the task's ranking (`POST /v1/tasks/{task}/recommendations`)."""
 
     source: str = Field(validation_alias=AliasChoices("from", "source"), serialization_alias="from")
-    estimator: Literal["semb", "logme", "fusion_probe"] = "logme"  # what ranks the sources for "auto"
+    estimator: Estimator = "logme"  # what ranks the sources for "auto"
 
 
 class AdapterJobSpec(BottleneckTraining):
@@ -75,16 +77,14 @@ def check(s: Session, owner_id: str, spec: AdapterJobSpec) -> dict[str, Any]:
     base = catalog.get_base_model(s, spec.base_model, owner_id)
     task_datasets(s, owner_id, task.id, spec.train_dataset, spec.validation_dataset)
     update: dict[str, Any] = {"task": task.id, "base_model": base.id}
+    asked = spec.preset if "preset" in spec.model_fields_set else None
     if spec.warm_start is None:
         spec.check_configs(base.architecture, base.num_layers)
+    elif spec.adapter or (asked and spec.warm_start.source == "auto"):
+        raise InvalidInput("a warm start takes its source's adapter config: give no preset or adapter fields")
     elif spec.warm_start.source != "auto":
-        asked = spec.preset if "preset" in spec.model_fields_set else None
-        if spec.adapter:
-            raise InvalidInput("a warm start takes its source's adapter config: give no adapter fields")
         src = warm_source(s, owner_id, spec.warm_start.source, base.id, asked)
         update["warm_start"] = spec.warm_start.model_copy(update={"source": src.id})
-    elif spec.adapter or "preset" in spec.model_fields_set:
-        raise InvalidInput("a warm start takes its source's adapter config: give no preset or adapter fields")
     return spec.model_copy(update=update).model_dump(by_alias=True)
 
 
@@ -111,8 +111,9 @@ def handle(ctx: JobContext, spec: AdapterJobSpec) -> Finish:
     train, validation = inp.train, inp.validation
     head = HeadConfig(kind=tspec.kind, num_labels=tspec.num_labels, pooling=spec.pooling)
     name = spec.name or task.name
-    adapter_cfg, init, lineage, preset_name = preset(spec.preset, **spec.adapter), None, None, spec.preset
-    if spec.warm_start is not None:
+    if spec.warm_start is None:
+        adapter_cfg, init, lineage, preset_name = preset(spec.preset, **spec.adapter), None, None, spec.preset
+    else:
         adapter_cfg, init, lineage, preset_name = warm_start_from(ctx, spec, base)
         ctx.event("warm_start", lineage)
     run = train_st_adapter(
@@ -171,11 +172,9 @@ def warm_start_from(ctx: JobContext, spec: AdapterJobSpec, base: Any) -> tuple[A
         ws.estimator,
         dataset=spec.train_dataset,
     )
-    if ws.source == "auto":
-        with ctx.registry.tx() as s:
-            warm_source(s, ctx.job.owner_id, row.id, spec.base_model)
+    # "auto": the ranking offers only ready, readable transfer sources on this base (`transfer.candidates`)
     art = artifact_store.fetch(ctx.registry, row)
-    weights = {k[len("adapter.") :]: v for k, v in art.tensors.items() if k.startswith("adapter.")}
+    weights, _ = split_tensors(art)
     return art.config, weights, lineage, (row.method_config or {}).get("preset") or spec.preset
 
 

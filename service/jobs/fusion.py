@@ -14,6 +14,7 @@ from composer.fusion.modules import FusionConfig
 from composer.fusion.recipe import LR_GRID, FusionRequest, fuse
 from composer.heads import HeadConfig
 from composer.training import TrainConfig
+from composer.transfer.estimators import Estimator
 from registry_db.errors import InvalidInput
 from registry_db.models import Job
 from registry_db.repo import adapters as adapter_repo
@@ -30,7 +31,7 @@ class AutoMembers(Spec):
     task's own adapter where one exists."""
 
     auto: int = Field(ge=1, le=15)
-    estimator: Literal["semb", "logme", "fusion_probe"] = "logme"
+    estimator: Estimator = "logme"
 
 
 class FusionJobSpec(Spec):
@@ -102,17 +103,10 @@ def auto_members(ctx: JobContext, spec: FusionJobSpec) -> tuple[FusionJobSpec, d
 
     auto = spec.members
     assert isinstance(auto, AutoMembers)
-    loaded: dict[str, Any] = {}
-
-    def load(row):  # type: ignore[no-untyped-def]
-        if row.id not in loaded:
-            loaded[row.id] = ctx.load_base(row)
-        return loaded[row.id]
-
     ranking = rank(
         ctx.registry,
         ctx.settings,
-        load,
+        ctx.load_base,
         ctx.job.owner_id,
         spec.task,
         auto.estimator,
