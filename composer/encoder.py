@@ -34,7 +34,7 @@ from composer.composition import (
 )
 from composer.errors import ConfigError
 from composer.heads import HeadConfig, PredictionHead
-from composer.injection import Scope, inject
+from composer.injection import Scope, chain, inject
 
 
 @dataclass
@@ -162,15 +162,18 @@ class AdaptedEncoder(nn.Module):
         if missing:
             raise ConfigError(f"unknown adapters {missing}")
         modules = [self.adapters[a] if a is not None else None for a in names]
-        routed: dict[str, Any] = {}
-        for slot in ("site", "linear"):
-            rows = [m if m is not None and m.slot == slot else None for m in modules]
-            present = list(dict.fromkeys(type(m) for m in rows if m is not None))
-            if len(present) > 1:
-                raise ConfigError(f"one forward routes one kind of {slot} module, got {[t.__name__ for t in present]}")
-            if present:
-                routed[slot] = present[0].route(rows)
-        return Scope(handler=routed.get("site"), linear=routed.get("linear"), capture=capture)
+        sites = [m if m is not None and m.slot == "site" else None for m in modules]
+        present = list(dict.fromkeys(type(m) for m in sites if m is not None))
+        if len(present) > 1:
+            raise ConfigError(f"one forward routes one kind of site module, got {[t.__name__ for t in present]}")
+        # the linear methods (LoRA, (IA)³, BitFit, …) chain: each routes its own rows, the others pass through
+        linears = list(dict.fromkeys(type(m) for m in modules if m is not None and m.slot == "linear"))
+        routes = [t.route([m if type(m) is t else None for m in modules]) for t in linears]
+        return Scope(
+            handler=present[0].route(sites) if present else None,
+            linear=chain([r for r in routes if r is not None]),
+            capture=capture,
+        )
 
     def _tree(self, tree: Stack | Average | BatchSplit) -> Any:
         """The site handler of a Stack/Average tree, or of rows each with its own tree: the members' method

@@ -43,8 +43,29 @@ def site_key(layer: int, placement: Placement) -> str:
 SiteHandler = Callable[
     [int, Placement, torch.Tensor, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]], torch.Tensor
 ]
-# (layer, linear name inside the layer, input) -> what to add to that linear's output, or None
-LinearHandler = Callable[[int, str, torch.Tensor], torch.Tensor | None]
+# (layer, linear name inside the layer, input, the linear as a function of its input) -> the linear's output,
+# or None: this linear is left as it is. A handler wraps the linear (LoRA adds to its output, (IA)³ scales its
+# input or output, BitFit shifts its bias), so the handlers of several methods chain (`chain`).
+LinearHandler = Callable[[int, str, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]], torch.Tensor | None]
+
+
+def chain(handlers: list[LinearHandler]) -> LinearHandler | None:
+    """One handler that runs `handlers` around each other, the first outermost. Each row of a batch belongs to
+    at most one of them, and each is the identity on the rows of the others (a scale of 1, a shift of 0), so
+    every row gets what its own method gives it alone."""
+    if len(handlers) <= 1:
+        return handlers[0] if handlers else None
+
+    def handle(layer: int, name: str, x: torch.Tensor, linear: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        def call(i: int, h: torch.Tensor) -> torch.Tensor:
+            if i == len(handlers):
+                return linear(h)
+            out = handlers[i](layer, name, h, lambda y: call(i + 1, y))
+            return call(i + 1, h) if out is None else out
+
+        return call(0, x)
+
+    return handle
 
 
 @dataclass
@@ -54,7 +75,7 @@ class Scope:
     handler: SiteHandler | None = None
     capture: dict[str, torch.Tensor] | None = None  # fusion attention per site key, when asked for
     prefix: torch.Tensor | None = None  # [B, L, H] prepended to the embedding output (AdapterHub prompts)
-    linear: LinearHandler | None = None  # low-rank updates of the layers' linear projections (LoRA)
+    linear: LinearHandler | None = None  # what wraps the layers' linear projections (LoRA, (IA)³, BitFit)
     scratch: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)  # DistilBERT's x and r
 
 
@@ -176,17 +197,19 @@ def _patch_distilbert_block(block: nn.Module, layer: int, router: Router) -> lis
 
 
 def _patch_linears(block: nn.Module, layer: int, names: tuple[str, ...], router: Router) -> None:
-    """Each linear projection adds what the scope's linear handler returns for it (nothing without one)."""
+    """Each linear projection runs through the scope's linear handler (as it is without one)."""
     for name in names:
         lin: nn.Linear = _layers(block, name)  # type: ignore[assignment]
 
         def forward(x: torch.Tensor, lin: nn.Linear = lin, name: str = name) -> torch.Tensor:
-            out = nn.functional.linear(x, lin.weight, lin.bias)
+            def plain(h: torch.Tensor) -> torch.Tensor:
+                return nn.functional.linear(h, lin.weight, lin.bias)
+
             scope = router.scope
             if scope is None or scope.linear is None:
-                return out
-            delta = scope.linear(layer, name, x)
-            return out if delta is None else out + delta
+                return plain(x)
+            out = scope.linear(layer, name, x, plain)
+            return plain(x) if out is None else out
 
         lin.forward = forward  # type: ignore[method-assign]
 

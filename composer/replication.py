@@ -52,8 +52,8 @@ def above(scope: Scope, depth: int) -> Scope:
     lin = None
     if linear is not None:
 
-        def lin(layer, name, x):  # type: ignore[no-untyped-def]
-            return None if layer < depth else linear(layer, name, x)
+        def lin(layer, name, x, plain):  # type: ignore[no-untyped-def]
+            return None if layer < depth else linear(layer, name, x, plain)
 
     return Scope(handler=site, capture=scope.capture, prefix=scope.prefix, linear=lin)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -148,9 +149,9 @@ class LoraAdapter(nn.Module):
     def handler(self) -> LinearHandler:
         by_target = self.by_target
 
-        def handle(layer: int, name: str, x: torch.Tensor) -> torch.Tensor | None:
+        def handle(layer: int, name: str, x: torch.Tensor, linear: Callable) -> torch.Tensor | None:
             site = by_target.get((layer, name))
-            return None if site is None else site(x)
+            return None if site is None else linear(x) + site(x)
 
         return handle
 
@@ -184,13 +185,13 @@ def gathered(adapters: list[LoraAdapter | None]) -> LinearHandler | None:
                 a_rows[i, : s.A.shape[0]], b_rows[i, :, : s.A.shape[0]] = s.A, s.B
         return a_rows, b_rows, scale
 
-    def handle(layer: int, name: str, x: torch.Tensor) -> torch.Tensor | None:
+    def handle(layer: int, name: str, x: torch.Tensor, linear: Callable) -> torch.Tensor | None:
         key = (layer, name)
         if key not in keys:
             return None
         if key not in stacks:
             stacks[key] = stack(key)
         a_rows, b_rows, scale = stacks[key]
-        return torch.bmm(torch.bmm(x, a_rows.transpose(1, 2)), b_rows.transpose(1, 2)) * scale
+        return linear(x) + torch.bmm(torch.bmm(x, a_rows.transpose(1, 2)), b_rows.transpose(1, 2)) * scale
 
     return handle
