@@ -31,6 +31,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from composer.errors import ConfigError
+
 Placement = Literal["attention", "ffn"]
 PLACEMENTS: tuple[Placement, ...] = ("attention", "ffn")
 
@@ -121,6 +123,37 @@ class FamilySpec:
         "output.dense",
     )
     default_lora_targets: tuple[str, ...] = ("query", "value")
+
+
+def linear_targets(family: str, wanted: tuple[str, ...], what: str = "target_modules") -> tuple[str, ...]:
+    """The linear names inside one layer that `wanted` names, in the layer's order: a full name matches itself
+    only, a short one every linear it ends (as PEFT's target_modules match). An unknown name is refused."""
+    spec = FAMILIES[family]
+    found: list[str] = []
+    for t in wanted:
+        hits = [t] if t in spec.linears else [n for n in spec.linears if n.endswith("." + t)]
+        if not hits:
+            short = sorted({n.rsplit(".", 1)[-1] for n in spec.linears} | set(spec.linears))
+            raise ConfigError(f"{what}: a {family} layer has no linear module {t!r}; it has {short}")
+        found += hits
+    return tuple(n for n in spec.linears if n in found)
+
+
+def linear_shapes(
+    model: nn.Module, family: str, targets: tuple[str, ...], layers: tuple[int, ...] | None, num_layers: int
+) -> dict[tuple[int, str], tuple[int, int]]:
+    """(in, out) features of each targeted linear, by (layer, name); `layers` None: every layer. A layer the
+    base does not have is refused, naming the field."""
+    bad = [i for i in layers or () if not 0 <= i < num_layers]
+    if bad:
+        raise ConfigError(f"layers: the base has layers 0..{num_layers - 1}, got {bad}")
+    blocks = model.get_submodule(FAMILIES[family].layers_path)
+    shapes = {}
+    for i in layers if layers is not None else range(num_layers):
+        for name in targets:
+            lin = blocks[i].get_submodule(name)
+            shapes[(i, name)] = (lin.in_features, lin.out_features)
+    return shapes
 
 
 FAMILIES: dict[str, FamilySpec] = {

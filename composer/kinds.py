@@ -7,15 +7,20 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from composer.bitfit.kind import BITFIT
 from composer.bottleneck.kind import MT_A, ST_A
+from composer.compacter.kind import COMPACTER
 from composer.compositions.kind import COMPOSITION
 from composer.errors import ArtifactError, ConfigError
 from composer.fusion.kind import FUSION
+from composer.ia3.kind import IA3
 from composer.lora.kind import LORA
 from composer.method import Artifact, MethodKind, json_config
 from composer.prompts.kind import SOFT_PROMPT
 
-KINDS: dict[str, MethodKind] = {k.name: k for k in (ST_A, MT_A, LORA, FUSION, SOFT_PROMPT, COMPOSITION)}
+KINDS: dict[str, MethodKind] = {
+    k.name: k for k in (ST_A, MT_A, LORA, IA3, BITFIT, COMPACTER, FUSION, SOFT_PROMPT, COMPOSITION)
+}
 
 
 def get(name: str) -> MethodKind:
@@ -32,7 +37,7 @@ def detect(files: dict[str, bytes]) -> tuple[MethodKind, str]:
             return kind, source
     raise ArtifactError(
         "no config of a known format: ours (adapter_config.json, fusion_config.json, prompt_config.json), "
-        "AdapterHub bottleneck, LoRA or prompt-tuning adapters, or PEFT LoRA or prompt tuning"
+        "AdapterHub bottleneck, LoRA, (IA)³ or prompt-tuning adapters, or PEFT LoRA, (IA)³ or prompt tuning"
     )
 
 

@@ -6,15 +6,40 @@ from __future__ import annotations
 
 from typing import Any, TypeAlias
 
+from composer.bitfit.modules import BitFitConfig
 from composer.bottleneck.modules import PRESETS as BOTTLENECK_PRESETS
 from composer.bottleneck.modules import BottleneckConfig
+from composer.compacter.modules import PRESETS as COMPACTER_PRESETS
+from composer.compacter.modules import CompacterConfig
 from composer.errors import ConfigError
+from composer.ia3.modules import IA3Config
 from composer.lora.modules import LoraConfig
 
-AdapterConfig: TypeAlias = BottleneckConfig | LoraConfig
-CONFIGS: dict[str, type[BottleneckConfig] | type[LoraConfig]] = {c.method: c for c in (BottleneckConfig, LoraConfig)}
-# LoRA on the query and value projections (Hu et al. 2021), PEFT's default targets for BERT.
-PRESETS: dict[str, dict[str, Any]] = {**BOTTLENECK_PRESETS, "lora": {"method": "lora"}}
+AdapterConfig: TypeAlias = BottleneckConfig | LoraConfig | IA3Config | BitFitConfig | CompacterConfig
+CONFIGS: dict[str, Any] = {
+    c.method: c for c in (BottleneckConfig, LoraConfig, IA3Config, BitFitConfig, CompacterConfig)
+}
+PRESETS: dict[str, dict[str, Any]] = {
+    **BOTTLENECK_PRESETS,
+    "lora": {"method": "lora"},  # the query and value projections (Hu et al. 2021), PEFT's default for BERT
+    "ia3": {"method": "ia3"},  # keys, values and the FFN's inner activation (Liu et al. 2022)
+    "bitfit": {"method": "bitfit"},  # the biases of every linear projection (Ben Zaken et al. 2022)
+    # PHM projections (Karimi Mahabadi et al. 2021): AdapterHub's CompacterConfig and CompacterPlusPlusConfig
+    **{name: {"method": "compacter", **fields} for name, fields in COMPACTER_PRESETS.items()},
+}
+
+# What each preset trains with when a job gives no hyperparameters: the learning rates chosen on validation
+# (bench/quality_methods.py --sweep; docs/benchmarks.md lists what was tried). Presets not named here take the
+# job's defaults (composer.training.TrainConfig).
+TRAINING: dict[str, dict[str, Any]] = {
+    "ia3": {"learning_rate": 1e-2},
+    "bitfit": {"learning_rate": 3e-3},
+}
+
+
+def training_defaults(name: str) -> dict[str, Any]:
+    """The hyperparameters a job of this preset starts from (a request's own override them)."""
+    return dict(TRAINING.get(name, {}))
 
 
 def preset(name: str, **overrides: Any) -> AdapterConfig:

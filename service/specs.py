@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from composer.presets import PRESETS, preset
+from composer.presets import PRESETS, preset, training_defaults
 from composer.training import TrainConfig
 from registry_db.errors import InvalidInput
 from service.jobs import JOB_TYPES
@@ -44,5 +44,13 @@ def options() -> dict[str, Any]:
         if "hyperparameters" in model.model_fields:
             entry["hyperparameters"] = TrainConfig.from_dict(jt.hyperparameter_defaults).to_dict()
         types[name] = {**entry, **jt.options}
-    presets = {p: {"fusable": preset(p).fusable, "config": preset(p).to_dict()} for p in PRESETS}
+    presets = {
+        p: {
+            "fusable": preset(p).fusable,
+            "method": preset(p).method,
+            "config": preset(p).to_dict(),
+            "hyperparameters": TrainConfig.from_dict(training_defaults(p)).to_dict(),
+        }
+        for p in PRESETS
+    }
     return {"job_types": types, "presets": presets}

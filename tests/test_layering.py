@@ -105,8 +105,9 @@ def test_no_module_grows_past_400_lines():
 TOGETHER = ("kinds", "presets", "serving", "cli", "probe")
 # One package per method. A method imports the engine and never another method, except that a fusion fuses
 # bottleneck adapters, and so builds on the bottleneck method's modules.
-METHODS = ("bottleneck", "lora", "fusion", "prompts", "compositions")
-MAY_USE = {"fusion": {"bottleneck"}}
+METHODS = ("bottleneck", "lora", "ia3", "bitfit", "compacter", "fusion", "prompts", "compositions")
+# Compacter is AdapterHub's bottleneck adapter with PHM projections (BnConfig.phm_layer): it extends that config.
+MAY_USE = {"fusion": {"bottleneck"}, "compacter": {"bottleneck"}}
 
 
 def _uses(path: Path, package: str) -> bool:

@@ -37,7 +37,8 @@ class BottleneckKind(AdapterFace):
             return "ours"
         if "config" in meta and "hidden_size" in meta and "peft_type" not in meta:
             arch = (meta.get("config") or {}).get("architecture")
-            return "adapterhub" if arch in (None, "bottleneck") else None
+            phm = (meta.get("config") or {}).get("phm_layer")  # Compacter's face reads those
+            return "adapterhub" if arch in (None, "bottleneck") and not phm else None
         return None
 
     def import_files(self, files: dict[str, bytes], base_dir: str | None) -> AdapterArtifact:

@@ -94,6 +94,15 @@ class BottleneckConfig:
     def placements(self) -> tuple[Placement, ...]:
         return tuple(p for p, on in zip(PLACEMENTS, (self.mh_adapter, self.output_adapter), strict=True) if on)
 
+    def projection(self, in_features: int, out_features: int, shared: Callable[[], Any]) -> nn.Module:
+        """W_down or W_up: a plain linear here; Compacter's config gives a PHM layer (`composer.compacter`).
+        Serving reads its `weight` [out, in] and `bias`, whatever computes them."""
+        return Linear(in_features, out_features)
+
+    def shared_parameters(self, hidden_size: int) -> nn.ParameterDict | None:
+        """Parameters one adapter shares across its layers (Compacter's PHM rule); None: none."""
+        return None
+
     def bottleneck_size(self, hidden_size: int) -> int:
         """AdapterHub floors H / reduction_factor; a bottleneck of zero is refused, not clamped."""
         size = int(hidden_size // self.reduction_factor)
@@ -146,24 +155,26 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 class BottleneckLayer(nn.Module):
-    def __init__(self, cfg: BottleneckConfig, hidden_size: int):
+    def __init__(self, cfg: BottleneckConfig, hidden_size: int, shared: Callable[[], Any] = lambda: None):
         super().__init__()
         self.cfg = cfg
         size = cfg.bottleneck_size(hidden_size)
         self.norm_before = nn.LayerNorm(hidden_size) if cfg.ln_before else None
-        self.down = Linear(hidden_size, size)
+        self.down = cfg.projection(hidden_size, size, shared)
         self.act = activation(cfg.non_linearity)
-        self.up = Linear(size, hidden_size)
+        self.up = cfg.projection(size, hidden_size, shared)
         if cfg.scaling == "learned":
             self.scaling: nn.Parameter | float = nn.Parameter(torch.ones(1))
         else:
             self.scaling = float(cfg.scaling)
         self.norm_after = nn.LayerNorm(hidden_size) if cfg.ln_after else None
         self.dropout = nn.Dropout(cfg.dropout)
-        if not self.down.weight.is_meta:  # built on meta, it is about to be given its weights
+        if not next(self.down.parameters()).is_meta:  # built on meta, it is about to be given its weights
             self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        if not isinstance(self.down, Linear):  # a projection of another form initialises itself
+            return
         with torch.no_grad():
             scheme = self.cfg.init_weights
             for lin in (self.down, self.up):
@@ -237,9 +248,12 @@ class BottleneckAdapter(nn.Module):
         self.cfg = cfg
         self.hidden_size = hidden_size
         self.num_layers = num_layers
+        shared = cfg.shared_parameters(hidden_size)
+        if shared is not None:
+            self.shared = shared  # read at each call (loading with assign=True replaces the parameters)
         self.sites = nn.ModuleDict(
             {
-                site_key(i, p): BottleneckLayer(cfg, hidden_size)
+                site_key(i, p): BottleneckLayer(cfg, hidden_size, lambda: self.shared)
                 for i in range(num_layers)
                 if i not in cfg.leave_out
                 for p in PLACEMENTS

@@ -37,7 +37,12 @@ class LoraKind(AdapterFace):
         meta = json_config(files, artifacts.CONFIG_NAME)
         if meta.get("peft_type") == "LORA":
             return "peft"
-        if (meta.get("config") or {}).get("architecture") == "lora" and "peft_type" not in meta:
+        raw = meta.get("config") or {}
+        if (
+            raw.get("architecture") == "lora"
+            and raw.get("composition_mode", "add") != "scale"
+            and "peft_type" not in meta
+        ):
             return "adapterhub"
         return None
 

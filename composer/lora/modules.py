@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from composer.errors import ConfigError
-from composer.injection import FAMILIES, LinearHandler
+from composer.injection import FAMILIES, LinearHandler, linear_shapes, linear_targets
 
 
 @dataclass(frozen=True)
@@ -59,17 +59,7 @@ class LoraConfig:
 
     def targets(self, family: str) -> tuple[str, ...]:
         """The linear names inside one layer that this config adapts; unknown names are refused."""
-        spec = FAMILIES[family]
-        wanted = self.target_modules or spec.default_lora_targets
-        found: list[str] = []
-        for t in wanted:
-            # a full name inside the layer matches itself only; a short one every linear it ends
-            hits = [t] if t in spec.linears else [n for n in spec.linears if n.endswith("." + t)]
-            if not hits:
-                short = sorted({n.rsplit(".", 1)[-1] for n in spec.linears} | set(spec.linears))
-                raise ConfigError(f"target_modules: a {family} layer has no linear module {t!r}; it has {short}")
-            found += hits
-        return tuple(n for n in spec.linears if n in found)
+        return linear_targets(family, self.target_modules or FAMILIES[family].default_lora_targets)
 
     def check_base(self, family: str, num_layers: int) -> None:
         """Refuse, naming the field, what a base of this family and depth does not have."""
@@ -135,16 +125,8 @@ class LoraAdapter(nn.Module):
 
     @classmethod
     def for_encoder(cls, cfg: LoraConfig, model: nn.Module, family: str, num_layers: int) -> LoraAdapter:
-        spec = FAMILIES[family]
         cfg.check_base(family, num_layers)
-        targets = cfg.targets(family)
-        blocks = model.get_submodule(spec.layers_path)
-        shapes = {}
-        for i in cfg.layers if cfg.layers is not None else range(num_layers):
-            for name in targets:
-                lin = blocks[i].get_submodule(name)
-                shapes[(i, name)] = (lin.in_features, lin.out_features)
-        return cls(cfg, shapes)
+        return cls(cfg, linear_shapes(model, family, cfg.targets(family), cfg.layers, num_layers))
 
     def handler(self) -> LinearHandler:
         by_target = self.by_target

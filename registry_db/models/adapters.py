@@ -35,7 +35,10 @@ class Adapter(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     __table_args__ = (
         UniqueConstraint("owner_id", "task_id", "kind", "name", "version"),
-        CheckConstraint("kind IN ('st_a', 'mt_a', 'fusion', 'soft_prompt', 'lora', 'composition')", name="kind"),
+        CheckConstraint(
+            "kind IN ('st_a', 'mt_a', 'fusion', 'soft_prompt', 'lora', 'composition', 'ia3', 'bitfit', 'compacter', 'adalora', 'diff', 'prefix', 'p_tuning')",
+            name="kind",
+        ),
         CheckConstraint("status IN ('training', 'ready', 'archived')", name="status"),
         CheckConstraint("visibility IN ('private', 'public')", name="visibility"),
         CheckConstraint("version >= 1", name="version_positive"),

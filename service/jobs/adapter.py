@@ -11,7 +11,7 @@ from composer import kinds
 from composer.adapter_artifact import split_tensors
 from composer.adapter_training import train_st_adapter
 from composer.heads import HeadConfig
-from composer.presets import PRESETS, preset
+from composer.presets import PRESETS, preset, training_defaults
 from composer.training import TrainConfig
 from composer.transfer.estimators import Estimator
 from registry_db.errors import InvalidInput
@@ -33,8 +33,8 @@ class BottleneckTraining(Spec):
     """Fields shared by the jobs that train bottleneck adapters."""
 
     base_model: str
-    preset: str = "seq_bn"  # a bottleneck preset, or "lora"
-    adapter: dict[str, Any] = Field(default_factory=dict)  # BottleneckConfig or LoraConfig field overrides
+    preset: str = "seq_bn"  # a bottleneck preset, or another method's ("lora", "ia3", "bitfit", ...)
+    adapter: dict[str, Any] = Field(default_factory=dict)  # the preset's config field overrides
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     name: str | None = None
 
@@ -44,7 +44,7 @@ class BottleneckTraining(Spec):
         return known_preset(v)
 
     def train_config(self) -> TrainConfig:
-        return TrainConfig.from_dict(self.hyperparameters)
+        return TrainConfig.from_dict({**training_defaults(self.preset), **self.hyperparameters})
 
     def check_configs(self, architecture: str, num_layers: int) -> None:
         """Build the training and adapter configs once, so their own validation refuses bad values,

@@ -1,4 +1,4 @@
-// The training form: a method (ST-A presets, LoRA, MT-A, soft prompts), datasets picked from lists, and
+// The training form: a method (ST-A presets, LoRA, (IA)³, BitFit, MT-A, soft prompts), datasets picked from lists, and
 // hyperparameters with the defaults the job would use (GET /v1/jobs/options). One idempotency key per form.
 import {$, $$, api, datasetLabel, esc, newKey, options, showError, view} from "./core.js";
 
@@ -8,9 +8,13 @@ async function datasets(task, split) {
   return (await api(`/v1/tasks/${encodeURIComponent(task)}/datasets?split=${split}&limit=200`)).items;
 }
 
+const METHOD_LABELS = {lora: "LoRA", ia3: "(IA)³", bitfit: "BitFit", compacter: "Compacter", adalora: "AdaLoRA"};
+
 function methods(opts) {
-  const st = Object.keys(opts.presets).filter((p) => p !== "lora").map((p) => ({id: "preset:" + p, label: `ST-A (${p})`, type: "adapter"}));
-  return [...st, {id: "preset:lora", label: "LoRA", type: "adapter"},
+  const entries = Object.entries(opts.presets);
+  const st = entries.filter(([, p]) => p.method === "bottleneck").map(([name]) => ({id: "preset:" + name, label: `ST-A (${name})`, type: "adapter"}));
+  const other = entries.filter(([, p]) => p.method !== "bottleneck").map(([name, p]) => ({id: "preset:" + name, label: METHOD_LABELS[name] || METHOD_LABELS[p.method] || name, type: "adapter"}));
+  return [...st, ...other,
     {id: "multitask", label: "MT-A (multi-task, base fine-tuned jointly)", type: "multitask"},
     {id: "prompts", label: "Soft prompts (an ensemble)", type: "prompts"}];
 }
@@ -51,7 +55,8 @@ export async function trainPage(query) {
     let html = "";
     if (m.id.startsWith("preset:")) {
       const cfg = opts.presets[m.id.slice(7)].config;
-      html = m.id === "preset:lora" ? field("m-r", "rank r", cfg.r, 1) + field("m-alpha", "alpha", cfg.alpha) : field("m-rf", "reduction factor", cfg.reduction_factor, 1);
+      html = m.id === "preset:lora" ? field("m-r", "rank r", cfg.r, 1) + field("m-alpha", "alpha", cfg.alpha)
+        : cfg.reduction_factor !== undefined ? field("m-rf", "reduction factor", cfg.reduction_factor, 1) : "";
     } else if (m.type === "multitask") {
       html = field("m-blr", "base learning rate", spec.fields.base_learning_rate) + field("m-alpha-s", "sampling alpha (∝ size^alpha)", 0.5);
     } else {
@@ -59,7 +64,8 @@ export async function trainPage(query) {
         `<p><label for="m-voting">Voting</label> <select id="m-voting">${["majority", "weighted", "mean_prob", "mean_logit"].map((v) => `<option${v === spec.fields.voting ? " selected" : ""}>${v}</option>`).join("")}</select></p>`;
     }
     $("#method-list").innerHTML = html;
-    $("#hp-list").innerHTML = HP_SHOWN.map((k) => field("hp-" + k, k.replace(/_/g, " "), spec.hyperparameters[k], k === "learning_rate" ? "any" : 1)).join("");
+    const hps = m.id.startsWith("preset:") ? opts.presets[m.id.slice(7)].hyperparameters : spec.hyperparameters;
+    $("#hp-list").innerHTML = HP_SHOWN.map((k) => field("hp-" + k, k.replace(/_/g, " "), hps[k], k === "learning_rate" ? "any" : 1)).join("");
     $("#mt-tasks").hidden = m.type !== "multitask";
     if (m.type === "multitask") {
       const others = tasks.filter((t) => t.name !== $("#train-task").value);
@@ -78,7 +84,7 @@ export async function trainPage(query) {
     if ($("#train-name").value.trim()) b.name = $("#train-name").value.trim();
     if (m.id.startsWith("preset:")) {
       b.preset = m.id.slice(7);
-      b.adapter = m.id === "preset:lora" ? {r: num("#m-r"), alpha: num("#m-alpha")} : {reduction_factor: num("#m-rf")};
+      b.adapter = m.id === "preset:lora" ? {r: num("#m-r"), alpha: num("#m-alpha")} : $("#m-rf") ? {reduction_factor: num("#m-rf")} : {};
       return Object.assign(b, own);
     }
     if (m.type === "multitask") {
