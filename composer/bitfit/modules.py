@@ -41,7 +41,7 @@ class BitFitConfig:
     def targets(self, family: str) -> tuple[str, ...]:
         return linear_targets(family, self.target_modules or FAMILIES[family].linears)
 
-    def check_base(self, family: str, num_layers: int) -> None:
+    def check_base(self, family: str, num_layers: int, hidden_size: int | None = None) -> None:
         self.targets(family)
         bad = [i for i in self.layers or () if not 0 <= i < num_layers]
         if bad:

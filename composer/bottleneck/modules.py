@@ -84,11 +84,17 @@ class BottleneckConfig:
         """The adapter these fields describe, for `model`'s base (freshly initialised)."""
         return BottleneckAdapter(self, model.base.hidden_size, model.base.num_layers)
 
-    def check_base(self, family: str, num_layers: int) -> None:
+    def check_base(self, family: str, num_layers: int, hidden_size: int | None = None) -> None:
         """Refuse, naming the field, what a base of this family and depth does not have."""
         bad = [i for i in self.leave_out if not 0 <= i < num_layers]
         if bad:
             raise ConfigError(f"leave_out: the base has layers 0..{num_layers - 1}, got {bad}")
+        if hidden_size is not None:
+            self.check_sizes(hidden_size)
+
+    def check_sizes(self, hidden_size: int) -> None:
+        """Refuse, naming the field, sizes this width cannot have."""
+        self.bottleneck_size(hidden_size)
 
     @property
     def placements(self) -> tuple[Placement, ...]:

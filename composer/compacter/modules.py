@@ -51,6 +51,7 @@ class CompacterConfig(BottleneckConfig):
 
     def check_sizes(self, hidden_size: int) -> None:
         """phm_dim must divide the model width and the bottleneck (AdapterHub asserts it)."""
+        super().check_sizes(hidden_size)
         size = self.bottleneck_size(hidden_size)
         if hidden_size % self.phm_dim or size % self.phm_dim:
             raise ConfigError(

@@ -71,7 +71,7 @@ class IA3Config:
             raise ConfigError(f"feedforward_modules: {outside} are not among the target_modules {list(targets)}")
         return targets, frozenset(ff)
 
-    def check_base(self, family: str, num_layers: int) -> None:
+    def check_base(self, family: str, num_layers: int, hidden_size: int | None = None) -> None:
         self.targets(family)
         bad = [i for i in self.layers or () if not 0 <= i < num_layers]
         if bad:

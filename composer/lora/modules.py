@@ -61,7 +61,7 @@ class LoraConfig:
         """The linear names inside one layer that this config adapts; unknown names are refused."""
         return linear_targets(family, self.target_modules or FAMILIES[family].default_lora_targets)
 
-    def check_base(self, family: str, num_layers: int) -> None:
+    def check_base(self, family: str, num_layers: int, hidden_size: int | None = None) -> None:
         """Refuse, naming the field, what a base of this family and depth does not have."""
         self.targets(family)
         bad = [i for i in self.layers or () if not 0 <= i < num_layers]

@@ -10,7 +10,10 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from registry_db.models.base import Base, UTCDateTime, new_id, utcnow
 
-ADAPTER_KINDS = ("st_a", "mt_a", "fusion", "soft_prompt", "lora", "composition")
+ADAPTER_KINDS = (
+    *("st_a", "mt_a", "fusion", "soft_prompt", "lora", "composition"),
+    *("ia3", "bitfit", "compacter", "adalora", "diff", "prefix", "p_tuning"),  # the PEFT surveys' methods
+)
 ADAPTER_STATUSES = ("training", "ready", "archived")
 SET_KINDS = ("mt_a", "ensemble")
 
@@ -35,10 +38,7 @@ class Adapter(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     __table_args__ = (
         UniqueConstraint("owner_id", "task_id", "kind", "name", "version"),
-        CheckConstraint(
-            "kind IN ('st_a', 'mt_a', 'fusion', 'soft_prompt', 'lora', 'composition', 'ia3', 'bitfit', 'compacter', 'adalora', 'diff', 'prefix', 'p_tuning')",
-            name="kind",
-        ),
+        CheckConstraint(f"kind IN ({', '.join(repr(k) for k in ADAPTER_KINDS)})", name="kind"),
         CheckConstraint("status IN ('training', 'ready', 'archived')", name="status"),
         CheckConstraint("visibility IN ('private', 'public')", name="visibility"),
         CheckConstraint("version >= 1", name="version_positive"),

@@ -46,11 +46,12 @@ class BottleneckTraining(Spec):
     def train_config(self) -> TrainConfig:
         return TrainConfig.from_dict({**training_defaults(self.preset), **self.hyperparameters})
 
-    def check_configs(self, architecture: str, num_layers: int) -> None:
+    def check_configs(self, architecture: str, num_layers: int, hidden_size: int | None = None) -> None:
         """Build the training and adapter configs once, so their own validation refuses bad values,
         and check the adapter config against the base it will train on (LoRA targets, layers)."""
         configs_valid(
-            self.train_config, lambda: preset(self.preset, **self.adapter).check_base(architecture, num_layers)
+            self.train_config,
+            lambda: preset(self.preset, **self.adapter).check_base(architecture, num_layers, hidden_size),
         )
 
 
@@ -79,7 +80,7 @@ def check(s: Session, owner_id: str, spec: AdapterJobSpec) -> dict[str, Any]:
     update: dict[str, Any] = {"task": task.id, "base_model": base.id}
     asked = spec.preset if "preset" in spec.model_fields_set else None
     if spec.warm_start is None:
-        spec.check_configs(base.architecture, base.num_layers)
+        spec.check_configs(base.architecture, base.num_layers, base.hidden_size)
     elif spec.adapter or (asked and spec.warm_start.source == "auto"):
         raise InvalidInput("a warm start takes its source's adapter config: give no preset or adapter fields")
     elif spec.warm_start.source != "auto":

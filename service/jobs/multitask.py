@@ -54,7 +54,7 @@ class MultitaskJobSpec(BottleneckTraining):
 
 def check(s: Session, owner_id: str, spec: MultitaskJobSpec) -> dict[str, Any]:
     base = catalog.get_base_model(s, spec.base_model, owner_id)
-    spec.check_configs(base.architecture, base.num_layers)
+    spec.check_configs(base.architecture, base.num_layers, base.hidden_size)
     items = []
     for t in spec.tasks:
         task = catalog.get_task(s, owner_id, t.task)
