@@ -108,12 +108,18 @@ def _noise(module: torch.nn.Module, gen: torch.Generator, std: float = 0.3) -> N
             p.copy_(torch.randn(p.shape, generator=gen) * std)
 
 
-def _adapter(base_key: str, cfg: Any, labels: list[str] | None, seed: int, pooling: str = "cls") -> Any:
+def _adapter(
+    base_key: str, cfg: Any, labels: list[str] | None, seed: int, pooling: str = "cls", around: float = 0.0
+) -> Any:
+    """A module of `cfg` with noisy weights (at `around`: 1 for scaling vectors) and optionally a head."""
     gen = torch.Generator().manual_seed(seed)
     base = load_base(BASES[base_key], with_tokenizer=False, device="cpu")
     model = AdaptedEncoder(base)
     module = model.add_adapter("a", cfg)
     _noise(module, gen, 0.2)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(around)
     head = None
     if labels:
         head = "a"
@@ -164,6 +170,7 @@ def cases() -> dict[str, Case]:
     lora_peft = preset(
         "lora", r=3, alpha=5, use_rslora=True, target_modules=["query", "key", "value", "attention.output.dense"]
     )
+    ia3_hub = preset("ia3", target_modules=["key", "value", "intermediate.dense"])  # AdapterHub's IA3Config
     return {
         "st_a_adapterhub": Case(
             "tiny", "st_a", "adapterhub", _adapter("tiny", preset("double_seq_bn"), ["a", "b", "c"], 800)
@@ -171,6 +178,16 @@ def cases() -> dict[str, Case]:
         "lora_adapterhub": Case("tiny", "lora", "adapterhub", _adapter("tiny", lora_hub, ["a", "b", "c"], 801)),
         "lora_peft": Case("peft", "lora", "peft", _adapter("peft", lora_peft, ["neg", "pos"], 802)),
         "fusion_adapterhub": Case("tiny", "fusion", "adapterhub", fusion, members),
+        "ia3_peft": Case("peft", "ia3", "peft", _adapter("peft", preset("ia3"), ["neg", "pos"], 807, around=1.0)),
+        "ia3_adapterhub": Case(
+            "tiny", "ia3", "adapterhub", _adapter("tiny", ia3_hub, ["a", "b", "c"], 808, around=1.0)
+        ),
+        "compacter_adapterhub": Case(
+            "tiny",
+            "compacter",
+            "adapterhub",
+            _adapter("tiny", preset("compacter", reduction_factor=4), ["a", "b"], 809),
+        ),
         "prompt_peft": Case("peft", "soft_prompt", "peft", _prompt(804)),
         "composition_stack_fuse_adapterhub": _composition({"stack": ["ad_dom", {"fuse": "ad_f"}]}, "ad_f", 805),
         "composition_average_adapterhub": _composition(

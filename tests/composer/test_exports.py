@@ -37,7 +37,18 @@ def test_export_is_what_the_reference_loaded_and_gives_its_logits(name):
     torch.testing.assert_close(case.logits(x), ref, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["st_a_adapterhub", "lora_adapterhub", "lora_peft", "prompt_peft"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "st_a_adapterhub",
+        "lora_adapterhub",
+        "lora_peft",
+        "prompt_peft",
+        "ia3_peft",
+        "ia3_adapterhub",
+        "compacter_adapterhub",
+    ],
+)
 def test_an_export_imports_back_to_the_same_module(name):
     case = CASES[name]
     files = case.export()
