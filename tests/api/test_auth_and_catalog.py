@@ -201,5 +201,13 @@ def test_job_options_give_each_forms_defaults_from_the_specs(api):
     assert o["job_types"]["adapter"]["hyperparameters"] == TrainConfig().to_dict()
     assert o["job_types"]["multitask"]["fields"]["base_learning_rate"] == 2e-5
     assert "hyperparameters" not in o["job_types"]["evaluate"]
-    assert o["presets"]["lora"] == {"fusable": False, "config": preset("lora").to_dict()}
+    assert o["presets"]["lora"] == {
+        "fusable": False,
+        "method": "lora",
+        "config": preset("lora").to_dict(),
+        "hyperparameters": TrainConfig().to_dict(),
+    }
+    # a preset's own training defaults (chosen on validation) are what its form shows and its job uses
+    assert o["presets"]["ia3"]["hyperparameters"]["learning_rate"] == 1e-2
+    assert o["presets"]["compacter"]["fusable"] and o["presets"]["compacter"]["method"] == "compacter"
     assert o["presets"]["seq_bn"]["config"]["reduction_factor"] == 16 and o["presets"]["seq_bn"]["fusable"]

@@ -22,7 +22,7 @@ from composer.prompts.model import PromptModel
 from composer.prompts.prompt import PromptConfig
 
 ADAPTERS, FUSION, PROMPTS, ENSEMBLE = (
-    ("s0", "s1", "s2", "l0", "l1"),
+    ("s0", "s1", "s2", "l0", "l1", "i0", "b0", "c0"),
     "f",
     ("p0", "p1", "p2", "deep", "hub"),
     ("p0", "p1", "p2"),
@@ -37,7 +37,8 @@ def _noise(module: torch.nn.Module, std: float, gen: torch.Generator) -> None:
 
 
 def build_modules(base_dir: Path, seed: int) -> dict[str, object]:
-    """Three ST-As (two of one layout, one of another), a fusion over the first two with its head, and five
+    """Three ST-As (two of one layout, one of another), two LoRAs, an (IA)³, a BitFit and a Compacter, a fusion
+    over the first two ST-As with its head, and five
     soft prompts: three shallow ones for the ensemble, a deep one, one prepended to the embedding output."""
     gen = torch.Generator().manual_seed(seed)
     base = load_base(base_dir)
@@ -49,6 +50,9 @@ def build_modules(base_dir: Path, seed: int) -> dict[str, object]:
         "s2": (preset("double_seq_bn", reduction_factor=4), 2),
         "l0": (preset("lora", r=4), 2),
         "l1": (preset("lora", r=2, target_modules=["query", "key", "value", "dense"]), 3),
+        "i0": (preset("ia3"), 2),  # scales the FFN's inner activation (input) and keys and values (output)
+        "b0": (preset("bitfit", layers=[1]), 3),
+        "c0": (preset("compacter++", reduction_factor=4), 2),
     }
     for name, (cfg, labels) in layouts.items():
         model.add_adapter(name, cfg)
