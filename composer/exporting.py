@@ -62,6 +62,25 @@ def exportable_head(head: HeadConfig | None, with_head: bool, what: str) -> bool
     return True
 
 
+def hub_files(
+    art: Any,
+    target: Target,
+    raw: dict[str, Any],
+    weights: dict[str, torch.Tensor],
+    head: dict[str, torch.Tensor],
+    with_head: bool,
+) -> dict[str, bytes]:
+    """An AdapterHub `save_adapter` folder: its config (`raw` under the common metadata), its weights, and the
+    head beside them when it has one the reference computes alike."""
+    files = {
+        "adapter_config.json": to_json({**hub_meta(art.name, target, art.hidden_size), "config": raw}),
+        "adapter.safetensors": tensors_to_bytes(weights),
+    }
+    if exportable_head(art.head, with_head, f"adapter {art.name!r}"):
+        files.update(hub_head(art.name, art.head, head, art.labels, target, art.hidden_size))
+    return files
+
+
 def hub_head(
     name: str, head: HeadConfig, tensors: dict[str, torch.Tensor], labels: list[str] | None, target: Target, hidden: int
 ) -> dict[str, bytes]:

@@ -139,14 +139,19 @@ def linear_targets(family: str, wanted: tuple[str, ...], what: str = "target_mod
     return tuple(n for n in spec.linears if n in found)
 
 
+def check_layers(layers: tuple[int, ...] | None, num_layers: int, what: str = "layers") -> None:
+    """Refuse, naming the field, a layer the base does not have."""
+    bad = [i for i in layers or () if not 0 <= i < num_layers]
+    if bad:
+        raise ConfigError(f"{what}: the base has layers 0..{num_layers - 1}, got {bad}")
+
+
 def linear_shapes(
     model: nn.Module, family: str, targets: tuple[str, ...], layers: tuple[int, ...] | None, num_layers: int
 ) -> dict[tuple[int, str], tuple[int, int]]:
     """(in, out) features of each targeted linear, by (layer, name); `layers` None: every layer. A layer the
     base does not have is refused, naming the field."""
-    bad = [i for i in layers or () if not 0 <= i < num_layers]
-    if bad:
-        raise ConfigError(f"layers: the base has layers 0..{num_layers - 1}, got {bad}")
+    check_layers(layers, num_layers)
     blocks = model.get_submodule(FAMILIES[family].layers_path)
     shapes = {}
     for i in layers if layers is not None else range(num_layers):

@@ -14,10 +14,10 @@ from composer.adapter_artifact import AdapterArtifact, split_tensors
 from composer.bottleneck.hub import BN_FIELDS
 from composer.compacter.modules import CompacterConfig
 from composer.errors import ArtifactError, ConfigError
-from composer.exporting import CONVERT_HINT, Target, exportable_head, hub_head, hub_meta, read_hub_head, to_json
+from composer.exporting import CONVERT_HINT, Target, hub_files, read_hub_head
 from composer.injection import site_key
 from composer.method import json_config
-from composer.safetensors_io import read_tensors, tensors_to_bytes
+from composer.safetensors_io import read_tensors
 
 PHM_FIELDS = (
     "phm_dim",
@@ -92,10 +92,4 @@ def to_hub(art: AdapterArtifact, target: Target, with_head: bool = True) -> dict
         where = "attention.output" if placement == "attention" else "output"
         local = "adapter_down.0" if proj == "down" else "adapter_up"
         weights[f"{target.prefix}.encoder.layer.{layer}.{where}.adapters.{art.name}.{local}.{param}"] = value
-    files = {
-        "adapter_config.json": to_json({**hub_meta(art.name, target, art.hidden_size), "config": raw}),
-        "adapter.safetensors": tensors_to_bytes(weights),
-    }
-    if exportable_head(art.head, with_head, f"adapter {art.name!r}"):
-        files.update(hub_head(art.name, art.head, head, art.labels, target, art.hidden_size))  # type: ignore[arg-type]
-    return files
+    return hub_files(art, target, raw, weights, head, with_head)

@@ -20,9 +20,7 @@ from composer.errors import ArtifactError, ConfigError
 from composer.exporting import (
     CONVERT_HINT,
     Target,
-    exportable_head,
-    hub_head,
-    hub_meta,
+    hub_files,
     peft_head,
     read_hub_head,
     to_json,
@@ -192,10 +190,4 @@ def to_hub(art: AdapterArtifact, target: Target, with_head: bool = True) -> dict
         for layer in layers
         for t in targets
     }
-    files = {
-        "adapter_config.json": to_json({**hub_meta(art.name, target, art.hidden_size), "config": raw}),
-        "adapter.safetensors": tensors_to_bytes(weights),
-    }
-    if exportable_head(art.head, with_head, f"adapter {art.name!r}"):
-        files.update(hub_head(art.name, art.head, head, art.labels, target, art.hidden_size))  # type: ignore[arg-type]
-    return files
+    return hub_files(art, target, raw, weights, head, with_head)

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import torch
 
 from composer.errors import ConfigError
-from composer.injection import linear_shapes, linear_targets
+from composer.injection import check_layers, linear_shapes, linear_targets
 from composer.vectors import VectorAdapter
 
 # per family: (targets, the targets among them that scale their input)
@@ -73,9 +73,7 @@ class IA3Config:
 
     def check_base(self, family: str, num_layers: int, hidden_size: int | None = None) -> None:
         self.targets(family)
-        bad = [i for i in self.layers or () if not 0 <= i < num_layers]
-        if bad:
-            raise ConfigError(f"layers: the base has layers 0..{num_layers - 1}, got {bad}")
+        check_layers(self.layers, num_layers)
 
     def build(self, model: Any) -> IA3Adapter:
         family, num_layers = model.base.family, model.base.num_layers

@@ -6,7 +6,7 @@ from __future__ import annotations
 from composer.adapter_artifact import AdapterArtifact
 from composer.adapter_artifact import split_tensors as _split
 from composer.errors import ConfigError
-from composer.exporting import Target, exportable_head, hub_head, hub_meta, peft_head, to_json
+from composer.exporting import Target, hub_files, peft_head, to_json
 from composer.lora.modules import LoraConfig, site_name
 from composer.safetensors_io import tensors_to_bytes
 
@@ -40,13 +40,7 @@ def lora_to_hub(art: AdapterArtifact, target: Target, with_head: bool = True) ->
             for ab in ("A", "B"):
                 v = module[f"sites.{site_name(layer, t)}.{ab}"]
                 weights[f"{target.prefix}.encoder.layer.{layer}.{t}.loras.{art.name}.lora_{ab}"] = v
-    files = {
-        "adapter_config.json": to_json({**hub_meta(art.name, target, art.hidden_size), "config": raw}),
-        "adapter.safetensors": tensors_to_bytes(weights),
-    }
-    if exportable_head(art.head, with_head, f"adapter {art.name!r}"):
-        files.update(hub_head(art.name, art.head, head, art.labels, target, art.hidden_size))  # type: ignore[arg-type]
-    return files
+    return hub_files(art, target, raw, weights, head, with_head)
 
 
 def lora_to_peft(art: AdapterArtifact, target: Target, with_head: bool = True) -> dict[str, bytes]:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from composer.errors import ConfigError
-from composer.injection import FAMILIES, LinearHandler, linear_shapes, linear_targets
+from composer.injection import FAMILIES, LinearHandler, check_layers, linear_shapes, linear_targets
 
 
 @dataclass(frozen=True)
@@ -64,9 +64,7 @@ class LoraConfig:
     def check_base(self, family: str, num_layers: int, hidden_size: int | None = None) -> None:
         """Refuse, naming the field, what a base of this family and depth does not have."""
         self.targets(family)
-        bad = [i for i in self.layers or () if not 0 <= i < num_layers]
-        if bad:
-            raise ConfigError(f"layers: the base has layers 0..{num_layers - 1}, got {bad}")
+        check_layers(self.layers, num_layers)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

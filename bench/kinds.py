@@ -1,0 +1,107 @@
+"""What each adapter kind costs at serving time, and what mixing kinds in one batch costs, on the real
+MiniLM (6 layers): rows of different kinds share one forward (bottleneck rows through the site handler, LoRA,
+(IA)³ and BitFit rows through the chained linear handlers, Compacters as bottlenecks).
+
+- `mixed_kinds8_over_uniform8`: throughput of a batch of 8 rows on 8 modules of different kinds (ST-A, LoRA,
+  (IA)³, BitFit, Compacter, Compacter++, a parallel bottleneck, the plain base) ÷ a batch of 8 rows on one ST-A.
+  Goal ≥ 0.85.
+- `<preset>_over_base`: a batch of 8 rows on one module of that kind, time ÷ the bare base's.
+
+Median over rounds of alternating runs, each a median over repeats; the spread is the rounds' min and max.
+
+    .venv/bin/python -m bench.kinds [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+
+from bench.common import alternating, emit, write_section
+from composer.base import load_base, packaged_encoder_dir
+from composer.composition import BatchSplit, Single
+from composer.encoder import AdaptedEncoder
+from composer.presets import preset
+
+MODULES = {  # name: (preset, fields)
+    "seq_bn": ("seq_bn", {}),
+    "lora": ("lora", {}),
+    "ia3": ("ia3", {}),
+    "bitfit": ("bitfit", {}),
+    "compacter": ("compacter", {}),
+    "compacter++": ("compacter++", {}),
+    "par_bn": ("par_bn", {}),
+}
+TEXTS = [
+    "the film was a quiet, moving portrait of a family",
+    "terrible service and the soup was cold",
+    "a sharp script with very little to say",
+    "fresh ingredients and a friendly staff",
+    "i would not watch it again",
+    "one of the best meals i have had this year",
+    "the plot drags in the middle",
+    "great value for the price",
+]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    a = ap.parse_args()
+    torch.set_num_threads(2)
+    rounds, repeats = (5, 5) if a.quick else (11, 15)
+    base = load_base(packaged_encoder_dir())
+    model = AdaptedEncoder(base).eval()
+    torch.manual_seed(0)
+    for name, (p, fields) in MODULES.items():
+        module = model.add_adapter(name, preset(p, **fields))
+        with torch.no_grad():
+            for t in module.parameters():
+                t.add_(torch.randn_like(t) * 0.02)
+    batch = dict(base.tokenizer(TEXTS, padding=True, return_tensors="pt"))
+    mixed = BatchSplit((*MODULES, None))
+
+    def run(comp):  # type: ignore[no-untyped-def]
+        def go() -> None:
+            with torch.no_grad():
+                model(**batch, composition=comp)
+
+        return go
+
+    runs = {"base": run(None), "mixed": run(mixed), **{n: run(Single(n)) for n in MODULES}}
+    samples: dict[str, list[float]] = {n: [] for n in runs}
+    for r in range(rounds):
+        for n, ms in alternating(runs, r, repeats).items():
+            samples[n].append(ms)
+    med = {n: statistics.median(v) for n, v in samples.items()}
+    ratio = {f"{n}_over_base": round(med[n] / med["base"], 3) for n in MODULES}
+    per_round = [samples["seq_bn"][i] / samples["mixed"][i] for i in range(rounds)]
+    result = {
+        "mixed_kinds8_over_uniform8": round(statistics.median(per_round), 3),
+        "mixed_kinds8_over_uniform8_min": round(min(per_round), 3),
+        "mixed_kinds8_over_uniform8_max": round(max(per_round), 3),
+        **ratio,
+        "base_ms": round(med["base"], 2),
+    }
+    lines = [
+        f"## Serving cost per kind ({'--quick, ' if a.quick else ''}6-layer MiniLM, batch 8, CPU, 2 threads)",
+        "",
+        "| batch of 8 rows | ms (median) | ÷ bare base |",
+        "|---|---:|---:|",
+        f"| bare base | {med['base']:.2f} | 1.000 |",
+        *(f"| one {n} | {med[n]:.2f} | {ratio[f'{n}_over_base']:.3f} |" for n in MODULES),
+        f"| 8 rows on 8 modules of different kinds | {med['mixed']:.2f} | {med['mixed'] / med['base']:.3f} |",
+        "",
+        f"Mixed kinds ÷ uniform (one ST-A), throughput: **{result['mixed_kinds8_over_uniform8']}** (rounds "
+        f"{result['mixed_kinds8_over_uniform8_min']}–{result['mixed_kinds8_over_uniform8_max']}; goal ≥ 0.85). "
+        "The mixed batch holds ST-A, LoRA, (IA)³, BitFit, Compacter, Compacter++, a parallel bottleneck and a "
+        "plain-base row; prompt rows run in the prompt model's own forward and are not in it yet.",
+    ]
+    write_section("kinds", "\n".join(lines))
+    emit(result)
+
+
+if __name__ == "__main__":
+    main()
