@@ -30,12 +30,13 @@ from composer.presets import preset, training_defaults
 from composer.training import TrainConfig
 
 TASKS = ("rt_polarity", "rt_subjectivity", "fine_foods")
-PRESETS = ("seq_bn", "lora", "ia3", "bitfit")
+PRESETS = ("seq_bn", "lora", "ia3", "bitfit", "compacter", "compacter++")
 SWEEP = {
     "seq_bn": (3e-4, 1e-3, 3e-3),
     "lora": (3e-4, 1e-3, 3e-3),
     "ia3": (3e-3, 1e-2, 3e-2),
     "bitfit": (1e-3, 3e-3, 1e-2),
+    "compacter++": (1e-3, 3e-3, 1e-2),
 }
 
 
