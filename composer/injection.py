@@ -22,6 +22,7 @@ One small map per family says where the sites are:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -137,6 +138,20 @@ def linear_targets(family: str, wanted: tuple[str, ...], what: str = "target_mod
             raise ConfigError(f"{what}: a {family} layer has no linear module {t!r}; it has {short}")
         found += hits
     return tuple(n for n in spec.linears if n in found)
+
+
+def site_name(layer: int, linear: str) -> str:
+    """How a module keys its part at one (layer, linear) site."""
+    return f"L{layer}_{linear.replace('.', '_')}"
+
+
+def config_from_dict(cls: Any, data: dict[str, Any], what: str) -> Any:
+    """A method config dataclass from its JSON fields (an artifact's `method` key aside); unknown fields refused."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - known - {"method"}
+    if unknown:
+        raise ConfigError(f"unknown {what} config fields: {sorted(unknown)}; known: {sorted(known)}")
+    return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def check_layers(layers: tuple[int, ...] | None, num_layers: int, what: str = "layers") -> None:

@@ -16,11 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from composer.injection import LinearHandler
-
-
-def site_name(layer: int, linear: str) -> str:
-    return f"L{layer}_{linear.replace('.', '_')}"
+from composer.injection import LinearHandler, site_name
 
 
 class VectorAdapter(nn.Module):

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import torch
 
 from composer.errors import ConfigError
-from composer.injection import FAMILIES, check_layers, linear_shapes, linear_targets
+from composer.injection import FAMILIES, check_layers, config_from_dict, linear_shapes, linear_targets
 from composer.vectors import VectorAdapter
 
 
@@ -56,11 +56,7 @@ class BitFitConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BitFitConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known - {"method"}
-        if unknown:
-            raise ConfigError(f"unknown BitFit config fields: {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return config_from_dict(cls, data, "BitFit")
 
 
 class BitFitAdapter(VectorAdapter):

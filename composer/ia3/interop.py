@@ -27,9 +27,9 @@ from composer.exporting import (
 )
 from composer.heads import peft_seq_cls_head
 from composer.ia3.modules import IA3Config
+from composer.injection import site_name
 from composer.method import json_config
 from composer.safetensors_io import read_tensors, tensors_to_bytes
-from composer.vectors import site_name
 
 _PEFT_KEY = re.compile(r"(?:^|\.)(?:(\w+)\.)?(?:encoder|transformer)\.layer\.(\d+)\.(.+)\.ia3_l(?:\.weight)?$")
 _HUB_KEY = re.compile(r"(?:^|\.)(?:(\w+)\.)?(?:encoder|transformer)\.layer\.(\d+)\.(.+)\.loras\.[^.]+\.lora_B$")

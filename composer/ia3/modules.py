@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import torch
 
 from composer.errors import ConfigError
-from composer.injection import check_layers, linear_shapes, linear_targets
+from composer.injection import check_layers, config_from_dict, linear_shapes, linear_targets
 from composer.vectors import VectorAdapter
 
 # per family: (targets, the targets among them that scale their input)
@@ -87,11 +87,7 @@ class IA3Config:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> IA3Config:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known - {"method"}
-        if unknown:
-            raise ConfigError(f"unknown (IA)³ config fields: {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return config_from_dict(cls, data, "(IA)³")
 
 
 class IA3Adapter(VectorAdapter):

@@ -19,7 +19,15 @@ import torch
 from torch import nn
 
 from composer.errors import ConfigError
-from composer.injection import FAMILIES, LinearHandler, check_layers, linear_shapes, linear_targets
+from composer.injection import (
+    FAMILIES,
+    LinearHandler,
+    check_layers,
+    config_from_dict,
+    linear_shapes,
+    linear_targets,
+    site_name,
+)
 
 
 @dataclass(frozen=True)
@@ -74,11 +82,7 @@ class LoraConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LoraConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known - {"method"}
-        if unknown:
-            raise ConfigError(f"unknown LoRA config fields: {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return config_from_dict(cls, data, "LoRA")
 
 
 class LoraLinear(nn.Module):
@@ -95,10 +99,6 @@ class LoraLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.linear(nn.functional.linear(self.dropout(x), self.A), self.B) * self.scaling
-
-
-def site_name(layer: int, linear: str) -> str:
-    return f"L{layer}_{linear.replace('.', '_')}"
 
 
 class LoraAdapter(nn.Module):
@@ -123,7 +123,6 @@ class LoraAdapter(nn.Module):
 
     @classmethod
     def for_encoder(cls, cfg: LoraConfig, model: nn.Module, family: str, num_layers: int) -> LoraAdapter:
-        cfg.check_base(family, num_layers)
         return cls(cfg, linear_shapes(model, family, cfg.targets(family), cfg.layers, num_layers))
 
     def handler(self) -> LinearHandler:
