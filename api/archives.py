@@ -8,8 +8,12 @@ import zipfile
 from pathlib import PurePosixPath
 
 from api.errors import Problem
+from composer.kinds import KINDS
 
 PICKLE_NAMES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+# the only pickles let through to the importers: those a kind reads with torch.load(weights_only=True) (an
+# AdapterHub prefix); the importer still refuses them for any other kind
+WEIGHTS_ONLY = frozenset(n for kind in KINDS.values() for n in kind.weights_only_pickles)
 
 
 def read_zip(data: bytes, max_uncompressed: int) -> dict[str, bytes]:
@@ -32,7 +36,7 @@ def read_zip(data: bytes, max_uncompressed: int) -> dict[str, bytes]:
         if total > max_uncompressed:
             raise Problem(413, "archive-too-large", f"the archive unpacks to more than {max_uncompressed} bytes")
         name = path.name
-        if name.endswith(PICKLE_NAMES):
+        if name.endswith(PICKLE_NAMES) and name not in WEIGHTS_ONLY:
             raise Problem(422, "pickle-refused", f"{name} is a pickle; only safetensors are accepted", field="file")
         if name.startswith(".") or "__MACOSX" in path.parts:
             continue  # macOS and editor litter, never a module file

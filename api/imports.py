@@ -29,7 +29,7 @@ def _read(files: dict[str, bytes], base: BaseModelRow, where: str = "") -> tuple
     except ArtifactError as e:
         raise Problem(422, "unknown-format", f"{where}{e}", field="file") from None
     try:
-        art = face.import_files(files, base.path)
+        art = kinds.import_as(face, files, base.path)
     except ComposerError as e:
         raise Problem(422, "invalid-artifact", f"{where}{e}", field="file") from None
     if art.base is not None and art.base.fingerprint != base.identity:

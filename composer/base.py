@@ -97,6 +97,20 @@ class LoadedBase:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def token_limit(self) -> int:
+        """The longest input the base takes (its position table, or the tokenizer's own limit)."""
+        cfg = self.model.config
+        limit = positions_of(cfg.to_dict())
+        tok = getattr(self.tokenizer, "model_max_length", limit) if self.tokenizer is not None else limit
+        return int(min(limit, tok or limit))
+
+
+def positions_of(config: dict[str, Any]) -> int:
+    """How many positions a base's config.json gives its inputs (RoBERTa's start after the padding index)."""
+    limit = int(config.get("max_position_embeddings") or 512)
+    return limit - 2 if config.get("model_type") in ("roberta", "xlm-roberta") else limit
+
 
 def pick_device(preferred: str | None = None) -> str:
     """`preferred` if set; else the first device CUDA_VISIBLE_DEVICES exposes; else cpu. Workers call it in

@@ -12,7 +12,7 @@ import torch
 
 from composer.errors import ArtifactError, ConfigError
 from composer.heads import HeadConfig
-from composer.safetensors_io import read_tensors, tensors_to_bytes
+from composer.safetensors_io import read_tensors, read_weights_only, tensors_to_bytes
 
 HUB_VERSION = "adapters.1.3.0"
 # the attribute that holds the encoder in the reference's models, by our family name
@@ -125,10 +125,14 @@ CONVERT_HINT = (
 )
 
 
-def read_hub_head(d: Path) -> tuple[HeadConfig | None, list[str] | None, dict[str, torch.Tensor]]:
+def read_hub_head(
+    d: Path, weights_only_pickle: bool = False
+) -> tuple[HeadConfig | None, list[str] | None, dict[str, torch.Tensor]]:
     """An AdapterHub head saved beside a module (`head_config.json` + `model_head.safetensors`): its config,
-    labels and tensors (`head.*`); nothing when there is none. A pickled head is refused."""
-    if (d / "pytorch_model_head.bin").exists() and not (d / "model_head.safetensors").exists():
+    labels and tensors (`head.*`); nothing when there is none. A pickled head is refused, except beside a
+    prefix (`weights_only_pickle`), which adapters 1.3 saves only as pickles: read with weights_only=True."""
+    pickled = (d / "pytorch_model_head.bin").exists() and not (d / "model_head.safetensors").exists()
+    if pickled and not weights_only_pickle:
         raise ArtifactError(f"pytorch_model_head.bin is a pickle and is refused; {CONVERT_HINT}")
     if not (d / "head_config.json").is_file():
         return None, None, {}
@@ -147,7 +151,11 @@ def read_hub_head(d: Path) -> tuple[HeadConfig | None, list[str] | None, dict[st
     labels = None
     if raw.get("label2id"):
         labels = [k for k, _ in sorted(raw["label2id"].items(), key=lambda kv: kv[1])]
-    tensors = read_tensors(d / "model_head.safetensors")
+    if pickled:
+        blob = (d / "pytorch_model_head.bin").read_bytes()
+        tensors = read_weights_only(blob, "pytorch_model_head.bin", CONVERT_HINT.replace("adapter", "model_head"))
+    else:
+        tensors = read_tensors(d / "model_head.safetensors")
     last = 3 * cfg.layers - 2  # index of the output Linear in AdapterHub's Sequential
     names = {"1": "dense", str(last): "out"} if cfg.layers == 2 else {str(last): "out"}
     out: dict[str, torch.Tensor] = {}

@@ -12,14 +12,18 @@ from composer.bottleneck.kind import MT_A, ST_A
 from composer.compacter.kind import COMPACTER
 from composer.compositions.kind import COMPOSITION
 from composer.errors import ArtifactError, ConfigError
+from composer.exporting import CONVERT_HINT
 from composer.fusion.kind import FUSION
 from composer.ia3.kind import IA3
 from composer.lora.kind import LORA
 from composer.method import Artifact, MethodKind, json_config
+from composer.p_tuning.kind import P_TUNING
+from composer.prefix.kind import PREFIX
 from composer.prompts.kind import SOFT_PROMPT
+from composer.safetensors_io import PICKLE_SUFFIXES
 
 KINDS: dict[str, MethodKind] = {
-    k.name: k for k in (ST_A, MT_A, LORA, IA3, BITFIT, COMPACTER, FUSION, SOFT_PROMPT, COMPOSITION)
+    k.name: k for k in (ST_A, MT_A, LORA, IA3, BITFIT, COMPACTER, FUSION, SOFT_PROMPT, P_TUNING, PREFIX, COMPOSITION)
 }
 
 
@@ -37,14 +41,23 @@ def detect(files: dict[str, bytes]) -> tuple[MethodKind, str]:
             return kind, source
     raise ArtifactError(
         "no config of a known format: ours (adapter_config.json, fusion_config.json, prompt_config.json), "
-        "AdapterHub bottleneck, LoRA, (IA)³ or prompt-tuning adapters, or PEFT LoRA, (IA)³ or prompt tuning"
+        "AdapterHub bottleneck, Compacter, LoRA, (IA)³, prompt-tuning or prefix-tuning adapters, or PEFT LoRA, "
+        "(IA)³, prompt tuning, P-tuning or prefix tuning"
     )
 
 
 def load_files(files: dict[str, bytes], base_dir: str | os.PathLike[str] | None = None) -> Artifact:
     """Any importable artifact from its files, ours or foreign."""
     kind, _ = detect(files)
-    return kind.import_files(files, str(base_dir) if base_dir is not None else None)
+    return import_as(kind, files, str(base_dir) if base_dir is not None else None)
+
+
+def import_as(kind: MethodKind, files: dict[str, bytes], base_dir: str | None) -> Artifact:
+    """`kind`'s import of these files. Pickles are refused, except those the kind reads with weights_only=True."""
+    pickles = sorted(n for n in files if n.endswith(PICKLE_SUFFIXES) and n not in kind.weights_only_pickles)
+    if pickles:
+        raise ArtifactError(f"{pickles[0]} is a pickle and is refused for a {kind.name}; {CONVERT_HINT}")
+    return kind.import_files(files, base_dir)
 
 
 def load_dir(directory: str | os.PathLike[str], base_dir: str | os.PathLike[str] | None = None) -> Artifact:

@@ -74,6 +74,8 @@ class MethodKind(ABC):
     # what it may be in a composition tree: "member" (a leaf: an adapter on the encoder), "fuse" (a `Fuse`
     # node), or None (nothing)
     in_trees: str | None = None
+    # the pickles its importer reads, with torch.load(weights_only=True) only; every other pickle is refused
+    weights_only_pickles: tuple[str, ...] = ()
 
     # -- files <-> artifact -----------------------------------------------------------------
     @abstractmethod

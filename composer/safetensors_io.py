@@ -1,10 +1,14 @@
-"""Strict safetensors reading and atomic writing. Nothing here ever unpickles."""
+"""Strict safetensors reading and atomic writing. Nothing here unpickles, except `read_weights_only`: the one
+reader of AdapterHub's `pytorch_adapter.bin` (prefix tuning, which adapters 1.3 cannot save as safetensors), with
+`torch.load(weights_only=True)` and nothing looser."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import pickle
 import shutil
 import uuid
 from collections.abc import Callable
@@ -46,13 +50,32 @@ def tensors_from_bytes(data: bytes, what: str = "weights") -> dict[str, torch.Te
         tensors = st_load(data)
     except (SafetensorError, ValueError, RuntimeError, OSError) as e:
         raise ArtifactError(f"{what}: not a valid safetensors file (truncated or corrupted?): {e}") from None
+    _check_finite(tensors, what)
+    return tensors
+
+
+def _check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
     floats = [(name, t) for name, t in tensors.items() if t.is_floating_point() and t.numel()]
     if floats:  # one max-abs per tensor in a single call (a NaN or Inf makes it non-finite), not 3 calls each
         finite = torch.isfinite(torch.stack(torch._foreach_norm([t for _, t in floats], float("inf")))).tolist()
         bad = [name for (name, _), ok in zip(floats, finite, strict=True) if not ok]
         if bad:
             raise ArtifactError(f"{what}: tensor {bad[0]!r} contains NaN or Inf")
-    return tensors
+
+
+def read_weights_only(data: bytes, what: str, hint: str) -> dict[str, torch.Tensor]:
+    """A torch.save'd dict of tensors, read with `torch.load(weights_only=True)`: torch's restricted unpickler,
+    which builds tensors and plain containers only and refuses any other global. Anything else it holds is
+    refused with `hint` (how to convert it)."""
+    try:
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ArtifactError(f"{what}: refused, not a plain file of tensors ({first}); {hint}") from None
+    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        raise ArtifactError(f"{what}: refused, it holds something other than named tensors; {hint}")
+    _check_finite(obj, what)
+    return obj
 
 
 def read_tensors(path: Path, what: str | None = None) -> dict[str, torch.Tensor]:

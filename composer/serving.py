@@ -41,11 +41,7 @@ class Resident(Models):
     @property
     def token_limit(self) -> int:
         """The longest input the base takes (its position table, or the tokenizer's own limit)."""
-        cfg = self.base.model.config
-        limit = getattr(cfg, "max_position_embeddings", 512)
-        if cfg.model_type in ("roberta", "xlm-roberta"):
-            limit -= 2  # the positions start after the padding index
-        return int(min(limit, getattr(self.base.tokenizer, "model_max_length", limit) or limit))
+        return self.base.token_limit
 
 
 @dataclass

@@ -105,9 +105,11 @@ def test_no_module_grows_past_400_lines():
 TOGETHER = ("kinds", "presets", "serving", "cli", "probe")
 # One package per method. A method imports the engine and never another method, except that a fusion fuses
 # bottleneck adapters, and so builds on the bottleneck method's modules.
-METHODS = ("bottleneck", "lora", "ia3", "bitfit", "compacter", "fusion", "prompts", "compositions")
+METHODS = (
+    *("bottleneck", "lora", "ia3", "bitfit", "compacter", "fusion", "prompts", "prefix", "p_tuning", "compositions"),
+)
 # Compacter is AdapterHub's bottleneck adapter with PHM projections (BnConfig.phm_layer): it extends that config.
-MAY_USE = {"fusion": {"bottleneck"}, "compacter": {"bottleneck"}}
+MAY_USE = {"fusion": {"bottleneck"}, "compacter": {"bottleneck"}, "prefix": {"prompts"}, "p_tuning": {"prompts"}}
 
 
 def _uses(path: Path, package: str) -> bool:

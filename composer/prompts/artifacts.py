@@ -20,6 +20,7 @@ from composer.prompts.prompt import PromptConfig
 from composer.safetensors_io import read_tensors, sha256_bytes, tensors_from_bytes, tensors_to_bytes
 
 FORMAT = "composer-prompt"
+METHODS = {"soft_prompt": "prompt_tuning", "p_tuning": "p_tuning", "prefix": "prefix_tuning"}
 
 
 @dataclass
@@ -37,7 +38,7 @@ class PromptArtifact:
 
     @property
     def kind(self) -> str:
-        return "soft_prompt"
+        return self.config.registry_kind
 
 
 def to_files(art: PromptArtifact) -> tuple[bytes, bytes]:
@@ -47,8 +48,8 @@ def to_files(art: PromptArtifact) -> tuple[bytes, bytes]:
         "format": FORMAT,
         "format_version": 1,
         "name": art.name,
-        "kind": "soft_prompt",
-        "method": "prompt_tuning",
+        "kind": art.kind,
+        "method": METHODS[art.kind],
         "config": art.config.to_dict(),
         "head": art.head.to_dict() if art.head else None,
         "labels": art.labels,

@@ -1,4 +1,6 @@
-"""The face of the prompt family's kind: soft_prompt (one prompt with its own head)."""
+"""The faces of the prompt family: what soft prompts, P-tuning and prefix tuning share (one prompt with its own
+head, served by the prompt model), and the soft_prompt kind itself. The prefix and p_tuning packages subclass
+`PromptFace` with their own detection and formats."""
 
 from __future__ import annotations
 
@@ -11,22 +13,26 @@ from composer.exporting import Target
 from composer.method import MethodKind, Models, Prediction, as_directory, json_config, module_bytes
 from composer.prompts import artifacts
 from composer.prompts.artifacts import PromptArtifact
+from composer.prompts.prompt import PromptConfig
 
 
-class SoftPromptKind(MethodKind):
-    name = "soft_prompt"
+class PromptFace(MethodKind):
     file_names = ("prompt_config.json", "prompt.safetensors")
     ensemble_member = True
-    formats = ("native", "peft")
+
+    def __init__(self, name: str, formats: tuple[str, ...]) -> None:
+        self.name = name
+        self.formats = formats
 
     def export(
         self, art: PromptArtifact, fmt: str, target: Target, members: Sequence[Any] = (), with_head: bool = True
     ) -> dict[str, bytes]:
-        if fmt == "peft":
-            from composer.prompts.export import prompt_to_peft
-
-            return prompt_to_peft(art, target, with_head=with_head)
+        if fmt != "native" and fmt in self.formats:
+            return self.export_foreign(art, fmt, target, with_head)
         return super().export(art, fmt, target)
+
+    def export_foreign(self, art: PromptArtifact, fmt: str, target: Target, with_head: bool) -> dict[str, bytes]:
+        raise NotImplementedError
 
     def from_files(self, config: bytes, weights: bytes) -> PromptArtifact:
         return artifacts.from_files(config, weights)
@@ -35,13 +41,16 @@ class SoftPromptKind(MethodKind):
         return artifacts.to_files(art)
 
     def detect(self, files: dict[str, bytes]) -> str | None:
-        if json_config(files, self.file_names[0]).get("format") == artifacts.FORMAT:
-            return "ours"
-        meta = json_config(files, "adapter_config.json")
-        if meta.get("peft_type") == "PROMPT_TUNING":
-            return "peft"
-        if (meta.get("config") or {}).get("architecture") == "prompt_tuning":
-            return "adapterhub"
+        meta = json_config(files, self.file_names[0])
+        if meta.get("format") == artifacts.FORMAT:
+            try:  # the kind follows from the config (older files wrote soft_prompt for deep prompts too)
+                kind = PromptConfig.from_dict(meta.get("config") or {}).registry_kind
+            except (TypeError, ValueError):
+                kind = "soft_prompt"  # from_files says what is wrong with it
+            return "ours" if kind == self.name else None
+        return self.detect_foreign(files)
+
+    def detect_foreign(self, files: dict[str, bytes]) -> str | None:
         return None
 
     def import_files(self, files: dict[str, bytes], base_dir: str | None) -> PromptArtifact:
@@ -49,15 +58,17 @@ class SoftPromptKind(MethodKind):
         if source == "ours":
             return self.from_files(files[self.file_names[0]], files.get(self.file_names[1], b""))
         with as_directory(files) as d:
-            if source == "peft":
-                return artifacts.import_peft_prompt(d, base_dir=base_dir)
-            return artifacts.import_adapterhub_prompt(d)
+            return self.import_foreign(source or "", d, base_dir)
+
+    def import_foreign(self, source: str, directory: Any, base_dir: str | None) -> PromptArtifact:
+        raise NotImplementedError
 
     def param_count(self, art: PromptArtifact) -> int:
         return int(art.prompt.numel() + sum(t.numel() for t in art.head_tensors.values()))
 
     def method_config(self, art: PromptArtifact, **extra: Any) -> dict[str, Any]:
-        return {"method": "prompt_tuning", "config": art.config.to_dict(), "max_length": art.max_length, **extra}
+        method = artifacts.METHODS[art.kind]
+        return {"method": method, "config": art.config.to_dict(), "max_length": art.max_length, **extra}
 
     def attach(self, models: Models, art: PromptArtifact, name: str, members: Sequence[str] = ()) -> None:
         models.prompts.attach(art, name=name)
@@ -69,8 +80,7 @@ class SoftPromptKind(MethodKind):
         return module_bytes(models.prompts.prompts[name], models.prompts.heads[name])
 
     def max_length(self, art: PromptArtifact, limit: int) -> int:
-        if art.config.kind == "shallow":
-            limit -= art.config.length  # the prompt takes positions in front of the input
+        limit -= art.config.positions_taken  # a shallow prompt's, or a prefix the real tokens' positions follow
         return min(art.max_length, limit) if art.max_length else limit
 
     def predict(
@@ -78,6 +88,29 @@ class SoftPromptKind(MethodKind):
     ) -> Prediction:
         logits = models.prompts.logits([names[0]], batch)[:, 0]  # [B, C], or [B] for regression
         return Prediction([row.float().cpu() for row in logits])
+
+
+class SoftPromptKind(PromptFace):
+    def __init__(self) -> None:
+        super().__init__("soft_prompt", ("native", "peft"))
+
+    def export_foreign(self, art: PromptArtifact, fmt: str, target: Target, with_head: bool) -> dict[str, bytes]:
+        from composer.prompts.export import prompt_to_peft
+
+        return prompt_to_peft(art, target, with_head=with_head)
+
+    def detect_foreign(self, files: dict[str, bytes]) -> str | None:
+        meta = json_config(files, "adapter_config.json")
+        if meta.get("peft_type") == "PROMPT_TUNING":
+            return "peft"
+        if (meta.get("config") or {}).get("architecture") == "prompt_tuning":
+            return "adapterhub"
+        return None
+
+    def import_foreign(self, source: str, directory: Any, base_dir: str | None) -> PromptArtifact:
+        if source == "peft":
+            return artifacts.import_peft_prompt(directory, base_dir=base_dir)
+        return artifacts.import_adapterhub_prompt(directory)
 
 
 SOFT_PROMPT = SoftPromptKind()

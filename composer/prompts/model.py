@@ -81,7 +81,10 @@ class PromptModel(nn.Module):
         missing = [n for n in names if n not in self.prompts]
         if missing:
             raise ConfigError(f"unknown prompts {missing}")
-        cfgs = {(self.prompts[n].cfg.length, self.prompts[n].cfg.kind, self.prompts[n].cfg.insertion) for n in names}
+        cfgs = {
+            (c.length, c.kind, c.insertion, c.positions)
+            for c in (self.prompts[n].cfg for n in names)  # type: ignore[attr-defined]
+        }
         if len(cfgs) != 1:
             raise ConfigError("prompts of different lengths or insertion points cannot share one forward")
         return self.prompts[names[0]].cfg
@@ -113,7 +116,7 @@ class PromptModel(nn.Module):
         ones = [1] * (prompts.dim() - 1)
         prompts = prompts.repeat(b, *ones) if k > 1 else prompts.expand(b, *[-1] * (prompts.dim() - 1))
         hidden = encode_prompted(
-            self.base, rep(ids), rep(mask), rep(tt) if tt is not None else None, prompts, cfg.insertion
+            self.base, rep(ids), rep(mask), rep(tt) if tt is not None else None, prompts, cfg.insertion, cfg.positions
         )
         heads = [self.heads[n] for n in names]
         prefix_len = cfg.length if cfg.kind == "shallow" else 0  # deep prompts add no positions to the output

@@ -7,10 +7,15 @@ Two insertion points, both in use by reference implementations:
 - `embedding_output` (AdapterHub `adapters`): the prompt is prepended to the output of the
   embedding layer, after its LayerNorm.
 
-Deep prompts (P-tuning v2) put L prefix keys and values in front of every layer's
-self-attention instead ([layers, 2, L, H]); they go in through the model's key/value cache,
-so the real tokens' positions start after the prefix, as in HF's prefix tuning. During
-training they may be reparameterised through an MLP, collapsed to plain tensors on save.
+Deep prompts (prefix tuning, Li & Liang 2021; P-tuning v2 when trained flat) put L prefix keys and
+values in front of every layer's self-attention instead ([layers, 2, L, H]); they go in through the
+model's key/value cache. PEFT's prefix tuning lets the real tokens' positions start after the
+prefix (`positions="after_prefix"`); AdapterHub's adds them inside the attention, so positions
+start at 0 (`"from_zero"`). During training they may be reparameterised through an MLP
+(`reparam_hidden`, PEFT's `prefix_projection`), collapsed to plain tensors on save.
+
+A shallow prompt may train through a prompt encoder (P-tuning v1, Liu et al. 2021: `encoder`
+"mlp" or "lstm", as PEFT's PromptEncoder), likewise collapsed to its virtual-token embeddings.
 
 Every row of a batch may carry its own prompt, which is how K prompts run as one forward
 of B×K rows.
@@ -28,8 +33,10 @@ from torch import nn
 from composer.base import LoadedBase
 from composer.errors import ConfigError
 from composer.injection import Scope, inject
+from composer.prompts.encoders import PromptEncoder, PromptReparam
 
 Insertion = Literal["input_embeds", "embedding_output"]
+Positions = Literal["after_prefix", "from_zero"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,26 @@ class PromptConfig:
     init: Literal["vocab", "text", "labels", "uniform"] = "vocab"
     init_text: str | None = None
     uniform_scale: float = 0.5
+    encoder: Literal["none", "mlp", "lstm"] = "none"  # shallow prompts: P-tuning v1's prompt encoder
+    encoder_hidden: int = 0  # its width (PEFT's encoder_hidden_size)
+    positions: Positions = "after_prefix"  # deep prompts: where the real tokens' positions start
+    collapsed: bool = False  # the encoder or MLP was folded into plain tensors (a saved artifact)
+
+    @property
+    def registry_kind(self) -> str:
+        """The kind this prompt registers as: prefix (deep), p_tuning (through a prompt encoder), soft_prompt."""
+        if self.kind == "deep":
+            return "prefix"
+        return "p_tuning" if self.encoder != "none" else "soft_prompt"
+
+    @property
+    def positions_taken(self) -> int:
+        """Positions the prompt takes from the input's: a shallow prompt's, and PEFT's prefix's."""
+        return self.length if self.kind == "shallow" or self.positions == "after_prefix" else 0
+
+    @property
+    def reparameterised(self) -> bool:
+        return bool(self.reparam_hidden or self.encoder != "none")
 
     def __post_init__(self) -> None:
         if not 1 <= self.length <= 256:
@@ -55,6 +82,16 @@ class PromptConfig:
             raise ConfigError(f"unknown prompt init {self.init!r}")
         if self.init == "text" and not self.init_text:
             raise ConfigError("init='text' needs init_text")
+        if self.encoder not in ("none", "mlp", "lstm"):
+            raise ConfigError(f"encoder must be 'none', 'mlp' or 'lstm' (P-tuning), got {self.encoder!r}")
+        if self.encoder != "none" and (self.kind != "shallow" or self.encoder_hidden < 1):
+            raise ConfigError("encoder: a prompt encoder (P-tuning) needs a shallow prompt and encoder_hidden >= 1")
+        if self.encoder == "none" and self.encoder_hidden:
+            raise ConfigError("encoder_hidden applies to a prompt encoder only (encoder 'mlp' or 'lstm')")
+        if self.positions not in ("after_prefix", "from_zero") or (
+            self.positions != "after_prefix" and self.kind != "deep"
+        ):
+            raise ConfigError("positions: 'after_prefix' or 'from_zero', and only deep prompts start from zero")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -74,26 +111,32 @@ class SoftPrompt(nn.Module):
         self.num_layers = num_layers
         self.embedding = nn.Parameter(torch.zeros(cfg.length, hidden_size))
         self.deep: nn.Parameter | None = None
-        self.reparam: nn.Sequential | None = None
+        self.reparam: PromptReparam | None = None
+        self.encoder: PromptEncoder | None = None
+        live = not cfg.collapsed  # a saved prompt holds plain tensors: no encoder or MLP to build
         if cfg.kind == "deep":
             if num_layers < 1:
                 raise ConfigError("deep prompts need the number of layers")
-            if cfg.reparam_hidden:
-                out = num_layers * 2 * hidden_size
-                self.reparam = nn.Sequential(
-                    nn.Linear(hidden_size, cfg.reparam_hidden), nn.Tanh(), nn.Linear(cfg.reparam_hidden, out)
-                )
+            if cfg.reparam_hidden and live:
+                self.reparam = PromptReparam(hidden_size, cfg.reparam_hidden, num_layers)
             else:
                 self.deep = nn.Parameter(torch.zeros(num_layers, 2, cfg.length, hidden_size))
+        elif cfg.encoder != "none" and live:
+            self.encoder = PromptEncoder(cfg.encoder, hidden_size, cfg.encoder_hidden)
 
     def value(self) -> torch.Tensor:
-        """[L, H] for shallow prompts, [layers, 2, L, H] for deep ones (through the MLP if reparameterised)."""
+        """[L, H] for shallow prompts, [layers, 2, L, H] for deep ones (through the encoder or MLP if any)."""
         if self.cfg.kind == "shallow":
-            return self.embedding
+            return self.encoder(self.embedding) if self.encoder is not None else self.embedding
         if self.reparam is not None:
-            flat = self.reparam(self.embedding)  # [L, layers*2*H]
-            return flat.view(self.cfg.length, self.num_layers, 2, -1).permute(1, 2, 0, 3)
+            return self.reparam(self.embedding)
         return self.deep  # type: ignore[return-value]
+
+    def collapsed(self) -> tuple[PromptConfig, torch.Tensor]:
+        """The config and plain tensor a saved artifact holds: the encoder or MLP folded into its output."""
+        cfg = dataclasses.replace(self.cfg, collapsed=True) if self.cfg.reparameterised else self.cfg
+        with torch.no_grad():
+            return cfg, self.value().detach().cpu().clone()
 
     def initialise(self, base: LoadedBase, labels: tuple[str, ...] = (), seed: int = 0) -> None:
         """From random vocabulary tokens, a text, the class-label words, or uniform noise."""
@@ -131,6 +174,7 @@ def encode_prompted(
     token_type_ids: torch.Tensor | None,
     prompts: torch.Tensor,
     insertion: Insertion,
+    positions: Positions = "after_prefix",
 ) -> torch.Tensor:
     """Hidden states [B, L+T, H] with a per-row shallow prompt [B, L, H] in front of each row; or [B, T, H]
     with per-row deep prompts [B, layers, 2, L, H] as each layer's prefix keys and values."""
@@ -138,7 +182,7 @@ def encode_prompted(
     router = inject(model, base.family)
     if prompts.dim() == 5:
         with router.scoped(None):  # the bare base: whatever else runs on these layers is not in this forward
-            return _encode_deep(base, input_ids, attention_mask, token_type_ids, prompts)
+            return _encode_deep(base, input_ids, attention_mask, token_type_ids, prompts, positions)
     b, length = prompts.shape[0], prompts.shape[1]
     mask = torch.cat([attention_mask.new_ones(b, length), attention_mask], dim=1)
     kwargs: dict[str, Any] = {"attention_mask": mask}
@@ -164,6 +208,7 @@ def _encode_deep(
     attention_mask: torch.Tensor,
     token_type_ids: torch.Tensor | None,
     prefixes: torch.Tensor,
+    positions: Positions,
 ) -> torch.Tensor:
     from transformers import DynamicCache
 
@@ -180,6 +225,8 @@ def _encode_deep(
     kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": mask, "cache": cache}
     if token_type_ids is not None:
         kwargs["token_type_ids"] = token_type_ids
+    if positions == "from_zero":  # the prefix sits inside the attention only, not in the positions
+        kwargs["position_ids"] = torch.arange(input_ids.shape[1], device=input_ids.device).expand(b, -1)
     return base.model(**kwargs).last_hidden_state
 
 

@@ -36,15 +36,13 @@ class PromptsRun:
         out = []
         for n in self.names:
             metrics = {k.split("/", 1)[1]: v for k, v in self.result.best_metrics.items() if k.startswith(f"{n}/")}
-            cfg = self.model.prompts[n].cfg
-            if cfg.kind == "deep" and cfg.reparam_hidden:  # collapse the MLP: plain tensors on save
-                cfg = dataclasses.replace(cfg, reparam_hidden=0)
+            cfg, prompt = self.model.prompts[n].collapsed()  # an encoder or MLP folds into plain tensors on save
             out.append(
                 PromptArtifact(
                     name=n,
                     config=cfg,
                     hidden_size=self.model.base.hidden_size,
-                    prompt=self.model.prompts[n].value().detach().cpu().clone(),
+                    prompt=prompt,
                     head=self.model.heads[n].cfg,
                     head_tensors={k: v.detach().cpu().clone() for k, v in self.model.heads[n].state_dict().items()},
                     labels=list(task.labels),
@@ -95,7 +93,13 @@ def train_prompts(
         cfg = dataclasses.replace(prompt_cfg, init=init)  # type: ignore[arg-type]
         model.add(n, cfg, head_cfg)
         model.prompts[n].initialise(base, task.labels, seed=train_cfg.seed * 1000 + i)
-    collate = Collator(base.tokenizer, task, train_cfg.max_length)
+    max_length = min(train_cfg.max_length, base.token_limit - prompt_cfg.positions_taken)
+    if max_length < 2:
+        raise ConfigError(
+            f"prompt.length: {prompt_cfg.length} prompt positions leave no room for an input on this base "
+            f"({base.token_limit} positions)"
+        )
+    collate = Collator(base.tokenizer, task, max_length)
 
     def loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         labels = batch.pop("labels")
@@ -114,4 +118,4 @@ def train_prompts(
     params.update({f"heads.{n}.{key}": p for n in names for key, p in model.heads[n].named_parameters()})
     objective = Objective(module=model, params=params, loss=loss, evaluate=evaluate, metric="mean")
     result = fit(objective, train, validation, collate, train_cfg, callbacks, resume=resume, device=base.device)
-    return PromptsRun(model=model, names=names, result=result, max_length=train_cfg.max_length)
+    return PromptsRun(model=model, names=names, result=result, max_length=max_length)

@@ -94,6 +94,9 @@ LOADERS = {
     "ia3_adapterhub": adapterhub,
     "compacter_adapterhub": adapterhub,
     "prompt_peft": peft,
+    "prefix_peft": peft,
+    "prefix_adapterhub": adapterhub,
+    "p_tuning_peft": peft,
     "composition_stack_fuse_adapterhub": adapterhub_composition,
     "composition_average_adapterhub": adapterhub_composition,
 }

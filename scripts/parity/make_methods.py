@@ -95,6 +95,57 @@ def hub_compacter(x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def peft_prompt_family(x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """PEFT PREFIX_TUNING (through its projection MLP, and flat) and P_TUNING (MLP and LSTM encoders), as SEQ_CLS
+    classifiers; saved as PEFT saves them, the encoders collapsed to `prompt_embeddings`."""
+    from peft import PrefixTuningConfig, PromptEncoderConfig, TaskType, get_peft_model
+
+    out = {}
+    common = {"task_type": TaskType.SEQ_CLS, "num_virtual_tokens": 4}
+    cfgs = {
+        "prefix_peft": PrefixTuningConfig(**common, prefix_projection=True, encoder_hidden_size=16),
+        "prefix_peft_flat": PrefixTuningConfig(**common),
+        "ptuning_peft_mlp": PromptEncoderConfig(**common, encoder_hidden_size=16),
+        "ptuning_peft_lstm": PromptEncoderConfig(
+            **common, encoder_hidden_size=16, encoder_reparameterization_type="LSTM"
+        ),
+    }
+    for j, (tag, cfg) in enumerate(cfgs.items()):
+        clf = BertForSequenceClassification.from_pretrained(PARITY / "prompts" / "peft_base").eval()
+        model = get_peft_model(clf, cfg)
+        randomise(model, 860 + j)
+        model.eval()
+        with torch.no_grad():
+            out[tag] = model(**x).logits
+        model.save_pretrained(str(OUT / tag), safe_serialization=True)
+    return out
+
+
+def hub_prefix(x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """AdapterHub's PrefixTuningConfig (its bottleneck MLP) with a head. adapters 1.3 cannot save prefix tuning as
+    safetensors (the pool's tensors are shared), so it goes out as `pytorch_adapter.bin`, as its users hold it."""
+    from adapters import BertAdapterModel, PrefixTuningConfig
+
+    model = BertAdapterModel.from_pretrained(PARITY / "base").eval()
+    model.add_adapter("hub_prefix", config=PrefixTuningConfig(prefix_length=4, bottleneck_size=16))
+    model.add_classification_head("hub_prefix", num_labels=3)
+    gen = torch.Generator().manual_seed(880)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".hub_prefix." in name or name.startswith("heads.hub_prefix."):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    model.set_active_adapters("hub_prefix")
+    model.eval()
+    with torch.no_grad():
+        logits = model(**x).logits
+        rows = [
+            model(**{k: v[i : i + 1, : int(x["attention_mask"][i].sum())] for k, v in x.items()}).logits
+            for i in range(3)
+        ]
+    model.save_adapter(str(OUT / "prefix_hub"), "hub_prefix", with_head=True)
+    return {"prefix_hub": logits, "prefix_hub_rows": torch.cat(rows)}
+
+
 def main() -> None:
     shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir(parents=True)
@@ -103,6 +154,8 @@ def main() -> None:
     expected.update(peft_ia3(x))
     expected.update(hub_ia3(x))
     expected.update(hub_compacter(x))
+    expected.update(peft_prompt_family(x))
+    expected.update(hub_prefix(x))
     save_file({k: v.contiguous() for k, v in expected.items()}, str(OUT / "expected.safetensors"))
     import adapters
     import peft

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import Field
 from sqlalchemy.orm import Session
 
+from composer.base import positions_of
+from composer.presets import PROMPT_PRESETS, PROMPT_TRAINING, prompt_preset
 from composer.prompts.ensemble import Voting
 from composer.prompts.prompt import PromptConfig
 from composer.prompts.training import train_prompts
@@ -18,30 +22,47 @@ from service import artifact_store
 from service.jobs.base import JobType, Spec, configs_valid, dataset_of_task
 from service.jobs.context import Finish, JobContext, job_inputs, with_checkpoint_default
 
-PROMPT_DEFAULTS = {"learning_rate": 0.3, "epochs": 10, "patience": 3}
+PROMPT_DEFAULTS = PROMPT_TRAINING["prompt_tuning"]
 
 
 class PromptsJobSpec(Spec):
-    """Train K soft prompts (each with its own head) for one task, and register them as an ensemble."""
+    """Train K prompts (each with its own head) for one task, and register them as an ensemble: soft prompts,
+    P-tuning prompts (through a prompt encoder) or prefixes (deep prompts), by `preset`; `prompt` overrides its
+    fields."""
 
     task: str
     base_model: str
     train_dataset: str
     validation_dataset: str | None = None
     k: int = Field(5, ge=1, le=32)
-    prompt: dict[str, Any] = Field(default_factory=lambda: {"length": 20})  # PromptConfig fields
+    preset: Literal["prompt_tuning", "p_tuning", "p_tuning_lstm", "prefix", "p_tuning_v2"] = "prompt_tuning"
+    prompt: dict[str, Any] = Field(default_factory=dict)  # PromptConfig fields over the preset's
     voting: Voting = "majority"
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     name: str | None = None
 
     def train_config(self) -> TrainConfig:
-        return TrainConfig.from_dict({**PROMPT_DEFAULTS, **self.hyperparameters})
+        return TrainConfig.from_dict({**PROMPT_TRAINING[self.preset], **self.hyperparameters})
+
+    def prompt_config(self) -> PromptConfig:
+        return prompt_preset(self.preset, **self.prompt)
+
+
+MIN_INPUT = 8  # the fewest input positions a prompt must leave
+
+
+def base_positions(path: str) -> int | None:
+    """The base's position limit from its config.json (None when it cannot be read)."""
+    try:
+        config = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return positions_of(config) if isinstance(config, dict) else None
 
 
 def check(s: Session, owner_id: str, spec: PromptsJobSpec) -> dict[str, Any]:
-    from composer.prompts.prompt import PromptConfig
-
-    configs_valid(spec.train_config, lambda: PromptConfig.from_dict(spec.prompt))
+    configs_valid(spec.train_config, spec.prompt_config)
+    prompt = spec.prompt_config()
     task = catalog.get_task(s, owner_id, spec.task)
     if task.kind != "classification":
         raise InvalidInput(
@@ -49,6 +70,12 @@ def check(s: Session, owner_id: str, spec: PromptsJobSpec) -> dict[str, Any]:
             "for classification tasks only (train an adapter for a regression task)"
         )
     base = catalog.get_base_model(s, spec.base_model, owner_id)
+    positions = base_positions(base.path)
+    if positions is not None and prompt.positions_taken + MIN_INPUT > positions:
+        raise InvalidInput(
+            f"prompt.length: a prompt of {prompt.length} positions leaves fewer than {MIN_INPUT} of base "
+            f"{base.name!r}'s {positions} positions for the input; shorten the prompt"
+        )
     dataset_of_task(s, owner_id, spec.train_dataset, task.id, "train")
     if spec.validation_dataset:
         dataset_of_task(s, owner_id, spec.validation_dataset, task.id, "validation")
@@ -68,7 +95,7 @@ def handle(ctx: JobContext, spec: PromptsJobSpec) -> Finish:
         train,
         validation,
         spec.k,
-        PromptConfig.from_dict(spec.prompt),
+        spec.prompt_config(),
         cfg,
         callbacks=[ctx.callback()],
         resume=ctx.resume,
@@ -109,4 +136,15 @@ def handle(ctx: JobContext, spec: PromptsJobSpec) -> Finish:
     )
 
 
-JOB = JobType("prompts", PromptsJobSpec, check, handle, hyperparameter_defaults=PROMPT_DEFAULTS)
+JOB = JobType(
+    "prompts",
+    PromptsJobSpec,
+    check,
+    handle,
+    hyperparameter_defaults=PROMPT_DEFAULTS,
+    options={
+        "presets": {
+            name: {"prompt": PROMPT_PRESETS[name], "hyperparameters": PROMPT_TRAINING[name]} for name in PROMPT_PRESETS
+        }
+    },
+)

@@ -61,7 +61,7 @@ class Case:
             kinds.get(member.kind).attach(models, member, name)
         kinds.get(self.kind).attach(models, self.art, "x", names)
         with torch.no_grad():
-            if self.kind == "soft_prompt":
+            if isinstance(self.art, PromptArtifact):
                 return models.prompts.logits(["x"], x)[:, 0]
             comp = Fuse("x") if self.kind == "fusion" else Single("x")
             return models.encoder(**x, head="x", composition=comp).logits
@@ -145,21 +145,25 @@ def _fusion(seed: int) -> tuple[Any, list[Any]]:
     return fusion_artifacts.extract(model, "f", head="f", labels=["x", "y", "z"]), members
 
 
-def _prompt(seed: int) -> PromptArtifact:
+def _prompt(seed: int, cfg: PromptConfig | None = None, base_key: str = "peft") -> PromptArtifact:
+    """A prompt of `cfg` (a collapsed one: plain tensors) with noisy values and a head."""
+    cfg = cfg or PromptConfig(length=4)
     gen = torch.Generator().manual_seed(seed)
-    base = load_base(BASES["peft"], with_tokenizer=False, device="cpu")
-    head = HeadConfig(num_labels=2, pooling="first_token")
+    base = load_base(BASES[base_key], with_tokenizer=False, device="cpu")
+    labels = ["neg", "pos"] if base_key == "peft" else ["a", "b", "c"]
+    head = HeadConfig(num_labels=len(labels), pooling="first_token" if base_key == "peft" else "cls")
     holder = PromptModel(base)
-    holder.add("p", PromptConfig(length=4), head)
+    holder.add("p", cfg, head)
     _noise(holder.heads["p"], gen)
+    shape = (4, base.hidden_size) if cfg.kind == "shallow" else (base.num_layers, 2, 4, base.hidden_size)
     return PromptArtifact(
         name="p",
-        config=PromptConfig(length=4),
+        config=cfg,
         hidden_size=base.hidden_size,
-        prompt=torch.randn(4, base.hidden_size, generator=gen),
+        prompt=torch.randn(shape, generator=gen),
         head=head,
         head_tensors={k: v.detach().clone() for k, v in holder.heads["p"].state_dict().items()},
-        labels=["neg", "pos"],
+        labels=labels,
         base=base.identity,
     )
 
@@ -189,6 +193,24 @@ def cases() -> dict[str, Case]:
             _adapter("tiny", preset("compacter", reduction_factor=4), ["a", "b"], 809),
         ),
         "prompt_peft": Case("peft", "soft_prompt", "peft", _prompt(804)),
+        "prefix_peft": Case(
+            "peft",
+            "prefix",
+            "peft",
+            _prompt(810, PromptConfig(length=4, kind="deep", reparam_hidden=16, collapsed=True)),
+        ),
+        "prefix_adapterhub": Case(
+            "tiny",
+            "prefix",
+            "adapterhub",
+            _prompt(811, PromptConfig(length=4, kind="deep", positions="from_zero"), "tiny"),
+        ),
+        "p_tuning_peft": Case(
+            "peft",
+            "p_tuning",
+            "peft",
+            _prompt(812, PromptConfig(length=4, encoder="lstm", encoder_hidden=16, collapsed=True)),
+        ),
         "composition_stack_fuse_adapterhub": _composition({"stack": ["ad_dom", {"fuse": "ad_f"}]}, "ad_f", 805),
         "composition_average_adapterhub": _composition(
             {"stack": ["ad_dom", {"average": ["ad_task", "ad_alpha"], "weights": [0.7, 0.3]}], "head": "ad_task"},

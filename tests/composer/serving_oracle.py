@@ -24,7 +24,7 @@ from composer.prompts.prompt import PromptConfig
 ADAPTERS, FUSION, PROMPTS, ENSEMBLE = (
     ("s0", "s1", "s2", "l0", "l1", "i0", "b0", "c0"),
     "f",
-    ("p0", "p1", "p2", "deep", "hub"),
+    ("p0", "p1", "p2", "deep", "hub", "zero", "pt"),
     ("p0", "p1", "p2"),
 )
 TREE_LEAVES = ("s0", "s1", "s2")  # the bottleneck adapters (s2 has sites the others lack: Stacks only)
@@ -39,7 +39,8 @@ def _noise(module: torch.nn.Module, std: float, gen: torch.Generator) -> None:
 def build_modules(base_dir: Path, seed: int) -> dict[str, object]:
     """Three ST-As (two of one layout, one of another), two LoRAs, an (IA)³, a BitFit and a Compacter, a fusion
     over the first two ST-As with its head, and five
-    soft prompts: three shallow ones for the ensemble, a deep one, one prepended to the embedding output."""
+    soft prompts: three shallow ones for the ensemble, a deep one, one prepended to the embedding output, a prefix
+    whose positions start from zero, and a P-tuning prompt."""
     gen = torch.Generator().manual_seed(seed)
     base = load_base(base_dir)
     model = AdaptedEncoder(base)
@@ -73,6 +74,9 @@ def build_modules(base_dir: Path, seed: int) -> dict[str, object]:
         "p2": (PromptConfig(length=4), (4, h)),
         "deep": (PromptConfig(length=3, kind="deep"), (layers, 2, 3, h)),
         "hub": (PromptConfig(length=2, insertion="embedding_output"), (2, h)),
+        # a prefix with positions from zero (AdapterHub's), and a P-tuning prompt (its LSTM collapsed)
+        "zero": (PromptConfig(length=2, kind="deep", positions="from_zero"), (layers, 2, 2, h)),
+        "pt": (PromptConfig(length=3, encoder="lstm", encoder_hidden=8, collapsed=True), (3, h)),
     }
     for name, (cfg, shape) in shapes.items():
         heads = PromptModel(base)

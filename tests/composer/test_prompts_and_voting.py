@@ -103,17 +103,31 @@ def test_prompts_train_as_one_batched_model_and_ensemble_in_one_forward(tiny_ber
         predict_ensemble(run.model, run.names, batch, "mean_prob", scores, early_exit=True)
 
 
-def test_deep_prompts_train_collapse_and_stay_padding_invariant(tiny_bert_dir):
+@pytest.mark.parametrize(
+    ("prompt", "kind", "shape"),
+    [
+        (PromptConfig(length=3, kind="deep", reparam_hidden=16), "prefix", (2, 2, 3, 32)),  # prefix tuning's MLP
+        (PromptConfig(length=3, kind="deep", positions="from_zero"), "prefix", (2, 2, 3, 32)),  # P-tuning v2, flat
+        (PromptConfig(length=3, encoder="mlp", encoder_hidden=16), "p_tuning", (3, 32)),  # P-tuning v1's encoders
+        (PromptConfig(length=3, encoder="lstm", encoder_hidden=8), "p_tuning", (3, 32)),
+    ],
+    ids=["prefix-mlp", "prefix-flat-from-zero", "p-tuning-mlp", "p-tuning-lstm"],
+)
+def test_reparameterised_prompts_train_collapse_and_stay_padding_invariant(tiny_bert_dir, prompt, kind, shape):
     from composer.prompts.artifacts import from_files, to_files
     from composer.prompts.model import PromptModel
+    from composer.safetensors_io import tensors_from_bytes
 
     base = load_base(tiny_bert_dir)
     data = examples(32, seed=3)
     cfg = TrainConfig(learning_rate=1e-2, epochs=15, batch_size=8, patience=0)
-    run = train_prompts(base, TASK, data, data, 2, PromptConfig(length=3, kind="deep", reparam_hidden=16), cfg)
+    run = train_prompts(base, TASK, data, data, 2, prompt, cfg)
     assert run.result.best_metrics["mean"] >= 0.7
     arts = run.artifacts(TASK)
-    assert arts[0].prompt.shape == (2, 2, 3, 32) and arts[0].config.reparam_hidden == 0  # MLP collapsed
+    # the encoder or MLP folds into plain tensors on save: the artifact holds the prompt and the head only
+    assert arts[0].kind == kind and arts[0].prompt.shape == shape
+    assert arts[0].config.collapsed == prompt.reparameterised
+    assert set(tensors_from_bytes(to_files(arts[0])[1])) == {"prompt.embedding", "head.out.weight", "head.out.bias"}
     batch = {k: v for k, v in Collator(base.tokenizer, TASK)(data[:4]).items() if k != "labels"}
     run.model.eval()
     fresh = PromptModel(load_base(tiny_bert_dir)).eval()
@@ -125,6 +139,10 @@ def test_deep_prompts_train_collapse_and_stay_padding_invariant(tiny_bert_dir):
         torch.testing.assert_close(fresh.logits(names, alone)[0], fresh.logits(names, batch)[0], atol=1e-5, rtol=0)
     with pytest.raises(ConfigError, match="reparam_hidden"):
         PromptConfig(kind="shallow", reparam_hidden=8)
+    with pytest.raises(ConfigError, match="encoder"):
+        PromptConfig(kind="deep", encoder="mlp", encoder_hidden=8)
+    with pytest.raises(ConfigError, match="positions"):
+        PromptConfig(kind="shallow", positions="from_zero")
 
 
 def _ensemble_model(tiny_bert_dir, k: int = 5):  # type: ignore[no-untyped-def]
