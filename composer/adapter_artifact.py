@@ -87,14 +87,21 @@ class AdapterArtifact:
         }
 
 
-def extract(model: AdaptedEncoder, adapter: str, head: str | None = None, **meta: Any) -> AdapterArtifact:
-    """Take an adapter (and head) out of a model as an artifact bound to the model's base."""
-    tensors = {f"adapter.{k}": v.detach().cpu().clone() for k, v in model.adapters[adapter].state_dict().items()}
+def extract(
+    model: AdaptedEncoder,
+    adapter: str,
+    head: str | None = None,
+    saved: tuple[Any, dict[str, torch.Tensor]] | None = None,
+    **meta: Any,
+) -> AdapterArtifact:
+    """Take an adapter (and head) out of a model as an artifact bound to the model's base. `saved`: the config
+    and state dict it is saved as, where the method saves less than it trained (an AdaLoRA's kept ranks)."""
+    cfg, state = saved if saved is not None else (model.adapters[adapter].cfg, model.adapters[adapter].state_dict())
+    tensors = {f"adapter.{k}": v.detach().cpu().clone() for k, v in state.items()}
     head_cfg = None
     if head is not None:
         tensors.update({f"head.{k}": v.detach().cpu().clone() for k, v in model.heads[head].state_dict().items()})
         head_cfg = model.heads[head].cfg
-    cfg = model.adapters[adapter].cfg
     meta.setdefault("kind", cfg.default_kind)
     return AdapterArtifact(
         name=adapter,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -45,12 +46,15 @@ class STAdapterRun:
     name: str
     result: TrainResult
     max_length: int
+    hooks: Any = None  # the method's training hooks, which may say how it is saved (an AdaLoRA: pruned)
 
     def artifact(self, task: TaskSpec) -> AdapterArtifact:
+        saved = self.hooks.saved() if self.hooks is not None and hasattr(self.hooks, "saved") else None
         return artifacts.extract(
             self.model,
             self.name,
             head=self.name,
+            saved=saved,
             labels=list(task.labels),
             metrics=dict(self.result.best_metrics),
             max_length=self.max_length,
@@ -93,6 +97,8 @@ def train_st_adapter(
 
     params = {f"adapters.{name}.{k}": p for k, p in model.adapters[name].named_parameters()}
     params.update({f"heads.{name}.{k}": p for k, p in model.heads[name].named_parameters()})
-    objective = Objective(module=model, params=params, loss=loss, evaluate=evaluate, metric=task.metric)
+    make_hooks = getattr(model.adapters[name], "training_hooks", None)
+    hooks = make_hooks() if make_hooks is not None else None
+    objective = Objective(module=model, params=params, loss=loss, evaluate=evaluate, metric=task.metric, hooks=hooks)
     result = fit(objective, train, validation, collate, train_cfg, callbacks, resume=resume, device=model.device)
-    return STAdapterRun(model=model, name=name, result=result, max_length=train_cfg.max_length)
+    return STAdapterRun(model=model, name=name, result=result, max_length=train_cfg.max_length, hooks=hooks)

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from composer.adalora.kind import ADALORA
 from composer.bitfit.kind import BITFIT
 from composer.bottleneck.kind import MT_A, ST_A
 from composer.compacter.kind import COMPACTER
@@ -23,7 +24,8 @@ from composer.prompts.kind import SOFT_PROMPT
 from composer.safetensors_io import PICKLE_SUFFIXES
 
 KINDS: dict[str, MethodKind] = {
-    k.name: k for k in (ST_A, MT_A, LORA, IA3, BITFIT, COMPACTER, FUSION, SOFT_PROMPT, P_TUNING, PREFIX, COMPOSITION)
+    k.name: k
+    for k in (ST_A, MT_A, LORA, ADALORA, IA3, BITFIT, COMPACTER, FUSION, SOFT_PROMPT, P_TUNING, PREFIX, COMPOSITION)
 }
 
 
@@ -42,7 +44,7 @@ def detect(files: dict[str, bytes]) -> tuple[MethodKind, str]:
     raise ArtifactError(
         "no config of a known format: ours (adapter_config.json, fusion_config.json, prompt_config.json), "
         "AdapterHub bottleneck, Compacter, LoRA, (IA)³, prompt-tuning or prefix-tuning adapters, or PEFT LoRA, "
-        "(IA)³, prompt tuning, P-tuning or prefix tuning"
+        "AdaLoRA, (IA)³, prompt tuning, P-tuning or prefix tuning"
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any, TypeAlias
 
+from composer.adalora.modules import AdaLoraConfig
 from composer.bitfit.modules import BitFitConfig
 from composer.bottleneck.modules import PRESETS as BOTTLENECK_PRESETS
 from composer.bottleneck.modules import BottleneckConfig
@@ -15,14 +16,16 @@ from composer.errors import ConfigError
 from composer.ia3.modules import IA3Config
 from composer.lora.modules import LoraConfig
 
-AdapterConfig: TypeAlias = BottleneckConfig | LoraConfig | IA3Config | BitFitConfig | CompacterConfig
+AdapterConfig: TypeAlias = BottleneckConfig | LoraConfig | IA3Config | BitFitConfig | CompacterConfig | AdaLoraConfig
 CONFIGS: dict[str, Any] = {
-    c.method: c for c in (BottleneckConfig, LoraConfig, IA3Config, BitFitConfig, CompacterConfig)
+    c.method: c for c in (BottleneckConfig, LoraConfig, IA3Config, BitFitConfig, CompacterConfig, AdaLoraConfig)
 }
 PRESETS: dict[str, dict[str, Any]] = {
     **BOTTLENECK_PRESETS,
     "lora": {"method": "lora"},  # the query and value projections (Hu et al. 2021), PEFT's default for BERT
     "ia3": {"method": "ia3"},  # keys, values and the FFN's inner activation (Liu et al. 2022)
+    # SVD-form LoRA whose rank budget falls from init_r to target_r per linear (Zhang et al. 2023; PEFT's defaults)
+    "adalora": {"method": "adalora"},
     "bitfit": {"method": "bitfit"},  # the biases of every linear projection (Ben Zaken et al. 2022)
     # PHM projections (Karimi Mahabadi et al. 2021): AdapterHub's CompacterConfig and CompacterPlusPlusConfig
     **{name: {"method": "compacter", **fields} for name, fields in COMPACTER_PRESETS.items()},

@@ -92,6 +92,10 @@ class Objective:
     # parameters that train at their own learning rate, by name prefix (a fine-tuned base: "encoder.") or by
     # glob ("*.prior"); the first match wins
     learning_rates: dict[str, float] = field(default_factory=dict)
+    # a method's own training steps (an AdaLoRA's rank allocation): `check(total)`, `penalty()` added to the
+    # loss, `after_step(step, total)` after the optimiser step with the gradients still there, and
+    # `state()`/`load_state()` carried in checkpoints
+    hooks: Any = None
 
 
 @dataclass
@@ -145,6 +149,9 @@ def fit(
     if cfg.max_steps:
         total = min(total, cfg.max_steps)
     warmup = int(cfg.warmup_ratio * total)
+    hooks = objective.hooks
+    if hooks is not None:
+        hooks.check(total)
 
     def lr_of(name: str) -> float:
         def match(key: str) -> bool:
@@ -178,6 +185,8 @@ def fit(
         _set_rng_state(ck["rng"])
         s = ck["loop"]
         best_params = ck.get("best_params")
+        if hooks is not None:
+            hooks.load_state(ck["hooks"])
     resumed_at = s["step"]
     for cb in callbacks:
         cb.on_start(total, resumed_at)
@@ -191,6 +200,7 @@ def fit(
                 "rng": _rng_state(),
                 "loop": s,
                 "best_params": best_params,
+                "hooks": hooks.state() if hooks is not None else None,
             }
         )
         for cb in callbacks:
@@ -223,11 +233,15 @@ def fit(
             objective.module.train()
             batch = {k: v.to(device) for k, v in collate([train[i] for i in epoch_plan[s["pos"]]]).items()}
             loss = objective.loss(batch)
+            if hooks is not None:
+                loss = loss + hooks.penalty()
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at step {s['step']}; lower the learning rate")
             loss.backward()
             torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.max_grad_norm)
             opt.step()
+            if hooks is not None:
+                hooks.after_step(s["step"], total)
             sched.step()
             opt.zero_grad(set_to_none=True)
             s["step"] += 1

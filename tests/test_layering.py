@@ -106,10 +106,28 @@ TOGETHER = ("kinds", "presets", "serving", "cli", "probe")
 # One package per method. A method imports the engine and never another method, except that a fusion fuses
 # bottleneck adapters, and so builds on the bottleneck method's modules.
 METHODS = (
-    *("bottleneck", "lora", "ia3", "bitfit", "compacter", "fusion", "prompts", "prefix", "p_tuning", "compositions"),
+    *(
+        "bottleneck",
+        "lora",
+        "adalora",
+        "ia3",
+        "bitfit",
+        "compacter",
+        "fusion",
+        "prompts",
+        "prefix",
+        "p_tuning",
+        "compositions",
+    ),
 )
 # Compacter is AdapterHub's bottleneck adapter with PHM projections (BnConfig.phm_layer): it extends that config.
-MAY_USE = {"fusion": {"bottleneck"}, "compacter": {"bottleneck"}, "prefix": {"prompts"}, "p_tuning": {"prompts"}}
+MAY_USE = {
+    "adalora": {"lora"},
+    "fusion": {"bottleneck"},
+    "compacter": {"bottleneck"},
+    "prefix": {"prompts"},
+    "p_tuning": {"prompts"},
+}
 
 
 def _uses(path: Path, package: str) -> bool:

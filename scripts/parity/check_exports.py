@@ -93,6 +93,7 @@ LOADERS = {
     "ia3_peft": peft,
     "ia3_adapterhub": adapterhub,
     "compacter_adapterhub": adapterhub,
+    "adalora_peft": peft,
     "prompt_peft": peft,
     "prefix_peft": peft,
     "prefix_adapterhub": adapterhub,

@@ -146,6 +146,50 @@ def hub_prefix(x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {"prefix_hub": logits, "prefix_hub_rows": torch.cat(rows)}
 
 
+def peft_adalora(x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """PEFT ADALORA as a SEQ_CLS classifier, trained 12 steps on noise with `update_and_allocate` after each (the
+    budget falls from init_r 6 to target_r 2 per matrix), saved pruned to the kept ranks with its rank_pattern;
+    the logits are those of the saved model loaded back."""
+    from peft import AdaLoraConfig, PeftModel, TaskType, get_peft_model
+
+    clf = BertForSequenceClassification.from_pretrained(PARITY / "prompts" / "peft_base").eval()
+    cfg = AdaLoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        init_r=6,
+        target_r=2,
+        tinit=2,
+        tfinal=4,
+        deltaT=2,
+        total_step=12,
+        lora_alpha=8,
+        target_modules=["query", "value", "intermediate.dense"],
+    )
+    model = get_peft_model(clf, cfg)
+    gen = torch.Generator().manual_seed(900)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_E" in name:
+                p.copy_(torch.randn(p.shape, generator=gen))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-2)
+    model.train()
+    for step in range(12):
+        ids = torch.randint(5, 60, (4, 7), generator=gen)
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=torch.randint(0, 2, (4,), generator=gen))
+        out.loss.backward()
+        opt.step()
+        model.base_model.update_and_allocate(step)
+        opt.zero_grad()
+    model.eval()
+    with torch.no_grad():
+        trained = model(**x).logits
+    model.save_pretrained(str(OUT / "adalora_peft"), safe_serialization=True)
+    clf = BertForSequenceClassification.from_pretrained(PARITY / "prompts" / "peft_base").eval()
+    loaded = PeftModel.from_pretrained(clf, str(OUT / "adalora_peft")).eval()
+    with torch.no_grad():
+        logits = loaded(**x).logits
+    return {"adalora_peft": logits, "adalora_peft_trained": trained}
+
+
 def main() -> None:
     shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir(parents=True)
@@ -156,6 +200,7 @@ def main() -> None:
     expected.update(hub_compacter(x))
     expected.update(peft_prompt_family(x))
     expected.update(hub_prefix(x))
+    expected.update(peft_adalora(x))
     save_file({k: v.contiguous() for k, v in expected.items()}, str(OUT / "expected.safetensors"))
     import adapters
     import peft

@@ -24,6 +24,7 @@ KINDS = {  # preset: (registry kind, adapter fields)
     "compacter++": ("compacter", {"reduction_factor": 4}),
     "compacter": ("compacter", {"reduction_factor": 4}),
     "lora": ("lora", {"r": 2}),
+    "adalora": ("adalora", {"init_r": 4, "target_r": 2}),
     "seq_bn": ("st_a", {"reduction_factor": 4}),
 }
 
@@ -94,6 +95,7 @@ def test_compacters_fuse_through_a_fusion_job(api):
         ("compacter", {"reduction_factor": 4, "phm_dim": 3}, "phm_dim"),
         ("ia3", {"target_modules": ["gate_proj"]}, "target_modules"),
         ("bitfit", {"layers": [9]}, "layers"),
+        ("adalora", {"init_r": 2, "target_r": 4}, "target_r"),
         ("seq_bn", {"reduction_factor": 64}, "reduction_factor"),
     ],
 )

@@ -174,6 +174,8 @@ def cases() -> dict[str, Case]:
     lora_peft = preset(
         "lora", r=3, alpha=5, use_rslora=True, target_modules=["query", "key", "value", "attention.output.dense"]
     )
+    kept = {"L0_attention_self_query": 2, "L0_attention_self_value": 0, "L1_attention_self_query": 1}
+    adalora = preset("adalora", init_r=4, target_r=2, rank_pattern={**kept, "L1_attention_self_value": 3})
     ia3_hub = preset("ia3", target_modules=["key", "value", "intermediate.dense"])  # AdapterHub's IA3Config
     return {
         "st_a_adapterhub": Case(
@@ -192,6 +194,7 @@ def cases() -> dict[str, Case]:
             "adapterhub",
             _adapter("tiny", preset("compacter", reduction_factor=4), ["a", "b"], 809),
         ),
+        "adalora_peft": Case("peft", "adalora", "peft", _adapter("peft", adalora, ["neg", "pos"], 813)),
         "prompt_peft": Case("peft", "soft_prompt", "peft", _prompt(804)),
         "prefix_peft": Case(
             "peft",

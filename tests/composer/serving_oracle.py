@@ -22,11 +22,12 @@ from composer.prompts.model import PromptModel
 from composer.prompts.prompt import PromptConfig
 
 ADAPTERS, FUSION, PROMPTS, ENSEMBLE = (
-    ("s0", "s1", "s2", "l0", "l1", "i0", "b0", "c0"),
+    ("s0", "s1", "s2", "l0", "l1", "a0", "i0", "b0", "c0"),
     "f",
     ("p0", "p1", "p2", "deep", "hub", "zero", "pt"),
     ("p0", "p1", "p2"),
 )
+ADALORA_KEPT = {"L0_attention_self_query": 1, "L0_attention_self_value": 3, "L1_attention_self_value": 2}
 TREE_LEAVES = ("s0", "s1", "s2")  # the bottleneck adapters (s2 has sites the others lack: Stacks only)
 
 
@@ -51,6 +52,8 @@ def build_modules(base_dir: Path, seed: int) -> dict[str, object]:
         "s2": (preset("double_seq_bn", reduction_factor=4), 2),
         "l0": (preset("lora", r=4), 2),
         "l1": (preset("lora", r=2, target_modules=["query", "key", "value", "dense"]), 3),
+        # an AdaLoRA saved pruned: a rank per linear, one that kept nothing
+        "a0": (preset("adalora", init_r=3, target_r=2, rank_pattern={**ADALORA_KEPT, "L1_attention_self_query": 0}), 2),
         "i0": (preset("ia3"), 2),  # scales the FFN's inner activation (input) and keys and values (output)
         "b0": (preset("bitfit", layers=[1]), 3),
         "c0": (preset("compacter++", reduction_factor=4), 2),
