@@ -111,6 +111,7 @@ def adapter_json(row: Adapter, **extra: Any) -> dict[str, Any]:
         "base_model_id": row.base_model_id,
         "method_config": row.method_config,
         "param_count": row.param_count,
+        "stored_bytes": row.stored_bytes,
         "metrics": row.metrics,
         "visibility": row.visibility,
         "job_id": row.job_id,

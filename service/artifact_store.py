@@ -15,10 +15,18 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
 
-def store(reg: Registry, art: Artifact) -> tuple[str, str]:
-    """Put the weights and the config as blobs; returns (weights sha, config sha)."""
+class Stored(tuple):  # type: ignore[type-arg]
+    """(weights sha, config sha), and how many bytes the two hold (`nbytes`)."""
+
+    nbytes: int = 0
+
+
+def store(reg: Registry, art: Artifact) -> Stored:
+    """Put the weights and the config as blobs; returns (weights sha, config sha) with their size."""
     config, weights = kinds.get(art.kind).to_files(art)
-    return reg.blobs.put(weights), reg.blobs.put(config)
+    out = Stored((reg.blobs.put(weights), reg.blobs.put(config)))
+    out.nbytes = len(weights) + len(config)
+    return out
 
 
 def fetch(reg: Registry, row: Adapter) -> Any:
@@ -68,6 +76,7 @@ def register_stored(
         job_id=job_id,
         blob_sha256=shas[0],
         config_sha256=shas[1],
+        stored_bytes=getattr(shas, "nbytes", 0),
         **fields,
     )
     if fusion_members:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, CheckConstraint, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, CheckConstraint, ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from registry_db.models.base import Base, UTCDateTime, new_id, utcnow
@@ -32,6 +32,7 @@ class Adapter(Base):
     blob_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)  # safetensors weights
     config_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)  # artifact JSON config
     param_count: Mapped[int] = mapped_column(Integer, default=0)
+    stored_bytes: Mapped[int] = mapped_column(BigInteger, default=0)  # its weights and config blobs
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     visibility: Mapped[str] = mapped_column(String(10), default="private")
     job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), nullable=True)

@@ -131,13 +131,13 @@ def handle(ctx: JobContext, spec: AdapterJobSpec) -> Finish:
         init_adapter=init,
     )
     art = run.artifact(tspec)
-    weights_sha, config_sha = artifact_store.store(ctx.registry, art)
+    stored = artifact_store.store(ctx.registry, art)
 
     def register(s: Session, job: Job) -> dict:
         row = artifact_store.register_stored(
             s,
             art,
-            (weights_sha, config_sha),
+            stored,
             owner_id=job.owner_id,
             task_id=task.id,
             base_model_id=base_row.id,

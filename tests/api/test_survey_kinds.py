@@ -48,6 +48,12 @@ def test_every_adapter_kind_trains_registers_and_serves_in_one_mixed_batch(api, 
         assert row["param_count"] > 0 and row["method_config"]["preset"] == p, row
     sizes = {p: api.client.get(f"/v1/adapters/{r}", headers=api.h()).json()["param_count"] for p, r in refs.items()}
     assert sizes["bitfit"] < sizes["seq_bn"] and sizes["ia3"] < sizes["bitfit"]  # vectors are small
+    for p, r in refs.items():  # the stored bytes are the weights and config blobs the registry holds
+        row = api.client.get(f"/v1/adapters/{r}", headers=api.h()).json()
+        with api.registry.tx() as s:
+            db = adapters.get_adapter(s, r)
+            blobs = len(api.registry.blobs.get(db.blob_sha256)) + len(api.registry.blobs.get(db.config_sha256))
+        assert row["stored_bytes"] == blobs >= 4 * row["param_count"], (p, row)  # fp32: 4 bytes a parameter
     # every kind at once, from threads: the batcher runs them as one mixed forward; each row as its own model
     out: dict[str, dict] = {}
 

@@ -22,7 +22,7 @@ def test_upgrade_head_on_a_fresh_database_has_no_drift(db_url):
     engine.dispose()
     assert diff == [], f"models and migrations differ: {diff}"
     assert set(Base.metadata.tables) <= tables
-    assert version == "0005"
+    assert version == "0006"
 
 
 def test_upgrade_is_idempotent(db_url):
