@@ -154,6 +154,11 @@ def config_from_dict(cls: Any, data: dict[str, Any], what: str) -> Any:
     return cls(**{k: v for k, v in data.items() if k in known})
 
 
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """A method config dataclass as JSON fields: its tuples (target modules, layers) as lists."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+
+
 def check_layers(layers: tuple[int, ...] | None, num_layers: int, what: str = "layers") -> None:
     """Refuse, naming the field, a layer the base does not have."""
     bad = [i for i in layers or () if not 0 <= i < num_layers]

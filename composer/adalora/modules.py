@@ -18,7 +18,15 @@ import torch
 from torch import nn
 
 from composer.errors import ConfigError
-from composer.injection import FAMILIES, check_layers, config_from_dict, linear_shapes, linear_targets, site_name
+from composer.injection import (
+    FAMILIES,
+    check_layers,
+    config_from_dict,
+    config_to_dict,
+    linear_shapes,
+    linear_targets,
+    site_name,
+)
 from composer.lora.modules import LoraAdapter, LoraLinear
 
 
@@ -88,10 +96,7 @@ class AdaLoraConfig:
         return AdaLoraAdapter(self, shapes)
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        for k in ("target_modules", "layers"):
-            d[k] = list(d[k]) if d[k] is not None else None
-        return d
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AdaLoraConfig:

@@ -9,7 +9,6 @@ where a linear runs. The paper's own ablation keeps most of the gain with the qu
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -17,7 +16,7 @@ from typing import Any, ClassVar
 import torch
 
 from composer.errors import ConfigError
-from composer.injection import FAMILIES, check_layers, config_from_dict, linear_shapes, linear_targets
+from composer.injection import FAMILIES, check_layers, config_from_dict, config_to_dict, linear_shapes, linear_targets
 from composer.vectors import VectorAdapter
 
 
@@ -51,8 +50,7 @@ class BitFitConfig:
         return BitFitAdapter(self, {k: o for k, (_, o) in shapes.items()})
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        return {k: list(v) if v is not None else None for k, v in d.items()}
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BitFitConfig:

@@ -10,7 +10,6 @@ which by suffix also matches `attention.output.dense`; we follow the paper and a
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -18,7 +17,7 @@ from typing import Any, ClassVar
 import torch
 
 from composer.errors import ConfigError
-from composer.injection import check_layers, config_from_dict, linear_shapes, linear_targets
+from composer.injection import check_layers, config_from_dict, config_to_dict, linear_shapes, linear_targets
 from composer.vectors import VectorAdapter
 
 # per family: (targets, the targets among them that scale their input)
@@ -82,8 +81,7 @@ class IA3Config:
         return IA3Adapter(self, {k: (i if k[1] in ff else o) for k, (i, o) in shapes.items()}, ff)
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        return {k: list(v) if v is not None else None for k, v in d.items()}
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> IA3Config:

@@ -9,7 +9,6 @@ use different LoRAs: each row gathers its own A and B, as Punica's BGMV kernel d
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from composer.injection import (
     LinearHandler,
     check_layers,
     config_from_dict,
+    config_to_dict,
     linear_shapes,
     linear_targets,
     site_name,
@@ -75,10 +75,7 @@ class LoraConfig:
         check_layers(self.layers, num_layers)
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        for k in ("target_modules", "layers"):
-            d[k] = list(d[k]) if d[k] is not None else None
-        return d
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LoraConfig:

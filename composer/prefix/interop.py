@@ -19,8 +19,8 @@ import torch
 
 from composer.errors import ArtifactError, ConfigError
 from composer.exporting import CONVERT_HINT, Target, hub_files, read_hub_head
-from composer.heads import activation, peft_seq_cls_head
-from composer.prompts.artifacts import PromptArtifact
+from composer.heads import activation
+from composer.prompts.artifacts import PromptArtifact, with_peft_head
 from composer.prompts.export import peft_prompt_files
 from composer.prompts.prompt import PromptConfig
 from composer.safetensors_io import read_tensors, read_weights_only
@@ -62,10 +62,7 @@ def import_peft(directory: Path, base_dir: str | None) -> PromptArtifact:
         collapsed=projected,
     )
     art = PromptArtifact(name=directory.name, config=cfg, hidden_size=hidden, prompt=prompt)
-    head = peft_seq_cls_head(tensors, base_dir)
-    if head is not None and meta.get("task_type") == "SEQ_CLS":
-        art.head, art.head_tensors = head
-    return art
+    return with_peft_head(art, meta, tensors, base_dir)
 
 
 def export_peft(art: PromptArtifact, target: Target, with_head: bool) -> dict[str, bytes]:

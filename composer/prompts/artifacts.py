@@ -113,7 +113,14 @@ def import_peft_prompt(directory: str | Path, base_dir: str | Path | None = None
     prompt = tensors["prompt_embeddings"]
     cfg = PromptConfig(length=int(meta["num_virtual_tokens"]), insertion="input_embeds", init="uniform")
     art = PromptArtifact(name=d.name, config=cfg, hidden_size=int(meta["token_dim"]), prompt=prompt)
-    head = peft_seq_cls_head(tensors, str(base_dir) if base_dir is not None else None)
+    return with_peft_head(art, meta, tensors, str(base_dir) if base_dir is not None else None)
+
+
+def with_peft_head(
+    art: PromptArtifact, meta: dict[str, Any], tensors: dict[str, torch.Tensor], base_dir: str | None
+) -> PromptArtifact:
+    """A PEFT SEQ_CLS prompt's head: the classifier from `modules_to_save`, the pooler from the base."""
+    head = peft_seq_cls_head(tensors, base_dir)
     if head is not None and meta.get("task_type") == "SEQ_CLS":
         art.head, art.head_tensors = head
     return art
