@@ -145,11 +145,16 @@ def from_files(config_bytes: bytes, weights: bytes) -> AdapterArtifact:
         )
     if sha256_bytes(weights) != meta.get("sha256"):
         raise ArtifactError("checksum mismatch: adapter.safetensors does not match the sha256 in its config")
+    config = _config_from(str(meta.get("method")), meta["config"])
+    tensors = tensors_from_bytes(weights, WEIGHTS_NAME)
+    check = getattr(config, "check_tensors", None)  # a method whose tensors carry more than shapes (indices)
+    if check is not None:
+        check({k[len("adapter.") :]: v for k, v in tensors.items() if k.startswith("adapter.")})
     return AdapterArtifact(
         name=str(meta["name"]),
-        config=_config_from(str(meta.get("method")), meta["config"]),
+        config=config,
         hidden_size=int(meta["hidden_size"]),
-        tensors=tensors_from_bytes(weights, WEIGHTS_NAME),
+        tensors=tensors,
         head=HeadConfig.from_dict(meta["head"]) if meta.get("head") else None,
         labels=meta.get("labels"),
         base=BaseIdentity.from_dict(meta["base"]) if meta.get("base") else None,

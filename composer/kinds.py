@@ -12,6 +12,7 @@ from composer.bitfit.kind import BITFIT
 from composer.bottleneck.kind import MT_A, ST_A
 from composer.compacter.kind import COMPACTER
 from composer.compositions.kind import COMPOSITION
+from composer.diff.kind import DIFF
 from composer.errors import ArtifactError, ConfigError
 from composer.exporting import CONVERT_HINT
 from composer.fusion.kind import FUSION
@@ -25,7 +26,21 @@ from composer.safetensors_io import PICKLE_SUFFIXES
 
 KINDS: dict[str, MethodKind] = {
     k.name: k
-    for k in (ST_A, MT_A, LORA, ADALORA, IA3, BITFIT, COMPACTER, FUSION, SOFT_PROMPT, P_TUNING, PREFIX, COMPOSITION)
+    for k in (
+        ST_A,
+        MT_A,
+        LORA,
+        ADALORA,
+        IA3,
+        BITFIT,
+        DIFF,
+        COMPACTER,
+        FUSION,
+        SOFT_PROMPT,
+        P_TUNING,
+        PREFIX,
+        COMPOSITION,
+    )
 }
 
 

@@ -12,13 +12,17 @@ from composer.bottleneck.modules import PRESETS as BOTTLENECK_PRESETS
 from composer.bottleneck.modules import BottleneckConfig
 from composer.compacter.modules import PRESETS as COMPACTER_PRESETS
 from composer.compacter.modules import CompacterConfig
+from composer.diff.modules import DiffConfig
 from composer.errors import ConfigError
 from composer.ia3.modules import IA3Config
 from composer.lora.modules import LoraConfig
 
-AdapterConfig: TypeAlias = BottleneckConfig | LoraConfig | IA3Config | BitFitConfig | CompacterConfig | AdaLoraConfig
+AdapterConfig: TypeAlias = (
+    BottleneckConfig | LoraConfig | IA3Config | BitFitConfig | CompacterConfig | AdaLoraConfig | DiffConfig
+)
 CONFIGS: dict[str, Any] = {
-    c.method: c for c in (BottleneckConfig, LoraConfig, IA3Config, BitFitConfig, CompacterConfig, AdaLoraConfig)
+    c.method: c
+    for c in (BottleneckConfig, LoraConfig, IA3Config, BitFitConfig, CompacterConfig, AdaLoraConfig, DiffConfig)
 }
 PRESETS: dict[str, dict[str, Any]] = {
     **BOTTLENECK_PRESETS,
@@ -26,6 +30,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "ia3": {"method": "ia3"},  # keys, values and the FFN's inner activation (Liu et al. 2022)
     # SVD-form LoRA whose rank budget falls from init_r to target_r per linear (Zhang et al. 2023; PEFT's defaults)
     "adalora": {"method": "adalora"},
+    # a sparse delta on every linear's weight and bias, L0-gated, projected to 0.5% (Guo et al. 2021)
+    "diff": {"method": "diff"},
     "bitfit": {"method": "bitfit"},  # the biases of every linear projection (Ben Zaken et al. 2022)
     # PHM projections (Karimi Mahabadi et al. 2021): AdapterHub's CompacterConfig and CompacterPlusPlusConfig
     **{name: {"method": "compacter", **fields} for name, fields in COMPACTER_PRESETS.items()},

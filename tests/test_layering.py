@@ -110,6 +110,7 @@ METHODS = (
         "bottleneck",
         "lora",
         "adalora",
+        "diff",
         "ia3",
         "bitfit",
         "compacter",

@@ -25,6 +25,7 @@ KINDS = {  # preset: (registry kind, adapter fields)
     "compacter": ("compacter", {"reduction_factor": 4}),
     "lora": ("lora", {"r": 2}),
     "adalora": ("adalora", {"init_r": 4, "target_r": 2}),
+    "diff": ("diff", {"density": 0.01}),
     "seq_bn": ("st_a", {"reduction_factor": 4}),
 }
 
@@ -102,6 +103,7 @@ def test_compacters_fuse_through_a_fusion_job(api):
         ("ia3", {"target_modules": ["gate_proj"]}, "target_modules"),
         ("bitfit", {"layers": [9]}, "layers"),
         ("adalora", {"init_r": 2, "target_r": 4}, "target_r"),
+        ("diff", {"density": 2}, "density"),
         ("seq_bn", {"reduction_factor": 64}, "reduction_factor"),
     ],
 )

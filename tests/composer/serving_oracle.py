@@ -22,7 +22,7 @@ from composer.prompts.model import PromptModel
 from composer.prompts.prompt import PromptConfig
 
 ADAPTERS, FUSION, PROMPTS, ENSEMBLE = (
-    ("s0", "s1", "s2", "l0", "l1", "a0", "i0", "b0", "c0"),
+    ("s0", "s1", "s2", "l0", "l1", "a0", "i0", "b0", "c0", "d0"),
     "f",
     ("p0", "p1", "p2", "deep", "hub", "zero", "pt"),
     ("p0", "p1", "p2"),
@@ -57,6 +57,7 @@ def build_modules(base_dir: Path, seed: int) -> dict[str, object]:
         "i0": (preset("ia3"), 2),  # scales the FFN's inner activation (input) and keys and values (output)
         "b0": (preset("bitfit", layers=[1]), 3),
         "c0": (preset("compacter++", reduction_factor=4), 2),
+        "d0": (preset("diff"), 2),  # trained form: a dense gated delta (the saved, sparse form is in test_methods_diff)
     }
     for name, (cfg, labels) in layouts.items():
         model.add_adapter(name, cfg)

@@ -1,0 +1,287 @@
+"""Diff pruning (Guo et al. 2021): a task adds a sparse delta δ to the frozen weights and biases of the encoder's
+linear projections, `linear(x) + x δ_W^T + δ_b`.
+
+Training (`nnz` unset) learns δ = z ⊙ w densely, where z is a hard-concrete gate per parameter (Louizos et al.
+2018: stretched to [l, r] = [-1.5, 1.5], temperature β = 1, sampled in training, its median at evaluation), and
+the hooks add the expected L0 norm of the gates — the mean over every gated parameter of
+sigmoid(log α − β log(−l / r)), times `l0_weight` — to the loss. Saving projects δ onto the target density by
+magnitude (the paper's projection, about 0.5% kept) and stores it sparse: per site the flat indices and values of
+the weight delta and of the bias delta, with `nnz` counting them. Served, each row adds its own module's sparse
+delta to its rows only (one sparse matmul per distinct module and linear), so rows of other modules and methods
+are untouched. LayerNorm and the embeddings stay frozen (as BitFit's LayerNorm biases do).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from composer.errors import ArtifactError, ConfigError, IncompatibleBaseError
+from composer.injection import (
+    FAMILIES,
+    LinearHandler,
+    check_layers,
+    config_from_dict,
+    config_to_dict,
+    linear_shapes,
+    linear_targets,
+    site_name,
+)
+
+STRETCH = (-1.5, 1.5)  # the hard-concrete's [l, r]
+BETA = 1.0
+
+
+@dataclass(frozen=True)
+class DiffConfig:
+    target_modules: tuple[str, ...] | None = None  # None: every linear of a layer
+    layers: tuple[int, ...] | None = None
+    density: float = 0.005  # the fraction of the targeted parameters kept at save
+    l0_weight: float = 1.0  # times the mean expected L0 norm of the gates
+    log_alpha_init: float = 5.0  # the gates start open (z ≈ 1)
+    alpha_learning_rate: float = 0.1  # the gates' own learning rate
+    nnz: dict[str, list[int]] | None = None  # saved: per site, [weight entries, bias entries] kept
+    shapes: dict[str, list[int]] | None = None  # saved: per site, the linear's [out, in]
+
+    fusable: ClassVar[bool] = False
+    method: ClassVar[str] = "diff"
+    default_kind: ClassVar[str] = "diff"
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.density <= 1.0:
+            raise ConfigError(f"density must be in (0, 1], got {self.density!r}")
+        if self.l0_weight < 0 or self.alpha_learning_rate <= 0:
+            raise ConfigError("l0_weight must be >= 0 and alpha_learning_rate > 0")
+        if self.target_modules is not None:
+            if isinstance(self.target_modules, str) or not self.target_modules:
+                raise ConfigError("target_modules must be a non-empty list of module names")
+            object.__setattr__(self, "target_modules", tuple(str(t) for t in self.target_modules))
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
+        if (self.nnz is None) != (self.shapes is None) or (
+            self.nnz is not None and set(self.nnz) != set(self.shapes or {})
+        ):
+            raise ConfigError("nnz and shapes: a saved diff lists the same sites in both")
+
+    def check_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """A saved diff's indices: integers, as many as `nnz` says, each inside its linear's shape."""
+        for name, (out, inp) in (self.shapes or {}).items():
+            for part, size, count in (("w", out * inp, self.nnz[name][0]), ("b", out, self.nnz[name][1])):  # type: ignore[index]
+                index, value = tensors.get(f"sites.{name}.{part}_index"), tensors.get(f"sites.{name}.{part}_value")
+                if index is None or value is None or index.dtype != torch.long:
+                    raise ArtifactError(f"diff {name}: {part}_index (int64) and {part}_value are required")
+                if index.shape != (count,) or value.shape != (count,):
+                    raise ArtifactError(
+                        f"diff {name}: nnz says {count} {part} entries, the file has {tuple(index.shape)}"
+                    )
+                if count and (int(index.min()) < 0 or int(index.max()) >= size):
+                    raise ArtifactError(
+                        f"diff indices: {name}'s {part} index is out of range for a [{out}, {inp}] linear"
+                    )
+
+    def targets(self, family: str) -> tuple[str, ...]:
+        return linear_targets(family, self.target_modules or FAMILIES[family].linears)
+
+    def check_base(self, family: str, num_layers: int, hidden_size: int | None = None) -> None:
+        self.targets(family)
+        check_layers(self.layers, num_layers)
+
+    def build(self, model: Any) -> DiffAdapter:
+        family, num_layers = model.base.family, model.base.num_layers
+        shapes = linear_shapes(model.encoder, family, self.targets(family), self.layers, num_layers)
+        return DiffAdapter(self, shapes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return config_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DiffConfig:
+        return config_from_dict(cls, data, "diff")
+
+
+def gates(log_alpha: torch.Tensor, training: bool) -> torch.Tensor:
+    """The hard-concrete gate z in [0, 1]: sampled in training, its deterministic value at evaluation."""
+    lo, hi = STRETCH
+    if training:
+        u = torch.rand_like(log_alpha).clamp(1e-6, 1 - 1e-6)
+        s = torch.sigmoid((u.log() - (1 - u).log() + log_alpha) / BETA)
+    else:
+        s = torch.sigmoid(log_alpha)
+    return (s * (hi - lo) + lo).clamp(0.0, 1.0)
+
+
+def expected_l0(log_alpha: torch.Tensor) -> torch.Tensor:
+    """P(z != 0) per gate."""
+    lo, hi = STRETCH
+    return torch.sigmoid(log_alpha - BETA * math.log(-lo / hi))
+
+
+class DiffSite(nn.Module):
+    """One linear's delta. Training: dense w and gates for the weight and the bias. Saved: sparse flat indices
+    and values (`w_index`, `w_value`, `b_index`, `b_value`)."""
+
+    def __init__(self, shape: tuple[int, int], cfg: DiffConfig, nnz: tuple[int, int] | None):
+        super().__init__()
+        out, inp = shape
+        self.shape = shape
+        self.sparse = nnz is not None
+        if nnz is None:
+            self.w = nn.Parameter(torch.zeros(out, inp))
+            self.b = nn.Parameter(torch.zeros(out))
+            self.w_log_alpha = nn.Parameter(torch.full((out, inp), cfg.log_alpha_init))
+            self.b_log_alpha = nn.Parameter(torch.full((out,), cfg.log_alpha_init))
+        else:
+            self.register_buffer("w_index", torch.zeros(nnz[0], dtype=torch.long))
+            self.w_value = nn.Parameter(torch.zeros(nnz[0]))
+            self.register_buffer("b_index", torch.zeros(nnz[1], dtype=torch.long))
+            self.b_value = nn.Parameter(torch.zeros(nnz[1]))
+        self._csr: tuple[Any, torch.Tensor, torch.Tensor] | None = None
+
+    def dense(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(δ_W [out, in], δ_b [out]) in training form: the gated weights."""
+        return gates(self.w_log_alpha, self.training) * self.w, gates(self.b_log_alpha, self.training) * self.b
+
+    def sparse_delta(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The saved form as (a sparse COO δ_W, a dense δ_b), built once per set of values."""
+        key = (self.w_value.data_ptr(), self.w_value._version, self.w_value.device)
+        if self._csr is None or self._csr[0] != key:
+            out, inp = self.shape
+            dev, dtype = self.w_value.device, self.w_value.dtype
+            rows, cols = self.w_index // inp, self.w_index % inp
+            coo = torch.sparse_coo_tensor(
+                torch.stack([rows, cols]), self.w_value.detach(), (out, inp), check_invariants=True
+            )
+            bias = torch.zeros(out, device=dev, dtype=dtype).index_add_(0, self.b_index, self.b_value.detach())
+            self._csr = (key, coo.coalesce(), bias)
+        return self._csr[1], self._csr[2]
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        """x δ_W^T + δ_b for x [..., in]."""
+        if not self.sparse:
+            dw, db = self.dense()
+            return nn.functional.linear(x, dw, db)
+        csr, bias = self.sparse_delta()
+        flat = x.reshape(-1, x.shape[-1])
+        return (torch.sparse.mm(csr, flat.T.to(csr.dtype)).T + bias).reshape(*x.shape[:-1], -1).to(x.dtype)
+
+
+class DiffAdapter(nn.Module):
+    """The deltas of one diff module, one `DiffSite` per (layer, linear)."""
+
+    slot = "linear"
+
+    def __init__(self, cfg: DiffConfig, linears: dict[tuple[int, str], tuple[int, int]]):
+        super().__init__()
+        self.cfg = cfg
+        shapes = {k: (fo, fi) for k, (fi, fo) in linears.items()}  # linear_shapes gives (in, out)
+        if cfg.shapes is not None:
+            found = {site_name(*k): list(v) for k, v in shapes.items()}
+            if found != cfg.shapes:
+                wrong = sorted(n for n in set(found) | set(cfg.shapes) if found.get(n) != cfg.shapes.get(n))
+                raise IncompatibleBaseError(
+                    f"diff shapes: sites {wrong[:4]} have other shapes (or are missing) on this base; "
+                    "the diff was pruned on another model"
+                )
+        nnz = cfg.nnz or {}
+        self.sites = nn.ModuleDict(
+            {
+                site_name(*k): DiffSite(v, cfg, tuple(nnz[site_name(*k)]) if cfg.nnz is not None else None)  # type: ignore[arg-type]
+                for k, v in shapes.items()
+            }
+        )
+        self.by_target: dict[tuple[int, str], DiffSite] = {k: self.sites[site_name(*k)] for k in shapes}  # type: ignore[misc]
+
+    def layers(self) -> list[int]:
+        return sorted({layer for layer, _ in self.by_target})
+
+    def training_hooks(self) -> Any:
+        return DiffHooks(self)
+
+    @staticmethod
+    def route(adapters: list[DiffAdapter | None]) -> LinearHandler | None:
+        """Row i adds module i's delta (None: nothing): per distinct module, one delta on its rows."""
+        distinct = list(dict.fromkeys(a for a in adapters if a is not None))
+        if not distinct:
+            return None
+        if len(distinct) == 1 and all(a is distinct[0] for a in adapters):
+            only = distinct[0].by_target
+
+            def single(layer: int, name: str, x: torch.Tensor, linear: Callable) -> torch.Tensor | None:
+                site = only.get((layer, name))
+                return None if site is None else linear(x) + site.delta(x)
+
+            return single
+        rows = {a: [i for i, b in enumerate(adapters) if b is a] for a in distinct}
+        keys = {k for a in distinct for k in a.by_target}
+
+        def handle(layer: int, name: str, x: torch.Tensor, linear: Callable) -> torch.Tensor | None:
+            key = (layer, name)
+            if key not in keys:
+                return None
+            out = linear(x)
+            for a, idx in rows.items():
+                site = a.by_target.get(key)
+                if site is not None:
+                    at = torch.tensor(idx, device=x.device)
+                    out = out.index_add(0, at, site.delta(x.index_select(0, at)))
+            return out
+
+        return handle
+
+
+class DiffHooks:
+    """What `fit` calls for a diff: the L0 penalty on the gates, the gates' own learning rate, and the save (the
+    magnitude projection onto the target density, stored sparse)."""
+
+    def __init__(self, module: DiffAdapter):
+        self.module = module
+        self.learning_rates = {"*log_alpha": module.cfg.alpha_learning_rate}
+
+    def check(self, total: int) -> None:
+        if any(s.sparse for s in self.module.sites.values()):
+            raise ConfigError("a saved (pruned) diff does not train again; train a new one")
+
+    def penalty(self) -> torch.Tensor:
+        sites = list(self.module.sites.values())
+        total = sum(expected_l0(s.w_log_alpha).sum() + expected_l0(s.b_log_alpha).sum() for s in sites)
+        count = sum(s.w.numel() + s.b.numel() for s in sites)
+        return self.module.cfg.l0_weight * total / count  # type: ignore[return-value]
+
+    def after_step(self, step: int, total: int) -> None:
+        return None
+
+    def state(self) -> dict[str, Any]:
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        return None
+
+    def saved(self) -> tuple[DiffConfig, dict[str, torch.Tensor]]:
+        """Keep the `density` largest |δ| over every targeted parameter (exact zeros never), stored sparse."""
+        import dataclasses
+
+        was = self.module.training
+        self.module.eval()
+        with torch.no_grad():
+            deltas = {n: s.dense() for n, s in self.module.sites.items()}
+        self.module.train(was)
+        flat = torch.cat([torch.cat([dw.reshape(-1), db]) for dw, db in deltas.values()]).abs()
+        k = max(1, math.ceil(self.module.cfg.density * flat.numel()))
+        threshold = flat.topk(k).values[-1] if k < flat.numel() else flat.new_tensor(0.0)
+        tensors, nnz, shapes = {}, {}, {}
+        for name, (dw, db) in deltas.items():
+            w_keep = ((dw.abs() >= threshold) & (dw != 0)).reshape(-1).nonzero().view(-1)
+            b_keep = ((db.abs() >= threshold) & (db != 0)).nonzero().view(-1)
+            tensors[f"sites.{name}.w_index"], tensors[f"sites.{name}.w_value"] = (
+                w_keep.cpu(),
+                dw.reshape(-1)[w_keep].cpu(),
+            )
+            tensors[f"sites.{name}.b_index"], tensors[f"sites.{name}.b_value"] = b_keep.cpu(), db[b_keep].cpu()
+            nnz[name] = [int(w_keep.numel()), int(b_keep.numel())]
+            shapes[name] = list(dw.shape)
+        return dataclasses.replace(self.module.cfg, nnz=nnz, shapes=shapes), tensors
