@@ -42,6 +42,7 @@ class PHMLinear(nn.Module):
             self.W = nn.Parameter(torch.empty(n, in_features // n, out_features // n))
         self.b = nn.Parameter(torch.zeros(out_features)) if cfg.phm_bias else None
         self._shared = shared
+        self._cache: tuple[tuple, torch.Tensor] | None = None  # H, derived from the weights (inference only)
         if not self.b.is_meta if self.b is not None else True:
             self.reset_parameters()
 
@@ -63,8 +64,20 @@ class PHMLinear(nn.Module):
         return self._shared()["phm_rule"]
 
     def matrix(self) -> torch.Tensor:
-        """H [in, out] = Σ_i kron(rule_i, W_i)."""
-        w = torch.bmm(self.W_left, self.W_right) if self.factorized else self.W
+        """H [in, out] = Σ_i kron(rule_i, W_i). Without gradients it is built once per set of weights (keyed by
+        their storage and version), so serving does not redo the Kronecker products at every forward."""
+        parts = (self.W_left, self.W_right) if self.factorized else (self.W,)
+        if torch.is_grad_enabled():
+            return self._matrix(parts)
+        rule = self.rule
+        key = tuple((t.data_ptr(), t._version, t.device) for t in (*parts, rule))
+        cached = self._cache
+        if cached is None or cached[0] != key:
+            cached = self._cache = (key, self._matrix(parts))
+        return cached[1]
+
+    def _matrix(self, parts: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        w = torch.bmm(*parts) if self.factorized else parts[0]
         return kron(self.rule, w).sum(0)
 
     @property

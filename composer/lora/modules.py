@@ -135,19 +135,29 @@ class LoraAdapter(nn.Module):
 def gathered(adapters: list[LoraAdapter | None]) -> LinearHandler | None:
     """Rows on different LoRAs (None: no LoRA) in one forward, as Punica's BGMV: per linear, each row gathers
     its own A and B (stacked as they are when the ranks agree; otherwise zero-padded to the widest) and two
-    batched matmuls apply them, scaled after B as the reference does. A row without a LoRA at a linear
-    borrows any row's pair with a scale of 0."""
+    batched matmuls apply them, scaled after B as the reference does. Where only some rows have a LoRA at a
+    linear, only those rows are gathered and their updates are added to their rows (the others keep the bare
+    linear's output, computed once for the whole batch)."""
     distinct = list(dict.fromkeys(a for a in adapters if a is not None))
     if not distinct:
         return None
     if len(distinct) == 1 and all(a is distinct[0] for a in adapters):
         return distinct[0].handler()
     keys = {k for a in distinct for k in a.by_target}
-    stacks: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+    stacks: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
 
-    def stack(key: tuple[int, str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def stack(key: tuple[int, str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Every row's A, B and scale (all rows have a LoRA here), or those of the rows that have one and
+        their indices (a row without one is left as the bare linear computed it)."""
         sites = [a.by_target.get(key) if a is not None else None for a in adapters]
         some = next(s for s in sites if s is not None)
+        if any(s is None for s in sites):
+            rows = [i for i, s in enumerate(sites) if s is not None]
+            live = torch.tensor(rows, device=some.A.device)
+            return (*pad([sites[i] for i in rows], some), live)  # type: ignore[misc]
+        return (*pad(sites, some), None)  # type: ignore[misc]
+
+    def pad(sites: list, some) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # type: ignore[no-untyped-def,type-arg]
         scale = some.A.new_tensor([s.scaling if s is not None else 0.0 for s in sites]).view(-1, 1, 1)
         if len({s.A.shape[0] for s in sites if s is not None}) == 1:
             a_rows = torch.stack([(s or some).A for s in sites])  # [B, r, in]
@@ -167,7 +177,12 @@ def gathered(adapters: list[LoraAdapter | None]) -> LinearHandler | None:
             return None
         if key not in stacks:
             stacks[key] = stack(key)
-        a_rows, b_rows, scale = stacks[key]
-        return linear(x) + torch.bmm(torch.bmm(x, a_rows.transpose(1, 2)), b_rows.transpose(1, 2)) * scale
+        a_rows, b_rows, scale, live = stacks[key]
+        if live is None:
+            return linear(x) + torch.bmm(torch.bmm(x, a_rows.transpose(1, 2)), b_rows.transpose(1, 2)) * scale
+        # only some rows have a LoRA here: their updates alone, added to their rows
+        part = x.index_select(0, live)
+        delta = torch.bmm(torch.bmm(part, a_rows.transpose(1, 2)), b_rows.transpose(1, 2)) * scale
+        return linear(x).index_add(0, live, delta)
 
     return handle
