@@ -43,6 +43,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 TRAINING: dict[str, dict[str, Any]] = {
     "ia3": {"learning_rate": 1e-2},
     "bitfit": {"learning_rate": 3e-3},
+    "adalora": {"learning_rate": 3e-3},
+    "diff": {"learning_rate": 3e-4},
 }
 
 
