@@ -121,6 +121,7 @@ def create_app(
     app.state.runtime = Runtime(
         cache_bytes=int(settings.serving_cache_mb * (1 << 20)),
         host_bytes=None if host_mb is None else int(host_mb * (1 << 20)),
+        precision=settings.serving_precision,
     )
     app.state.batcher = MicroBatcher(
         app.state.runtime,

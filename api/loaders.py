@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 
 def resident(runtime: Runtime, base_row: BaseModelRow, device: str | None, reg: Registry) -> Resident:
     """The base resident in this process (loaded once; a derived base's weights from the blob store)."""
-    return runtime.resident(base_row.id, lambda: load_registered_base(base_row, device, reg))
+    return runtime.resident(
+        base_row.id, lambda: load_registered_base(base_row, device, reg, precision=runtime.precision)
+    )
 
 
 @dataclass

@@ -83,6 +83,7 @@ class LoadedBase:
     identity: BaseIdentity
     family: str
     path: Path
+    precision: str = "fp32"  # "int8": the linears run int8 matmuls (composer.quantize); identity unchanged
 
     @property
     def hidden_size(self) -> int:
@@ -167,8 +168,13 @@ def load_base(
     num_hidden_layers: int | None = None,
     device: str | torch.device | None = None,
     with_tokenizer: bool = True,
+    precision: str = "fp32",
 ) -> LoadedBase:
-    """Load an encoder and its tokenizer from a local directory, frozen, in eval mode."""
+    """Load an encoder and its tokenizer from a local directory, frozen, in eval mode; `precision` "int8" makes
+    its linear projections run int8 matmuls (CPU only; composer.quantize)."""
+    from composer.quantize import check_precision, quantize
+
+    check_precision(precision)
     path = Path(path)
     if not (path / "config.json").is_file():
         raise ConfigError(f"{path} is not a model directory (no config.json)")
@@ -193,7 +199,10 @@ def load_base(
         weights_hash=weights_hash(model),
     )
     model.to(pick_device(str(device) if device is not None else None))
-    return LoadedBase(model=model, tokenizer=tokenizer, identity=identity, family=config.model_type, path=path)
+    base = LoadedBase(model=model, tokenizer=tokenizer, identity=identity, family=config.model_type, path=path)
+    if precision == "int8":
+        quantize(base)
+    return base
 
 
 def packaged_encoder_dir() -> Path | None:

@@ -260,8 +260,10 @@ def _patch_linears(block: nn.Module, layer: int, names: tuple[str, ...], router:
         lin: nn.Linear = _layers(block, name)  # type: ignore[assignment]
 
         def forward(x: torch.Tensor, lin: nn.Linear = lin, name: str = name) -> torch.Tensor:
+            int8 = lin.__dict__.get("int8")  # an int8 base's form of this linear (composer.quantize)
+
             def plain(h: torch.Tensor) -> torch.Tensor:
-                return nn.functional.linear(h, lin.weight, lin.bias)
+                return int8(h) if int8 is not None else nn.functional.linear(h, lin.weight, lin.bias)
 
             scope = router.scope
             if scope is None or scope.linear is None:

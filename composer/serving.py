@@ -74,7 +74,8 @@ class Runtime:
     already fetched and checked, `host_bytes`). The LRU evicts from the resident tier only, so an
     evicted module comes back with an attach, without the blob store; archiving forgets both."""
 
-    def __init__(self, cache_bytes: int = 512 << 20, host_bytes: int | None = None):
+    def __init__(self, cache_bytes: int = 512 << 20, host_bytes: int | None = None, precision: str = "fp32"):
+        self.precision = precision  # what its bases serve at ("fp32", "int8"): the loader is told
         self.residents: dict[str, Resident] = {}
         self.cache = Tier(lambda e: e.nbytes)  # module id -> Loaded
         self.cache_bytes = cache_bytes

@@ -8,6 +8,7 @@ from pathlib import Path
 from composer.base import LoadedBase, derive, load_base
 from composer.data import TaskSpec, label_histogram, parse_examples
 from composer.errors import IncompatibleBaseError
+from composer.quantize import check_precision, quantize
 from registry_db.models import BaseModelRow, Dataset, Task
 from registry_db.registry import Registry
 from registry_db.repo import catalog
@@ -78,7 +79,11 @@ def derived_weights(reg: Registry, sha: str, cache_dir: Path | None) -> dict:  #
 
 
 def load_registered_base(
-    row: BaseModelRow, device: str | None = None, reg: Registry | None = None, cache_dir: Path | None = None
+    row: BaseModelRow,
+    device: str | None = None,
+    reg: Registry | None = None,
+    cache_dir: Path | None = None,
+    precision: str = "fp32",
 ) -> LoadedBase:
     """Load a registered base model, refusing it if the files no longer match the registered identity.
     A derived base is its parent's files (`row.path`) with the fine-tuned weights from the blob store."""
@@ -87,6 +92,8 @@ def load_registered_base(
         if reg is None:
             raise IncompatibleBaseError(f"base model {row.name!r} is derived: its weights are in the blob store")
         derive(base, row.name, derived_weights(reg, row.weights_sha256, cache_dir))
+    if check_precision(precision) == "int8":  # after a derived base has its weights: they are what is quantised
+        quantize(base)
     if base.identity.fingerprint != row.identity:
         raise IncompatibleBaseError(
             f"the model at {row.path} no longer matches base model {row.name!r} as registered "

@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     progress_every_seconds: float = Field(1.0, ge=0)
     max_attempts: int = Field(3, ge=1)
     device: str | None = None  # default: cuda when visible (CUDA_VISIBLE_DEVICES), else cpu
+    # the bases' serving precision: "int8" runs their linear projections as int8 matmuls on the CPU
+    # (composer/quantize.py); modules are the same files at both, and a base keeps its identity
+    serving_precision: Literal["fp32", "int8"] = "fp32"
     # the forwards that give rankings their features: "auto" is bfloat16 where the hardware runs it natively
     rank_precision: Literal["auto", "float32", "bfloat16"] = "auto"
     # -- the API --------------------------------------------------------------------------------

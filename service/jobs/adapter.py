@@ -71,6 +71,9 @@ class AdapterJobSpec(BottleneckTraining):
     validation_dataset: str | None = None
     pooling: Literal["cls", "mean"] = "mean"
     warm_start: WarmStart | None = None
+    # train on a frozen int8 base (QLoRA's setting, int8 for NF4; CPU): the adapter trains in fp32 and serves on
+    # either precision
+    base_precision: Literal["fp32", "int8"] = "fp32"
 
 
 def check(s: Session, owner_id: str, spec: AdapterJobSpec) -> dict[str, Any]:
@@ -107,7 +110,7 @@ def warm_source(s: Session, owner_id: str, ref: str, base_id: str, asked_preset:
 
 def handle(ctx: JobContext, spec: AdapterJobSpec) -> Finish:
     cfg = with_checkpoint_default(spec.train_config(), ctx)
-    inp = job_inputs(ctx, spec.task, spec.base_model, spec.train_dataset, spec.validation_dataset)
+    inp = job_inputs(ctx, spec.task, spec.base_model, spec.train_dataset, spec.validation_dataset, spec.base_precision)
     task, tspec, base_row, base = inp.task, inp.spec, inp.base_row, inp.base
     train, validation = inp.train, inp.validation
     head = HeadConfig(kind=tspec.kind, num_labels=tspec.num_labels, pooling=spec.pooling)
@@ -144,6 +147,7 @@ def handle(ctx: JobContext, spec: AdapterJobSpec) -> Finish:
             name=name,
             job_id=job.id,
             preset=preset_name,
+            trained_on_precision=spec.base_precision,
             # the seeded initialisation it started from (merges need one start); a warm start's is its source's
             init_seed=None if lineage else cfg.seed,
             **({"warm_start": lineage} if lineage else {}),

@@ -47,9 +47,10 @@ class JobContext:
     def event(self, type_: str, payload: dict[str, Any]) -> None:
         self.registry.retry(lambda s: jobs.append_event(s, self.job.id, type_, payload))
 
-    def load_base(self, row: BaseModelRow) -> LoadedBase:
-        """A registered base (a derived one from the blob store, cached on this machine) on the job's device."""
-        return load_registered_base(row, self.settings.device, self.registry, self.settings.data_dir)
+    def load_base(self, row: BaseModelRow, precision: str = "fp32") -> LoadedBase:
+        """A registered base (a derived one from the blob store, cached on this machine) on the job's device;
+        `precision` "int8": frozen and quantised (training on a quantised base, CPU)."""
+        return load_registered_base(row, self.settings.device, self.registry, self.settings.data_dir, precision)
 
     def callback(self) -> Callback:
         return EventCallback(self)
@@ -108,7 +109,14 @@ class JobInputs:
     validation: list[Example]
 
 
-def job_inputs(ctx: JobContext, task_ref: str, base_ref: str, train_id: str, validation_id: str | None) -> JobInputs:
+def job_inputs(
+    ctx: JobContext,
+    task_ref: str,
+    base_ref: str,
+    train_id: str,
+    validation_id: str | None,
+    base_precision: str = "fp32",
+) -> JobInputs:
     """What every training job reads first: its task, datasets (verified blobs) and base model."""
     with ctx.registry.tx() as s:
         task = catalog.get_task(s, ctx.job.owner_id, task_ref)
@@ -117,5 +125,5 @@ def job_inputs(ctx: JobContext, task_ref: str, base_ref: str, train_id: str, val
         val_ds = catalog.get_dataset(s, validation_id) if validation_id else None
     train = load_dataset_examples(ctx.registry, train_ds, task)
     validation = load_dataset_examples(ctx.registry, val_ds, task) if val_ds else []
-    base = ctx.load_base(base_row)
+    base = ctx.load_base(base_row, base_precision)
     return JobInputs(task, task_spec(task), base_row, base, train, validation)

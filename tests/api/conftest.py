@@ -68,8 +68,10 @@ class Api:
         task: str = "sentiment",
         preset: str = "seq_bn",
         adapter: dict | None = None,
+        **fields: object,
     ) -> str:
         body = {
+            **fields,
             "type": "adapter",
             "task": task,
             "base_model": self.base_id,

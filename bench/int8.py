@@ -1,0 +1,177 @@
+"""An int8 base against the fp32 base on the CPU, side by side in one process (composer/quantize.py).
+
+Speed, throughput of the int8 base ÷ the fp32 base on the real MiniLM (6 layers), batches of 8 texts:
+- `int8_over_fp32_single`: one ST-A; `int8_over_fp32_fuse8`: a fusion of 8 ST-As; `int8_over_fp32_mixed8`: 8 rows
+  on 8 kinds (as bench/kinds). Goal ≥ 1.6 each. Median over rounds of alternating runs; spread in the table.
+Accuracy, on 5 real tasks (DATA.md's RT polarity, RT subjectivity, fine foods, CoNLL uncertainty, and the pool's
+  vader_amazon): an ST-A and its head trained on the fp32 base, tested on both precisions (the same files).
+  `int8_accuracy_drop`: the mean drop, a fraction (goal ≤ 0.005), and the largest logit difference.
+Also an ST-A trained on the int8 base (QLoRA's setting, int8 for NF4), tested on both.
+
+    .venv/bin/python -m bench.int8 [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+
+from bench.common import alternating, emit, write_section
+from bench.kinds import MODULES, TEXTS
+from composer import adapter_artifact as artifacts
+from composer.adapter_training import predict_logits, train_st_adapter
+from composer.base import load_base, packaged_encoder_dir
+from composer.composition import BatchSplit, Fuse, Single
+from composer.corpora import load_corpus
+from composer.data import Collator
+from composer.encoder import AdaptedEncoder
+from composer.fusion.modules import FusionConfig
+from composer.pool import load_pool_task
+from composer.presets import preset
+from composer.training import TrainConfig
+
+TASKS = ("rt_polarity", "rt_subjectivity", "fine_foods", "conll_uncertainty", "vader_amazon")
+
+
+def corpus(name: str):  # type: ignore[no-untyped-def]
+    try:
+        return load_corpus(name)
+    except KeyError:
+        return load_pool_task(name)
+
+
+def speed_models() -> dict[str, AdaptedEncoder]:
+    """fp32 and int8 models holding the same modules: 8 ST-As and their fusion, and one module per kind."""
+    models = {}
+    for precision in ("fp32", "int8"):
+        torch.manual_seed(0)
+        model = AdaptedEncoder(load_base(packaged_encoder_dir(), device="cpu", precision=precision)).eval()
+        for i in range(8):
+            model.add_adapter(f"a{i}", preset("seq_bn"))
+        model.add_fusion("fuse8", [f"a{i}" for i in range(8)], FusionConfig(dropout=0.0))
+        for name, (p, fields) in MODULES.items():
+            model.add_adapter(name, preset(p, **fields))
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.add_(torch.randn_like(p) * 0.02)
+        models[precision] = model
+    weights = {k: v for k, v in models["fp32"].state_dict().items() if not k.startswith("encoder.")}
+    models["int8"].load_state_dict(weights, strict=False)  # the same modules on both
+    for model in models.values():  # a diff serves as saved: sparse
+        cfg, tensors = model.adapters["diff"].training_hooks().saved()
+        del model.adapters["diff"]
+        model.add_adapter("diff", cfg, weights=tensors)
+    return models
+
+
+def speed(rounds: int, repeats: int) -> tuple[dict, dict]:
+    models = speed_models()
+    batch = dict(models["fp32"].base.tokenizer(TEXTS, padding=True, return_tensors="pt"))
+    setups = {"single": Single("a0"), "fuse8": Fuse("fuse8"), "mixed8": BatchSplit((*MODULES, None))}
+
+    def run(model, comp):  # type: ignore[no-untyped-def]
+        def go() -> None:
+            with torch.no_grad():
+                model(**batch, composition=comp)
+
+        return go
+
+    runs = {f"{s}_{p}": run(models[p], c) for s, c in setups.items() for p in models}
+    samples: dict[str, list[float]] = {n: [] for n in runs}
+    for r in range(rounds):
+        for n, ms in alternating(runs, r, repeats).items():
+            samples[n].append(ms)
+    out, spread = {}, {}
+    for s in setups:
+        per_round = [a / b for a, b in zip(samples[f"{s}_fp32"], samples[f"{s}_int8"], strict=True)]
+        out[f"int8_over_fp32_{s}"] = round(statistics.median(per_round), 3)
+        spread[s] = (round(min(per_round), 3), round(max(per_round), 3), statistics.median(samples[f"{s}_fp32"]))
+    with torch.no_grad():
+        diff = max(
+            (models["fp32"](**batch, composition=c).hidden - models["int8"](**batch, composition=c).hidden).abs().max()
+            for c in setups.values()
+        )
+    out["int8_hidden_max_abs_diff"] = round(float(diff), 3)
+    return out, spread
+
+
+def accuracy(quick: bool) -> tuple[dict, list[str]]:
+    n, test_n, epochs = (400, 300, 2) if quick else (2000, 1000, 3)
+    bases = {p: load_base(packaged_encoder_dir(), device="cpu", precision=p) for p in ("fp32", "int8")}
+    rows, drops, qlora = [], [], []
+    out: dict = {}
+    for t in TASKS:
+        c = corpus(t).subset(n, seed=0)
+        cfg = TrainConfig(learning_rate=1e-3, epochs=epochs, batch_size=32, max_length=64, patience=2)
+        test = c.test[:test_n]
+        gold = torch.tensor([c.task.labels.index(r.label) for r in test])
+        acc: dict[str, dict[str, float]] = {}
+        logit_gap = 0.0
+        for trained_on in ("fp32", "int8"):
+            run = train_st_adapter(bases[trained_on], c.task, c.train, c.validation[:200], preset("seq_bn"), cfg)
+            art = run.artifact(c.task)
+            acc[trained_on] = {}
+            logits = {}
+            for served_on, base in bases.items():
+                model = AdaptedEncoder(base).eval()
+                name = artifacts.attach(model, art, name="m")
+                collate = Collator(base.tokenizer, c.task, 64)
+                logits[served_on] = predict_logits(model, name, test, collate, composition=Single(name))
+                acc[trained_on][served_on] = float((logits[served_on].argmax(-1) == gold).float().mean())
+            if trained_on == "fp32":
+                logit_gap = float((logits["fp32"] - logits["int8"]).abs().max())
+        drop = acc["fp32"]["fp32"] - acc["fp32"]["int8"]
+        drops.append(drop)
+        qlora.append(acc["fp32"]["fp32"] - acc["int8"]["int8"])
+        out[f"{t}_fp32"], out[f"{t}_int8"] = round(acc["fp32"]["fp32"], 4), round(acc["fp32"]["int8"], 4)
+        rows.append(
+            f"| {t} | {acc['fp32']['fp32']:.3f} | {acc['fp32']['int8']:.3f} | {drop * 100:+.1f} | {logit_gap:.3f} | "
+            f"{acc['int8']['int8']:.3f} | {acc['int8']['fp32']:.3f} |"
+        )
+        print(rows[-1], flush=True)
+    out["int8_accuracy_drop"] = round(statistics.mean(drops), 4)
+    out["int8_trained_accuracy_drop"] = round(statistics.mean(qlora), 4)
+    return out, rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    a = ap.parse_args()
+    torch.set_num_threads(2)
+    rounds, repeats = (5, 5) if a.quick else (11, 15)
+    fast, spread = speed(rounds, repeats)
+    print(fast, flush=True)
+    acc, rows = accuracy(a.quick)
+    result = {**fast, **acc}
+    lines = [
+        f"## An int8 base on the CPU ({'--quick, ' if a.quick else ''}6-layer MiniLM, 2 threads)",
+        "",
+        "| batch of 8 rows | fp32 ms | int8 ÷ fp32 throughput (rounds) |",
+        "|---|---:|---:|",
+        *(
+            f"| {s} | {spread[s][2]:.2f} | **{fast[f'int8_over_fp32_{s}']}** ({spread[s][0]}–{spread[s][1]}) |"
+            for s in spread
+        ),
+        "",
+        f"Goal ≥ 1.6 each. Largest hidden-state difference int8 − fp32: {fast['int8_hidden_max_abs_diff']}.",
+        "",
+        "| task | trained fp32, served fp32 | served int8 | drop (points) | max logit diff | trained int8, "
+        "served int8 | served fp32 |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        *rows,
+        "",
+        f"Mean accuracy drop serving on int8: **{acc['int8_accuracy_drop'] * 100:.2f} points** (goal ≤ 0.5); "
+        f"an ST-A trained on the int8 base and served there: {acc['int8_trained_accuracy_drop'] * 100:.2f} "
+        "points under the fp32-trained one on fp32 (goal within 1). ST-A (seq_bn) on each task's first "
+        f"{'400' if a.quick else '2,000'} training rows, one seed; test on {'300' if a.quick else '1,000'} rows.",
+    ]
+    write_section("int8", "\n".join(lines))
+    emit(result)
+
+
+if __name__ == "__main__":
+    main()

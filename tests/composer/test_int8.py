@@ -1,0 +1,115 @@
+"""An int8 base (composer/quantize.py): the same identity and modules as fp32, logits within a stated tolerance of
+fp32, every kind serving on it in one mixed batch with each row equal to its own run, and gradients through its
+int8 linears equal to those through the dequantised weights (training on a quantised base)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from composer.base import load_base
+from composer.composition import BatchSplit, Single
+from composer.encoder import AdaptedEncoder
+from composer.errors import ConfigError
+from composer.heads import HeadConfig
+from composer.presets import preset
+from composer.quantize import Int8Linear
+
+KINDS = {"s": ("seq_bn", {}), "l": ("lora", {}), "a": ("adalora", {"init_r": 4, "target_r": 2}), "i": ("ia3", {})}
+KINDS.update({"b": ("bitfit", {}), "d": ("diff", {}), "c": ("compacter++", {"reduction_factor": 4})})
+TOLERANCE = 0.05  # int8 vs fp32 hidden states, relative to their largest magnitude (tiny random base)
+
+
+def _models(tiny_bert_dir):  # type: ignore[no-untyped-def]
+    models = {}
+    for precision in ("fp32", "int8"):
+        torch.manual_seed(0)
+        model = AdaptedEncoder(load_base(tiny_bert_dir, precision=precision, device="cpu")).eval()
+        for name, (p, fields) in KINDS.items():
+            model.add_adapter(name, preset(p, **fields))
+            model.add_head(name, HeadConfig(num_labels=2))
+        models[precision] = model
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in models["fp32"].parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=gen) * 0.1)
+    own = {k: v for k, v in models["fp32"].state_dict().items() if not k.startswith("encoder.")}
+    models["int8"].load_state_dict(own, strict=False)
+    return models
+
+
+def _batch(model):  # type: ignore[no-untyped-def]
+    texts = ["good movie", "a really boring plot", "the food was fresh", "fine", "bad", "great acting", "meh", "ok"]
+    return dict(model.base.tokenizer(texts, padding=True, return_tensors="pt"))
+
+
+def test_int8_base_keeps_its_identity_and_stays_within_tolerance(tiny_bert_dir):
+    models = _models(tiny_bert_dir)
+    b32, b8 = models["fp32"].base, models["int8"].base
+    assert b8.precision == "int8" and b8.identity == b32.identity
+    assert b8.model.state_dict().keys() == b32.model.state_dict().keys()  # nothing int8 in the state dict
+    batch = _batch(models["fp32"])
+    with torch.no_grad():
+        for name in ("s", "l", "d"):
+            h32 = models["fp32"](**batch, composition=Single(name)).hidden
+            h8 = models["int8"](**batch, composition=Single(name)).hidden
+            assert 0 < (h32 - h8).abs().max() <= TOLERANCE * h32.abs().max(), name
+
+
+def test_every_kind_serves_on_the_int8_base_in_one_mixed_batch(tiny_bert_dir):
+    model = _models(tiny_bert_dir)["int8"]
+    batch = _batch(model)
+    rows = (*KINDS, None)
+    with torch.no_grad():
+        mixed = model(**batch, composition=BatchSplit(rows)).hidden
+        for i, name in enumerate(rows):
+            alone = model(**{k: v[i : i + 1] for k, v in batch.items()}, composition=Single(name) if name else None)
+            n = int(batch["attention_mask"][i].sum())
+            torch.testing.assert_close(mixed[i, :n], alone.hidden[0, :n], atol=1e-5, rtol=0)
+
+
+def test_int8_linear_is_per_token_and_close_to_fp32():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(32, 48)
+    q = Int8Linear(linear)
+    x = torch.randn(6, 32)
+    with torch.no_grad():
+        ref = linear(x)
+        got = q(x)
+        assert (got - ref).abs().max() <= 0.02 * ref.abs().max()
+        # each token alone gives exactly what it gives in the batch: its own activation scale
+        assert torch.equal(torch.cat([q(x[i : i + 1]) for i in range(6)]), got)
+        # and the int8 arithmetic is what it says: round(x / s_x) · round(w / s_w) · s_x · s_w + b
+        sx = x.abs().amax(1, keepdim=True) / 127
+        wq = torch.round(linear.weight / q.scale[:, None])
+        want = (torch.round(x / sx) @ wq.t()) * sx * q.scale + linear.bias
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_gradients_through_int8_linears_are_those_of_the_dequantised_weight():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(32, 48)
+    q = Int8Linear(linear)
+    x = torch.randn(3, 5, 32, requires_grad=True)
+    q(x).pow(2).sum().backward()
+    got = x.grad.clone()
+    x.grad = None
+    y = q.run(x.detach())  # the forward's own output, so only the backward differs
+    ref = torch.nn.functional.linear(x, q.dequantised(), None)
+    ((y + ref - ref.detach()).pow(2)).sum().backward()
+    torch.testing.assert_close(got, x.grad, atol=1e-5, rtol=1e-5)
+
+
+def test_a_lora_trains_on_the_int8_base(tiny_bert_dir):
+    model = _models(tiny_bert_dir)["int8"].train()
+    batch = _batch(model)
+    out = model(**batch, head="l", composition=Single("l")).logits.logsumexp(-1).sum()
+    out.backward()
+    grads = [p.grad for p in model.adapters["l"].parameters()]
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)  # through the int8 linears above each LoRA
+
+
+def test_unknown_precision_is_refused(tiny_bert_dir):
+    with pytest.raises(ConfigError, match="precision"):
+        load_base(tiny_bert_dir, precision="fp16")
