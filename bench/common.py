@@ -12,20 +12,52 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
 PARITY_PY = ROOT / ".venv-parity" / "bin" / "python"
+DEVICE = "cpu"  # where the benches that take --device run their models (`use_device`)
+
+
+def add_device(ap: Any) -> None:
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda[:N]: the GPU figures go beside the CPU ones")
+
+
+def use_device(name: str) -> str:
+    """Run on `name` (refused when this torch sees no such device); timings synchronise with it."""
+    global DEVICE
+    import torch
+
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name}: this torch sees no CUDA device (torch {torch.__version__})")
+    DEVICE = name
+    return name
+
+
+def section(name: str) -> str:
+    """A bench's docs section on the device it ran on: CPU figures as before, GPU ones beside them."""
+    return name if DEVICE == "cpu" else f"{name}_{DEVICE.split(':')[0]}"
+
+
+def sync() -> None:
+    """Wait for the device's queued work before a clock is read (kernels on a GPU return before they run)."""
+    if DEVICE.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
 
 
 def time_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
-    """Median wall time of fn() in milliseconds."""
+    """Median wall time of fn() in milliseconds (the device synchronised around each call)."""
     for _ in range(warmup):
         fn()
     samples = []
     for _ in range(repeats):
+        sync()
         t = time.perf_counter()
         fn()
+        sync()
         samples.append((time.perf_counter() - t) * 1000)
     return statistics.median(samples)
 

@@ -14,7 +14,8 @@ import argparse
 
 import torch
 
-from bench.common import emit, run_parity, time_ms, write_section
+from bench import common
+from bench.common import add_device, emit, run_parity, section, time_ms, use_device, write_section
 from composer import adapter_artifact as artifacts
 from composer import kinds
 from composer.base import load_base, packaged_encoder_dir
@@ -33,7 +34,7 @@ FUSE_SIZES = (2, 4, 8, 16)
 
 def build() -> AdaptedEncoder:
     torch.manual_seed(0)
-    model = AdaptedEncoder(load_base(packaged_encoder_dir(), device="cpu")).eval()
+    model = AdaptedEncoder(load_base(packaged_encoder_dir(), device=common.DEVICE)).eval()
     for i in range(16):
         model.add_adapter(f"a{i}", preset("seq_bn"))
         with torch.no_grad():
@@ -48,7 +49,7 @@ def build() -> AdaptedEncoder:
 def runtime_fuse8(model: AdaptedEncoder):  # type: ignore[no-untyped-def]
     """A serving runtime with fuse-8 resident, loaded the way /v1/predict loads it."""
     rt = Runtime()
-    res = rt.resident("minilm", lambda: load_base(packaged_encoder_dir(), device="cpu"))
+    res = rt.resident("minilm", lambda: load_base(packaged_encoder_dir(), device=common.DEVICE))
     members = [(f"a{i}", kinds.get("st_a"), lambda i=i: artifacts.extract(model, f"a{i}")) for i in range(8)]
     art = fusion_artifacts.extract(model, "fuse8", head="fuse8", max_length=SEQ)
     rt.ensure(res, "minilm", "fuse8", kinds.get("fusion"), lambda: art, members)
@@ -65,7 +66,9 @@ def texts_of(model: AdaptedEncoder, b: int) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    add_device(ap)
     a = ap.parse_args()
+    device = use_device(a.device)
     torch.set_num_threads(2)
     repeats = {1: 10 if a.quick else 40, 8: 4 if a.quick else 15}
     rounds = 2 if a.quick else 5
@@ -107,12 +110,14 @@ def main() -> None:
             result[f"fuse{n}_over_base_b{b}"] = round(med[f"fuse{n}_b{b}"] / med[f"base_b{b}"], 3)
     for b in (1, 8):
         result[f"fuse8_runtime_over_base_b{b}"] = round(med[f"rt_fuse8_b{b}"] / med[f"rt_base_b{b}"], 3)
-    ref = run_parity("_adapters_fusion.py", str(packaged_encoder_dir()), str(5 if a.quick else 20))
+    ref = None
+    if device == "cpu":  # the reference's figures are CPU ones
+        ref = run_parity("_adapters_fusion.py", str(packaged_encoder_dir()), str(5 if a.quick else 20))
     if ref:
         for b in (1, 8):
             result[f"adapters_fuse8_over_base_b{b}"] = round(ref[f"fuse8_b{b}"] / ref[f"base_b{b}"], 3)
     rows = [
-        "## P1: fusion cost (6-layer MiniLM, H=384, seq 64, CPU, 2 threads)",
+        f"## P1: fusion cost (6-layer MiniLM, H=384, seq 64, {'CPU, 2 threads' if device == 'cpu' else device})",
         "",
         "| setup | batch 1 ÷ base | batch 8 ÷ base |",
         "|---|---|---|",
@@ -138,7 +143,7 @@ def main() -> None:
     ]
     if not ref:
         rows.append("The `adapters` 1.3.0 row needs the reference venv `.venv-parity` (scripts/parity/README.md).")
-    write_section("fusion", "\n".join(rows))
+    write_section(section("fusion"), "\n".join(rows))
     emit(result)
 
 

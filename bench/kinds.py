@@ -19,7 +19,7 @@ import statistics
 
 import torch
 
-from bench.common import alternating, emit, write_section
+from bench.common import add_device, alternating, emit, section, use_device, write_section
 from composer.base import load_base, packaged_encoder_dir
 from composer.composition import BatchSplit, Single
 from composer.encoder import AdaptedEncoder
@@ -49,10 +49,12 @@ TEXTS = [
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    add_device(ap)
     a = ap.parse_args()
+    device = use_device(a.device)
     torch.set_num_threads(2)
     rounds, repeats = (5, 5) if a.quick else (11, 15)
-    base = load_base(packaged_encoder_dir())
+    base = load_base(packaged_encoder_dir(), device=device)
     model = AdaptedEncoder(base).eval()
     torch.manual_seed(0)
     for name, (p, fields) in MODULES.items():
@@ -90,7 +92,8 @@ def main() -> None:
         "base_ms": round(med["base"], 2),
     }
     lines = [
-        f"## Serving cost per kind ({'--quick, ' if a.quick else ''}6-layer MiniLM, batch 8, CPU, 2 threads)",
+        f"## Serving cost per kind ({'--quick, ' if a.quick else ''}6-layer MiniLM, batch 8, "
+        f"{'CPU, 2 threads' if device == 'cpu' else device})",
         "",
         "| batch of 8 rows | ms (median) | ÷ bare base |",
         "|---|---:|---:|",
@@ -103,7 +106,7 @@ def main() -> None:
         "The mixed batch holds ST-A, LoRA, AdaLoRA, (IA)³, BitFit, diff pruning, Compacter++ and a plain-base row; "
         "prompt rows run in the prompt model's own forward and are not in it yet.",
     ]
-    write_section("kinds", "\n".join(lines))
+    write_section(section("kinds"), "\n".join(lines))
     emit(result)
 
 

@@ -220,6 +220,9 @@ class AdaptedEncoder(nn.Module):
         composition: Composition | None = None,
         return_fusion_attention: bool = False,
     ) -> EncoderOutput:
+        dev = self.device  # inputs follow the model (a batch built on the CPU meets a base on a GPU)
+        input_ids, attention_mask = input_ids.to(dev), attention_mask.to(dev)
+        token_type_ids = token_type_ids.to(dev) if token_type_ids is not None else None
         capture: dict[str, torch.Tensor] | None = {} if return_fusion_attention else None
         scope = self.scope(composition, capture)
         hidden = self.encode(input_ids, attention_mask, token_type_ids, scope)

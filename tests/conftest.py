@@ -14,6 +14,14 @@ from sqlalchemy.engine import make_url
 from transformers import BertConfig, BertModel, BertTokenizerFast
 
 FIXTURES = Path(__file__).parent / "fixtures"
+# The device the composer and worker tests run their models on: "cpu" (CI) or "cuda" on a GPU machine. On the CPU
+# the GPU is hidden before torch initialises CUDA, so the suite is the same on any machine; with "cuda" the code
+# picks the GPU by itself (composer.base.pick_device), and tests compare numbers after bringing them to the CPU.
+TEST_DEVICE = os.environ.get("COMPOSER_TEST_DEVICE", "cpu")
+if TEST_DEVICE == "cpu":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+elif not TEST_DEVICE.startswith("cuda"):
+    raise RuntimeError(f"COMPOSER_TEST_DEVICE must be cpu or cuda[:N], got {TEST_DEVICE!r}")
 WORDS = [
     "good",
     "great",

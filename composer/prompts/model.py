@@ -96,6 +96,8 @@ class PromptModel(nn.Module):
         K x B prompted rows are executed, never what they compute: `batched`, one forward of K*B rows;
         `sequential`, K forwards of B rows; `chunked`, forwards of about `chunk_rows` prompted rows, each
         cut to its own longest input (fewer pad tokens)."""
+        dev = self.base.device  # inputs follow the model (a batch built on the CPU meets a base on a GPU)
+        batch = {k: v.to(dev) for k, v in batch.items()}
         if plan == "batched":
             return self._logits(names, batch)
         if plan == "sequential":
