@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -152,6 +152,41 @@ def config_from_dict(cls: Any, data: dict[str, Any], what: str) -> Any:
     if unknown:
         raise ConfigError(f"unknown {what} config fields: {sorted(unknown)}; known: {sorted(known)}")
     return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class LinearTargets:
+    """What the configs of methods on the base's linear projections share (LoRA, AdaLoRA, BitFit, diff): the
+    `target_modules` and `layers` fields, normalised; the targets on a family (`default_targets` names the
+    FamilySpec field used when none are given); the check against a base; the shapes to build on; JSON."""
+
+    default_targets: ClassVar[str] = "linears"
+    target_modules: tuple[str, ...] | None
+    layers: tuple[int, ...] | None
+
+    def normalise_targets(self) -> None:
+        if self.target_modules is not None:
+            if isinstance(self.target_modules, str) or not self.target_modules:
+                raise ConfigError("target_modules must be a non-empty list of module names")
+            object.__setattr__(self, "target_modules", tuple(str(t) for t in self.target_modules))
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
+
+    def targets(self, family: str) -> tuple[str, ...]:
+        """The linear names inside one layer that this config adapts; unknown names are refused."""
+        return linear_targets(family, self.target_modules or getattr(FAMILIES[family], self.default_targets))
+
+    def check_base(self, family: str, num_layers: int, hidden_size: int | None = None) -> None:
+        """Refuse, naming the field, what a base of this family and depth does not have."""
+        self.targets(family)
+        check_layers(self.layers, num_layers)
+
+    def adapted_shapes(self, model: Any) -> dict[tuple[int, str], tuple[int, int]]:
+        """(in, out) of each adapted linear of `model` (an AdaptedEncoder), by (layer, name)."""
+        family = model.base.family
+        return linear_shapes(model.encoder, family, self.targets(family), self.layers, model.base.num_layers)
+
+    def to_dict(self) -> dict[str, Any]:
+        return config_to_dict(self)
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

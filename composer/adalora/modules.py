@@ -19,19 +19,15 @@ from torch import nn
 
 from composer.errors import ConfigError
 from composer.injection import (
-    FAMILIES,
-    check_layers,
+    LinearTargets,
     config_from_dict,
-    config_to_dict,
-    linear_shapes,
-    linear_targets,
     site_name,
 )
 from composer.lora.modules import LoraAdapter, LoraLinear
 
 
 @dataclass(frozen=True)
-class AdaLoraConfig:
+class AdaLoraConfig(LinearTargets):
     init_r: int = 12
     target_r: int = 8
     alpha: float = 8.0  # PEFT's lora_alpha
@@ -47,6 +43,7 @@ class AdaLoraConfig:
     rank_pattern: dict[str, int] | None = None  # saved: the kept triplets per site (site name -> count)
 
     fusable = False
+    default_targets: ClassVar[str] = "default_lora_targets"  # query and value, as LoRA
     method: ClassVar[str] = "adalora"
     default_kind: ClassVar[str] = "adalora"
 
@@ -67,12 +64,7 @@ class AdaLoraConfig:
                 raise ConfigError(f"{name} must be in (0, 1), got {getattr(self, name)!r}")
         if self.orth_reg_weight < 0 or self.alpha <= 0 or not 0.0 <= self.dropout < 1.0:
             raise ConfigError("orth_reg_weight must be >= 0, alpha > 0 and dropout in [0, 1)")
-        if self.target_modules is not None:
-            if isinstance(self.target_modules, str) or not self.target_modules:
-                raise ConfigError("target_modules must be a non-empty list of module names")
-            object.__setattr__(self, "target_modules", tuple(str(t) for t in self.target_modules))
-        if self.layers is not None:
-            object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
+        self.normalise_targets()
         if self.rank_pattern is not None:
             bad = {k: v for k, v in self.rank_pattern.items() if not isinstance(v, int) or not 0 <= v <= self.init_r}
             if bad or not isinstance(self.rank_pattern, dict):
@@ -82,21 +74,8 @@ class AdaLoraConfig:
     def scaling(self) -> float:
         return self.alpha / (self.init_r + 1e-5)
 
-    def targets(self, family: str) -> tuple[str, ...]:
-        return linear_targets(family, self.target_modules or FAMILIES[family].default_lora_targets)
-
-    def check_base(self, family: str, num_layers: int, hidden_size: int | None = None) -> None:
-        self.targets(family)
-        check_layers(self.layers, num_layers)
-
     def build(self, model: Any) -> AdaLoraAdapter:
-        shapes = linear_shapes(
-            model.encoder, model.base.family, self.targets(model.base.family), self.layers, model.base.num_layers
-        )
-        return AdaLoraAdapter(self, shapes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return config_to_dict(self)
+        return AdaLoraAdapter(self, self.adapted_shapes(model))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AdaLoraConfig:

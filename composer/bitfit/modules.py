@@ -15,13 +15,15 @@ from typing import Any, ClassVar
 
 import torch
 
-from composer.errors import ConfigError
-from composer.injection import FAMILIES, check_layers, config_from_dict, config_to_dict, linear_shapes, linear_targets
+from composer.injection import (
+    LinearTargets,
+    config_from_dict,
+)
 from composer.vectors import VectorAdapter
 
 
 @dataclass(frozen=True)
-class BitFitConfig:
+class BitFitConfig(LinearTargets):
     target_modules: tuple[str, ...] | None = None  # linears whose biases train; None: every linear of a layer
     layers: tuple[int, ...] | None = None  # None: every layer
 
@@ -30,27 +32,10 @@ class BitFitConfig:
     default_kind: ClassVar[str] = "bitfit"
 
     def __post_init__(self) -> None:
-        if self.target_modules is not None:
-            if isinstance(self.target_modules, str) or not self.target_modules:
-                raise ConfigError("target_modules must be a non-empty list of module names")
-            object.__setattr__(self, "target_modules", tuple(str(t) for t in self.target_modules))
-        if self.layers is not None:
-            object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
-
-    def targets(self, family: str) -> tuple[str, ...]:
-        return linear_targets(family, self.target_modules or FAMILIES[family].linears)
-
-    def check_base(self, family: str, num_layers: int, hidden_size: int | None = None) -> None:
-        self.targets(family)
-        check_layers(self.layers, num_layers)
+        self.normalise_targets()
 
     def build(self, model: Any) -> BitFitAdapter:
-        family, num_layers = model.base.family, model.base.num_layers
-        shapes = linear_shapes(model.encoder, family, self.targets(family), self.layers, num_layers)
-        return BitFitAdapter(self, {k: o for k, (_, o) in shapes.items()})
-
-    def to_dict(self) -> dict[str, Any]:
-        return config_to_dict(self)
+        return BitFitAdapter(self, {k: o for k, (_, o) in self.adapted_shapes(model).items()})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BitFitConfig:

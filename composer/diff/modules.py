@@ -24,13 +24,9 @@ from torch import nn
 
 from composer.errors import ArtifactError, ConfigError, IncompatibleBaseError
 from composer.injection import (
-    FAMILIES,
     LinearHandler,
-    check_layers,
+    LinearTargets,
     config_from_dict,
-    config_to_dict,
-    linear_shapes,
-    linear_targets,
     site_name,
 )
 
@@ -39,7 +35,7 @@ BETA = 1.0
 
 
 @dataclass(frozen=True)
-class DiffConfig:
+class DiffConfig(LinearTargets):
     target_modules: tuple[str, ...] | None = None  # None: every linear of a layer
     layers: tuple[int, ...] | None = None
     density: float = 0.005  # the fraction of the targeted parameters kept at save
@@ -58,12 +54,7 @@ class DiffConfig:
             raise ConfigError(f"density must be in (0, 1], got {self.density!r}")
         if self.l0_weight < 0 or self.alpha_learning_rate <= 0:
             raise ConfigError("l0_weight must be >= 0 and alpha_learning_rate > 0")
-        if self.target_modules is not None:
-            if isinstance(self.target_modules, str) or not self.target_modules:
-                raise ConfigError("target_modules must be a non-empty list of module names")
-            object.__setattr__(self, "target_modules", tuple(str(t) for t in self.target_modules))
-        if self.layers is not None:
-            object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
+        self.normalise_targets()
         if (self.nnz is None) != (self.shapes is None) or (
             self.nnz is not None and set(self.nnz) != set(self.shapes or {})
         ):
@@ -85,20 +76,8 @@ class DiffConfig:
                         f"diff indices: {name}'s {part} index is out of range for a [{out}, {inp}] linear"
                     )
 
-    def targets(self, family: str) -> tuple[str, ...]:
-        return linear_targets(family, self.target_modules or FAMILIES[family].linears)
-
-    def check_base(self, family: str, num_layers: int, hidden_size: int | None = None) -> None:
-        self.targets(family)
-        check_layers(self.layers, num_layers)
-
     def build(self, model: Any) -> DiffAdapter:
-        family, num_layers = model.base.family, model.base.num_layers
-        shapes = linear_shapes(model.encoder, family, self.targets(family), self.layers, num_layers)
-        return DiffAdapter(self, shapes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return config_to_dict(self)
+        return DiffAdapter(self, self.adapted_shapes(model))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DiffConfig:

@@ -19,19 +19,16 @@ from torch import nn
 
 from composer.errors import ConfigError
 from composer.injection import (
-    FAMILIES,
     LinearHandler,
-    check_layers,
+    LinearTargets,
     config_from_dict,
-    config_to_dict,
     linear_shapes,
-    linear_targets,
     site_name,
 )
 
 
 @dataclass(frozen=True)
-class LoraConfig:
+class LoraConfig(LinearTargets):
     r: int = 8
     alpha: float = 16.0
     dropout: float = 0.0
@@ -46,14 +43,10 @@ class LoraConfig:
             raise ConfigError(f"alpha must be a number > 0, got {self.alpha!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if self.target_modules is not None:
-            if isinstance(self.target_modules, str) or not self.target_modules:
-                raise ConfigError("target_modules must be a non-empty list of module names")
-            object.__setattr__(self, "target_modules", tuple(str(t) for t in self.target_modules))
-        if self.layers is not None:
-            object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
+        self.normalise_targets()
 
     fusable = False  # AdapterFusion fuses bottleneck adapters, not low-rank updates
+    default_targets: ClassVar[str] = "default_lora_targets"  # query and value
     method: ClassVar[str] = "lora"  # what an artifact's config records
     default_kind: ClassVar[str] = "lora"
 
@@ -64,18 +57,6 @@ class LoraConfig:
     @property
     def scaling(self) -> float:
         return self.alpha / math.sqrt(self.r) if self.use_rslora else self.alpha / self.r
-
-    def targets(self, family: str) -> tuple[str, ...]:
-        """The linear names inside one layer that this config adapts; unknown names are refused."""
-        return linear_targets(family, self.target_modules or FAMILIES[family].default_lora_targets)
-
-    def check_base(self, family: str, num_layers: int, hidden_size: int | None = None) -> None:
-        """Refuse, naming the field, what a base of this family and depth does not have."""
-        self.targets(family)
-        check_layers(self.layers, num_layers)
-
-    def to_dict(self) -> dict[str, Any]:
-        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LoraConfig:
