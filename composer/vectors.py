@@ -80,8 +80,11 @@ class VectorAdapter(nn.Module):
                     a.vectors[a.sites[key]] if a is not None and key in a.sites and a.mode(key) == mode else None
                     for a in adapters
                 ]
-                filled = [v if v is not None else torch.full_like(some, owner.neutral) for v in rows]
-                out.append((owner, torch.stack(filled).unsqueeze(1)))
+                gathered = some.new_full((len(rows), some.shape[0]), owner.neutral)  # neutral, then each row's
+                present = [i for i, v in enumerate(rows) if v is not None]
+                index = torch.tensor(present, device=some.device)
+                gathered.index_copy_(0, index, torch.stack([rows[i] for i in present]))  # type: ignore[misc]
+                out.append((owner, gathered.unsqueeze(1)))
             return out
 
         def handle(layer: int, name: str, x: torch.Tensor, linear: Callable) -> torch.Tensor | None:
