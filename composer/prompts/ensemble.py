@@ -49,6 +49,8 @@ def vote(
 ) -> list[RowVote]:
     """logits [B, K, C]; `evaluated` [B, K] bool marks prompts that ran for each row (default: all)."""
     check_voting(voting, scores)  # the one check of a request's rule (the API's schema names the rules)
+    logits = logits.float().cpu()  # votes are a little CPU work, whatever device the prompts ran on
+    evaluated = evaluated.cpu() if evaluated is not None else None
     b, k, c = logits.shape
     ev = evaluated if evaluated is not None else torch.ones(b, k, dtype=torch.bool)
     probs = torch.softmax(logits.float(), dim=-1)
