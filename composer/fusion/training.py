@@ -231,7 +231,8 @@ def pruned(model: AdaptedEncoder, fusion: str, keep: Sequence[str], name: str | 
     source = model.fusions[fusion]
     name = name or f"{fusion}-pruned"
     derived = model.add_fusion(name, list(keep), source.cfg)
-    kept = torch.tensor([source.members.index(m) for m in keep], device=source.prior.device)
+    device = next(source.parameters()).device
+    kept = torch.tensor([source.members.index(m) for m in keep], device=device)
     state = {k: v[kept] if k.endswith(".prior") else v for k, v in source.state_dict().items()}
     derived.load_state_dict(state)
     if fusion in model.heads:
