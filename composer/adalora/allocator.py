@@ -129,8 +129,12 @@ class TrainingHooks:
         return {"ipt": a.ipt, "unc": a.unc, "mask": a.mask}
 
     def load_state(self, state: dict[str, Any]) -> None:
+        """A checkpoint's allocator state, on the adapter's device (checkpoints hold CPU tensors)."""
         a = self.allocator
-        a.ipt, a.unc, a.mask = state["ipt"], state["unc"], state["mask"]
+        dev = next(self.module.parameters()).device
+        a.ipt = {k: v.to(dev) for k, v in state["ipt"].items()}
+        a.unc = {k: v.to(dev) for k, v in state["unc"].items()}
+        a.mask = {k: v.to(dev) for k, v in state["mask"].items()} if state["mask"] is not None else None
 
     def saved(self) -> tuple[Any, dict[str, torch.Tensor]]:
         """The config and tensors the trained adapter is saved as: pruned to its kept triplets."""

@@ -126,3 +126,22 @@ def test_regression_head_fits_a_sentence_pair_score(tiny_bert_dir):
     run = train_st_adapter(load_base(tiny_bert_dir), task, ex, ex, preset("seq_bn", reduction_factor=4), cfg, head)
     assert run.result.best_metrics["pearson"] > 0.9  # fits the training pairs
     assert set(run.result.best_metrics) == {"pearson", "spearman", "mse"}
+
+
+def test_adalora_resumes_exactly_with_its_rank_allocation(tiny_bert_dir, toy):
+    """The allocator's importance EMAs and mask ride in the checkpoint: a resumed AdaLoRA ends where an
+    uninterrupted one does, pruned the same way."""
+    task, ex = toy
+    cfg = preset("adalora", init_r=4, target_r=2, tinit=3, tfinal=6, deltaT=2)
+    full = train_st_adapter(load_base(tiny_bert_dir), task, ex, ex, cfg, CFG)
+    rec = Recorder(cancel_at=13)
+    with pytest.raises(TrainingCancelled):
+        train_st_adapter(load_base(tiny_bert_dir), task, ex, ex, cfg, CFG, callbacks=[rec])
+    step, payload = rec.checkpoints[-1]
+    assert 3 < step < full.result.steps - 6  # inside the falling budget: the EMAs and a mask are in flight
+    resumed = train_st_adapter(load_base(tiny_bert_dir), task, ex, ex, cfg, CFG, resume=payload)
+    assert resumed.result.steps == full.result.steps
+    a, b = full.artifact(task), resumed.artifact(task)
+    assert a.config.rank_pattern == b.config.rank_pattern
+    for k in a.tensors:
+        torch.testing.assert_close(a.tensors[k], b.tensors[k], atol=0, rtol=0)
