@@ -121,3 +121,59 @@ def test_bad_method_fields_are_a_422_at_submit_naming_the_field(api, preset, fie
     r = api.client.post("/v1/jobs", json=body, headers=api.h())
     assert r.status_code == 422 and word in r.text, r.text
     assert api.client.get("/v1/jobs", headers=api.h()).json()["items"] == []
+
+
+def test_a_diff_round_trips_and_a_tampered_one_is_a_422(api):
+    """A diff downloads in our format and imports back to the same answers; one whose indices point outside its
+    linears (checksum made to match), or whose shapes are another model's, is refused naming what is wrong."""
+    import hashlib
+    import io
+    import json
+    import zipfile
+
+    from api.archives import make_zip
+    from composer.safetensors_io import tensors_from_bytes, tensors_to_bytes
+
+    ids = api.task_with_data()
+    ref = api.train_adapter(ids, name="d", preset="diff", adapter={"density": 0.01})
+    z = zipfile.ZipFile(io.BytesIO(api.client.get(f"/v1/adapters/{ref}/download", headers=api.h()).content))
+    files = {n.rpartition("/")[2]: z.read(n) for n in z.namelist()}
+    config_name = next(n for n in files if n.endswith(".json"))
+    weights_name = next(n for n in files if n.endswith(".safetensors"))
+
+    def upload(fs: dict[str, bytes]):  # type: ignore[no-untyped-def]
+        return api.client.post(
+            "/v1/adapters/import",
+            headers=api.h(),
+            data={"task": "sentiment", "base_model": api.base_id, "name": "again"},
+            files={"file": ("diff.zip", make_zip(fs))},
+        )
+
+    r = upload(files)
+    assert r.status_code == 201, r.text
+    want = api.client.post("/v1/predict", headers=api.h(), json={"adapter": ref, "inputs": INPUTS}).json()
+    got = api.client.post("/v1/predict", headers=api.h(), json={"adapter": r.json()["id"], "inputs": INPUTS}).json()
+    assert got["outputs"] == want["outputs"]
+    before = len(api.client.get("/v1/adapters", headers=api.h()).json()["items"])
+
+    def tampered(edit) -> dict[str, bytes]:  # type: ignore[no-untyped-def]
+        meta, tensors = json.loads(files[config_name]), tensors_from_bytes(files[weights_name])
+        edit(meta, tensors)
+        blob = tensors_to_bytes(tensors)
+        meta["sha256"] = hashlib.sha256(blob).hexdigest()
+        return {**files, config_name: json.dumps(meta).encode(), weights_name: blob}
+
+    def out_of_range(meta, tensors) -> None:  # type: ignore[no-untyped-def]
+        site, (out, inp) = next(iter(meta["config"]["shapes"].items()))
+        key = f"adapter.sites.{site}.w_index"
+        tensors[key] = tensors[key].clone()
+        tensors[key][0] = out * inp
+
+    def other_model(meta, tensors) -> None:  # type: ignore[no-untyped-def]
+        site, (out, inp) = next(iter(meta["config"]["shapes"].items()))
+        meta["config"]["shapes"][site] = [out + 8, inp]  # its indices still fit; the base's linear does not
+
+    for edit, word in ((out_of_range, "out of range"), (other_model, "shapes")):
+        r = upload(tampered(edit))
+        assert r.status_code == 422 and word in r.text, r.text
+    assert len(api.client.get("/v1/adapters", headers=api.h()).json()["items"]) == before
