@@ -166,9 +166,20 @@ class AdaptedEncoder(nn.Module):
         present = list(dict.fromkeys(type(m) for m in sites if m is not None))
         if len(present) > 1:
             raise ConfigError(f"one forward routes one kind of site module, got {[t.__name__ for t in present]}")
-        # the linear methods (LoRA, (IA)³, BitFit, …) chain: each routes its own rows, the others pass through
-        linears = list(dict.fromkeys(type(m) for m in modules if m is not None and m.slot == "linear"))
-        routes = [t.route([m if type(m) is t else None for m in modules]) for t in linears]
+        # the linear methods (LoRA, (IA)³, BitFit, …) chain: each routes its own rows, the others pass through.
+        # Methods that share a route (LoRA and AdaLoRA gather A and B alike; (IA)³ and BitFit gather vectors
+        # alike) route their rows together, one handler for both.
+        def route_of(m: nn.Module) -> Any:
+            return getattr(type(m).route, "__func__", type(m).route)
+
+        linears: dict[Any, type] = {}
+        for m in modules:
+            if m is not None and m.slot == "linear":
+                linears.setdefault(route_of(m), type(m))
+        routes = [
+            t.route([m if m is not None and m.slot == "linear" and route_of(m) is key else None for m in modules])
+            for key, t in linears.items()
+        ]
         return Scope(
             handler=present[0].route(sites) if present else None,
             linear=chain([r for r in routes if r is not None]),
