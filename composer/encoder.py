@@ -166,6 +166,7 @@ class AdaptedEncoder(nn.Module):
         present = list(dict.fromkeys(type(m) for m in sites if m is not None))
         if len(present) > 1:
             raise ConfigError(f"one forward routes one kind of site module, got {[t.__name__ for t in present]}")
+
         # the linear methods (LoRA, (IA)³, BitFit, …) chain: each routes its own rows, the others pass through.
         # Methods that share a route (LoRA and AdaLoRA gather A and B alike; (IA)³ and BitFit gather vectors
         # alike) route their rows together, one handler for both.
