@@ -132,7 +132,8 @@ def table(rows: list[dict], layers: int, quick: bool) -> tuple[str, dict]:
                     continue
                 mean, lo, hi = interval(got)
                 summary[f"{p}_{t}_{n}"] = round(mean, 4)
-                cells.append(f"{mean:.3f} [{lo:.3f}, {hi:.3f}]")
+                fewer = f" ({len(got)} seed{'s' if len(got) > 1 else ''})" if len(got) < len(seeds) else ""
+                cells.append(f"{mean:.3f} [{lo:.3f}, {hi:.3f}]{fewer}")
         means = [summary[f"{p}_{t}_{n}"] for n in sizes for t in TASKS if f"{p}_{t}_{n}" in summary]
         stored = mine[0].get("stored", mine[0]["params"])
         lines.append(
