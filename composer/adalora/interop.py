@@ -18,11 +18,12 @@ import torch
 from composer.adalora.modules import AdaLoraConfig
 from composer.adapter_artifact import AdapterArtifact, split_tensors
 from composer.errors import ArtifactError, ConfigError
-from composer.exporting import Target, peft_head, to_json
+from composer.exporting import Target
 from composer.heads import peft_seq_cls_head
 from composer.injection import site_name
+from composer.lora.export import peft_files
 from composer.method import json_config
-from composer.safetensors_io import read_tensors, tensors_to_bytes
+from composer.safetensors_io import read_tensors
 
 _KEY = re.compile(r"(?:^|\.)(?:(\w+)\.)?(?:encoder|transformer)\.layer\.(\d+)\.(.+)\.lora_([AEB])$")
 _PATTERN_KEY = re.compile(r"(?:^|\.)(?:encoder|transformer)\.layer\.(\d+)\.(.+)\.lora_E$")
@@ -100,29 +101,27 @@ def import_peft(files: dict[str, bytes], directory: Path, base_dir: str | None) 
 
 def export_peft(art: AdapterArtifact, target: Target, with_head: bool = True) -> dict[str, bytes]:
     cfg: AdaLoraConfig = art.config  # type: ignore[assignment]
-    module, head = split_tensors(art)
-    modules_to_save, weights = peft_head(art.head, head, with_head, f"adapter {art.name!r}", "base_model.model.")
-    weights = {k.replace("{prefix}", target.prefix): v for k, v in weights.items()}
-    root = f"base_model.model.{target.prefix}." if modules_to_save else "base_model.model."
-    layers = cfg.layers if cfg.layers is not None else tuple(range(target.num_layers))
+    module, _ = split_tensors(art)
     pattern = {}
-    for layer in layers:
-        for t in cfg.targets(target.family):
-            name = site_name(layer, t)
-            kept = (cfg.rank_pattern or {}).get(name, 0)
-            pattern[f"{target.prefix}.encoder.layer.{layer}.{t}.lora_E"] = [True] * kept + [False] * (cfg.init_r - kept)
-            for p, shape in (("A", (0, art.hidden_size)), ("E", (0, 1)), ("B", None)):
-                value = module.get(f"sites.{name}.lora_{p}")
-                if value is None:  # a linear that kept nothing: PEFT saves it empty
-                    value = torch.zeros(shape) if shape else torch.zeros(_out_features(art, t), 0)
-                weights[f"{root}encoder.layer.{layer}.{t}.lora_{p}"] = value
-    config = {
+
+    def site(layer: int, linear: str) -> dict[str, torch.Tensor]:
+        name = site_name(layer, linear)
+        kept = (cfg.rank_pattern or {}).get(name, 0)
+        pattern[f"{target.prefix}.encoder.layer.{layer}.{linear}.lora_E"] = [True] * kept + [False] * (
+            cfg.init_r - kept
+        )
+        out = {}
+        for p, shape in (("A", (0, art.hidden_size)), ("E", (0, 1)), ("B", None)):
+            value = module.get(f"sites.{name}.lora_{p}")
+            if value is None:  # a linear that kept nothing: PEFT saves it empty
+                value = torch.zeros(shape) if shape else torch.zeros(_out_features(art, linear), 0)
+            out[f"lora_{p}"] = value
+        return out
+
+    fields = {
         "peft_type": "ADALORA",
-        "task_type": "SEQ_CLS" if modules_to_save else None,
         "init_r": cfg.init_r,
         "target_r": cfg.target_r,
-        "lora_alpha": cfg.alpha,
-        "lora_dropout": cfg.dropout,
         "tinit": cfg.tinit,
         "tfinal": cfg.tfinal,
         "deltaT": cfg.deltaT,
@@ -130,20 +129,9 @@ def export_peft(art: AdapterArtifact, target: Target, with_head: bool = True) ->
         "beta2": cfg.beta2,
         "orth_reg_weight": cfg.orth_reg_weight,
         "total_step": max(cfg.tinit + cfg.tfinal + 1, 1),
-        "rank_pattern": pattern,
-        "target_modules": list(cfg.targets(target.family)),
-        "layers_to_transform": list(cfg.layers) if cfg.layers is not None else None,
-        "layers_pattern": "layer" if cfg.layers is not None else None,
-        "bias": "none",
-        "fan_in_fan_out": False,
-        "init_lora_weights": True,
-        "use_dora": False,
-        "modules_to_save": modules_to_save,
-        "inference_mode": True,
-        "base_model_name_or_path": target.name,
-        "revision": None,
+        "rank_pattern": pattern,  # filled as the sites are written
     }
-    return {"adapter_config.json": to_json(config), "adapter_model.safetensors": tensors_to_bytes(weights)}
+    return peft_files(art, target, with_head, cfg, site, fields)
 
 
 def _out_features(art: AdapterArtifact, linear: str) -> int:

@@ -3,6 +3,11 @@ represent is refused (ConfigError): a target AdapterHub cannot adapt, a head the
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
 from composer.adapter_artifact import AdapterArtifact
 from composer.adapter_artifact import split_tensors as _split
 from composer.errors import ConfigError
@@ -45,25 +50,39 @@ def lora_to_hub(art: AdapterArtifact, target: Target, with_head: bool = True) ->
 
 def lora_to_peft(art: AdapterArtifact, target: Target, with_head: bool = True) -> dict[str, bytes]:
     cfg: LoraConfig = art.config  # type: ignore[assignment]
-    targets = cfg.targets(target.family)
-    module, head = _split(art)
+    module, _ = _split(art)
+
+    def site(layer: int, linear: str) -> dict[str, torch.Tensor]:
+        return {f"lora_{ab}.weight": module[f"sites.{site_name(layer, linear)}.{ab}"] for ab in ("A", "B")}
+
+    fields = {"peft_type": "LORA", "r": cfg.r, "use_rslora": cfg.use_rslora}
+    return peft_files(art, target, with_head, cfg, site, fields)
+
+
+def peft_files(
+    art: AdapterArtifact,
+    target: Target,
+    with_head: bool,
+    cfg: Any,
+    site: Callable[[int, str], dict[str, torch.Tensor]],
+    fields: dict[str, Any],
+) -> dict[str, bytes]:
+    """A PEFT directory of the LoRA family (LORA, ADALORA): the head in `modules_to_save`, each adapted linear's
+    tensors (`site(layer, linear)`: PEFT's key suffix -> tensor) under PEFT's keys, and the config, the method's
+    own `fields` over what the family shares."""
+    _, head = _split(art)
     modules_to_save, weights = peft_head(art.head, head, with_head, f"adapter {art.name!r}", "base_model.model.")
     weights = {k.replace("{prefix}", target.prefix): v for k, v in weights.items()}
     root = f"base_model.model.{target.prefix}." if modules_to_save else "base_model.model."
-    layers = cfg.layers if cfg.layers is not None else tuple(range(target.num_layers))
-    for layer in layers:
+    targets = cfg.targets(target.family)
+    for layer in cfg.layers if cfg.layers is not None else range(target.num_layers):
         for t in targets:
-            for ab in ("A", "B"):
-                weights[f"{root}encoder.layer.{layer}.{t}.lora_{ab}.weight"] = module[
-                    f"sites.{site_name(layer, t)}.{ab}"
-                ]
+            for suffix, value in site(layer, t).items():
+                weights[f"{root}encoder.layer.{layer}.{t}.{suffix}"] = value
     config = {
-        "peft_type": "LORA",
         "task_type": "SEQ_CLS" if modules_to_save else None,
-        "r": cfg.r,
         "lora_alpha": cfg.alpha,
         "lora_dropout": cfg.dropout,
-        "use_rslora": cfg.use_rslora,
         "target_modules": list(targets),
         "layers_to_transform": list(cfg.layers) if cfg.layers is not None else None,
         "layers_pattern": "layer" if cfg.layers is not None else None,
@@ -75,5 +94,6 @@ def lora_to_peft(art: AdapterArtifact, target: Target, with_head: bool = True) -
         "inference_mode": True,
         "base_model_name_or_path": target.name,
         "revision": None,
+        **fields,
     }
     return {"adapter_config.json": to_json(config), "adapter_model.safetensors": tensors_to_bytes(weights)}
