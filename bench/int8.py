@@ -19,7 +19,7 @@ import statistics
 import torch
 
 from bench.common import alternating, emit, write_section
-from bench.kinds import MODULES, TEXTS
+from bench.kinds import MODULES, TEXTS, add_modules
 from composer import adapter_artifact as artifacts
 from composer.adapter_training import predict_logits, train_st_adapter
 from composer.base import load_base, packaged_encoder_dir
@@ -46,24 +46,20 @@ def speed_models() -> dict[str, AdaptedEncoder]:
     """fp32 and int8 models holding the same modules: 8 ST-As and their fusion, and one module per kind."""
     models = {}
     for precision in ("fp32", "int8"):
-        torch.manual_seed(0)
+        torch.manual_seed(0)  # the same draws on both: the same modules
         model = AdaptedEncoder(load_base(packaged_encoder_dir(), device="cpu", precision=precision)).eval()
         for i in range(8):
             model.add_adapter(f"a{i}", preset("seq_bn"))
         model.add_fusion("fuse8", [f"a{i}" for i in range(8)], FusionConfig(dropout=0.0))
-        for name, (p, fields) in MODULES.items():
-            model.add_adapter(name, preset(p, **fields))
         with torch.no_grad():
             for p in model.parameters():
                 if p.requires_grad:
                     p.add_(torch.randn_like(p) * 0.02)
+        add_modules(model)
         models[precision] = model
-    weights = {k: v for k, v in models["fp32"].state_dict().items() if not k.startswith("encoder.")}
-    models["int8"].load_state_dict(weights, strict=False)  # the same modules on both
-    for model in models.values():  # a diff serves as saved: sparse
-        cfg, tensors = model.adapters["diff"].training_hooks().saved()
-        del model.adapters["diff"]
-        model.add_adapter("diff", cfg, weights=tensors)
+    own = {k: v for k, v in models["fp32"].state_dict().items() if not k.startswith("encoder.")}
+    theirs = models["int8"].state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in own.items())
     return models
 
 

@@ -46,6 +46,20 @@ TEXTS = [
 ]
 
 
+def add_modules(model: AdaptedEncoder) -> None:
+    """One module per kind (MODULES) on `model`, perturbed from their initialisation (the global seed's draws);
+    the diff as it serves once saved: pruned to its density, sparse."""
+    for name, (p, fields) in MODULES.items():
+        module = model.add_adapter(name, preset(p, **fields))
+        with torch.no_grad():
+            for t in module.parameters():
+                t.add_(torch.randn_like(t) * 0.02)
+        if name == "diff":
+            cfg, tensors = module.training_hooks().saved()
+            del model.adapters[name]
+            model.add_adapter(name, cfg, weights=tensors)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -57,15 +71,7 @@ def main() -> None:
     base = load_base(packaged_encoder_dir(), device=device)
     model = AdaptedEncoder(base).eval()
     torch.manual_seed(0)
-    for name, (p, fields) in MODULES.items():
-        module = model.add_adapter(name, preset(p, **fields))
-        with torch.no_grad():
-            for t in module.parameters():
-                t.add_(torch.randn_like(t) * 0.02)
-        if name == "diff":  # served as saved: pruned to its density, sparse
-            cfg, tensors = module.training_hooks().saved()
-            del model.adapters[name]
-            model.add_adapter(name, cfg, weights=tensors)
+    add_modules(model)
     batch = dict(base.tokenizer(TEXTS, padding=True, return_tensors="pt"))
     mixed = BatchSplit((*MODULES, None))
 
