@@ -32,6 +32,11 @@ from tests.conftest import WORDS, make_tiny_bert
 
 ATOL = 1e-5
 MIXED_ATOL = 2e-4  # rows of different kinds gathered in one batch (see `_mixed`)
+# several rows of one module, padded to one length, run GEMMs of other shapes than the oracle's one row. On
+# the ill-conditioned LoRA l1 (noise 0.3 on every pair of four linears) CI found a 2-row batch 7.2e-5 off the
+# oracle: against a float64 run of l1 the runtime was 2.7e-5 off and the float32 oracle itself 4.5e-5, so it is
+# the oracle's float32 error, not state (a leaked state moves logits by 1e-1 and more)
+PADDED_ATOL = MIXED_ATOL
 
 
 def _averages(children):  # type: ignore[no-untyped-def]
@@ -110,9 +115,8 @@ class ServingMachine(RuleBasedStateMachine):
             self.rt.release(mid, members)
         for t, row in zip(texts, got, strict=True):
             want, att = self.bases[key][2].logits(name, t)
-            # a padded batch of several rows runs GEMMs of other shapes than the oracle's one row: float32
-            # reassociation only (a leaked state moves logits by orders of magnitude more)
-            torch.testing.assert_close(row.logits, want, atol=ATOL, rtol=1e-4)
+            atol = ATOL if len(texts) == 1 else PADDED_ATOL
+            torch.testing.assert_close(row.logits, want, atol=atol, rtol=1e-4)
             if attention:
                 assert row.attention is not None and att is not None and row.attention.keys() == att.keys()
                 for k in att:
@@ -154,7 +158,8 @@ class ServingMachine(RuleBasedStateMachine):
                 self.rt.release(mid, members)
         for tree, head, rows in zip(trees, heads, got, strict=True):
             for text, row in zip(texts, rows, strict=True):
-                torch.testing.assert_close(row.logits, self.bases[key][2].tree(tree, head, text), atol=ATOL, rtol=1e-4)
+                want = self.bases[key][2].tree(tree, head, text)
+                torch.testing.assert_close(row.logits, want, atol=ATOL if len(texts) == 1 else PADDED_ATOL, rtol=1e-4)
         self.checks += len(texts) * len(trees)
 
     def _ensemble(self, key: str, texts: list[str], voting: str, early_exit: bool) -> None:
@@ -307,3 +312,14 @@ def test_the_reported_sequence(machine_root: Path) -> None:
     m._single("A", "hub", ["good movie", "a really boring plot"])
     m._ensemble("A", ["good movie", "a really boring plot"], "majority", True)
     assert m.checks == 13
+
+
+def test_a_padded_batch_of_the_ill_conditioned_lora(machine_root: Path) -> None:
+    """CI's case: two rows of LoRA l1, padded to one length, are held to the float32 oracle within its own
+    float32 error (see PADDED_ATOL); one row alone runs the oracle's shapes and is held to ATOL."""
+    ServingMachine.root = machine_root
+    m = ServingMachine()
+    m.start()
+    m._single("A", "l1", ["good good good", "hate food"])
+    m._single("A", "l1", ["hate food"])
+    assert m.checks == 3
