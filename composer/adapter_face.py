@@ -1,6 +1,6 @@
 """The face shared by the kinds whose artifact is an `AdapterArtifact` on the `AdaptedEncoder` (a bottleneck
-adapter, an MT-A member, a LoRA): files, attach and detach, and serving rows of any of them in one mixed
-forward, each row through its own head. Each method's package subclasses it with what is its own
+adapter, an MT-A member, a LoRA, …): files, attach and detach, and serving rows of any of them (and of prompts) in
+one mixed forward (`composer.rows`), each row through its own head. Each method's package subclasses it with what is its own
 (detection, import, export, method config)."""
 
 from __future__ import annotations
@@ -12,28 +12,8 @@ import torch
 
 from composer import adapter_artifact as artifacts
 from composer.adapter_artifact import AdapterArtifact
-from composer.composition import BatchSplit, Single
-from composer.heads import pool
 from composer.method import MethodKind, Models, Prediction, module_bytes
-
-
-def rows_through_heads(
-    names: Sequence[str], hidden: torch.Tensor, mask: torch.Tensor, heads: Any
-) -> list[torch.Tensor]:
-    """Each row's own head on its own hidden states. The pooling runs once for all rows (per pooling kind
-    the heads use); each distinct head then classifies its rows' pooled vectors."""
-    distinct = list(dict.fromkeys(names))
-    if len(distinct) == 1:
-        return list(heads[distinct[0]](hidden, mask).float().cpu())
-    pooled = {p: pool(hidden, mask, p) for p in {heads[n].cfg.pooling for n in distinct}}
-    out: list[torch.Tensor | None] = [None] * len(names)
-    for head in distinct:
-        idx = [i for i, n in enumerate(names) if n == head]
-        module = heads[head]
-        rows = pooled[module.cfg.pooling].index_select(0, torch.tensor(idx, device=hidden.device))
-        for i, logits in zip(idx, module.classify(rows).float().cpu(), strict=True):
-            out[i] = logits
-    return out  # type: ignore[return-value]
+from composer.rows import ROWS, predict_rows
 
 
 class AdapterFace(MethodKind):
@@ -98,11 +78,9 @@ class AdapterFace(MethodKind):
         return module_bytes(enc.adapters[name], enc.heads[name] if name in enc.heads else None)
 
     def group(self, name: str) -> tuple[str, str]:
-        return ("adapters", "")  # ST-A, MT-A and LoRA rows on any adapters share one mixed forward
+        return ROWS  # rows of adapters of every kind, prompts and prefixes share one mixed forward (composer.rows)
 
     def predict(
         self, models: Models, names: Sequence[str], batch: dict[str, torch.Tensor], return_attention: bool = False
     ) -> Prediction:
-        comp = Single(names[0]) if len(set(names)) == 1 else BatchSplit(tuple(names))
-        hidden = models.encoder(**batch, composition=comp).hidden
-        return Prediction(rows_through_heads(names, hidden, batch["attention_mask"], models.encoder.heads))
+        return predict_rows(models, names, batch)

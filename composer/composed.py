@@ -8,11 +8,11 @@ from typing import Any
 
 import torch
 
-from composer.adapter_face import rows_through_heads
 from composer.composition import Average, BatchSplit, Parallel, Stack, check_tree, fusions, leaves
 from composer.data import Example
 from composer.errors import ConfigError
 from composer.replication import above, replicated_from, shared_depth
+from composer.rows import rows_through_heads
 from composer.serving import Resident, RowOutput, Runtime
 
 

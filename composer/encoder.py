@@ -223,6 +223,14 @@ class AdaptedEncoder(nn.Module):
         with self.router.scoped(scope):
             return self.encoder(**kwargs).last_hidden_state
 
+    def encode_laid(
+        self, inputs: dict[str, Any], overwrite: list[tuple[int, torch.Tensor]], scope: Scope
+    ) -> torch.Tensor:
+        """Hidden states of a batch laid out for its rows' prompts (`composer.rows.layout`), under `scope`."""
+        scope.overwrite = overwrite
+        with self.router.scoped(scope):
+            return self.encoder(**inputs).last_hidden_state
+
     def forward(
         self,
         input_ids: torch.Tensor,

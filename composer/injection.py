@@ -78,6 +78,8 @@ class Scope:
     handler: SiteHandler | None = None
     capture: dict[str, torch.Tensor] | None = None  # fusion attention per site key, when asked for
     prefix: torch.Tensor | None = None  # [B, L, H] prepended to the embedding output (AdapterHub prompts)
+    # (row, [L, H]): the first L slots of that row's embedding output (an AdapterHub prompt in a mixed batch)
+    overwrite: list[tuple[int, torch.Tensor]] = field(default_factory=list)
     linear: LinearHandler | None = None  # what wraps the layers' linear projections (LoRA, (IA)³, BitFit)
     scratch: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)  # DistilBERT's x and r
 
@@ -124,6 +126,7 @@ class FamilySpec:
         "output.dense",
     )
     default_lora_targets: tuple[str, ...] = ("query", "value")
+    positions_after_padding: bool = False  # RoBERTa's positions start after its padding index
 
 
 def linear_targets(family: str, wanted: tuple[str, ...], what: str = "target_modules") -> tuple[str, ...]:
@@ -218,8 +221,8 @@ def linear_shapes(
 
 FAMILIES: dict[str, FamilySpec] = {
     "bert": FamilySpec("encoder.layer", "output_module"),
-    "roberta": FamilySpec("encoder.layer", "output_module"),
-    "xlm-roberta": FamilySpec("encoder.layer", "output_module"),
+    "roberta": FamilySpec("encoder.layer", "output_module", positions_after_padding=True),
+    "xlm-roberta": FamilySpec("encoder.layer", "output_module", positions_after_padding=True),
     "electra": FamilySpec("encoder.layer", "output_module"),
     "distilbert": FamilySpec(
         "transformer.layer",
@@ -310,13 +313,18 @@ def _patch_linears(block: nn.Module, layer: int, names: tuple[str, ...], router:
 
 
 def _patch_embeddings(model: nn.Module, router: Router) -> None:
-    """A prompt in the scope is prepended to the embedding output (after its LayerNorm)."""
+    """A prompt in the scope is prepended to the embedding output (after its LayerNorm), or overwrites a row's
+    first slots of it (rows laid out for their prompts, `composer.rows`)."""
 
     def prepend(_m: nn.Module, _a: tuple, out: torch.Tensor) -> torch.Tensor | None:
         scope = router.scope
-        if scope is None or scope.prefix is None:
+        if scope is None or (scope.prefix is None and not scope.overwrite):
             return None
-        return torch.cat([scope.prefix.to(out.dtype), out], dim=1)
+        if scope.overwrite:
+            out = out.clone()
+            for row, value in scope.overwrite:
+                out[row, : value.shape[0]] = value.to(out.dtype)
+        return out if scope.prefix is None else torch.cat([scope.prefix.to(out.dtype), out], dim=1)
 
     model.embeddings.register_forward_hook(prepend)
 

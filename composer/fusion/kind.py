@@ -7,13 +7,13 @@ from typing import Any
 
 import torch
 
-from composer.adapter_face import rows_through_heads
 from composer.composition import Fuse
 from composer.exporting import Target
 from composer.fusion import artifacts as fusion_artifacts
 from composer.fusion import export
 from composer.fusion.artifacts import FusionArtifact
 from composer.method import MethodKind, Models, Prediction, as_directory, json_config, module_bytes
+from composer.rows import rows_through_heads
 
 
 class FusionKind(MethodKind):

@@ -14,6 +14,7 @@ from composer.method import MethodKind, Models, Prediction, as_directory, json_c
 from composer.prompts import artifacts
 from composer.prompts.artifacts import PromptArtifact
 from composer.prompts.prompt import PromptConfig
+from composer.rows import ROWS, predict_rows
 
 
 class PromptFace(MethodKind):
@@ -86,8 +87,10 @@ class PromptFace(MethodKind):
     def predict(
         self, models: Models, names: Sequence[str], batch: dict[str, torch.Tensor], return_attention: bool = False
     ) -> Prediction:
-        logits = models.prompts.logits([names[0]], batch)[:, 0]  # [B, C], or [B] for regression
-        return Prediction([row.float().cpu() for row in logits])
+        return predict_rows(models, names, batch)
+
+    def group(self, name: str) -> tuple[str, str]:
+        return ROWS  # a prompt's rows share the forward of adapter rows of every kind (composer.rows)
 
 
 class SoftPromptKind(PromptFace):

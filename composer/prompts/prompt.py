@@ -32,7 +32,7 @@ from torch import nn
 
 from composer.base import LoadedBase
 from composer.errors import ConfigError
-from composer.injection import Scope, inject
+from composer.injection import FAMILIES, Scope, inject
 from composer.prompts.encoders import PromptEncoder, PromptReparam
 
 Insertion = Literal["input_embeds", "embedding_output"]
@@ -226,7 +226,8 @@ def _encode_deep(
     if token_type_ids is not None:
         kwargs["token_type_ids"] = token_type_ids
     if positions == "from_zero":  # the prefix sits inside the attention only, not in the positions
-        kwargs["position_ids"] = torch.arange(input_ids.shape[1], device=input_ids.device).expand(b, -1)
+        first = cfg.pad_token_id + 1 if FAMILIES[base.family].positions_after_padding else 0  # RoBERTa's offset
+        kwargs["position_ids"] = first + torch.arange(input_ids.shape[1], device=input_ids.device).expand(b, -1)
     return base.model(**kwargs).last_hidden_state
 
 

@@ -74,3 +74,50 @@ def test_gradients_reach_every_site(family_dir):
     assert len(grads) == 2 * 2 * 4  # 2 layers x 2 placements x (down, up) x (weight, bias)
     assert all(g is not None and g.abs().sum() > 0 for g in grads.values())
     assert all(p.grad is None for p in model.encoder.parameters())
+
+
+def test_prompt_rows_share_the_adapters_forward_on_every_family(family_dir):
+    """Rows under shallow prompts (before the position embeddings and after the embeddings' LayerNorm), prefixes
+    of both position conventions, a LoRA and the plain base in one forward (composer.rows): each row equals its
+    own single run, on every family's positions (RoBERTa's start after its padding index)."""
+    from composer.heads import HeadConfig
+    from composer.method import Models
+    from composer.prompts.model import PromptModel
+    from composer.prompts.prompt import PromptConfig
+    from composer.rows import predict_rows
+
+    family, d = family_dir
+    base = load_base(d)
+    enc, prompts = AdaptedEncoder(base).eval(), PromptModel(base).eval()
+    enc.add_adapter("lora", preset("lora", r=2))
+    enc.add_head("lora", HeadConfig(num_labels=3, pooling="mean"))
+    enc.add_head("plain", HeadConfig(num_labels=2, pooling="cls"))
+    cfgs = {
+        "shallow": PromptConfig(length=3),
+        "hub": PromptConfig(length=2, insertion="embedding_output"),
+        "prefix": PromptConfig(length=4, kind="deep"),
+        "zero": PromptConfig(length=2, kind="deep", positions="from_zero"),
+    }
+    if family == "distilbert":  # no key/value cache: no deep prompts on this family
+        cfgs = {k: v for k, v in cfgs.items() if v.kind == "shallow"}
+    for i, (name, cfg) in enumerate(cfgs.items()):
+        pooling = ("first_token", "mean", "cls")[i % 3]
+        prompts.add(name, cfg, HeadConfig(num_labels=2, pooling=pooling))
+    with torch.no_grad():
+        for p in (*enc.adapters.parameters(), *prompts.parameters()):
+            p.add_(torch.randn_like(p) * 0.3)
+    models = Models(base=base, encoder=enc, prompts=prompts)
+    names = ["lora", *cfgs, "lora", *cfgs][: 2 + 2 * len(cfgs)]
+    b = batch()
+    ids = b["input_ids"][[i % 2 for i in range(len(names))]]
+    rows = {"input_ids": ids, "attention_mask": (ids != 1).long()}
+    with torch.no_grad():
+        got = predict_rows(models, names, rows).logits
+    for i, name in enumerate(names):
+        one = {k: v[i : i + 1, : int(rows["attention_mask"][i].sum())] for k, v in rows.items()}
+        with torch.no_grad():
+            if name in cfgs:
+                want = prompts.logits([name], one)[0, 0]
+            else:
+                want = enc(**one, head=name, composition=Single(name)).logits[0]
+        torch.testing.assert_close(got[i], want, atol=1e-5, rtol=0)

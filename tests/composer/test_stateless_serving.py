@@ -125,7 +125,7 @@ class ServingMachine(RuleBasedStateMachine):
                 assert row.attention is None
         self.checks += len(texts)
 
-    def _mixed(self, key: str, names: list[str], texts: list[str]) -> None:
+    def _mixed(self, key: str, names: list[str], texts: list[str], atol: float = MIXED_ATOL) -> None:
         leases = [self._ensure(key, n) for n in dict.fromkeys(names)]
         try:
             rows = [(f"{key}:{n}", Example(t)) for n, t in zip(names, texts, strict=False)]
@@ -139,7 +139,7 @@ class ServingMachine(RuleBasedStateMachine):
             # ill-conditioned modules (noise 0.3 on every LoRA pair), held to a float64 run of the same LoRA,
             # the float32 model alone is off by 1e-5 and a LoRA row beside a bottleneck row by up to 9e-5:
             # reassociation, not state (a leaked composition moves logits by 1e-1 and more)
-            torch.testing.assert_close(row.logits, want, atol=MIXED_ATOL, rtol=1e-4)
+            torch.testing.assert_close(row.logits, want, atol=atol, rtol=1e-4)
         self.checks += len(rows)
 
     def _trees(self, key: str, trees: list, heads: list[str], texts: list[str]) -> None:  # type: ignore[type-arg]
@@ -195,7 +195,11 @@ class ServingMachine(RuleBasedStateMachine):
     def predict_fusion(self, key: str, texts: list[str], attention: bool) -> None:
         self._single(key, FUSION, texts, attention)
 
-    @rule(key=st.sampled_from("AB"), names=st.lists(st.sampled_from(ADAPTERS), min_size=2, max_size=5), data=st.data())
+    @rule(
+        key=st.sampled_from("AB"),
+        names=st.lists(st.sampled_from((*ADAPTERS, *PROMPTS)), min_size=2, max_size=5),
+        data=st.data(),
+    )
     def mixed_batch(self, key: str, names: list[str], data: st.DataObject) -> None:
         self._mixed(key, names, data.draw(st.lists(TEXT, min_size=len(names), max_size=len(names))))
 
@@ -323,3 +327,17 @@ def test_a_padded_batch_of_the_ill_conditioned_lora(machine_root: Path) -> None:
     m._single("A", "l1", ["good good good", "hate food"])
     m._single("A", "l1", ["hate food"])
     assert m.checks == 3
+
+
+def test_one_row_of_every_kind_in_one_forward(machine_root: Path) -> None:
+    """Bottleneck, Compacter++, LoRA (two), AdaLoRA, (IA)³, BitFit and diff rows beside shallow, P-tuning,
+    AdapterHub (embedding output) and deep prompts and prefixes of both position conventions: one forward, each
+    row its own single-purpose model's answer."""
+    ServingMachine.root = machine_root
+    m = ServingMachine()
+    m.start()
+    names = [*ADAPTERS, *PROMPTS]
+    texts = [" ".join(WORDS[i % len(WORDS)] for i in range(j % 5 + 1, j % 5 + 2 + j % 4)) for j in range(len(names))]
+    m._mixed("A", names, texts, atol=ATOL)  # the issue's 1e-5 (measured: at most 6e-7 here)
+    m._mixed("B", names[::-1], texts, atol=ATOL)
+    assert m.checks == 2 * len(names)

@@ -1,0 +1,184 @@
+"""Rows of every kind in one forward: adapters of any kind (bottleneck, Compacter, LoRA, AdaLoRA, (IA)³, BitFit,
+diff), soft prompts, P-tuning prompts, prefixes and plain-base rows, each row through its own head.
+
+Adapter rows route through the composition (`BatchSplit`) as they do alone. A prompt row changes what the
+encoder sees, so the batch gets a per-row layout (`layout`):
+
+- a shallow prompt of length L (PEFT's, inserted before the position embeddings) fills slots 0..L-1 of its row's
+  input embeddings, its tokens follow at L; positions count from 0 over prompt and tokens, as alone;
+- an AdapterHub prompt (inserted after the embeddings' LayerNorm) takes slots 0..L-1 too, but its tokens keep
+  positions 0.. and the prompt overwrites its slots of the embedding output (`Scope.overwrite`);
+- a prefix (deep prompt) of length P is its row's keys and values in front of every layer's attention: one
+  cache of the longest prefix for the whole batch, a row's unused cache slots masked out; its tokens' positions
+  start at P (PEFT) or 0 (AdapterHub, `positions="from_zero"`);
+- an adapter or plain row keeps its tokens at 0 and masks every prompt or cache slot.
+
+Masked slots add exactly nothing to a row's attention, so each row computes what it computes alone (up to
+float32 reassociation in GEMMs of another shape). The hidden states come back aligned: each row's real tokens
+from slot 0 (`Laid.aligned`), and slot 0 of the laid-out sequence (`Laid.first`, PEFT's first_token pooling).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from composer.composition import BatchSplit, Single
+from composer.errors import ConfigError
+from composer.heads import pool
+from composer.injection import FAMILIES
+from composer.method import Models, Prediction
+
+ROWS = ("rows", "")  # the serving group whose rows share this forward (`MethodKind.group`)
+
+
+@dataclass
+class Laid:
+    """One batch laid out for its rows' prompts: the encoder's inputs, and where each row's tokens start."""
+
+    inputs: dict[str, Any]  # inputs_embeds, attention_mask, position_ids (token_type_ids, cache)
+    overwrite: list[tuple[int, torch.Tensor]]  # (row, [L, H]): the embedding output's first L slots of that row
+    starts: torch.Tensor  # [B]: the slot of each row's first real token
+    width: int  # the tokens' padded width T
+
+    def aligned(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[B, T, H]: each row's real tokens from slot 0 (a row without a shallow prompt is already so)."""
+        if not bool(self.starts.any()):
+            return hidden[:, : self.width]
+        index = self.starts.unsqueeze(1) + torch.arange(self.width, device=hidden.device)  # [B, T]
+        return hidden.gather(1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+
+
+def layout(base: Any, batch: dict[str, torch.Tensor], prompts: Sequence[Any | None]) -> Laid:
+    """`batch` (right-padded ids, mask, token types) with row i under `prompts[i]` (a `SoftPrompt`, or None)."""
+    model, family = base.model, base.family
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    types = batch.get("token_type_ids")
+    b, t = ids.shape
+    dev = ids.device
+    values = [p.value().detach() if p is not None else None for p in prompts]
+    cfgs = [p.cfg if p is not None else None for p in prompts]
+    shallow = [c.length if c is not None and c.kind == "shallow" else 0 for c in cfgs]
+    deep = [c.length if c is not None and c.kind == "deep" else 0 for c in cfgs]
+    s, p = max(shallow), max(deep)
+    width = s + t
+    words = model.get_input_embeddings()
+    embeds = torch.zeros(b, width, words.embedding_dim, dtype=words.weight.dtype, device=dev)
+    seq_mask = mask.new_zeros(b, width)
+    slots = torch.arange(width, device=dev)
+    positions = slots.expand(b, -1).clone()
+    overwrite: list[tuple[int, torch.Tensor]] = []
+    tokens = words(ids)
+    for i, (cfg, value) in enumerate(zip(cfgs, values, strict=True)):
+        n = shallow[i]
+        embeds[i, n : n + t] = tokens[i]
+        seq_mask[i, :n] = 1
+        seq_mask[i, n : n + t] = mask[i]
+        if cfg is None:
+            continue
+        if cfg.kind == "shallow" and cfg.insertion == "input_embeds":
+            embeds[i, :n] = value.to(embeds.dtype)  # type: ignore[union-attr]
+        elif cfg.kind == "shallow":  # after the embeddings: its tokens' positions start at 0
+            positions[i] = (slots - n).clamp(min=0)
+            overwrite.append((i, value))  # type: ignore[arg-type]
+        elif cfg.positions == "after_prefix":  # a deep prompt's tokens follow its prefix
+            positions[i] += deep[i]
+    spec = FAMILIES[family]
+    first = model.config.pad_token_id + 1 if spec.positions_after_padding else 0
+    limit = model.config.max_position_embeddings - 1  # past a row's end only padding, which is masked
+    inputs: dict[str, Any] = {"inputs_embeds": embeds, "position_ids": (positions + first).clamp(max=limit)}
+    if family != "distilbert":
+        tt = torch.zeros(b, width, dtype=torch.long, device=dev)
+        if types is not None:
+            for i, n in enumerate(shallow):
+                tt[i, n : n + t] = types[i]
+        inputs["token_type_ids"] = tt
+    if p:
+        inputs["cache"] = _cache(model, values, cfgs, b, p)
+        prefix_mask = mask.new_zeros(b, p)
+        for i, n in enumerate(deep):
+            prefix_mask[i, :n] = 1
+        seq_mask = torch.cat([prefix_mask, seq_mask], dim=1)
+    inputs["attention_mask"] = seq_mask
+    return Laid(inputs, overwrite, torch.tensor(shallow, device=dev), t)
+
+
+def _cache(model: Any, values: list[Any], cfgs: list[Any], b: int, p: int) -> Any:
+    """Every layer's prefix keys and values [B, heads, P, d]: each deep row's own, zeros (masked) elsewhere."""
+    from transformers import DynamicCache
+
+    cfg = model.config
+    heads, hidden = cfg.num_attention_heads, cfg.hidden_size
+    layers = cfg.num_hidden_layers
+    some = next(v for v, c in zip(values, cfgs, strict=True) if c is not None and c.kind == "deep")
+    prefixes = some.new_zeros(b, layers, 2, p, hidden)
+    for i, (v, c) in enumerate(zip(values, cfgs, strict=True)):
+        if c is not None and c.kind == "deep":
+            prefixes[i, :, :, : c.length] = v
+    cache = DynamicCache()
+    for layer in range(layers):
+        kv = prefixes[:, layer].reshape(b, 2, p, heads, hidden // heads).transpose(2, 3)  # [B, 2, heads, P, d]
+        cache.update(kv[:, 0], kv[:, 1], layer)
+    return cache
+
+
+def rows_through_heads(
+    names: Sequence[str], hidden: torch.Tensor, mask: torch.Tensor, heads: Any, first: torch.Tensor | None = None
+) -> list[torch.Tensor]:
+    """Each row's own head on its own hidden states (`hidden` aligned: real tokens from slot 0). The pooling runs
+    once for all rows (per pooling kind the heads use); each distinct head then classifies its rows' pooled
+    vectors. `first`: slot 0 of the laid-out sequence, which PEFT's first_token pooling reads (a shallow
+    prompt's first vector); without prompts it is the first token."""
+
+    def pooled(how: str) -> torch.Tensor:
+        return first if how == "first_token" and first is not None else pool(hidden, mask, how)
+
+    distinct = list(dict.fromkeys(names))
+    if len(distinct) == 1:
+        head = heads[distinct[0]]
+        return list(head.classify(pooled(head.cfg.pooling)).float().cpu())
+    by_pooling = {p: pooled(p) for p in {heads[n].cfg.pooling for n in distinct}}
+    out: list[torch.Tensor | None] = [None] * len(names)
+    for name in distinct:
+        idx = [i for i, n in enumerate(names) if n == name]
+        module = heads[name]
+        rows = by_pooling[module.cfg.pooling].index_select(0, torch.tensor(idx, device=hidden.device))
+        for i, logits in zip(idx, module.classify(rows).float().cpu(), strict=True):
+            out[i] = logits
+    return out  # type: ignore[return-value]
+
+
+class _Heads:
+    """Heads by module name across the adapter and prompt families (module ids are unique on a resident)."""
+
+    def __init__(self, models: Models) -> None:
+        self.encoder, self.prompts = models.encoder.heads, models.prompts.heads
+
+    def __getitem__(self, name: str) -> Any:
+        return self.prompts[name] if name in self.prompts else self.encoder[name]
+
+
+def predict_rows(models: Models, names: Sequence[str], batch: dict[str, torch.Tensor]) -> Prediction:
+    """Row i under module names[i]: any adapter of the encoder, or any soft prompt or prefix of the prompt
+    model, all in one forward."""
+    enc, prompts = models.encoder, models.prompts.prompts
+    unknown = sorted({n for n in names if n not in prompts and n not in enc.adapters})
+    if unknown:
+        raise ConfigError(f"unknown modules {unknown}")
+    adapters = tuple(None if n in prompts else n for n in names)
+    if all(a is None for a in adapters):
+        comp = None
+    else:
+        comp = Single(names[0]) if len(set(adapters)) == 1 else BatchSplit(adapters)
+    dev = enc.device
+    batch = {k: v.to(dev) for k, v in batch.items()}
+    mask = batch["attention_mask"]
+    if not any(n in prompts for n in names):
+        hidden = enc(**batch, composition=comp).hidden
+        return Prediction(rows_through_heads(names, hidden, mask, enc.heads))
+    laid = layout(models.base, batch, [prompts[n] if n in prompts else None for n in names])
+    hidden = enc.encode_laid(laid.inputs, laid.overwrite, enc.scope(comp))
+    return Prediction(rows_through_heads(names, laid.aligned(hidden), mask, _Heads(models), first=hidden[:, 0]))
