@@ -5,6 +5,12 @@ MiniLM (6 layers): rows of different kinds share one forward (bottleneck rows th
 - `mixed_kinds8_over_uniform8`: throughput of a batch of 8 rows on 8 kinds (ST-A, LoRA, AdaLoRA, (IA)³, BitFit,
   diff pruning, Compacter++, the plain base) ÷ a batch of 8 rows on one ST-A. Goal ≥ 0.85. The AdaLoRA serves
   at init_r 12 (what an unpruned one costs); the diff is saved, sparse at 0.5%.
+- `mixed_kinds10_over_uniform10`: rows of every kind, served as the runtime serves them (`composer.rows`, heads
+  included): the 8 rows above plus a prompt-tuning row and a prefix row (20 virtual tokens each, the presets'),
+  ÷ 10 rows on one ST-A. Every row then carries the 20 prompt slots (masked where they are not its own) and the
+  20 cached prefix positions: what sharing one forward with prompt rows costs.
+  `mixed_kinds10_by_layout_over_uniform10`: the same rows as two forwards (the prompt row apart), the other plan
+  the runtime measures.
 - `<preset>_over_base`: a batch of 8 rows on one module of that kind, time ÷ the bare base's.
 
 Median over rounds of alternating runs, each a median over repeats; the spread is the rounds' min and max.
@@ -23,7 +29,11 @@ from bench.common import add_device, alternating, emit, section, use_device, wri
 from composer.base import load_base, packaged_encoder_dir
 from composer.composition import BatchSplit, Single
 from composer.encoder import AdaptedEncoder
-from composer.presets import preset
+from composer.heads import HeadConfig
+from composer.method import Models
+from composer.presets import preset, prompt_preset
+from composer.prompts.model import PromptModel
+from composer.rows import BY_LAYOUT, ONE, predict_rows
 
 MODULES = {  # name: (preset, fields); one module per kind, and the plain base makes the eighth row
     "seq_bn": ("seq_bn", {}),
@@ -44,6 +54,7 @@ TEXTS = [
     "the plot drags in the middle",
     "great value for the price",
 ]
+PROMPTS = {"prompt": "prompt_tuning", "prefix": "p_tuning_v2"}  # a shallow prompt and flat prefixes, as served
 
 
 def add_modules(model: AdaptedEncoder) -> None:
@@ -82,7 +93,33 @@ def main() -> None:
 
         return go
 
-    runs = {"base": run(None), "mixed": run(mixed), **{n: run(Single(n)) for n in MODULES}}
+    prompts = PromptModel(base).eval()
+    for name in MODULES:
+        model.add_head(name, HeadConfig(num_labels=2))
+    for name, p in PROMPTS.items():
+        prompts.add(name, prompt_preset(p), HeadConfig(num_labels=2))
+        with torch.no_grad():
+            for t in prompts.prompts[name].parameters():
+                t.normal_(0.0, 0.5)
+    models = Models(base=base, encoder=model, prompts=prompts)
+    rows10 = dict(base.tokenizer([*TEXTS, *TEXTS[:2]], padding=True, return_tensors="pt"))
+    kinds10 = [*MODULES, "seq_bn", *PROMPTS]  # the plain-base row's place: a second ST-A row (it needs a head)
+
+    def served(names, plan=ONE):  # type: ignore[no-untyped-def]
+        def go() -> None:
+            with torch.no_grad():
+                predict_rows(models, names, rows10, plan)
+
+        return go
+
+    runs = {
+        "base": run(None),
+        "mixed": run(mixed),
+        **{n: run(Single(n)) for n in MODULES},
+        "mixed10": served(kinds10),
+        "mixed10_by_layout": served(kinds10, BY_LAYOUT),
+        "uniform10": served(["seq_bn"] * 10),
+    }
     samples: dict[str, list[float]] = {n: [] for n in runs}
     for r in range(rounds):
         for n, ms in alternating(runs, r, repeats).items():
@@ -90,7 +127,13 @@ def main() -> None:
     med = {n: statistics.median(v) for n, v in samples.items()}
     ratio = {f"{n}_over_base": round(med[n] / med["base"], 3) for n in MODULES}
     per_round = [samples["seq_bn"][i] / samples["mixed"][i] for i in range(rounds)]
+    per_round10 = [samples["uniform10"][i] / samples["mixed10"][i] for i in range(rounds)]
+    per_round10s = [samples["uniform10"][i] / samples["mixed10_by_layout"][i] for i in range(rounds)]
     result = {
+        "mixed_kinds10_by_layout_over_uniform10": round(statistics.median(per_round10s), 3),
+        "mixed_kinds10_over_uniform10": round(statistics.median(per_round10), 3),
+        "mixed_kinds10_over_uniform10_min": round(min(per_round10), 3),
+        "mixed_kinds10_over_uniform10_max": round(max(per_round10), 3),
         "mixed_kinds8_over_uniform8": round(statistics.median(per_round), 3),
         "mixed_kinds8_over_uniform8_min": round(min(per_round), 3),
         "mixed_kinds8_over_uniform8_max": round(max(per_round), 3),
@@ -109,8 +152,17 @@ def main() -> None:
         "",
         f"Mixed kinds ÷ uniform (one ST-A), throughput: **{result['mixed_kinds8_over_uniform8']}** (rounds "
         f"{result['mixed_kinds8_over_uniform8_min']}–{result['mixed_kinds8_over_uniform8_max']}; goal ≥ 0.85). "
-        "The mixed batch holds ST-A, LoRA, AdaLoRA, (IA)³, BitFit, diff pruning, Compacter++ and a plain-base row; "
-        "prompt rows run in the prompt model's own forward and are not in it yet.",
+        "The mixed batch holds ST-A, LoRA, AdaLoRA, (IA)³, BitFit, diff pruning, Compacter++ and a plain-base row, "
+        "each module's rows on their own slice of the batch (`composer.runs`).",
+        "",
+        f"With a prompt-tuning row and a prefix row as well (10 rows, 10 kinds, served through `composer.rows` with "
+        f"heads; {med['mixed10']:.2f} ms against {med['uniform10']:.2f} ms for 10 rows on one ST-A): "
+        f"**{result['mixed_kinds10_over_uniform10']}** (rounds {result['mixed_kinds10_over_uniform10_min']}–"
+        f"{result['mixed_kinds10_over_uniform10_max']}). Every row then carries 20 prompt slots and 20 cached prefix "
+        "positions, masked where they are not its own. Run as two forwards, the prompt row apart from the rest "
+        f"(the plan `by_layout`, {med['mixed10_by_layout']:.2f} ms): "
+        f"**{result['mixed_kinds10_by_layout_over_uniform10']}**. The runtime measures both plans per shape and "
+        "runs the faster (`composer.rows.PLANS`).",
     ]
     write_section(section("kinds"), "\n".join(lines))
     emit(result)

@@ -13,7 +13,7 @@ import torch
 from composer import adapter_artifact as artifacts
 from composer.adapter_artifact import AdapterArtifact
 from composer.method import MethodKind, Models, Prediction, module_bytes
-from composer.rows import ROWS, predict_rows
+from composer.rows import ONE, PLANS, ROWS, plan_key, predict_rows
 
 
 class AdapterFace(MethodKind):
@@ -21,6 +21,7 @@ class AdapterFace(MethodKind):
 
     in_trees = "member"
     rankable = True
+    plans = PLANS
 
     def merged(
         self, members: Sequence[AdapterArtifact], config: Any, tensors: dict[str, torch.Tensor]
@@ -81,6 +82,14 @@ class AdapterFace(MethodKind):
         return ROWS  # rows of adapters of every kind, prompts and prefixes share one mixed forward (composer.rows)
 
     def predict(
-        self, models: Models, names: Sequence[str], batch: dict[str, torch.Tensor], return_attention: bool = False
+        self,
+        models: Models,
+        names: Sequence[str],
+        batch: dict[str, torch.Tensor],
+        return_attention: bool = False,
+        plan: str = "",
     ) -> Prediction:
-        return predict_rows(models, names, batch)
+        return predict_rows(models, names, batch, plan or ONE)
+
+    def plan_key(self, models: Models, names: Sequence[str]) -> Any:
+        return plan_key(models, names)

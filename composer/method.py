@@ -64,6 +64,7 @@ class MethodKind(ABC):
     file_names: tuple[str, str]  # (config, weights) in our format
     fusable: bool = False  # can be a member of a fusion
     ensemble_member: bool = False  # can be one prompt of a prompt ensemble
+    plans: tuple[str, ...] = ()  # execution plans the runtime may measure and choose between (`predict(plan=)`)
     importable: bool = True  # can be uploaded on its own through /v1/adapters/import
     prefetchable: bool = False  # serving can build it ahead of its first request and keep it in host memory
     merge_methods: tuple[str, ...] = ()  # how modules of this kind merge into one (`merge`); () : they do not
@@ -155,11 +156,22 @@ class MethodKind(ABC):
         """Rows whose modules share a group run in one forward."""
         return (self.name, name)
 
+    def plan_key(self, models: Models, names: Sequence[str]) -> Any:
+        """What, beyond the batch's shape, the speeds of `plans` depend on for these rows; None: they coincide
+        (the runtime then measures nothing)."""
+        return None
+
     @abstractmethod
     def predict(
-        self, models: Models, names: Sequence[str], batch: dict[str, torch.Tensor], return_attention: bool = False
+        self,
+        models: Models,
+        names: Sequence[str],
+        batch: dict[str, torch.Tensor],
+        return_attention: bool = False,
+        plan: str = "",
     ) -> Prediction:
-        """One forward for a batch whose row i uses module `names[i]` (all of one group)."""
+        """One forward for a batch whose row i uses module `names[i]` (all of one group). `plan`: one of the
+        kind's `plans` (how the rows are executed, never what they compute); "" the kind's own way."""
 
 
 def json_config(files: dict[str, bytes], name: str) -> dict[str, Any]:

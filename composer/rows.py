@@ -33,6 +33,12 @@ from composer.injection import FAMILIES
 from composer.method import Models, Prediction
 
 ROWS = ("rows", "")  # the serving group whose rows share this forward (`MethodKind.group`)
+# execution plans (`predict_rows(plan=)`): every row in one forward, or one forward per layout (the rows of each
+# shallow-prompt length apart from the rest, which then carry no prompt slots). They differ in speed only; the
+# runtime measures them per shape (`composer.planner`): on the CPU a forward's fixed cost is small beside the
+# cost of prompt slots on every row; on a GPU the reverse can hold.
+ONE, BY_LAYOUT = "one", "by_layout"
+PLANS = (ONE, BY_LAYOUT)
 
 
 @dataclass
@@ -161,9 +167,56 @@ class _Heads:
         return self.prompts[name] if name in self.prompts else self.encoder[name]
 
 
-def predict_rows(models: Models, names: Sequence[str], batch: dict[str, torch.Tensor]) -> Prediction:
+def _layout_class(models: Models, name: str) -> int:
+    """The slots a row under `name` adds in front of its tokens: a shallow prompt's length, else 0."""
+    prompt = models.prompts.prompts[name] if name in models.prompts.prompts else None
+    return prompt.cfg.length if prompt is not None and prompt.cfg.kind == "shallow" else 0  # type: ignore[union-attr]
+
+
+def plan_key(models: Models, names: Sequence[str]) -> tuple[int, ...] | None:
+    """What the plans' speeds depend on beyond the batch's shape (the layouts present), or None when the plans
+    coincide (one layout)."""
+    classes = sorted({_layout_class(models, n) for n in names})
+    return tuple(classes) if len(classes) > 1 else None
+
+
+def predict_rows(models: Models, names: Sequence[str], batch: dict[str, torch.Tensor], plan: str = ONE) -> Prediction:
     """Row i under module names[i]: any adapter of the encoder, or any soft prompt or prefix of the prompt
-    model, all in one forward."""
+    model, in one forward (`plan` ONE) or one per layout (BY_LAYOUT). The rows run ordered by module, so that
+    each module's rows are one slice of the batch (`composer.runs`); the answers come back in the request's
+    order."""
+    if plan not in PLANS:
+        raise ConfigError(f"unknown execution plan {plan!r}; known: {list(PLANS)}")
+    if plan == BY_LAYOUT and plan_key(models, names) is not None:
+        classes: dict[int, list[int]] = {}
+        for i, n in enumerate(names):
+            classes.setdefault(_layout_class(models, n), []).append(i)
+        logits: list[torch.Tensor | None] = [None] * len(names)
+        for idx in classes.values():
+            index = torch.tensor(idx, device=batch["input_ids"].device)
+            sub = {k: v.index_select(0, index) for k, v in batch.items()}
+            width = max(1, int(sub["attention_mask"].sum(1).max()))  # cut to these rows' own longest input
+            got = _ordered(models, [names[i] for i in idx], {k: v[:, :width] for k, v in sub.items()})
+            for j, i in enumerate(idx):
+                logits[i] = got.logits[j]
+        return Prediction(logits)  # type: ignore[arg-type]
+    return _ordered(models, names, batch)
+
+
+def _ordered(models: Models, names: Sequence[str], batch: dict[str, torch.Tensor]) -> Prediction:
+    first = {n: i for i, n in reversed(list(enumerate(names)))}
+    order = sorted(range(len(names)), key=lambda i: first[names[i]])  # stable: by module, in order of appearance
+    if order == list(range(len(names))):
+        return _predict_rows(models, names, batch)
+    index = torch.tensor(order, device=batch["input_ids"].device)
+    got = _predict_rows(models, [names[i] for i in order], {k: v.index_select(0, index) for k, v in batch.items()})
+    logits: list[torch.Tensor | None] = [None] * len(names)
+    for j, i in enumerate(order):
+        logits[i] = got.logits[j]
+    return Prediction(logits)  # type: ignore[arg-type]
+
+
+def _predict_rows(models: Models, names: Sequence[str], batch: dict[str, torch.Tensor]) -> Prediction:
     enc, prompts = models.encoder, models.prompts.prompts
     unknown = sorted({n for n in names if n not in prompts and n not in enc.adapters})
     if unknown:

@@ -25,7 +25,7 @@ from composer.base import LoadedBase
 from composer.data import Example
 from composer.encoder import AdaptedEncoder
 from composer.errors import ConfigError
-from composer.method import Artifact, MethodKind, Models, module_bytes
+from composer.method import Artifact, MethodKind, Models, Prediction, module_bytes
 from composer.planner import PlanChooser, bucket
 from composer.prompts.ensemble import RowVote, predict_ensemble
 from composer.prompts.model import PLANS, PromptModel
@@ -91,6 +91,7 @@ class Runtime:
         self.host = Tier(lambda e: e[1])  # module id -> (artifact, bytes, built modules or None)
         self.host_bytes = 4 * cache_bytes if host_bytes is None else host_bytes
         self.ensemble_plans = PlanChooser(PLANS)  # batched, sequential or chunked, by measurement per shape
+        self.row_plans: dict[tuple[str, ...], PlanChooser] = {}  # per kind's plans (a mixed batch's, `rows`)
         # the latest cold loads (fetch + attach): seconds, and whether the module came from the host tier
         self.load_seconds: deque[tuple[float, bool]] = deque(maxlen=4096)
         self._lock = threading.RLock()  # the cache and leases; concurrent requests for a cold module load it once
@@ -352,11 +353,26 @@ class Runtime:
             for idx in groups.values():
                 kind = entries[idx[0]].kind
                 batch = self.tokenize(res, [rows[i][1] for i in idx], [entries[i].max_length for i in idx])
-                pred = kind.predict(res, [rows[i][0] for i in idx], batch, return_attention)
+                pred = self._predict_group(res, kind, [rows[i][0] for i in idx], batch, return_attention)
                 for j, i in enumerate(idx):
                     att = {k: a[j].float().cpu() for k, a in pred.attention.items()} if pred.attention else None
                     out[i] = RowOutput(pred.logits[j], att)
         return out  # type: ignore[return-value]
+
+    def _predict_group(
+        self, res: Resident, kind: MethodKind, names: list[str], batch: dict[str, torch.Tensor], attention: bool
+    ) -> Prediction:
+        """One group's rows, under the plan measured fastest for their shape where the kind has plans."""
+        shape = kind.plan_key(res, names) if kind.plans else None
+        if shape is None:
+            return kind.predict(res, names, batch, attention)
+        chooser = self.row_plans.setdefault(kind.plans, PlanChooser(kind.plans))
+        key = (shape, bucket(batch["input_ids"].shape[0]), bucket(batch["input_ids"].shape[1]))
+        plan = chooser.choose(key)
+        t0 = time.perf_counter()
+        pred = kind.predict(res, names, batch, attention, plan=plan)
+        chooser.record(key, plan, time.perf_counter() - t0)
+        return pred
 
     def predict_ensemble(
         self,

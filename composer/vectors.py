@@ -1,11 +1,12 @@
 """Methods that hold one vector per adapted linear projection ((IA)³'s scales, BitFit's bias shifts), and how
 rows on different modules of such a method share one forward.
 
-A module keeps its vectors by site (`L<layer>_<linear>`), says per site how a vector acts on the linear
-(`act(key, x, linear, v)`), and what leaves a row as it is (`neutral`: a scale of 1, a shift of 0). For a batch
-whose row i runs module i (None: not this method), each site gathers every row's vector into [B, 1, D], the
-neutral value for the rows without one, and acts once for the whole batch; a neutral row is computed exactly
-as the bare linear (x·1 and y+0 are exact in floating point).
+A module keeps its vectors by site (`L<layer>_<linear>`) and says per site how a vector acts on the linear
+(`stage(key)`): on its input or its output, by a product or a sum. For a batch whose row i runs module i
+(None: not this method), the bare linear runs once for the whole batch, and each module's vectors act on its own
+rows: in place on the rows' slices when the batch has few runs of rows (`composer.runs`), otherwise gathered
+into [B, 1, D] per site, with the neutral value (a scale of 1, a shift of 0) for the rows without one, acting
+once on the whole batch; a neutral row is computed exactly as the bare linear (x·1 and y+0 are exact).
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ import torch
 from torch import nn
 
 from composer.injection import LinearHandler, site_name
+from composer.runs import few_runs, row_runs
 
 
 class VectorAdapter(nn.Module):
-    """One vector per (layer, linear) site; subclasses say how it acts and what is neutral."""
+    """One vector per (layer, linear) site; subclasses say where and how it acts (`stage`)."""
 
     slot = "linear"  # it wraps linear projections (the scope's linear handler)
-    neutral: float = 0.0
+    neutral: float = 0.0  # the value a fresh vector starts at: it leaves the linear as it is
 
     def __init__(self, cfg: Any, sizes: dict[tuple[int, str], int]):
         super().__init__()
@@ -41,14 +43,17 @@ class VectorAdapter(nn.Module):
     def layers(self) -> list[int]:
         return sorted({layer for layer, _ in self.sites})
 
-    def mode(self, key: tuple[int, str]) -> str:
-        """How the vector at `key` acts (modules that agree on it share one gathered vector there)."""
-        return ""
+    def stage(self, key: tuple[int, str]) -> tuple[str, str]:
+        """(where, how) the vector at `key` acts: "input" or "output" of the linear, by "mul" or "add"."""
+        raise NotImplementedError
 
     def act(
         self, key: tuple[int, str], x: torch.Tensor, linear: Callable[[torch.Tensor], torch.Tensor], v: torch.Tensor
     ) -> torch.Tensor:
-        raise NotImplementedError
+        where, how = self.stage(key)
+        if where == "input":
+            return linear(x * v if how == "mul" else x + v)
+        return linear(x) * v if how == "mul" else linear(x) + v
 
     @classmethod
     def route(cls, adapters: list[VectorAdapter | None]) -> LinearHandler | None:
@@ -56,7 +61,6 @@ class VectorAdapter(nn.Module):
         distinct = list(dict.fromkeys(a for a in adapters if a is not None))
         if not distinct:
             return None
-        keys = {k for a in distinct for k in a.sites}
         if len(distinct) == 1 and all(a is distinct[0] for a in adapters):
             only, vectors = distinct[0], distinct[0].by_target
 
@@ -65,37 +69,68 @@ class VectorAdapter(nn.Module):
                 return None if v is None else only.act((layer, name), x, linear, v)
 
             return single
-        stacks: dict[tuple[int, str], list[tuple[VectorAdapter, torch.Tensor]]] = {}
+        runs = row_runs(adapters)
+        return _on_runs(runs) if few_runs(runs) else _gathered(adapters, distinct)
 
-        def stack(key: tuple[int, str]) -> list[tuple[VectorAdapter, torch.Tensor]]:
-            """Per mode at `key`: a module of that mode, and every row's vector [B, 1, D] (neutral elsewhere)."""
-            groups: dict[str, VectorAdapter] = {}
-            for a in distinct:
-                if key in a.sites:
-                    groups.setdefault(a.mode(key), a)
-            out = []
-            for mode, owner in groups.items():
-                some = owner.vectors[owner.sites[key]]
-                rows = [
-                    a.vectors[a.sites[key]] if a is not None and key in a.sites and a.mode(key) == mode else None
-                    for a in adapters
-                ]
-                gathered = some.new_full((len(rows), some.shape[0]), owner.neutral)  # neutral, then each row's
-                present = [i for i, v in enumerate(rows) if v is not None]
-                index = torch.tensor(present, device=some.device)
-                gathered.index_copy_(0, index, torch.stack([rows[i] for i in present]))  # type: ignore[misc]
-                out.append((owner, gathered.unsqueeze(1)))
-            return out
 
-        def handle(layer: int, name: str, x: torch.Tensor, linear: Callable) -> torch.Tensor | None:
-            key = (layer, name)
-            if key not in keys:
-                return None
-            if key not in stacks:
-                stacks[key] = stack(key)
-            run = linear
-            for owner, v in reversed(stacks[key]):  # the first mode outermost
-                run = (lambda o, vv, inner: lambda h: o.act(key, h, inner, vv))(owner, v, run)
-            return run(x)
+def _on_runs(runs: dict[VectorAdapter, list[slice]]) -> LinearHandler:
+    """Each module's vectors on its rows' slices, in place: on a copy of the input, then on the linear's output."""
+    keys = {k for a in runs for k in a.sites}
 
-        return handle
+    def handle(layer: int, name: str, x: torch.Tensor, linear: Callable) -> torch.Tensor | None:
+        key = (layer, name)
+        if key not in keys:
+            return None
+        acts = [(a.stage(key), a.vectors[a.sites[key]], slices) for a, slices in runs.items() if key in a.sites]
+        if any(where == "input" for (where, _), _, _ in acts):
+            x = x.clone()
+            for (where, how), v, slices in acts:
+                if where == "input":
+                    for rows in slices:
+                        x[rows] = x[rows] * v if how == "mul" else x[rows] + v
+        out = linear(x)
+        for (where, how), v, slices in acts:
+            if where == "output":
+                for rows in slices:
+                    out[rows] = out[rows] * v if how == "mul" else out[rows] + v
+        return out
+
+    return handle
+
+
+def _gathered(adapters: list[VectorAdapter | None], distinct: list[VectorAdapter]) -> LinearHandler:
+    """Per site and stage, every row's vector gathered into [B, 1, D] (neutral for the rows without one)."""
+    keys = {k for a in distinct for k in a.sites}
+    stacks: dict[tuple[int, str], list[tuple[VectorAdapter, torch.Tensor]]] = {}
+
+    def stack(key: tuple[int, str]) -> list[tuple[VectorAdapter, torch.Tensor]]:
+        """Per stage at `key`: a module of that stage, and every row's vector [B, 1, D] (neutral elsewhere)."""
+        groups: dict[tuple[str, str], VectorAdapter] = {}
+        for a in distinct:
+            if key in a.sites:
+                groups.setdefault(a.stage(key), a)
+        out = []
+        for stage, owner in groups.items():
+            some = owner.vectors[owner.sites[key]]
+            neutral = some.new_full((1, some.shape[0]), 1.0 if stage[1] == "mul" else 0.0)
+            rows = [
+                a.vectors[a.sites[key]].unsqueeze(0)
+                if a is not None and key in a.sites and a.stage(key) == stage
+                else neutral
+                for a in adapters
+            ]
+            out.append((owner, torch.cat(rows).unsqueeze(1)))
+        return out
+
+    def handle(layer: int, name: str, x: torch.Tensor, linear: Callable) -> torch.Tensor | None:
+        key = (layer, name)
+        if key not in keys:
+            return None
+        if key not in stacks:
+            stacks[key] = stack(key)
+        run = linear
+        for owner, v in reversed(stacks[key]):  # the first stage outermost
+            run = (lambda o, vv, inner: lambda h: o.act(key, h, inner, vv))(owner, v, run)
+        return run(x)
+
+    return handle

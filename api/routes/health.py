@@ -79,6 +79,8 @@ def serving_stats(request: Request, caller: Operator) -> dict:
         "batches": request.app.state.batcher.batches,
         "forward_seconds": round(request.app.state.batcher.forward_seconds, 6),
         "ensemble_plans": rt.ensemble_plans.chosen(),  # (K, rows, tokens, early exit) -> the plan it runs
+        # (layouts, rows, tokens) -> the plan a mixed batch with prompt rows runs (composer.rows)
+        "row_plans": {k: v for c in rt.row_plans.values() for k, v in c.chosen().items()},
     }
 
 

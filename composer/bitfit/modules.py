@@ -9,11 +9,8 @@ where a linear runs. The paper's own ablation keeps most of the gain with the qu
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
-
-import torch
 
 from composer.injection import (
     LinearTargets,
@@ -47,7 +44,5 @@ class BitFitAdapter(VectorAdapter):
 
     neutral = 0.0
 
-    def act(
-        self, key: tuple[int, str], x: torch.Tensor, linear: Callable[[torch.Tensor], torch.Tensor], v: torch.Tensor
-    ) -> torch.Tensor:
-        return linear(x) + v
+    def stage(self, key: tuple[int, str]) -> tuple[str, str]:
+        return ("output", "add")

@@ -9,6 +9,7 @@ import torch
 
 from composer.bottleneck.stacked import StackedSite
 from composer.injection import Placement, site_key
+from composer.runs import few_runs, row_runs
 
 # duck-typed: a bottleneck adapter (its `sites` and `site()`) and one of its layers (`pre`, `down`, `up`, `post`, …)
 Adapter = Layer = Any
@@ -105,10 +106,30 @@ def _scales(scales: list[float | torch.Tensor], like: torch.Tensor) -> torch.Ten
     return torch.stack(values).view(-1, 1, 1)
 
 
+def _on_runs(runs: dict[Adapter, list[slice]]) -> Handler:
+    def handle(layer: int, placement: Placement, x: torch.Tensor, r: torch.Tensor, ln: LayerNorm) -> torch.Tensor:
+        out = None
+        for adapter, slices in runs.items():
+            site = adapter.site(layer, placement)
+            if site is None:
+                continue
+            if out is None:
+                out = ln(x + r)
+            for rows in slices:
+                out[rows] = site(x[rows], r[rows], ln)
+        return ln(x + r) if out is None else out
+
+    return handle
+
+
 def mixed(adapters: list[Adapter | None]) -> Handler:
     """Rows routed to different adapters in one forward. Adapters of one layout: each row gathers its
     adapter's stacked weights (two batched matmuls per site); otherwise rows are grouped per adapter and
-    scattered back. Either way every row computes exactly what it would alone."""
+    scattered back. A batch of few runs of rows (`composer.runs`), whatever the layouts: the plain site for the
+    whole batch, and each adapter's site on its own rows' slices. Every row computes exactly what it would alone."""
+    runs = row_runs(adapters)
+    if few_runs(runs):
+        return _on_runs(runs)
     if _gatherable(adapters):
         distinct = list(dict.fromkeys(a for a in adapters if a is not None))
         slot = {id(a): i for i, a in enumerate(distinct)}

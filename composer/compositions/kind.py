@@ -134,7 +134,12 @@ class CompositionKind(MethodKind):
         return 0
 
     def predict(
-        self, models: Models, names: Sequence[str], batch: dict[str, torch.Tensor], return_attention: bool = False
+        self,
+        models: Models,
+        names: Sequence[str],
+        batch: dict[str, torch.Tensor],
+        return_attention: bool = False,
+        plan: str = "",
     ) -> Prediction:
         raise ConfigError("a saved composition serves through its tree")
 

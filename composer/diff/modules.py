@@ -29,6 +29,7 @@ from composer.injection import (
     config_from_dict,
     site_name,
 )
+from composer.runs import row_runs
 
 STRETCH = (-1.5, 1.5)  # the hard-concrete's [l, r]
 BETA = 1.0
@@ -189,7 +190,8 @@ class DiffAdapter(nn.Module):
 
     @staticmethod
     def route(adapters: list[DiffAdapter | None]) -> LinearHandler | None:
-        """Row i adds module i's delta (None: nothing): per distinct module, one delta on its rows."""
+        """Row i adds module i's delta (None: nothing): per run of rows on one module, its delta on those rows
+        (a sparse product on their tokens alone)."""
         distinct = list(dict.fromkeys(a for a in adapters if a is not None))
         if not distinct:
             return None
@@ -201,7 +203,7 @@ class DiffAdapter(nn.Module):
                 return None if site is None else linear(x) + site.delta(x)
 
             return single
-        rows = {a: [i for i, b in enumerate(adapters) if b is a] for a in distinct}
+        runs = row_runs(adapters)
         keys = {k for a in distinct for k in a.by_target}
 
         def handle(layer: int, name: str, x: torch.Tensor, linear: Callable) -> torch.Tensor | None:
@@ -209,11 +211,11 @@ class DiffAdapter(nn.Module):
             if key not in keys:
                 return None
             out = linear(x)
-            for a, idx in rows.items():
+            for a, slices in runs.items():
                 site = a.by_target.get(key)
                 if site is not None:
-                    at = torch.tensor(idx, device=x.device)
-                    out = out.index_add(0, at, site.delta(x.index_select(0, at)))
+                    for rows in slices:  # the module's rows, a view: its delta added in place
+                        out[rows] += site.delta(x[rows])
             return out
 
         return handle

@@ -10,11 +10,8 @@ which by suffix also matches `attention.output.dense`; we follow the paper and a
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
-
-import torch
 
 from composer.errors import ConfigError
 from composer.injection import check_layers, config_from_dict, config_to_dict, linear_shapes, linear_targets
@@ -97,10 +94,5 @@ class IA3Adapter(VectorAdapter):
         super().__init__(cfg, sizes)
         self.feedforward = feedforward
 
-    def mode(self, key: tuple[int, str]) -> str:
-        return "input" if key[1] in self.feedforward else "output"
-
-    def act(
-        self, key: tuple[int, str], x: torch.Tensor, linear: Callable[[torch.Tensor], torch.Tensor], v: torch.Tensor
-    ) -> torch.Tensor:
-        return linear(x * v) if key[1] in self.feedforward else linear(x) * v
+    def stage(self, key: tuple[int, str]) -> tuple[str, str]:
+        return ("input" if key[1] in self.feedforward else "output", "mul")

@@ -25,6 +25,7 @@ from composer.injection import (
     linear_shapes,
     site_name,
 )
+from composer.runs import few_runs, row_runs
 
 
 @dataclass(frozen=True)
@@ -113,8 +114,28 @@ class LoraAdapter(nn.Module):
         return handle
 
 
+def on_runs(runs: dict[LoraAdapter, list[slice]]) -> LinearHandler:
+    """Each LoRA's update on its own rows' slices, added in place to the bare linear's output for the batch."""
+    keys = {k for a in runs for k in a.by_target}
+
+    def handle(layer: int, name: str, x: torch.Tensor, linear: Callable) -> torch.Tensor | None:
+        key = (layer, name)
+        if key not in keys:
+            return None
+        out = linear(x)
+        for a, slices in runs.items():
+            site = a.by_target.get(key)
+            if site is not None:
+                for rows in slices:
+                    out[rows] += site(x[rows])
+        return out
+
+    return handle
+
+
 def gathered(adapters: list[LoraAdapter | None]) -> LinearHandler | None:
-    """Rows on different LoRAs (None: no LoRA) in one forward, as Punica's BGMV: per linear, each row gathers
+    """Rows on different LoRAs (None: no LoRA) in one forward. Few runs of rows (`composer.runs`): each LoRA on
+    its slices (`on_runs`). Otherwise as Punica's BGMV: per linear, each row gathers
     its own A and B (stacked as they are when the ranks agree; otherwise zero-padded to the widest) and two
     batched matmuls apply them, scaled after B as the reference does. Where only some rows have a LoRA at a
     linear, only those rows are gathered and their updates are added to their rows (the others keep the bare
@@ -124,6 +145,9 @@ def gathered(adapters: list[LoraAdapter | None]) -> LinearHandler | None:
         return None
     if len(distinct) == 1 and all(a is distinct[0] for a in adapters):
         return distinct[0].handler()
+    runs = row_runs(adapters)
+    if few_runs(runs):
+        return on_runs(runs)
     keys = {k for a in distinct for k in a.by_target}
     stacks: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
 

@@ -14,12 +14,13 @@ from composer.method import MethodKind, Models, Prediction, as_directory, json_c
 from composer.prompts import artifacts
 from composer.prompts.artifacts import PromptArtifact
 from composer.prompts.prompt import PromptConfig
-from composer.rows import ROWS, predict_rows
+from composer.rows import ONE, PLANS, ROWS, plan_key, predict_rows
 
 
 class PromptFace(MethodKind):
     file_names = ("prompt_config.json", "prompt.safetensors")
     ensemble_member = True
+    plans = PLANS
 
     def __init__(self, name: str, formats: tuple[str, ...]) -> None:
         self.name = name
@@ -85,9 +86,17 @@ class PromptFace(MethodKind):
         return min(art.max_length, limit) if art.max_length else limit
 
     def predict(
-        self, models: Models, names: Sequence[str], batch: dict[str, torch.Tensor], return_attention: bool = False
+        self,
+        models: Models,
+        names: Sequence[str],
+        batch: dict[str, torch.Tensor],
+        return_attention: bool = False,
+        plan: str = "",
     ) -> Prediction:
-        return predict_rows(models, names, batch)
+        return predict_rows(models, names, batch, plan or ONE)
+
+    def plan_key(self, models: Models, names: Sequence[str]) -> Any:
+        return plan_key(models, names)
 
     def group(self, name: str) -> tuple[str, str]:
         return ROWS  # a prompt's rows share the forward of adapter rows of every kind (composer.rows)

@@ -79,12 +79,13 @@ def test_gradients_reach_every_site(family_dir):
 def test_prompt_rows_share_the_adapters_forward_on_every_family(family_dir):
     """Rows under shallow prompts (before the position embeddings and after the embeddings' LayerNorm), prefixes
     of both position conventions, a LoRA and the plain base in one forward (composer.rows): each row equals its
-    own single run, on every family's positions (RoBERTa's start after its padding index)."""
+    own single run, on every family's positions (RoBERTa's start after its padding index); and so under the
+    plan that runs each layout apart."""
     from composer.heads import HeadConfig
     from composer.method import Models
     from composer.prompts.model import PromptModel
     from composer.prompts.prompt import PromptConfig
-    from composer.rows import predict_rows
+    from composer.rows import BY_LAYOUT, ONE, predict_rows
 
     family, d = family_dir
     base = load_base(d)
@@ -112,12 +113,14 @@ def test_prompt_rows_share_the_adapters_forward_on_every_family(family_dir):
     ids = b["input_ids"][[i % 2 for i in range(len(names))]]
     rows = {"input_ids": ids, "attention_mask": (ids != 1).long()}
     with torch.no_grad():
-        got = predict_rows(models, names, rows).logits
+        one = predict_rows(models, names, rows, ONE).logits
+        by_layout = predict_rows(models, names, rows, BY_LAYOUT).logits
     for i, name in enumerate(names):
-        one = {k: v[i : i + 1, : int(rows["attention_mask"][i].sum())] for k, v in rows.items()}
+        alone = {k: v[i : i + 1, : int(rows["attention_mask"][i].sum())] for k, v in rows.items()}
         with torch.no_grad():
             if name in cfgs:
-                want = prompts.logits([name], one)[0, 0]
+                want = prompts.logits([name], alone)[0, 0]
             else:
-                want = enc(**one, head=name, composition=Single(name)).logits[0]
-        torch.testing.assert_close(got[i], want, atol=1e-5, rtol=0)
+                want = enc(**alone, head=name, composition=Single(name)).logits[0]
+        torch.testing.assert_close(one[i], want, atol=1e-5, rtol=0)
+        torch.testing.assert_close(by_layout[i], want, atol=1e-5, rtol=0)

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from composer import kinds
+from composer import kinds, runs
 from composer.base import load_base
 from composer.composed import predict_parallel, predict_tree
 from composer.composition import Average, Fuse, Parallel, Stack, fusions, leaves
@@ -329,10 +329,13 @@ def test_a_padded_batch_of_the_ill_conditioned_lora(machine_root: Path) -> None:
     assert m.checks == 3
 
 
-def test_one_row_of_every_kind_in_one_forward(machine_root: Path) -> None:
+@pytest.mark.parametrize("max_runs", [runs.MAX_RUNS, 0, 100], ids=["default", "gathered", "runs"])
+def test_one_row_of_every_kind_in_one_forward(machine_root: Path, max_runs: int, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Bottleneck, Compacter++, LoRA (two), AdaLoRA, (IA)³, BitFit and diff rows beside shallow, P-tuning,
     AdapterHub (embedding output) and deep prompts and prefixes of both position conventions: one forward, each
-    row its own single-purpose model's answer."""
+    row its own single-purpose model's answer: with each method's rows on their own slices of the batch (few
+    runs of rows), or gathered per row (many), as `composer.runs.MAX_RUNS` decides."""
+    monkeypatch.setattr(runs, "MAX_RUNS", max_runs)
     ServingMachine.root = machine_root
     m = ServingMachine()
     m.start()
@@ -340,4 +343,8 @@ def test_one_row_of_every_kind_in_one_forward(machine_root: Path) -> None:
     texts = [" ".join(WORDS[i % len(WORDS)] for i in range(j % 5 + 1, j % 5 + 2 + j % 4)) for j in range(len(names))]
     m._mixed("A", names, texts, atol=ATOL)  # the issue's 1e-5 (measured: at most 6e-7 here)
     m._mixed("B", names[::-1], texts, atol=ATOL)
-    assert m.checks == 2 * len(names)
+    m._mixed("A", names + names[::-1], texts + texts, atol=ATOL)  # each module's rows apart: ordered by module
+    for _ in range(4):  # the runtime tries both execution plans (one forward, one per layout) on this shape
+        m._mixed("B", names, texts, atol=ATOL)
+    assert m.checks == 8 * len(names)
+    assert len(next(iter(m.rt.row_plans.values())).chosen()) >= 1
