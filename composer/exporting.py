@@ -27,6 +27,7 @@ class Target:
     family: str
     num_layers: int
     num_heads: int = 0
+    intermediate_size: int = 0  # the FFN's inner width (what an empty export of an FFN linear is shaped by)
 
     @property
     def prefix(self) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 from pydantic import BaseModel
@@ -85,7 +85,7 @@ def download(
         cfg_name, w_name = face.file_names
         files = {cfg_name: reg.blobs.get(row.config_sha256), w_name: reg.blobs.get(row.blob_sha256)}
     else:
-        target = Target(base.name, base.architecture, base.num_layers, _num_heads(base.path))
+        target = _target(base)
         art, member_arts = artifact_store.fetch(reg, row), [artifact_store.fetch(reg, m) for m in members]
         try:
             files = face.export(art, format, target, member_arts, with_head)
@@ -99,11 +99,15 @@ def download(
     )
 
 
-def _num_heads(path: str) -> int:
+def _target(base: Any) -> Target:
+    """The base an export is for, with the widths its config.json gives (0 where it does not)."""
     try:
-        return int(json.loads((Path(path) / "config.json").read_text()).get("num_attention_heads", 0))
+        cfg = json.loads((Path(base.path) / "config.json").read_text())
     except (OSError, ValueError):
-        return 0
+        cfg = {}
+    heads = int(cfg.get("num_attention_heads", cfg.get("n_heads", 0)) or 0)
+    inner = int(cfg.get("intermediate_size", cfg.get("hidden_dim", 0)) or 0)
+    return Target(base.name, base.architecture, base.num_layers, heads, inner)
 
 
 @router.post("/adapters/import", status_code=201)

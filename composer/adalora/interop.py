@@ -20,7 +20,7 @@ from composer.adapter_artifact import AdapterArtifact, split_tensors
 from composer.errors import ArtifactError, ConfigError
 from composer.exporting import Target
 from composer.heads import peft_seq_cls_head
-from composer.injection import site_name
+from composer.injection import FAMILIES, site_name
 from composer.lora.export import peft_files
 from composer.method import json_config
 from composer.safetensors_io import read_tensors
@@ -111,10 +111,11 @@ def export_peft(art: AdapterArtifact, target: Target, with_head: bool = True) ->
             cfg.init_r - kept
         )
         out = {}
-        for p, shape in (("A", (0, art.hidden_size)), ("E", (0, 1)), ("B", None)):
+        for p in ("A", "E", "B"):
             value = module.get(f"sites.{name}.lora_{p}")
-            if value is None:  # a linear that kept nothing: PEFT saves it empty
-                value = torch.zeros(shape) if shape else torch.zeros(_out_features(art, linear), 0)
+            if value is None:  # a linear that kept nothing: PEFT saves it empty, [0, in], [0, 1], [out, 0]
+                fan_in, fan_out = _dims(art, target, linear)
+                value = torch.zeros({"A": (0, fan_in), "E": (0, 1), "B": (fan_out, 0)}[p])
             out[f"lora_{p}"] = value
         return out
 
@@ -134,9 +135,16 @@ def export_peft(art: AdapterArtifact, target: Target, with_head: bool = True) ->
     return peft_files(art, target, with_head, cfg, site, fields)
 
 
-def _out_features(art: AdapterArtifact, linear: str) -> int:
-    """A linear's output width, from any other site of the same linear (else the model width)."""
+def _dims(art: AdapterArtifact, target: Target, linear: str) -> tuple[int, int]:
+    """(in, out) of one linear of the target base: the FFN's two linears go through its inner width (the
+    target's, else another site's of the same linear); every other linear is hidden -> hidden."""
+    up, down = FAMILIES[target.family].linears[4:6]
+    if linear not in (up, down):
+        return art.hidden_size, art.hidden_size
+    inner = target.intermediate_size
     for k, v in art.tensors.items():
-        if k.endswith(f"_{linear.replace('.', '_')}.lora_B"):
-            return int(v.shape[0])
-    return art.hidden_size
+        if not inner and k.endswith(f"_{linear.replace('.', '_')}.lora_B"):
+            inner = int(v.shape[0]) if linear == up else int(art.tensors[k.replace("lora_B", "lora_A")].shape[1])
+    if not inner:
+        raise ConfigError(f"format: {linear} kept no rank anywhere, and the base's FFN width is unknown")
+    return (art.hidden_size, inner) if linear == up else (inner, art.hidden_size)

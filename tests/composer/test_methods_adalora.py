@@ -144,3 +144,35 @@ def test_bad_rank_pattern_in_our_format_is_refused():
     model = AdaptedEncoder(load_base(PEFT_BASE, with_tokenizer=False, device="cpu"))
     with pytest.raises((ArtifactError, ConfigError, RuntimeError)):
         artifacts.attach(model, art)
+
+
+def test_a_linear_that_kept_nothing_anywhere_exports_empty_at_its_own_widths():
+    """PEFT's fixture keeps nothing at layer 1's intermediate.dense; with layer 0's dropped as well, no site says
+    the FFN's widths. The export shapes the empty tensors by the base's (lora_A [0, in], lora_B [out, 0]), and
+    imports back to the same logits."""
+    from safetensors.torch import load as load_bytes
+
+    from composer.exporting import Target
+
+    art = kinds.load_files(_files(), PEFT_BASE)
+    inner = load_base(PEFT_BASE, with_tokenizer=False, device="cpu").model.config.intermediate_size
+    drop = [k for k in art.tensors if "_intermediate_dense." in k]
+    assert drop, "the fixture adapts intermediate.dense"
+    for k in drop:
+        del art.tensors[k]
+    pattern = {**art.config.rank_pattern, "L0_intermediate_dense": 0, "L1_intermediate_dense": 0}
+    art.config = AdaLoraConfig.from_dict({**art.config.to_dict(), "rank_pattern": pattern})
+    target = Target("peft-base", "bert", 2, 4, inner)
+    files = kinds.get("adalora").export(art, "peft", target)
+    saved = load_bytes(files["adapter_model.safetensors"])
+    up = {k: v.shape for k, v in saved.items() if "intermediate.dense.lora_" in k}
+    assert up and all(s in ((0, 32), (0, 1), (inner, 0)) for s in up.values()), up
+    back = kinds.load_files(files, PEFT_BASE)
+    x = load_file(PARITY / "inputs.safetensors")
+    logits = []
+    for a in (art, back):
+        model = AdaptedEncoder(load_base(PEFT_BASE, with_tokenizer=False, device="cpu")).eval()
+        name = artifacts.attach(model, a)
+        with torch.no_grad():
+            logits.append(model(**x, head=name, composition=Single(name)).logits)
+    torch.testing.assert_close(logits[1], logits[0], atol=1e-6, rtol=0)
