@@ -8,8 +8,12 @@ pass over every row (Punica's BGMV) costs less than a pass per run.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TypeVar
+
+import torch
+
+from composer.injection import LinearHandler
 
 M = TypeVar("M")
 
@@ -32,3 +36,28 @@ def row_runs(modules: Sequence[M | None]) -> dict[M, list[slice]]:
 
 def few_runs(runs: dict[M, list[slice]]) -> bool:
     return sum(len(v) for v in runs.values()) <= MAX_RUNS
+
+
+Update = Callable[[torch.Tensor], torch.Tensor]
+
+
+def add_on_runs(runs: dict[M, list[slice]], updates: Callable[[M], dict[tuple[int, str], Update]]) -> LinearHandler:
+    """A linear handler for methods that add to a linear's output (LoRA, AdaLoRA, diff): the bare linear once for
+    the batch, then each module's update of each linear (`updates(module)`, by (layer, linear)) added in place on
+    its own rows' slices."""
+    per = {a: updates(a) for a in runs}
+    keys = {k for u in per.values() for k in u}
+
+    def handle(layer: int, name: str, x: torch.Tensor, linear: Update) -> torch.Tensor | None:
+        key = (layer, name)
+        if key not in keys:
+            return None
+        out = linear(x)
+        for a, slices in runs.items():
+            update = per[a].get(key)
+            if update is not None:
+                for rows in slices:
+                    out[rows] += update(x[rows])
+        return out
+
+    return handle

@@ -29,7 +29,7 @@ from composer.injection import (
     config_from_dict,
     site_name,
 )
-from composer.runs import row_runs
+from composer.runs import add_on_runs, row_runs
 
 STRETCH = (-1.5, 1.5)  # the hard-concrete's [l, r]
 BETA = 1.0
@@ -203,22 +203,7 @@ class DiffAdapter(nn.Module):
                 return None if site is None else linear(x) + site.delta(x)
 
             return single
-        runs = row_runs(adapters)
-        keys = {k for a in distinct for k in a.by_target}
-
-        def handle(layer: int, name: str, x: torch.Tensor, linear: Callable) -> torch.Tensor | None:
-            key = (layer, name)
-            if key not in keys:
-                return None
-            out = linear(x)
-            for a, slices in runs.items():
-                site = a.by_target.get(key)
-                if site is not None:
-                    for rows in slices:  # the module's rows, a view: its delta added in place
-                        out[rows] += site.delta(x[rows])
-            return out
-
-        return handle
+        return add_on_runs(row_runs(adapters), lambda a: {k: site.delta for k, site in a.by_target.items()})
 
 
 class DiffHooks:

@@ -25,7 +25,7 @@ from composer.injection import (
     linear_shapes,
     site_name,
 )
-from composer.runs import few_runs, row_runs
+from composer.runs import add_on_runs, few_runs, row_runs
 
 
 @dataclass(frozen=True)
@@ -114,28 +114,9 @@ class LoraAdapter(nn.Module):
         return handle
 
 
-def on_runs(runs: dict[LoraAdapter, list[slice]]) -> LinearHandler:
-    """Each LoRA's update on its own rows' slices, added in place to the bare linear's output for the batch."""
-    keys = {k for a in runs for k in a.by_target}
-
-    def handle(layer: int, name: str, x: torch.Tensor, linear: Callable) -> torch.Tensor | None:
-        key = (layer, name)
-        if key not in keys:
-            return None
-        out = linear(x)
-        for a, slices in runs.items():
-            site = a.by_target.get(key)
-            if site is not None:
-                for rows in slices:
-                    out[rows] += site(x[rows])
-        return out
-
-    return handle
-
-
 def gathered(adapters: list[LoraAdapter | None]) -> LinearHandler | None:
     """Rows on different LoRAs (None: no LoRA) in one forward. Few runs of rows (`composer.runs`): each LoRA on
-    its slices (`on_runs`). Otherwise as Punica's BGMV: per linear, each row gathers
+    its slices. Otherwise as Punica's BGMV: per linear, each row gathers
     its own A and B (stacked as they are when the ranks agree; otherwise zero-padded to the widest) and two
     batched matmuls apply them, scaled after B as the reference does. Where only some rows have a LoRA at a
     linear, only those rows are gathered and their updates are added to their rows (the others keep the bare
@@ -147,7 +128,7 @@ def gathered(adapters: list[LoraAdapter | None]) -> LinearHandler | None:
         return distinct[0].handler()
     runs = row_runs(adapters)
     if few_runs(runs):
-        return on_runs(runs)
+        return add_on_runs(runs, lambda a: a.by_target)  # each LoRA on its own rows' slices
     keys = {k for a in distinct for k in a.by_target}
     stacks: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
 
