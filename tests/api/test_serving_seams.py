@@ -66,18 +66,21 @@ def test_prompts_adapters_and_mixed_batches_leave_nothing_behind(api, tiny_bert_
     # an ST-A predict, then the ensemble again
     assert api.client.post("/v1/predict", headers=api.h(), json={"adapter": a, "inputs": INPUTS}).status_code == 200
     assert ensemble() == alone
-    # two concurrent requests for two adapters (one mixed batch), then the ensemble again
+    # concurrent requests for two adapters and the prompt (mixed batches), then the ensemble again
     out: dict[str, dict] = {}
 
     def call(ref: str) -> None:
         out[ref] = api.client.post("/v1/predict", headers=api.h(), json={"adapter": ref, "inputs": INPUTS}).json()
 
-    threads = [threading.Thread(target=call, args=(r,)) for r in (a, b)]
+    # two adapters and the prompt at once: the micro-batcher may put all three in one forward (composer.rows)
+    threads = [threading.Thread(target=call, args=(r,)) for r in (a, b, prompt)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert all("outputs" in v for v in out.values()), out
+    beside = torch.tensor([[o["probabilities"]["neg"], o["probabilities"]["pos"]] for o in out[prompt]["outputs"]])
+    torch.testing.assert_close(beside, want, atol=2e-6, rtol=0)
     assert ensemble() == alone
     # the single prompt through /v1/predict: the same probabilities as the fresh model
     r = api.client.post("/v1/predict", headers=api.h(), json={"adapter": prompt, "inputs": INPUTS})
