@@ -224,7 +224,7 @@ class AdaptedEncoder(nn.Module):
             return self.encoder(**kwargs).last_hidden_state
 
     def encode_laid(
-        self, inputs: dict[str, Any], overwrite: list[tuple[int, torch.Tensor]], scope: Scope
+        self, inputs: dict[str, Any], overwrite: list[tuple[torch.Tensor, torch.Tensor]], scope: Scope
     ) -> torch.Tensor:
         """Hidden states of a batch laid out for its rows' prompts (`composer.rows.layout`), under `scope`."""
         scope.overwrite = overwrite

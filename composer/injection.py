@@ -78,8 +78,8 @@ class Scope:
     handler: SiteHandler | None = None
     capture: dict[str, torch.Tensor] | None = None  # fusion attention per site key, when asked for
     prefix: torch.Tensor | None = None  # [B, L, H] prepended to the embedding output (AdapterHub prompts)
-    # (row, [L, H]): the first L slots of that row's embedding output (an AdapterHub prompt in a mixed batch)
-    overwrite: list[tuple[int, torch.Tensor]] = field(default_factory=list)
+    # (rows, [L, H]): the first L slots of those rows' embedding output (AdapterHub prompts in a mixed batch)
+    overwrite: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     linear: LinearHandler | None = None  # what wraps the layers' linear projections (LoRA, (IA)³, BitFit)
     scratch: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)  # DistilBERT's x and r
 
@@ -322,8 +322,8 @@ def _patch_embeddings(model: nn.Module, router: Router) -> None:
             return None
         if scope.overwrite:
             out = out.clone()
-            for row, value in scope.overwrite:
-                out[row, : value.shape[0]] = value.to(out.dtype)
+            for rows, value in scope.overwrite:
+                out[rows, : value.shape[0]] = value.to(out.dtype)
         return out if scope.prefix is None else torch.cat([scope.prefix.to(out.dtype), out], dim=1)
 
     model.embeddings.register_forward_hook(prepend)

@@ -46,7 +46,7 @@ class Laid:
     """One batch laid out for its rows' prompts: the encoder's inputs, and where each row's tokens start."""
 
     inputs: dict[str, Any]  # inputs_embeds, attention_mask, position_ids (token_type_ids, cache)
-    overwrite: list[tuple[int, torch.Tensor]]  # (row, [L, H]): the embedding output's first L slots of that row
+    overwrite: list[tuple[torch.Tensor, torch.Tensor]]  # (rows, [L, H]): those rows' first L embedding-output slots
     starts: torch.Tensor  # [B]: the slot of each row's first real token
     width: int  # the tokens' padded width T
 
@@ -59,75 +59,72 @@ class Laid:
 
 
 def layout(base: Any, batch: dict[str, torch.Tensor], prompts: Sequence[Any | None]) -> Laid:
-    """`batch` (right-padded ids, mask, token types) with row i under `prompts[i]` (a `SoftPrompt`, or None)."""
+    """`batch` (right-padded ids, mask, token types) with row i under `prompts[i]` (a `SoftPrompt`, or None).
+    Whole-batch ops, and one per distinct prompt: nothing per row."""
     model, family = base.model, base.family
     ids, mask = batch["input_ids"], batch["attention_mask"]
     types = batch.get("token_type_ids")
     b, t = ids.shape
     dev = ids.device
-    values = [p.value().detach() if p is not None else None for p in prompts]
-    cfgs = [p.cfg if p is not None else None for p in prompts]
-    shallow = [c.length if c is not None and c.kind == "shallow" else 0 for c in cfgs]
-    deep = [c.length if c is not None and c.kind == "deep" else 0 for c in cfgs]
-    s, p = max(shallow), max(deep)
+    groups: dict[Any, list[int]] = {}  # each distinct prompt and its rows
+    for i, prompt in enumerate(prompts):
+        if prompt is not None:
+            groups.setdefault(prompt, []).append(i)
+    plan = [(g.cfg, g.value().detach(), torch.tensor(rows, device=dev)) for g, rows in groups.items()]
+    shallow, deep, after = (torch.zeros(b, dtype=torch.long, device=dev) for _ in range(3))
+    hub = torch.zeros(b, dtype=torch.bool, device=dev)  # rows whose prompt follows the embeddings' LayerNorm
+    for cfg, _, rows in plan:
+        (shallow if cfg.kind == "shallow" else deep)[rows] = cfg.length
+        if cfg.kind == "shallow" and cfg.insertion != "input_embeds":
+            hub[rows] = True
+        if cfg.kind == "deep" and cfg.positions == "after_prefix":  # a prefix the tokens' positions follow
+            after[rows] = cfg.length
+    s, p = int(shallow.max()), int(deep.max())
     width = s + t
     words = model.get_input_embeddings()
+    slots = torch.arange(width, device=dev).expand(b, -1)
+    dest = shallow.unsqueeze(1) + torch.arange(t, device=dev)  # [B, T]: where each row's tokens go
     embeds = torch.zeros(b, width, words.embedding_dim, dtype=words.weight.dtype, device=dev)
-    seq_mask = mask.new_zeros(b, width)
-    slots = torch.arange(width, device=dev)
-    positions = slots.expand(b, -1).clone()
-    overwrite: list[tuple[int, torch.Tensor]] = []
-    tokens = words(ids)
-    for i, (cfg, value) in enumerate(zip(cfgs, values, strict=True)):
-        n = shallow[i]
-        embeds[i, n : n + t] = tokens[i]
-        seq_mask[i, :n] = 1
-        seq_mask[i, n : n + t] = mask[i]
-        if cfg is None:
-            continue
+    embeds.scatter_(1, dest.unsqueeze(-1).expand(-1, -1, words.embedding_dim), words(ids))
+    seq_mask = (slots < shallow.unsqueeze(1)).to(mask.dtype).scatter_(1, dest, mask)
+    overwrite: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for cfg, value, rows in plan:
         if cfg.kind == "shallow" and cfg.insertion == "input_embeds":
-            embeds[i, :n] = value.to(embeds.dtype)  # type: ignore[union-attr]
-        elif cfg.kind == "shallow":  # after the embeddings: its tokens' positions start at 0
-            positions[i] = (slots - n).clamp(min=0)
-            overwrite.append((i, value))  # type: ignore[arg-type]
-        elif cfg.positions == "after_prefix":  # a deep prompt's tokens follow its prefix
-            positions[i] += deep[i]
+            embeds[rows, : cfg.length] = value.to(embeds.dtype)
+        elif cfg.kind == "shallow":
+            overwrite.append((rows, value))
+    # positions: a hub prompt's tokens from 0 (its slots' positions are never read), a prefix's after it or from 0
+    positions = torch.where(hub.unsqueeze(1), (slots - shallow.unsqueeze(1)).clamp(min=0), slots) + after.unsqueeze(1)
     spec = FAMILIES[family]
     first = model.config.pad_token_id + 1 if spec.positions_after_padding else 0
     limit = model.config.max_position_embeddings - 1  # past a row's end only padding, which is masked
     inputs: dict[str, Any] = {"inputs_embeds": embeds, "position_ids": (positions + first).clamp(max=limit)}
     if family != "distilbert":
         tt = torch.zeros(b, width, dtype=torch.long, device=dev)
-        if types is not None:
-            for i, n in enumerate(shallow):
-                tt[i, n : n + t] = types[i]
-        inputs["token_type_ids"] = tt
+        inputs["token_type_ids"] = tt.scatter_(1, dest, types) if types is not None else tt
     if p:
-        inputs["cache"] = _cache(model, values, cfgs, b, p)
-        prefix_mask = mask.new_zeros(b, p)
-        for i, n in enumerate(deep):
-            prefix_mask[i, :n] = 1
+        inputs["cache"] = _cache(model, [(v, rows, cfg.length) for cfg, v, rows in plan if cfg.kind == "deep"], b, p)
+        prefix_mask = (torch.arange(p, device=dev).expand(b, -1) < deep.unsqueeze(1)).to(mask.dtype)
         seq_mask = torch.cat([prefix_mask, seq_mask], dim=1)
     inputs["attention_mask"] = seq_mask
-    return Laid(inputs, overwrite, torch.tensor(shallow, device=dev), t)
+    return Laid(inputs, overwrite, shallow, t)
 
 
-def _cache(model: Any, values: list[Any], cfgs: list[Any], b: int, p: int) -> Any:
-    """Every layer's prefix keys and values [B, heads, P, d]: each deep row's own, zeros (masked) elsewhere."""
+def _cache(model: Any, prefixes: list[tuple[torch.Tensor, torch.Tensor, int]], b: int, p: int) -> Any:
+    """Every layer's prefix keys and values [B, heads, P, d]: each deep prompt's own on its rows (`prefixes`:
+    value [layers, 2, L, H], rows, L), zeros (masked) elsewhere."""
     from transformers import DynamicCache
 
     cfg = model.config
     heads, hidden = cfg.num_attention_heads, cfg.hidden_size
     layers = cfg.num_hidden_layers
-    some = next(v for v, c in zip(values, cfgs, strict=True) if c is not None and c.kind == "deep")
-    prefixes = some.new_zeros(b, layers, 2, p, hidden)
-    for i, (v, c) in enumerate(zip(values, cfgs, strict=True)):
-        if c is not None and c.kind == "deep":
-            prefixes[i, :, :, : c.length] = v
+    kv = prefixes[0][0].new_zeros(b, layers, 2, p, hidden)
+    for value, rows, length in prefixes:
+        kv[rows, :, :, :length] = value
     cache = DynamicCache()
     for layer in range(layers):
-        kv = prefixes[:, layer].reshape(b, 2, p, heads, hidden // heads).transpose(2, 3)  # [B, 2, heads, P, d]
-        cache.update(kv[:, 0], kv[:, 1], layer)
+        per = kv[:, layer].reshape(b, 2, p, heads, hidden // heads).transpose(2, 3)  # [B, 2, heads, P, d]
+        cache.update(per[:, 0], per[:, 1], layer)
     return cache
 
 
