@@ -82,6 +82,7 @@ class Scope:
     overwrite: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     linear: LinearHandler | None = None  # what wraps the layers' linear projections (LoRA, (IA)³, BitFit)
     scratch: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)  # DistilBERT's x and r
+    memo: dict[int, Any] = field(default_factory=dict)  # what sibling linears share in this forward (int8 q/k/v)
 
 
 class Router:
@@ -300,10 +301,13 @@ def _patch_linears(block: nn.Module, layer: int, names: tuple[str, ...], router:
         def forward(x: torch.Tensor, lin: nn.Linear = lin, name: str = name) -> torch.Tensor:
             int8 = lin.__dict__.get("int8")  # an int8 base's form of this linear (composer.quantize)
 
-            def plain(h: torch.Tensor) -> torch.Tensor:
-                return int8(h) if int8 is not None else nn.functional.linear(h, lin.weight, lin.bias)
-
             scope = router.scope
+
+            def plain(h: torch.Tensor) -> torch.Tensor:
+                if int8 is not None:
+                    return int8(h, scope.memo if scope is not None else None)
+                return nn.functional.linear(h, lin.weight, lin.bias)
+
             if scope is None or scope.linear is None:
                 return plain(x)
             out = scope.linear(layer, name, x, plain)

@@ -1,7 +1,8 @@
 """An int8 base for serving and training on the CPU: the encoder's linear projections run int8 matmuls.
 
 `quantize(base)` gives every adapted linear (query, key, value, attention output, FFN in and out) int8 weights
-with one scale per output channel. At run time each token's activations are quantised with their own scale
+with one scale per output channel; query, key and value, which read the same input, also share one quantisation
+of it and one int8 matmul per forward (`Int8Sibling`). At run time each token's activations are quantised with their own scale
 (symmetric, per token), multiplied in int8 with int32 accumulation (`torch._int_mm`), and dequantised by the
 product of the two scales, with the bias added in fp32. Everything else stays fp32: embeddings, LayerNorms,
 attention, and every adapter, prompt and head, which are the same files at both precisions. The base keeps its
@@ -71,10 +72,47 @@ class Int8Linear:
             y.add_(self.bias)
         return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, memo: dict[int, Any] | None = None) -> torch.Tensor:
         if torch.is_grad_enabled() and x.requires_grad:
             return _Int8Linear.apply(x, self)
         return self.run(x)
+
+    @classmethod
+    def stacked(cls, linears: list[nn.Linear]) -> Int8Linear:
+        """One int8 linear computing several that read the same input, their outputs side by side."""
+        fused = nn.Linear(linears[0].in_features, sum(lin.out_features for lin in linears), device="meta")
+        fused.weight = nn.Parameter(torch.cat([lin.weight.detach() for lin in linears]), requires_grad=False)
+        biases = [lin.bias.detach() if lin.bias is not None else None for lin in linears]
+        fused.bias = (
+            nn.Parameter(torch.cat(biases), requires_grad=False)  # type: ignore[arg-type]
+            if all(b is not None for b in biases)
+            else None
+        )
+        return cls(fused)
+
+
+class Int8Sibling:
+    """One of a layer's linears that read the same input (query, key and value): served from one quantisation of
+    that input and one int8 matmul for all of them, run by whichever is called first in a forward and handed to
+    the others through the forward's memo (`Scope.memo`, never kept past the forward). Each output is handed out
+    once: a second call, or another input, runs the matmul again. Without a memo, or for training, it is its
+    own `Int8Linear`."""
+
+    def __init__(self, own: Int8Linear, fused: Int8Linear, parts: dict[str, slice], name: str):
+        self.own, self.fused, self.parts, self.name = own, fused, parts, name
+        self.out_features = own.out_features
+
+    def dequantised(self) -> torch.Tensor:
+        return self.own.dequantised()
+
+    def __call__(self, x: torch.Tensor, memo: dict[int, Any] | None = None) -> torch.Tensor:
+        if memo is None or (torch.is_grad_enabled() and x.requires_grad):
+            return self.own(x)
+        entry = memo.get(id(self.fused))
+        if entry is None or entry[0] is not x or self.name not in entry[1]:
+            y = self.fused.run(x)
+            entry = memo[id(self.fused)] = (x, {n: y[..., part] for n, part in self.parts.items()})
+        return entry[1].pop(self.name)
 
 
 def quantize(base: Any) -> None:
@@ -82,10 +120,20 @@ def quantize(base: Any) -> None:
     if base.device.type != "cpu":
         raise ConfigError(f"precision: int8 runs on the CPU (the base is on {base.device}); serve fp32 on a GPU")
     inject(base.model, base.family)  # the linears' forwards look for their int8 form (injection._patch_linears)
-    targets = linear_targets(base.family, FAMILIES[base.family].linears)
+    spec = FAMILIES[base.family]
+    targets = linear_targets(base.family, spec.linears)
+    siblings = spec.linears[:3]  # query, key, value: one input
     for layer, name in linear_shapes(base.model, base.family, targets, None, base.num_layers):
         linear = _linear(base, layer, name)
         object.__setattr__(linear, "int8", Int8Linear(linear))  # not a submodule: the state dict stays fp32
+    for layer in range(base.num_layers):
+        linears = [_linear(base, layer, n) for n in siblings]
+        fused, start, parts = Int8Linear.stacked(linears), 0, {}
+        for n, lin in zip(siblings, linears, strict=True):
+            parts[n] = slice(start, start + lin.out_features)
+            start += lin.out_features
+        for n, lin in zip(siblings, linears, strict=True):
+            object.__setattr__(lin, "int8", Int8Sibling(lin.__dict__["int8"], fused, parts, n))
     base.precision = "int8"
 
 

@@ -113,3 +113,31 @@ def test_a_lora_trains_on_the_int8_base(tiny_bert_dir):
 def test_unknown_precision_is_refused(tiny_bert_dir):
     with pytest.raises(ConfigError, match="precision"):
         load_base(tiny_bert_dir, precision="fp16")
+
+
+def test_query_key_and_value_share_one_int8_matmul_that_equals_their_own(tiny_bert_dir, monkeypatch):
+    """An int8 base runs query, key and value as one quantisation of their input and one int8 matmul per forward
+    (`Int8Sibling`); each gets exactly what its own int8 linear gives, whatever else runs in the forward."""
+    from composer import quantize
+
+    model = _models(tiny_bert_dir)["int8"]
+    batch = dict(model.base.tokenizer(["good movie", "a really boring plot"], padding=True, return_tensors="pt"))
+    fused_runs = []
+    run = quantize.Int8Linear.run
+
+    def counted(self, x):  # type: ignore[no-untyped-def]
+        fused_runs.append(self.out_features)
+        return run(self, x)
+
+    monkeypatch.setattr(quantize.Int8Linear, "run", counted)
+    comps = [None, Single("l"), BatchSplit(tuple(KINDS))]
+    with torch.no_grad():
+        shared = [model(**batch, composition=c).hidden for c in comps]
+    hidden = model.base.hidden_size
+    layers = model.base.num_layers
+    assert fused_runs.count(3 * hidden) == layers * len(comps)  # one q/k/v matmul per layer and forward
+    monkeypatch.setattr(quantize.Int8Sibling, "__call__", lambda self, x, memo=None: self.own(x))
+    with torch.no_grad():
+        own = [model(**batch, composition=c).hidden for c in comps]
+    for a, b in zip(shared, own, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
