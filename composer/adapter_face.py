@@ -12,16 +12,15 @@ import torch
 
 from composer import adapter_artifact as artifacts
 from composer.adapter_artifact import AdapterArtifact
-from composer.method import MethodKind, Models, Prediction, module_bytes
-from composer.rows import ONE, PLANS, ROWS, plan_key, predict_rows
+from composer.method import MethodKind, Models, module_bytes
+from composer.rows import InRows
 
 
-class AdapterFace(MethodKind):
+class AdapterFace(InRows, MethodKind):
     """An adapter and its head on the resident encoder."""
 
     in_trees = "member"
     rankable = True
-    plans = PLANS
 
     def merged(
         self, members: Sequence[AdapterArtifact], config: Any, tensors: dict[str, torch.Tensor]
@@ -77,19 +76,3 @@ class AdapterFace(MethodKind):
     def nbytes(self, models: Models, name: str) -> int:
         enc = models.encoder
         return module_bytes(enc.adapters[name], enc.heads[name] if name in enc.heads else None)
-
-    def group(self, name: str) -> tuple[str, str]:
-        return ROWS  # rows of adapters of every kind, prompts and prefixes share one mixed forward (composer.rows)
-
-    def predict(
-        self,
-        models: Models,
-        names: Sequence[str],
-        batch: dict[str, torch.Tensor],
-        return_attention: bool = False,
-        plan: str = "",
-    ) -> Prediction:
-        return predict_rows(models, names, batch, plan or ONE)
-
-    def plan_key(self, models: Models, names: Sequence[str]) -> Any:
-        return plan_key(models, names)

@@ -232,3 +232,26 @@ def _predict_rows(models: Models, names: Sequence[str], batch: dict[str, torch.T
     laid = layout(models.base, batch, [prompts[n] if n in prompts else None for n in names])
     hidden = enc.encode_laid(laid.inputs, laid.overwrite, enc.scope(comp))
     return Prediction(rows_through_heads(names, laid.aligned(hidden), mask, _Heads(models), first=hidden[:, 0]))
+
+
+class InRows:
+    """The serving face of the kinds whose rows share this forward (adapters of every method, the prompt family):
+    their group, their plans, and their predict."""
+
+    plans = PLANS
+
+    def group(self, name: str) -> tuple[str, str]:
+        return ROWS
+
+    def plan_key(self, models: Models, names: Sequence[str]) -> Any:
+        return plan_key(models, names)
+
+    def predict(
+        self,
+        models: Models,
+        names: Sequence[str],
+        batch: dict[str, torch.Tensor],
+        return_attention: bool = False,
+        plan: str = "",
+    ) -> Prediction:
+        return predict_rows(models, names, batch, plan or ONE)

@@ -7,20 +7,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
-
 from composer.exporting import Target
-from composer.method import MethodKind, Models, Prediction, as_directory, json_config, module_bytes
+from composer.method import MethodKind, Models, as_directory, json_config, module_bytes
 from composer.prompts import artifacts
 from composer.prompts.artifacts import PromptArtifact
 from composer.prompts.prompt import PromptConfig
-from composer.rows import ONE, PLANS, ROWS, plan_key, predict_rows
+from composer.rows import InRows
 
 
-class PromptFace(MethodKind):
+class PromptFace(InRows, MethodKind):
     file_names = ("prompt_config.json", "prompt.safetensors")
     ensemble_member = True
-    plans = PLANS
 
     def __init__(self, name: str, formats: tuple[str, ...]) -> None:
         self.name = name
@@ -84,22 +81,6 @@ class PromptFace(MethodKind):
     def max_length(self, art: PromptArtifact, limit: int) -> int:
         limit -= art.config.positions_taken  # a shallow prompt's, or a prefix the real tokens' positions follow
         return min(art.max_length, limit) if art.max_length else limit
-
-    def predict(
-        self,
-        models: Models,
-        names: Sequence[str],
-        batch: dict[str, torch.Tensor],
-        return_attention: bool = False,
-        plan: str = "",
-    ) -> Prediction:
-        return predict_rows(models, names, batch, plan or ONE)
-
-    def plan_key(self, models: Models, names: Sequence[str]) -> Any:
-        return plan_key(models, names)
-
-    def group(self, name: str) -> tuple[str, str]:
-        return ROWS  # a prompt's rows share the forward of adapter rows of every kind (composer.rows)
 
 
 class SoftPromptKind(PromptFace):
