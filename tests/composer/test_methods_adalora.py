@@ -20,17 +20,15 @@ from composer.encoder import AdaptedEncoder
 from composer.errors import ArtifactError, ConfigError
 from composer.presets import preset
 from composer.training import TrainConfig
+from tests.composer.parity import PARITY, PEFT_BASE, files_in
 from tests.composer.test_fusion_training import examples
-from tests.conftest import FIXTURES
 
-PARITY = FIXTURES / "parity"
-PEFT_BASE = PARITY / "prompts" / "peft_base"
 FIXTURE = PARITY / "methods" / "adalora_peft"
 TASK = TaskSpec("sent", labels=("neg", "pos"))
 
 
 def _files() -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in FIXTURE.iterdir() if p.is_file()}
+    return files_in(FIXTURE)
 
 
 def test_peft_adalora_imports_pruned_and_gives_peft_logits():

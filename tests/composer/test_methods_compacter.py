@@ -16,14 +16,7 @@ from composer.encoder import AdaptedEncoder
 from composer.errors import ConfigError
 from composer.fusion.modules import FusionConfig
 from composer.presets import preset
-from tests.conftest import FIXTURES
-
-PARITY = FIXTURES / "parity"
-METHODS = PARITY / "methods"
-
-
-def _files(d) -> dict[str, bytes]:  # type: ignore[no-untyped-def]
-    return {p.name: p.read_bytes() for p in d.iterdir() if p.is_file()}
+from tests.composer.parity import METHODS, PARITY, files_in
 
 
 def _model() -> AdaptedEncoder:
@@ -33,7 +26,7 @@ def _model() -> AdaptedEncoder:
 @pytest.mark.parametrize("tag, placements", [("compacter", 2), ("compacter_pp", 1)])
 def test_adapterhub_compacter_import_gives_adapterhub_logits(tag, placements):
     ref = load_file(METHODS / "expected.safetensors")[tag]
-    files = _files(METHODS / tag)
+    files = files_in(METHODS / tag)
     face, source = kinds.detect(files)
     assert (face.name, source) == ("compacter", "adapterhub")
     art = face.import_files(files, None)

@@ -16,11 +16,8 @@ from composer import kinds
 from composer.base import load_base
 from composer.errors import ArtifactError, ConfigError
 from composer.prompts.model import PromptModel
-from tests.conftest import FIXTURES
+from tests.composer.parity import METHODS, PARITY, PEFT_BASE, files_in
 
-PARITY = FIXTURES / "parity"
-METHODS = PARITY / "methods"
-PEFT_BASE = PARITY / "prompts" / "peft_base"
 CASES = {  # fixture: (kind, source, base, the config it imports as)
     "prefix_peft": ("prefix", "peft", PEFT_BASE, {"kind": "deep", "reparam_hidden": 16, "collapsed": True}),
     "prefix_peft_flat": ("prefix", "peft", PEFT_BASE, {"kind": "deep", "reparam_hidden": 0, "collapsed": False}),
@@ -28,10 +25,6 @@ CASES = {  # fixture: (kind, source, base, the config it imports as)
     "ptuning_peft_lstm": ("p_tuning", "peft", PEFT_BASE, {"encoder": "lstm", "encoder_hidden": 16}),
     "prefix_hub": ("prefix", "adapterhub", PARITY / "base", {"kind": "deep", "positions": "from_zero"}),
 }
-
-
-def _files(d) -> dict[str, bytes]:  # type: ignore[no-untyped-def]
-    return {p.name: p.read_bytes() for p in d.iterdir() if p.is_file()}
 
 
 def _logits(base_dir, art) -> torch.Tensor:  # type: ignore[no-untyped-def]
@@ -45,7 +38,7 @@ def _logits(base_dir, art) -> torch.Tensor:  # type: ignore[no-untyped-def]
 def test_import_gives_the_references_logits_and_round_trips(tag):
     kind, source, base_dir, fields = CASES[tag]
     ref = load_file(METHODS / "expected.safetensors")[tag]
-    files = _files(METHODS / tag)
+    files = files_in(METHODS / tag)
     face, found = kinds.detect(files)
     assert (face.name, found) == (kind, source)
     art = kinds.load_files(files, base_dir)
@@ -84,7 +77,7 @@ def test_a_pickle_that_runs_code_is_refused_and_never_runs(tmp_path, monkeypatch
         buf = io.BytesIO()
         torch.save({"x": _Boom()}, buf)
         blob = buf.getvalue()
-    files = _files(METHODS / "prefix_hub")
+    files = files_in(METHODS / "prefix_hub")
     files["pytorch_adapter.bin"] = blob
     with pytest.raises(ArtifactError, match="weights_only=True|refused") as err:
         kinds.load_files(files)
@@ -94,7 +87,7 @@ def test_a_pickle_that_runs_code_is_refused_and_never_runs(tmp_path, monkeypatch
 
 def test_only_a_prefix_may_bring_pickles():
     """A bottleneck adapter's pytorch_adapter.bin stays refused, even a harmless one."""
-    files = _files(PARITY / "adapters" / "seq_bn")
+    files = files_in(PARITY / "adapters" / "seq_bn")
     buf = io.BytesIO()
     torch.save({"w": torch.zeros(2)}, buf)
     files["pytorch_adapter.bin"] = buf.getvalue()
@@ -103,16 +96,16 @@ def test_only_a_prefix_may_bring_pickles():
 
 
 def test_bad_prompt_family_imports_name_the_field():
-    files = _files(METHODS / "prefix_peft")
+    files = files_in(METHODS / "prefix_peft")
     cfg = files["adapter_config.json"].replace(b'"num_layers": 2', b'"num_layers": 3')
     with pytest.raises(ArtifactError, match="does not fit 3 layers"):
         kinds.load_files({**files, "adapter_config.json": cfg}, PEFT_BASE)
-    files = _files(METHODS / "ptuning_peft_mlp")
+    files = files_in(METHODS / "ptuning_peft_mlp")
     cfg = files["adapter_config.json"].replace(b'"MLP"', b'"GRU"')
     with pytest.raises(ConfigError, match="encoder_reparameterization_type"):
         kinds.load_files({**files, "adapter_config.json": cfg}, PEFT_BASE)
     with pytest.raises(ConfigError, match="positions"):  # a PEFT prefix cannot download as AdapterHub's
-        art = kinds.load_files(_files(METHODS / "prefix_peft"), PEFT_BASE)
+        art = kinds.load_files(files_in(METHODS / "prefix_peft"), PEFT_BASE)
         base = load_base(PEFT_BASE, with_tokenizer=False, device="cpu")
         from composer.exporting import Target
 
@@ -121,7 +114,7 @@ def test_bad_prompt_family_imports_name_the_field():
 
 def test_a_prefix_too_long_for_the_positions_is_refused(tiny_bert_dir):
     """PEFT's prefix takes positions in front of the input: serving truncates inputs to leave them room."""
-    art = kinds.load_files(_files(METHODS / "prefix_peft"), PEFT_BASE)
+    art = kinds.load_files(files_in(METHODS / "prefix_peft"), PEFT_BASE)
     face = kinds.get("prefix")
     assert face.max_length(art, 512) == 512 - art.config.length
     hub = kinds.load_dir(METHODS / "prefix_hub")
@@ -133,7 +126,7 @@ def test_archive_with_adapterhubs_prefix_pickles_passes_the_archive_gate():
 
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
-        for name, blob in _files(METHODS / "prefix_hub").items():
+        for name, blob in files_in(METHODS / "prefix_hub").items():
             zf.writestr(f"prefix_hub/{name}", blob)
         zf.writestr("prefix_hub/optimizer.pt", b"x")
     from api.errors import Problem
@@ -142,7 +135,7 @@ def test_archive_with_adapterhubs_prefix_pickles_passes_the_archive_gate():
         read_zip(buf.getvalue(), 1 << 30)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
-        for name, blob in _files(METHODS / "prefix_hub").items():
+        for name, blob in files_in(METHODS / "prefix_hub").items():
             zf.writestr(f"prefix_hub/{name}", blob)
     files = read_zip(buf.getvalue(), 1 << 30)
     art = kinds.load_files({k.rpartition("/")[2]: v for k, v in files.items()})

@@ -14,33 +14,17 @@ from composer.composition import BatchSplit, Single
 from composer.encoder import AdaptedEncoder
 from composer.errors import ConfigError
 from composer.presets import preset
-from tests.conftest import FIXTURES
-
-PARITY = FIXTURES / "parity"
-METHODS = PARITY / "methods"
-PEFT_BASE = PARITY / "prompts" / "peft_base"
-
-
-def _files(d) -> dict[str, bytes]:  # type: ignore[no-untyped-def]
-    return {p.name: p.read_bytes() for p in d.iterdir() if p.is_file()}
-
-
-def _logits(base_dir, art) -> torch.Tensor:  # type: ignore[no-untyped-def]
-    model = AdaptedEncoder(load_base(base_dir, with_tokenizer=False, device="cpu")).eval()
-    name = artifacts.attach(model, art)
-    x = load_file(PARITY / "inputs.safetensors")
-    with torch.no_grad():
-        return model(**x, head=name, composition=Single(name)).logits
+from tests.composer.parity import METHODS, PARITY, PEFT_BASE, adapter_logits, files_in
 
 
 @pytest.mark.parametrize("tag", ["ia3_peft", "ia3_peft_ff"])
 def test_peft_ia3_import_gives_peft_logits(tag):
     ref = load_file(METHODS / "expected.safetensors")[tag]
-    files = _files(METHODS / tag)
+    files = files_in(METHODS / tag)
     face, source = kinds.detect(files)
     assert (face.name, source) == ("ia3", "peft")
     art = face.import_files(files, str(PEFT_BASE))
-    logits = _logits(PEFT_BASE, art)
+    logits = adapter_logits(PEFT_BASE, art)
     model = AdaptedEncoder(load_base(PEFT_BASE, with_tokenizer=False, device="cpu")).eval()
     name = artifacts.attach(model, art)
     x = load_file(PARITY / "inputs.safetensors")
@@ -50,7 +34,7 @@ def test_peft_ia3_import_gives_peft_logits(tag):
     art.base = load_base(PEFT_BASE, with_tokenizer=False, device="cpu").identity
     again = kinds.get("ia3").from_files(*kinds.get("ia3").to_files(art))
     assert again.kind == "ia3" and again.config == art.config
-    torch.testing.assert_close(_logits(PEFT_BASE, again), logits, atol=0, rtol=0)
+    torch.testing.assert_close(adapter_logits(PEFT_BASE, again), logits, atol=0, rtol=0)
 
 
 def test_peft_ia3_default_reads_which_linears_scale_their_input():
@@ -69,12 +53,12 @@ def test_peft_ia3_default_reads_which_linears_scale_their_input():
 
 def test_adapterhub_ia3_import_gives_adapterhub_logits():
     ref = load_file(METHODS / "expected.safetensors")["ia3_hub"]
-    files = _files(METHODS / "ia3_hub")
+    files = files_in(METHODS / "ia3_hub")
     face, source = kinds.detect(files)
     assert (face.name, source) == ("ia3", "adapterhub")  # not a LoRA: composition_mode "scale"
     art = face.import_files(files, None)
     assert art.config.feedforward_modules == ()
-    torch.testing.assert_close(_logits(PARITY / "base", art), ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(adapter_logits(PARITY / "base", art), ref, atol=1e-5, rtol=0)
 
 
 def _randomised(model: AdaptedEncoder, specs: dict[str, object]) -> None:

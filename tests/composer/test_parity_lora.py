@@ -7,7 +7,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from composer import adapter_artifact as artifacts
 from composer import kinds
 from composer.base import load_base
 from composer.composition import BatchSplit, Single
@@ -16,39 +15,24 @@ from composer.errors import ArtifactError, ConfigError
 from composer.fusion.modules import FusionConfig
 from composer.lora.modules import LoraAdapter, LoraConfig
 from composer.presets import preset
-from tests.conftest import FIXTURES
-
-PARITY = FIXTURES / "parity"
-PEFT_BASE = PARITY / "prompts" / "peft_base"
-
-
-def _files(d) -> dict[str, bytes]:  # type: ignore[no-untyped-def]
-    return {p.name: p.read_bytes() for p in d.iterdir() if p.is_file()}
-
-
-def _logits(base_dir, art) -> torch.Tensor:  # type: ignore[no-untyped-def]
-    model = AdaptedEncoder(load_base(base_dir, with_tokenizer=False, device="cpu")).eval()
-    name = artifacts.attach(model, art)
-    x = load_file(PARITY / "inputs.safetensors")
-    with torch.no_grad():
-        return model(**x, head=name, composition=Single(name)).logits
+from tests.composer.parity import PARITY, PEFT_BASE, adapter_logits, files_in
 
 
 @pytest.mark.parametrize("tag", ["peft_qv", "peft_wide"])
 def test_peft_lora_seq_cls_import_gives_peft_logits(tag):
     ref = load_file(PARITY / "expected.safetensors")[f"lora/{tag}"]
-    files = _files(PARITY / "lora" / tag)
+    files = files_in(PARITY / "lora" / tag)
     face, source = kinds.detect(files)
     assert (face.name, source) == ("lora", "peft")
     art = face.import_files(files, str(PEFT_BASE))
     assert art.kind == "lora" and art.head is not None and art.model_type == "bert"
-    logits = _logits(PEFT_BASE, art)
+    logits = adapter_logits(PEFT_BASE, art)
     assert ref.abs().max() > 1e-2
     torch.testing.assert_close(logits, ref, atol=1e-5, rtol=0)
     # our own format round-trips it exactly
     art2 = kinds.get("lora").from_files(*kinds.get("lora").to_files(_bind(art)))
     assert art2.kind == "lora" and art2.config == art.config
-    torch.testing.assert_close(_logits(PEFT_BASE, art2), logits, atol=0, rtol=0)
+    torch.testing.assert_close(adapter_logits(PEFT_BASE, art2), logits, atol=0, rtol=0)
 
 
 def _bind(art):  # type: ignore[no-untyped-def]
@@ -73,7 +57,7 @@ def test_peft_wide_config_is_read_field_for_field():
 
 def test_adapterhub_lora_config_gives_adapterhub_logits():
     ref = load_file(PARITY / "expected.safetensors")["lora/adapterhub"]
-    files = _files(PARITY / "lora" / "adapterhub")
+    files = files_in(PARITY / "lora" / "adapterhub")
     face, source = kinds.detect(files)
     assert (face.name, source) == ("lora", "adapterhub")
     art = face.import_files(files, None)
@@ -83,7 +67,7 @@ def test_adapterhub_lora_config_gives_adapterhub_logits():
         "intermediate.dense",
         "output.dense",
     }
-    torch.testing.assert_close(_logits(PARITY / "base", art), ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(adapter_logits(PARITY / "base", art), ref, atol=1e-5, rtol=0)
 
 
 def _tiny_with(model: AdaptedEncoder, specs: dict[str, object]) -> None:
@@ -161,7 +145,7 @@ def test_bad_lora_configs_name_the_field(fields, word):
 
 
 def test_bad_peft_artifacts_are_refused(tmp_path):
-    files = _files(PARITY / "lora" / "peft_qv")
+    files = files_in(PARITY / "lora" / "peft_qv")
     import json
 
     for field, value in [("r", 0), ("use_dora", True), ("bias", "all"), ("target_modules", ".*query")]:
