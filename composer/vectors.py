@@ -70,7 +70,7 @@ class VectorAdapter(nn.Module):
 
             return single
         runs = row_runs(adapters)
-        return _on_runs(runs) if few_runs(runs) else _gathered(adapters, distinct)
+        return _on_runs(runs) if few_runs(runs, len(adapters)) else _gathered(adapters, distinct)
 
 
 def _on_runs(runs: dict[VectorAdapter, list[slice]]) -> LinearHandler:

@@ -128,7 +128,7 @@ def mixed(adapters: list[Adapter | None]) -> Handler:
     scattered back. A batch of few runs of rows (`composer.runs`), whatever the layouts: the plain site for the
     whole batch, and each adapter's site on its own rows' slices. Every row computes exactly what it would alone."""
     runs = row_runs(adapters)
-    if few_runs(runs):
+    if few_runs(runs, len(adapters)):
         return _on_runs(runs)
     if _gatherable(adapters):
         distinct = list(dict.fromkeys(a for a in adapters if a is not None))

@@ -127,7 +127,7 @@ def gathered(adapters: list[LoraAdapter | None]) -> LinearHandler | None:
     if len(distinct) == 1 and all(a is distinct[0] for a in adapters):
         return distinct[0].handler()
     runs = row_runs(adapters)
-    if few_runs(runs):
+    if few_runs(runs, len(adapters)):
         return add_on_runs(runs, lambda a: a.by_target)  # each LoRA on its own rows' slices
     keys = {k for a in distinct for k in a.by_target}
     stacks: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
