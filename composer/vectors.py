@@ -87,12 +87,12 @@ def _on_runs(runs: dict[VectorAdapter, list[slice]]) -> LinearHandler:
             for (where, how), v, slices in acts:
                 if where == "input":
                     for rows in slices:
-                        x[rows] = x[rows] * v if how == "mul" else x[rows] + v
+                        x[rows].mul_(v) if how == "mul" else x[rows].add_(v)
         out = linear(x)
         for (where, how), v, slices in acts:
             if where == "output":
-                for rows in slices:
-                    out[rows] = out[rows] * v if how == "mul" else out[rows] + v
+                for rows in slices:  # in place on the rows' view of the linear's output (its backward needs no output)
+                    out[rows].mul_(v) if how == "mul" else out[rows].add_(v)
         return out
 
     return handle
