@@ -44,17 +44,19 @@ def few_runs(runs: dict[M, list[slice]], rows: int) -> bool:
     return covered < rows and sum(len(v) for v in runs.values()) <= MAX_RUNS
 
 
-Update = Callable[[torch.Tensor], torch.Tensor]
+Add = Callable[[torch.Tensor, torch.Tensor], object]  # (the rows' view of the output, their input): adds in place
 
 
-def add_on_runs(runs: dict[M, list[slice]], updates: Callable[[M], dict[tuple[int, str], Update]]) -> LinearHandler:
+def add_on_runs(runs: dict[M, list[slice]], updates: Callable[[M], dict[tuple[int, str], Add]]) -> LinearHandler:
     """A linear handler for methods that add to a linear's output (LoRA, AdaLoRA, diff): the bare linear once for
-    the batch, then each module's update of each linear (`updates(module)`, by (layer, linear)) added in place on
-    its own rows' slices."""
+    the batch, then each module's update of each linear (`updates(module)`, by (layer, linear)) added in place to
+    its own rows' view of the output."""
     per = {a: updates(a) for a in runs}
     keys = {k for u in per.values() for k in u}
 
-    def handle(layer: int, name: str, x: torch.Tensor, linear: Update) -> torch.Tensor | None:
+    def handle(
+        layer: int, name: str, x: torch.Tensor, linear: Callable[[torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor | None:
         key = (layer, name)
         if key not in keys:
             return None
@@ -63,7 +65,7 @@ def add_on_runs(runs: dict[M, list[slice]], updates: Callable[[M], dict[tuple[in
             update = per[a].get(key)
             if update is not None:
                 for rows in slices:
-                    out[rows] += update(x[rows])
+                    update(out[rows], x[rows])
         return out
 
     return handle

@@ -144,6 +144,9 @@ class DiffSite(nn.Module):
             self._csr = (key, csr, bias)
         return self._csr[1], self._csr[2]
 
+    def add_to(self, out: torch.Tensor, x: torch.Tensor) -> None:
+        out += self.delta(x)
+
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         """x δ_W^T + δ_b for x [..., in]. Saved, δ_W is CSR times the input's columns (a tenth of a dense
         linear's time at 0.5% density on the CPU)."""
@@ -203,7 +206,7 @@ class DiffAdapter(nn.Module):
                 return None if site is None else linear(x) + site.delta(x)
 
             return single
-        return add_on_runs(row_runs(adapters), lambda a: {k: site.delta for k, site in a.by_target.items()})
+        return add_on_runs(row_runs(adapters), lambda a: {k: site.add_to for k, site in a.by_target.items()})
 
 
 class DiffHooks:

@@ -79,6 +79,17 @@ class LoraLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.linear(nn.functional.linear(self.dropout(x), self.A), self.B) * self.scaling
 
+    def add_to(self, out: torch.Tensor, x: torch.Tensor) -> None:
+        """out += forward(x), in place: the up-projection, its scaling and the sum in one addmm where `out` views
+        as a matrix (a batch's rows' slice does)."""
+        h = nn.functional.linear(self.dropout(x), self.A)
+        try:
+            flat = out.view(-1, out.shape[-1])
+        except RuntimeError:
+            out += nn.functional.linear(h, self.B) * self.scaling
+            return
+        flat.addmm_(h.reshape(-1, h.shape[-1]), self.B.t(), alpha=self.scaling)
+
 
 class LoraAdapter(nn.Module):
     """The LoRA updates of one adapter, one `LoraLinear` per (layer, target linear)."""
@@ -128,7 +139,7 @@ def gathered(adapters: list[LoraAdapter | None]) -> LinearHandler | None:
         return distinct[0].handler()
     runs = row_runs(adapters)
     if few_runs(runs, len(adapters)):
-        return add_on_runs(runs, lambda a: a.by_target)  # each LoRA on its own rows' slices
+        return add_on_runs(runs, lambda a: {k: site.add_to for k, site in a.by_target.items()})
     keys = {k for a in distinct for k in a.by_target}
     stacks: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
 
