@@ -138,14 +138,28 @@ class DiffSite(nn.Module):
                 warnings.simplefilter("ignore", UserWarning)
                 coo = torch.sparse_coo_tensor(torch.stack([rows, cols]), value, (out, inp), check_invariants=True)
                 csr = coo.coalesce().to_sparse_csr()
-            bias = torch.zeros(out, device=value.device, dtype=value.dtype).index_add_(
-                0, self.b_index, self.b_value.detach()
-            )
+            bias = torch.zeros(out, 1, device=value.device, dtype=value.dtype)
+            bias.index_add_(0, self.b_index, self.b_value.detach().unsqueeze(1))
             self._csr = (key, csr, bias)
         return self._csr[1], self._csr[2]
 
+    def _sparse_t(self, x: torch.Tensor) -> torch.Tensor:
+        """(x δ_W^T + δ_b)^T, [out, tokens]: the CSR times the input's columns, with the bias, in one addmm (the
+        CSR wants its dense operand contiguous: 10-20 µs on 13 tokens against 30-65 strided)."""
+        csr, bias = self.sparse_delta()
+        return torch.addmm(bias, csr, x.reshape(-1, x.shape[-1]).to(csr.dtype).t().contiguous())
+
     def add_to(self, out: torch.Tensor, x: torch.Tensor) -> None:
-        out += self.delta(x)
+        """out += delta(x), in place."""
+        if not self.sparse:
+            out += self.delta(x)
+            return
+        try:
+            flat = out.view(-1, out.shape[-1])
+        except RuntimeError:
+            out += self.delta(x)
+            return
+        flat.add_(self._sparse_t(x).t())
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         """x δ_W^T + δ_b for x [..., in]. Saved, δ_W is CSR times the input's columns (a tenth of a dense
@@ -153,10 +167,7 @@ class DiffSite(nn.Module):
         if not self.sparse:
             dw, db = self.dense()
             return nn.functional.linear(x, dw, db)
-        csr, bias = self.sparse_delta()
-        flat = x.reshape(-1, x.shape[-1]).to(csr.dtype)
-        out = (csr @ flat.T.contiguous()).T + bias
-        return out.reshape(*x.shape[:-1], -1).to(x.dtype)
+        return self._sparse_t(x).t().reshape(*x.shape[:-1], -1).to(x.dtype)
 
 
 class DiffAdapter(nn.Module):
@@ -203,7 +214,13 @@ class DiffAdapter(nn.Module):
 
             def single(layer: int, name: str, x: torch.Tensor, linear: Callable) -> torch.Tensor | None:
                 site = only.get((layer, name))
-                return None if site is None else linear(x) + site.delta(x)
+                if site is None:
+                    return None
+                if not site.sparse:  # training: the gated dense delta, through autograd
+                    return linear(x) + site.delta(x)
+                out = linear(x)
+                site.add_to(out, x)
+                return out
 
             return single
         return add_on_runs(row_runs(adapters), lambda a: {k: site.add_to for k, site in a.by_target.items()})
