@@ -99,7 +99,14 @@ class SVDLinear(LoraLinear):
 
     @property
     def A(self) -> torch.Tensor:  # noqa: N802 - LoRA's name for it
-        return self.lora_A * self.lora_E
+        if torch.is_grad_enabled():  # training: through autograd
+            return self.lora_A * self.lora_E
+        # serving: derived from the weights once per set of values (like a saved diff's CSR), not per call
+        key = tuple((t.data_ptr(), t._version) for t in (self.lora_A, self.lora_E))
+        cached = self.__dict__.get("_served_A")
+        if cached is None or cached[0] != key:
+            cached = self.__dict__["_served_A"] = (key, (self.lora_A * self.lora_E).detach())
+        return cached[1]
 
     @property
     def B(self) -> torch.Tensor:  # noqa: N802
