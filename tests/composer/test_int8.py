@@ -141,3 +141,23 @@ def test_query_key_and_value_share_one_int8_matmul_that_equals_their_own(tiny_be
         own = [model(**batch, composition=c).hidden for c in comps]
     for a, b in zip(shared, own, strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+def test_the_compiled_kernels_give_the_eager_numbers():
+    """Where torch.compile builds them (`quantize.KERNELS`), per-token quantisation and the dequantisation are
+    one pass each; they give exactly the eager passes' numbers (the serving path picks either by size)."""
+    from composer import quantize
+
+    gen = torch.Generator().manual_seed(0)
+    quantise, dequantise = quantize.KERNELS.get()
+    eager_q, eager_d = quantize.EAGER
+    for tokens, width, out in ((300, 384, 1152), (7, 1536, 384), (1, 32, 48)):
+        flat = torch.randn(tokens, width, generator=gen) * 3
+        flat[0] = 0.0  # a row of zeros keeps its floor scale
+        xq, amax = quantise(flat)
+        eq, ea = eager_q(flat.clone())
+        assert xq.dtype == torch.int8 and torch.equal(xq, eq) and torch.equal(amax, ea)
+        w = torch.randint(-127, 128, (width, out), dtype=torch.int8, generator=gen)
+        y = torch._int_mm(xq, w)
+        scale, bias = torch.rand(out, generator=gen), torch.randn(out, generator=gen)
+        torch.testing.assert_close(dequantise(y, scale, amax, bias), eager_d(y, scale, amax, bias), atol=0, rtol=0)
