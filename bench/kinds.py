@@ -158,8 +158,8 @@ def main() -> None:
         f"{result['mixed_kinds8_over_uniform8_min']}–{result['mixed_kinds8_over_uniform8_max']}; goal ≥ 0.85). "
         "The mixed batch holds ST-A, LoRA, AdaLoRA, (IA)³, BitFit, diff pruning, Compacter++ and a plain-base row, "
         "each module's rows on their own slice of the batch (`composer.runs`). The diff row's sparse products (a "
-        "CSR times its 13 tokens at each of 36 linears, 40–70 µs each whatever the row count) are most of what "
-        f"stays: with that row on the plain base, {result['mixed_no_diff_over_uniform8']}.",
+        "CSR product on its 13 tokens at each of 36 linears, a cost that is mostly fixed whatever the row count) "
+        f"are most of what stays: with that row on the plain base, {result['mixed_no_diff_over_uniform8']}.",
         "",
         f"With a prompt-tuning row and a prefix row as well (10 rows, 10 kinds, served through `composer.rows` with "
         f"heads; {med['mixed10']:.2f} ms against {med['uniform10']:.2f} ms for 10 rows on one ST-A): "
