@@ -32,3 +32,14 @@ def adapter_logits(base_dir: Path, art: Any) -> torch.Tensor:
     x = load_file(PARITY / "inputs.safetensors")
     with torch.no_grad():
         return model(**x, head=name, composition=Single(name)).logits
+
+
+def add_random(model: AdaptedEncoder, specs: dict[str, Any], seed: int, std: float, around_init: bool = False) -> None:
+    """Add each adapter of `specs` (name: config) to `model` with random weights, N(0, std²) drawn from `seed`:
+    replacing its initialisation, or added to it (`around_init`: an (IA)³ stays around its scales of 1)."""
+    torch.manual_seed(seed)
+    for name, cfg in specs.items():
+        module = model.add_adapter(name, cfg)
+        with torch.no_grad():
+            for p in module.parameters():
+                p.copy_((p if around_init else 0) + torch.randn_like(p) * std)

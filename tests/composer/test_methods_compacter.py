@@ -16,7 +16,7 @@ from composer.encoder import AdaptedEncoder
 from composer.errors import ConfigError
 from composer.fusion.modules import FusionConfig
 from composer.presets import preset
-from tests.composer.parity import METHODS, PARITY, files_in
+from tests.composer.parity import METHODS, PARITY, add_random, files_in
 
 
 def _model() -> AdaptedEncoder:
@@ -62,18 +62,9 @@ def test_phm_projection_is_a_sum_of_kronecker_products():
     assert sum(p.numel() for p in adapter.parameters()) < plain / 2
 
 
-def _randomised(model: AdaptedEncoder, specs: dict[str, object]) -> None:
-    torch.manual_seed(9)
-    for name, cfg in specs.items():
-        module = model.add_adapter(name, cfg)  # type: ignore[arg-type]
-        with torch.no_grad():
-            for p in module.parameters():
-                p.copy_(torch.randn_like(p) * 0.3)
-
-
 def test_compacter_rows_share_a_forward_with_adapters_and_stack_with_them():
     model = _model()
-    _randomised(
+    add_random(
         model,
         {
             "c": preset("compacter", reduction_factor=4),
@@ -81,6 +72,8 @@ def test_compacter_rows_share_a_forward_with_adapters_and_stack_with_them():
             "st": preset("seq_bn"),
             "lo": preset("lora"),
         },
+        9,
+        0.3,
     )
     x = load_file(PARITY / "inputs.safetensors")
     rows = ["c", "st", "cpp", None, "lo", "c"]
@@ -99,8 +92,11 @@ def test_a_fusion_fuses_compacters_as_the_reference_computes_fuse():
     """Fuse over two Compacters: the fusion's stacked plan (one GEMM for the members' W_down) equals the
     members run one by one and attended as the definition says."""
     model = _model()
-    _randomised(
-        model, {"c1": preset("compacter++", reduction_factor=4), "c2": preset("compacter++", reduction_factor=8)}
+    add_random(
+        model,
+        {"c1": preset("compacter++", reduction_factor=4), "c2": preset("compacter++", reduction_factor=8)},
+        9,
+        0.3,
     )
     assert kinds.get("compacter").fusable
     fusion = model.add_fusion("f", ["c1", "c2"], FusionConfig())

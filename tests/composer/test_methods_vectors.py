@@ -14,7 +14,7 @@ from composer.composition import BatchSplit, Single
 from composer.encoder import AdaptedEncoder
 from composer.errors import ConfigError
 from composer.presets import preset
-from tests.composer.parity import METHODS, PARITY, PEFT_BASE, adapter_logits, files_in
+from tests.composer.parity import METHODS, PARITY, PEFT_BASE, adapter_logits, add_random, files_in
 
 
 @pytest.mark.parametrize("tag", ["ia3_peft", "ia3_peft_ff"])
@@ -61,15 +61,6 @@ def test_adapterhub_ia3_import_gives_adapterhub_logits():
     torch.testing.assert_close(adapter_logits(PARITY / "base", art), ref, atol=1e-5, rtol=0)
 
 
-def _randomised(model: AdaptedEncoder, specs: dict[str, object]) -> None:
-    torch.manual_seed(5)
-    for name, cfg in specs.items():
-        module = model.add_adapter(name, cfg)  # type: ignore[arg-type]
-        with torch.no_grad():
-            for p in module.parameters():
-                p.copy_(p + torch.randn_like(p) * 0.2)  # (IA)³ around 1, the others around 0
-
-
 def test_rows_of_every_linear_method_share_one_forward():
     base = load_base(PARITY / "base", with_tokenizer=False, device="cpu")
     model = AdaptedEncoder(base).eval()
@@ -81,7 +72,7 @@ def test_rows_of_every_linear_method_share_one_forward():
         "lo": preset("lora", r=4),
         "st": preset("seq_bn"),
     }
-    _randomised(model, specs)
+    add_random(model, specs, 5, 0.2, around_init=True)
     x = load_file(PARITY / "inputs.safetensors")
     rows = ["ia", "bf", "lo", None, "ia_out", "st", "bf_q", "ia", "lo", "bf"]
     batch = {k: v[[i % 3 for i in range(len(rows))]] for k, v in x.items()}
@@ -108,7 +99,7 @@ def _linear_out(model: AdaptedEncoder, name: str, layer: int, linear: str, x: to
 def test_ia3_and_bitfit_match_their_definitions():
     base = load_base(PARITY / "base", with_tokenizer=False, device="cpu")
     model = AdaptedEncoder(base).eval()
-    _randomised(model, {"ia": preset("ia3"), "bf": preset("bitfit")})
+    add_random(model, {"ia": preset("ia3"), "bf": preset("bitfit")}, 5, 0.2, around_init=True)
     blocks = base.model.encoder.layer
     x = torch.randn(2, 5, base.hidden_size)
     key, ffn_out = blocks[1].attention.self.key, blocks[0].output.dense

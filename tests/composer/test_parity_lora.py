@@ -15,7 +15,7 @@ from composer.errors import ArtifactError, ConfigError
 from composer.fusion.modules import FusionConfig
 from composer.lora.modules import LoraAdapter, LoraConfig
 from composer.presets import preset
-from tests.composer.parity import PARITY, PEFT_BASE, adapter_logits, files_in
+from tests.composer.parity import PARITY, PEFT_BASE, adapter_logits, add_random, files_in
 
 
 @pytest.mark.parametrize("tag", ["peft_qv", "peft_wide"])
@@ -70,15 +70,6 @@ def test_adapterhub_lora_config_gives_adapterhub_logits():
     torch.testing.assert_close(adapter_logits(PARITY / "base", art), ref, atol=1e-5, rtol=0)
 
 
-def _tiny_with(model: AdaptedEncoder, specs: dict[str, object]) -> None:
-    torch.manual_seed(3)
-    for name, cfg in specs.items():
-        module = model.add_adapter(name, cfg)  # type: ignore[arg-type]
-        with torch.no_grad():
-            for p in module.parameters():
-                p.copy_(torch.randn_like(p) * 0.2)
-
-
 def test_mixed_batch_of_loras_and_bottlenecks_equals_each_row_alone():
     base = load_base(PARITY / "base", with_tokenizer=False, device="cpu")
     model = AdaptedEncoder(base).eval()
@@ -90,7 +81,7 @@ def test_mixed_batch_of_loras_and_bottlenecks_equals_each_row_alone():
         "b1": preset("seq_bn"),
         "b2": preset("seq_bn", reduction_factor=8),
     }
-    _tiny_with(model, specs)
+    add_random(model, specs, 3, 0.2)
     x = load_file(PARITY / "inputs.safetensors")
     for rows in (["l1", "b1", "l2", "l3", None, "b2", "l1", "l4"], ["l1", "l4", None, "b1", "l4"]):
         batch = {k: v[[i % 3 for i in range(len(rows))]] for k, v in x.items()}
@@ -112,7 +103,7 @@ def test_lora_matches_its_definition():
     """One LoRA on the query: the query projection's output moves by x A^T B^T alpha/r, nothing else."""
     base = load_base(PARITY / "base", with_tokenizer=False, device="cpu")
     model = AdaptedEncoder(base).eval()
-    _tiny_with(model, {"q": preset("lora", r=3, alpha=6, target_modules=["query"], layers=[1])})
+    add_random(model, {"q": preset("lora", r=3, alpha=6, target_modules=["query"], layers=[1])}, 3, 0.2)
     lin = base.model.encoder.layer[1].attention.self.query
     site: LoraAdapter = model.adapters["q"]  # type: ignore[assignment]
     x = torch.randn(2, 5, base.hidden_size)
