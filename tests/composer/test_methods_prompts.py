@@ -140,3 +140,32 @@ def test_archive_with_adapterhubs_prefix_pickles_passes_the_archive_gate():
     files = read_zip(buf.getvalue(), 1 << 30)
     art = kinds.load_files({k.rpartition("/")[2]: v for k, v in files.items()})
     assert art.kind == "prefix"
+
+
+def test_adapterhub_prefix_on_roberta_keeps_robertas_positions():
+    """AdapterHub keeps a prefix inside the attention, so the tokens' positions are RoBERTa's own, after its
+    padding index (they once started at 0 here, 1.3 off). The import gives AdapterHub's logits for each row alone
+    (scripts/parity/make_roberta_prefix.py), and so in a mixed forward beside a LoRA row (composer.rows)."""
+    from composer.encoder import AdaptedEncoder
+    from composer.heads import HeadConfig
+    from composer.method import Models
+    from composer.presets import preset
+    from composer.rows import predict_rows
+
+    d = PARITY / "roberta"
+    ref = load_file(d / "expected.safetensors")
+    art = kinds.load_dir(d / "prefix_hub", d / "base")
+    assert (art.kind, art.config.positions) == ("prefix", "from_zero")
+    base = load_base(d / "base", with_tokenizer=False, device="cpu")
+    prompts, enc = PromptModel(base).eval(), AdaptedEncoder(base).eval()
+    name = prompts.attach(art)
+    enc.add_adapter("l", preset("lora", r=2))
+    enc.add_head("l", HeadConfig(num_labels=2))
+    x = {"input_ids": ref["input_ids"], "attention_mask": ref["attention_mask"]}
+    with torch.no_grad():
+        for i in range(2):
+            alone = {k: v[i : i + 1, : int(x["attention_mask"][i].sum())] for k, v in x.items()}
+            torch.testing.assert_close(prompts.logits([name], alone)[0, 0], ref["rows"][i], atol=1e-5, rtol=0)
+        rows = {k: v[[0, 1, 1]] for k, v in x.items()}
+        mixed = predict_rows(Models(base=base, encoder=enc, prompts=prompts), [name, "l", name], rows).logits
+    torch.testing.assert_close(torch.stack([mixed[0], mixed[2]]), ref["rows"], atol=1e-5, rtol=0)
