@@ -1,15 +1,15 @@
 """An int8 base for serving and training on the CPU: the encoder's linear projections run int8 matmuls.
 
 `quantize(base)` gives every adapted linear (query, key, value, attention output, FFN in and out) int8 weights
-with one scale per output channel; query, key and value, which read the same input, also share one quantisation
-of it and one int8 matmul per forward (`Int8Sibling`). The per-token quantisation and the dequantisation are each one
-pass where torch.compile builds them (`KERNELS`: only these elementwise kernels are compiled, once per process,
-for every shape; the matmul is `torch._int_mm` either way): on 8 reviews of ~118 tokens that took int8 ÷ fp32
-from 1.61 to 1.75 for a single adapter and from 1.37-1.40 to 1.53 for a fuse-8 and a mixed batch (9 rounds). At run time each token's activations are quantised with their own scale
+with one scale per output channel. At run time each token's activations are quantised with their own scale
 (symmetric, per token), multiplied in int8 with int32 accumulation (`torch._int_mm`), and dequantised by the
-product of the two scales, with the bias added in fp32. Everything else stays fp32: embeddings, LayerNorms,
-attention, and every adapter, prompt and head, which are the same files at both precisions. The base keeps its
-fp32 weights and its identity, so a module trained on one precision attaches to the other.
+product of the two scales, with the bias added in fp32. Query, key and value, which read the same input, share
+one quantisation of it and one int8 matmul per forward (`Int8Sibling`). The quantisation and the dequantisation
+are each one pass where torch.compile builds them (`KERNELS`: only these elementwise kernels, once per process,
+for every shape): on 8 reviews of ~118 tokens that took int8 ÷ fp32 from 1.61 to 1.75 for a single adapter and
+from 1.37-1.40 to 1.53 for a fuse-8 and a mixed batch (9 rounds). Everything else stays fp32: embeddings,
+LayerNorms, attention, and every adapter, prompt and head, which are the same files at both precisions. The base
+keeps its fp32 weights and its identity, so a module trained on one precision attaches to the other.
 
 Per-token scales, not per-tensor, because a served row must not depend on the rows it is batched with: torch's
 dynamic int8 linear (`torch.ao`, fbgemm/oneDNN) was faster here (190 against 255 µs for a 384→1536 linear on
@@ -47,18 +47,8 @@ def _quantise(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _dequantise(y: torch.Tensor, scale: torch.Tensor, amax: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """An int32 product back to fp32: times the weight's scale per column and the token's per row, plus the bias."""
-    return y.to(torch.float32) * scale * (amax / 127.0) + bias
-
-
-def _quantise_eager(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`_quantise` in eager passes that reuse their buffers (the same numbers)."""
-    amax = flat.abs().amax(dim=1, keepdim=True).clamp_(min=1e-8)
-    return (flat * (127.0 / amax)).round_().to(torch.int8), amax
-
-
-def _dequantise_eager(y: torch.Tensor, scale: torch.Tensor, amax: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """`_dequantise` in eager passes that reuse their buffer (the same numbers)."""
+    """An int32 product back to fp32: times the weight's scale per column and the token's per row, plus the bias
+    (in place on the one fp32 copy: eager, that was 2-10x faster than allocating at each step; compiled, equal)."""
     return y.to(torch.float32).mul_(scale).mul_(amax / 127.0).add_(bias)
 
 
@@ -68,7 +58,7 @@ class _Kernels:
     per process, on first use (about 6 s; `quantize` warms them when a base is quantised), for every shape."""
 
     def __init__(self) -> None:
-        self.quantise, self.dequantise = _quantise_eager, _dequantise_eager
+        self.quantise, self.dequantise = EAGER
         self.ready = False
         self.lock = threading.Lock()
 
@@ -92,8 +82,8 @@ class _Kernels:
         self.ready = True
 
 
+EAGER = (_quantise, _dequantise)
 KERNELS = _Kernels()
-EAGER = (_quantise_eager, _dequantise_eager)
 COMPILED_FROM = 65536  # elements of a linear's input: from here on the compiled kernels (measured, bench/int8)
 
 
@@ -114,11 +104,11 @@ class _Int8Linear(torch.autograd.Function):
 class Int8Linear:
     """A linear's int8 form: int8 weights [in, out] with a scale per output channel, and the fp32 bias."""
 
-    def __init__(self, linear: nn.Linear):
-        w = linear.weight.detach().float()
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        w = weight.detach().float()
         self.scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)  # [out]
         self.weight_t = torch.round(w / self.scale[:, None]).clamp(-127, 127).to(torch.int8).t().contiguous()
-        self.bias = linear.bias.detach().float() if linear.bias is not None else torch.zeros(w.shape[0])
+        self.bias = bias.detach().float() if bias is not None else torch.zeros(w.shape[0])
         self.out_features = w.shape[0]
 
     def dequantised(self) -> torch.Tensor:
@@ -141,15 +131,8 @@ class Int8Linear:
     @classmethod
     def stacked(cls, linears: list[nn.Linear]) -> Int8Linear:
         """One int8 linear computing several that read the same input, their outputs side by side."""
-        fused = nn.Linear(linears[0].in_features, sum(lin.out_features for lin in linears), device="meta")
-        fused.weight = nn.Parameter(torch.cat([lin.weight.detach() for lin in linears]), requires_grad=False)
-        biases = [lin.bias.detach() if lin.bias is not None else None for lin in linears]
-        fused.bias = (
-            nn.Parameter(torch.cat(biases), requires_grad=False)  # type: ignore[arg-type]
-            if all(b is not None for b in biases)
-            else None
-        )
-        return cls(fused)
+        biases = [lin.bias if lin.bias is not None else torch.zeros(lin.out_features) for lin in linears]
+        return cls(torch.cat([lin.weight for lin in linears]), torch.cat(biases))
 
 
 class Int8Sibling:
@@ -187,7 +170,9 @@ def quantize(base: Any) -> None:
     siblings = spec.linears[:3]  # query, key, value: one input
     for layer, name in linear_shapes(base.model, base.family, targets, None, base.num_layers):
         linear = _linear(base, layer, name)
-        object.__setattr__(linear, "int8", Int8Linear(linear))  # not a submodule: the state dict stays fp32
+        object.__setattr__(
+            linear, "int8", Int8Linear(linear.weight, linear.bias)
+        )  # not a submodule: the state dict stays fp32
     for layer in range(base.num_layers):
         linears = [_linear(base, layer, n) for n in siblings]
         fused, start, parts = Int8Linear.stacked(linears), 0, {}

@@ -72,7 +72,7 @@ def test_every_kind_serves_on_the_int8_base_in_one_mixed_batch(tiny_bert_dir):
 def test_int8_linear_is_per_token_and_close_to_fp32():
     torch.manual_seed(0)
     linear = torch.nn.Linear(32, 48)
-    q = Int8Linear(linear)
+    q = Int8Linear(linear.weight, linear.bias)
     x = torch.randn(6, 32)
     with torch.no_grad():
         ref = linear(x)
@@ -90,7 +90,7 @@ def test_int8_linear_is_per_token_and_close_to_fp32():
 def test_gradients_through_int8_linears_are_those_of_the_dequantised_weight():
     torch.manual_seed(0)
     linear = torch.nn.Linear(32, 48)
-    q = Int8Linear(linear)
+    q = Int8Linear(linear.weight, linear.bias)
     x = torch.randn(3, 5, 32, requires_grad=True)
     q(x).pow(2).sum().backward()
     got = x.grad.clone()
