@@ -64,7 +64,7 @@ class MethodKind(ABC):
     file_names: tuple[str, str]  # (config, weights) in our format
     fusable: bool = False  # can be a member of a fusion
     ensemble_member: bool = False  # can be one prompt of a prompt ensemble
-    plans: tuple[str, ...] = ()  # execution plans the runtime may measure and choose between (`predict(plan=)`)
+    plans: tuple[str, ...] = ()  # execution plans the runtime may measure and choose between (`predict_planned`)
     importable: bool = True  # can be uploaded on its own through /v1/adapters/import
     prefetchable: bool = False  # serving can build it ahead of its first request and keep it in host memory
     merge_methods: tuple[str, ...] = ()  # how modules of this kind merge into one (`merge`); () : they do not
@@ -163,15 +163,16 @@ class MethodKind(ABC):
 
     @abstractmethod
     def predict(
-        self,
-        models: Models,
-        names: Sequence[str],
-        batch: dict[str, torch.Tensor],
-        return_attention: bool = False,
-        plan: str = "",
+        self, models: Models, names: Sequence[str], batch: dict[str, torch.Tensor], return_attention: bool = False
     ) -> Prediction:
-        """One forward for a batch whose row i uses module `names[i]` (all of one group). `plan`: one of the
-        kind's `plans` (how the rows are executed, never what they compute); "" the kind's own way."""
+        """One forward for a batch whose row i uses module `names[i]` (all of one group)."""
+
+    def predict_planned(
+        self, models: Models, names: Sequence[str], batch: dict[str, torch.Tensor], plan: str
+    ) -> Prediction:
+        """`predict` under one of the kind's `plans`: how the rows are executed, never what they compute (the kinds
+        with plans return no fusion attention)."""
+        return self.predict(models, names, batch)
 
 
 def json_config(files: dict[str, bytes], name: str) -> dict[str, Any]:

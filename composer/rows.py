@@ -247,11 +247,11 @@ class InRows:
         return plan_key(models, names)
 
     def predict(
-        self,
-        models: Models,
-        names: Sequence[str],
-        batch: dict[str, torch.Tensor],
-        return_attention: bool = False,
-        plan: str = "",
+        self, models: Models, names: Sequence[str], batch: dict[str, torch.Tensor], return_attention: bool = False
     ) -> Prediction:
-        return predict_rows(models, names, batch, plan or ONE)
+        return predict_rows(models, names, batch)
+
+    def predict_planned(
+        self, models: Models, names: Sequence[str], batch: dict[str, torch.Tensor], plan: str
+    ) -> Prediction:
+        return predict_rows(models, names, batch, plan)

@@ -370,7 +370,7 @@ class Runtime:
         key = (shape, bucket(batch["input_ids"].shape[0]), bucket(batch["input_ids"].shape[1]))
         plan = chooser.choose(key)
         t0 = time.perf_counter()
-        pred = kind.predict(res, names, batch, attention, plan=plan)
+        pred = kind.predict_planned(res, names, batch, plan)
         chooser.record(key, plan, time.perf_counter() - t0)
         return pred
 

@@ -134,12 +134,7 @@ class CompositionKind(MethodKind):
         return 0
 
     def predict(
-        self,
-        models: Models,
-        names: Sequence[str],
-        batch: dict[str, torch.Tensor],
-        return_attention: bool = False,
-        plan: str = "",
+        self, models: Models, names: Sequence[str], batch: dict[str, torch.Tensor], return_attention: bool = False
     ) -> Prediction:
         raise ConfigError("a saved composition serves through its tree")
 

@@ -68,12 +68,7 @@ class FusionKind(MethodKind):
         return module_bytes(enc.fusions[name], head) + enc.fusion_plan(name).nbytes()
 
     def predict(
-        self,
-        models: Models,
-        names: Sequence[str],
-        batch: dict[str, torch.Tensor],
-        return_attention: bool = False,
-        plan: str = "",
+        self, models: Models, names: Sequence[str], batch: dict[str, torch.Tensor], return_attention: bool = False
     ) -> Prediction:
         name = names[0]
         out = models.encoder(**batch, composition=Fuse(name), return_fusion_attention=return_attention)
