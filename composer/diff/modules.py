@@ -150,16 +150,11 @@ class DiffSite(nn.Module):
         return torch.addmm(bias, csr, x.reshape(-1, x.shape[-1]).to(csr.dtype).t().contiguous())
 
     def add_to(self, out: torch.Tensor, x: torch.Tensor) -> None:
-        """out += delta(x), in place."""
+        """out += delta(x), in place (saved: the sparse product, transposed, onto `out` viewed as a matrix)."""
         if not self.sparse:
             out += self.delta(x)
             return
-        try:
-            flat = out.view(-1, out.shape[-1])
-        except RuntimeError:
-            out += self.delta(x)
-            return
-        flat.add_(self._sparse_t(x).t())
+        out.view(-1, out.shape[-1]).add_(self._sparse_t(x).t())
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         """x δ_W^T + δ_b for x [..., in]. Saved, δ_W is CSR times the input's columns (a tenth of a dense

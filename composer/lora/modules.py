@@ -80,15 +80,10 @@ class LoraLinear(nn.Module):
         return nn.functional.linear(nn.functional.linear(self.dropout(x), self.A), self.B) * self.scaling
 
     def add_to(self, out: torch.Tensor, x: torch.Tensor) -> None:
-        """out += forward(x), in place: the up-projection, its scaling and the sum in one addmm where `out` views
-        as a matrix (a batch's rows' slice does)."""
+        """out += forward(x), in place: the up-projection, its scaling and the sum in one addmm on `out` viewed as a
+        matrix (a linear's output and a batch's rows' slice of it both view so)."""
         h = nn.functional.linear(self.dropout(x), self.A)
-        try:
-            flat = out.view(-1, out.shape[-1])
-        except RuntimeError:
-            out += nn.functional.linear(h, self.B) * self.scaling
-            return
-        flat.addmm_(h.reshape(-1, h.shape[-1]), self.B.t(), alpha=self.scaling)
+        out.view(-1, out.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), self.B.t(), alpha=self.scaling)
 
 
 class LoraAdapter(nn.Module):
