@@ -28,7 +28,7 @@ class Clock(Callback):
 def main() -> None:
     precision, steps = sys.argv[1], int(sys.argv[2])
     torch.set_num_threads(2)
-    base = load_base(packaged_encoder_dir(), device="cpu", precision=precision)
+    base = load_base(packaged_encoder_dir(), device="cpu", precision=precision, kernels=False)
     c = load_corpus("rt_polarity").subset(32 * steps, seed=0)
     cfg = TrainConfig(learning_rate=1e-3, epochs=1, batch_size=32, max_length=64, patience=0)
     clock = Clock()

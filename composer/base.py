@@ -169,9 +169,10 @@ def load_base(
     device: str | torch.device | None = None,
     with_tokenizer: bool = True,
     precision: str = "fp32",
+    kernels: bool = True,
 ) -> LoadedBase:
     """Load an encoder and its tokenizer from a local directory, frozen, in eval mode; `precision` "int8" makes
-    its linear projections run int8 matmuls (CPU only; composer.quantize)."""
+    its linear projections run int8 matmuls (CPU only; composer.quantize, which `kernels` is passed to)."""
     from composer.quantize import check_precision, quantize
 
     check_precision(precision)
@@ -201,7 +202,7 @@ def load_base(
     model.to(pick_device(str(device) if device is not None else None))
     base = LoadedBase(model=model, tokenizer=tokenizer, identity=identity, family=config.model_type, path=path)
     if precision == "int8":
-        quantize(base)
+        quantize(base, kernels)
     return base
 
 

@@ -84,16 +84,18 @@ def load_registered_base(
     reg: Registry | None = None,
     cache_dir: Path | None = None,
     precision: str = "fp32",
+    kernels: bool = True,
 ) -> LoadedBase:
     """Load a registered base model, refusing it if the files no longer match the registered identity.
-    A derived base is its parent's files (`row.path`) with the fine-tuned weights from the blob store."""
+    A derived base is its parent's files (`row.path`) with the fine-tuned weights from the blob store.
+    `precision` "int8" quantises it; `kernels` False (a training process) builds no compiled kernels."""
     base = load_base(row.path, name=row.name, num_hidden_layers=row.num_layers, device=device)
     if row.weights_sha256 is not None:
         if reg is None:
             raise IncompatibleBaseError(f"base model {row.name!r} is derived: its weights are in the blob store")
         derive(base, row.name, derived_weights(reg, row.weights_sha256, cache_dir))
     if check_precision(precision) == "int8":  # after a derived base has its weights: they are what is quantised
-        quantize(base)
+        quantize(base, kernels)
     if base.identity.fingerprint != row.identity:
         raise IncompatibleBaseError(
             f"the model at {row.path} no longer matches base model {row.name!r} as registered "

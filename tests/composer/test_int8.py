@@ -161,3 +161,21 @@ def test_the_compiled_kernels_give_the_eager_numbers():
         y = torch._int_mm(xq, w)
         scale, bias = torch.rand(out, generator=gen), torch.randn(out, generator=gen)
         torch.testing.assert_close(dequantise(y, scale, amax, bias), eager_d(y, scale, amax, bias), atol=0, rtol=0)
+
+
+def test_the_int8_base_releases_its_quantised_weights_and_quantises_once(tiny_bert_dir):
+    """The quantised linears keep only their int8 form (their fp32 weights on the meta device: shapes, no bytes);
+    the rest of the base stays fp32, and quantising an int8 base again changes nothing."""
+    from composer.injection import FAMILIES
+    from composer.quantize import quantize
+
+    base = load_base(tiny_bert_dir, precision="int8", device="cpu", kernels=False)
+    layers = base.model.get_submodule(FAMILIES[base.family].layers_path)
+    linears = [m for m in layers.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(lin.weight.is_meta and lin.__dict__.get("int8") is not None for lin in linears)
+    assert not any(p.is_meta for n, p in base.model.named_parameters() if "embeddings" in n or "LayerNorm" in n)
+    batch = dict(base.tokenizer(["good movie", "bad"], padding=True, return_tensors="pt"))
+    with torch.no_grad():
+        before = base.model(**batch).last_hidden_state
+        quantize(base)
+        torch.testing.assert_close(base.model(**batch).last_hidden_state, before, atol=0, rtol=0)
