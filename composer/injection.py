@@ -129,6 +129,11 @@ class FamilySpec:
     default_lora_targets: tuple[str, ...] = ("query", "value")
     positions_after_padding: bool = False  # RoBERTa's positions start after its padding index
 
+    @property
+    def siblings(self) -> tuple[str, ...]:
+        """The linears of a layer that read the same input: query, key and value (the first three)."""
+        return self.linears[:3]
+
 
 def linear_targets(family: str, wanted: tuple[str, ...], what: str = "target_modules") -> tuple[str, ...]:
     """The linear names inside one layer that `wanted` names, in the layer's order: a full name matches itself

@@ -179,7 +179,7 @@ def quantize(base: Any, kernels: bool = True) -> None:
         KERNELS.get()
     spec = FAMILIES[base.family]
     targets = linear_targets(base.family, spec.linears)
-    siblings = spec.linears[:3]  # query, key, value: one input
+    siblings = spec.siblings
     for layer, name in linear_shapes(base.model, base.family, targets, None, base.num_layers):
         linear = _linear(base, layer, name)
         object.__setattr__(

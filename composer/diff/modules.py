@@ -7,8 +7,8 @@ the hooks add the expected L0 norm of the gates — the mean over every gated pa
 sigmoid(log α − β log(−l / r)), times `l0_weight` — to the loss. Saving projects δ onto the target density by
 magnitude (the paper's projection, about 0.5% kept) and stores it sparse: per site the flat indices and values of
 the weight delta and of the bias delta, with `nnz` counting them. Served, each row adds its own module's sparse
-delta to its rows only (one sparse matmul per distinct module and linear), so rows of other modules and methods
-are untouched. LayerNorm and the embeddings stay frozen (as BitFit's LayerNorm biases do).
+delta to its rows only (one sparse product per run of its rows and linear; a layer's query, key and value, which
+read one input, share one product of their stacked deltas), so rows of other modules and methods are untouched. LayerNorm and the embeddings stay frozen (as BitFit's LayerNorm biases do).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from torch import nn
 
 from composer.errors import ArtifactError, ConfigError, IncompatibleBaseError
 from composer.injection import (
+    FAMILIES,
     LinearHandler,
     LinearTargets,
     config_from_dict,
@@ -78,7 +79,7 @@ class DiffConfig(LinearTargets):
                     )
 
     def build(self, model: Any) -> DiffAdapter:
-        return DiffAdapter(self, self.adapted_shapes(model))
+        return DiffAdapter(self, self.adapted_shapes(model), FAMILIES[model.base.family].siblings)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DiffConfig:
@@ -165,12 +166,56 @@ class DiffSite(nn.Module):
         return self._sparse_t(x).t().reshape(*x.shape[:-1], -1).to(x.dtype)
 
 
+class Stacked:
+    """A layer's saved sites on linears that read one input (query, key, value): their deltas as one CSR, so the
+    rows of a run pay one sparse product for the three instead of three (each a small op that finds its operands
+    out of the caches after the layer's matmuls). The first sibling called on an input computes the product for
+    all and leaves the others' parts in the forward's memo; each part is handed out once."""
+
+    def __init__(self, sites: dict[str, DiffSite]):
+        self.sites = sites
+        self._built: tuple[Any, ...] | None = None
+
+    def delta(self) -> tuple[torch.Tensor, torch.Tensor, dict[str, slice]]:
+        """(the stacked CSR [Σ out, in], its dense bias [Σ out, 1], each site's rows), rebuilt when a value moves."""
+        key = tuple((s.w_value.data_ptr(), s.w_value._version, s.b_value._version) for s in self.sites.values())
+        if self._built is None or self._built[0] != key:
+            parts, csrs, biases, start = {}, [], [], 0
+            for name, site in self.sites.items():
+                csr, bias = site.sparse_delta()
+                csrs.append(csr.to_sparse_coo())
+                biases.append(bias)
+                parts[name] = slice(start, start + site.shape[0])
+                start += site.shape[0]
+            with warnings.catch_warnings():  # sparse CSR is in beta: covered by tests
+                warnings.simplefilter("ignore", UserWarning)
+                csr = torch.cat(csrs).coalesce().to_sparse_csr()
+            self._built = (key, csr, torch.cat(biases), parts)
+        return self._built[1], self._built[2], self._built[3]
+
+    def adder(
+        self, name: str, memo: dict[tuple[int, ...], dict[str, torch.Tensor]]
+    ) -> Callable[[torch.Tensor, torch.Tensor], None]:
+        def add(out: torch.Tensor, x: torch.Tensor) -> None:
+            key = (id(self), x.data_ptr(), *x.shape)
+            got = memo.get(key)
+            if got is None or name not in got:
+                csr, bias, parts = self.delta()
+                y = torch.addmm(bias, csr, x.reshape(-1, x.shape[-1]).to(csr.dtype).t().contiguous())
+                got = memo[key] = {n: y[part] for n, part in parts.items()}
+            out.view(-1, out.shape[-1]).add_(got.pop(name).t())
+
+        return add
+
+
 class DiffAdapter(nn.Module):
     """The deltas of one diff module, one `DiffSite` per (layer, linear)."""
 
     slot = "linear"
 
-    def __init__(self, cfg: DiffConfig, linears: dict[tuple[int, str], tuple[int, int]]):
+    def __init__(
+        self, cfg: DiffConfig, linears: dict[tuple[int, str], tuple[int, int]], siblings: tuple[str, ...] = ()
+    ):
         super().__init__()
         self.cfg = cfg
         shapes = {k: (fo, fi) for k, (fi, fo) in linears.items()}  # linear_shapes gives (in, out)
@@ -190,6 +235,13 @@ class DiffAdapter(nn.Module):
             }
         )
         self.by_target: dict[tuple[int, str], DiffSite] = {k: self.sites[site_name(*k)] for k in shapes}  # type: ignore[misc]
+        # per layer, its sites on linears that read one input (query, key, value), when it has two or more: served
+        # from one product of their deltas stacked (`Stacked`)
+        self.stacked: dict[int, Stacked] = {}
+        for layer in self.layers():
+            group = {n: self.by_target[layer, n] for n in siblings if (layer, n) in self.by_target}
+            if len(group) > 1 and cfg.nnz is not None:
+                self.stacked[layer] = Stacked(group)
 
     def layers(self) -> list[int]:
         return sorted({layer for layer, _ in self.by_target})
@@ -204,19 +256,29 @@ class DiffAdapter(nn.Module):
         distinct = list(dict.fromkeys(a for a in adapters if a is not None))
         if not distinct:
             return None
+        memo: dict[tuple[int, ...], dict[str, torch.Tensor]] = {}  # this forward's shared products (`Stacked`)
+
+        def updates(a: DiffAdapter) -> dict[tuple[int, str], Callable[[torch.Tensor, torch.Tensor], None]]:
+            out: dict[tuple[int, str], Callable[[torch.Tensor, torch.Tensor], None]] = {}
+            for (layer, name), site in a.by_target.items():
+                stacked = a.stacked.get(layer)
+                shared = stacked is not None and name in stacked.sites
+                out[layer, name] = stacked.adder(name, memo) if shared else site.add_to  # type: ignore[union-attr]
+            return out
+
         if len(distinct) == 1 and all(a is distinct[0] for a in adapters):
-            only = distinct[0].by_target
+            adds = updates(distinct[0])
 
             def single(layer: int, name: str, x: torch.Tensor, linear: Callable) -> torch.Tensor | None:
-                site = only.get((layer, name))
-                if site is None:
+                add = adds.get((layer, name))
+                if add is None:
                     return None
                 out = linear(x)
-                site.add_to(out, x)  # in training the gated dense delta, through autograd (in place is fine there)
+                add(out, x)  # in training the gated dense delta, through autograd (in place is fine there)
                 return out
 
             return single
-        return add_on_runs(row_runs(adapters), lambda a: {k: site.add_to for k, site in a.by_target.items()})
+        return add_on_runs(row_runs(adapters), updates)
 
 
 class DiffHooks:

@@ -84,6 +84,41 @@ def test_training_projects_to_the_density_and_serves_the_delta_exactly(tiny_bert
     torch.testing.assert_close(mixed[2], bare[2], atol=1e-5, rtol=0)
 
 
+def test_query_key_and_value_share_one_sparse_product_that_follows_the_values(tiny_bert_dir, monkeypatch):
+    """A saved diff serves a layer's query, key and value deltas as one stacked product per run of rows
+    (`Stacked`), which equals the merged-weights oracle; a value changed in place is served at once."""
+    import dataclasses
+
+    from composer.diff import modules
+
+    _, data, run = _trained(tiny_bert_dir)
+    art = run.artifact(TASK)
+    model = AdaptedEncoder(load_base(tiny_bert_dir)).eval()
+    artifacts.attach(model, art, name="d")
+    module = model.adapters["d"]
+    assert sorted(module.stacked) == module.layers()
+    assert all(list(st.sites) == list(FAMILIES["bert"].siblings) for st in module.stacked.values())
+    products = []
+    delta = modules.Stacked.delta
+    monkeypatch.setattr(modules.Stacked, "delta", lambda self: products.append(self) or delta(self))
+    batch = {k: v for k, v in Collator(model.base.tokenizer, TASK)(data[:4]).items() if k != "labels"}
+    q = "sites.L0_attention_self_query.w_value"
+    assert f"adapter.{q}" in art.tensors
+    with torch.no_grad():
+        model(**batch, composition=Single("d"))
+        assert len(products) == len(module.layers())  # one product per layer for its three linears
+        products.clear()
+        model(**batch, composition=BatchSplit(("d", None, "d", "d")))
+        assert len(products) == 2 * len(module.layers())  # one per run of rows: rows 0 and 2-3
+        module.get_parameter(q).add_(0.5)  # in place: the stacked delta is rebuilt from the new values
+        moved = dataclasses.replace(art, tensors={**art.tensors, f"adapter.{q}": art.tensors[f"adapter.{q}"] + 0.5})
+        want = _with_delta(tiny_bert_dir, moved)(**batch).hidden
+        got = model(**batch, composition=BatchSplit(("d", None, "d", "d"))).hidden
+        before = _with_delta(tiny_bert_dir, art)(**batch).hidden
+    assert (want - before).abs().max() > 1e-4
+    torch.testing.assert_close(got[[0, 2, 3]], want[[0, 2, 3]], atol=1e-5, rtol=0)
+
+
 def test_the_l0_penalty_closes_gates(tiny_bert_dir):
     _, _, run = _trained(tiny_bert_dir)
     sites = run.model.adapters[run.name].sites.values()
