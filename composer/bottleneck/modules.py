@@ -196,20 +196,23 @@ class BottleneckLayer(nn.Module):
                     nn.init.trunc_normal_(lin.weight, mean=0.0, std=1e-2, a=-2e-2, b=2e-2)
 
     # -- the three phases, as in the reference -------------------------------------------
-    def pre(self, x: torch.Tensor, r: torch.Tensor, layer_norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (adapter input, adapter residual)."""
+    def pre(
+        self, x: torch.Tensor, r: torch.Tensor, layer_norm: nn.Module, plain: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (adapter input, adapter residual). `plain`: `layer_norm(x + r)` where the caller has it."""
         if self.cfg.is_parallel:
             return r, r
         h = x
         if self.cfg.original_ln_before:
-            h = layer_norm(x + r)
+            h = layer_norm(x + r) if plain is None else plain
         return h, (x if self.cfg.residual_before_ln else h)
 
     def delta(self, h: torch.Tensor) -> torch.Tensor:
         """The scaled bottleneck output `s * f(h W_down) W_up` (before any residual)."""
         if self.norm_before is not None:
             h = self.norm_before(h)
-        return self.dropout(self.up(self.act(self.down(h))) * self.scaling)
+        up = self.up(self.act(self.down(h)))
+        return self.dropout(up if isinstance(self.scaling, float) and self.scaling == 1.0 else up * self.scaling)
 
     def finish(self, up: torch.Tensor, adapter_residual: torch.Tensor) -> torch.Tensor:
         """Apply the adapter's own residual and optional LayerNorm to a bottleneck output."""
@@ -231,8 +234,10 @@ class BottleneckLayer(nn.Module):
             out = layer_norm(out + r)
         return out
 
-    def forward(self, x: torch.Tensor, r: torch.Tensor, layer_norm: nn.Module) -> torch.Tensor:
-        h, res = self.pre(x, r, layer_norm)
+    def forward(
+        self, x: torch.Tensor, r: torch.Tensor, layer_norm: nn.Module, plain: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        h, res = self.pre(x, r, layer_norm, plain)
         return self.post(self.finish(self.delta(h), res), x, r, layer_norm)
 
 
