@@ -74,6 +74,22 @@ def add_modules(model: AdaptedEncoder) -> None:
             model.add_adapter(name, cfg, weights=tensors)
 
 
+def ops(go) -> int:  # type: ignore[no-untyped-def]
+    """How many aten ops one call of `go` runs, views (slices, transposes, reshapes) aside."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    count = [0]
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            count[0] += not func.is_view
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        go()
+    return count[0]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -89,10 +105,12 @@ def main() -> None:
     batch = dict(base.tokenizer(TEXTS, padding=True, return_tensors="pt"))
     mixed = BatchSplit((*MODULES, None))
 
-    def run(comp):  # type: ignore[no-untyped-def]
+    tiny = dict(base.tokenizer(["a"] * len(TEXTS), return_tensors="pt"))  # 3 tokens a row: the fixed costs alone
+
+    def run(comp, inputs=batch):  # type: ignore[no-untyped-def]
         def go() -> None:
             with torch.no_grad():
-                model(**batch, composition=comp)
+                model(**inputs, composition=comp)
 
         return go
 
@@ -122,6 +140,8 @@ def main() -> None:
         "base": run(None),
         "mixed": run(mixed),
         **{f"mixed_no_{n}": run(without(n)) for n in MODULES},
+        "mixed_tiny": run(mixed, tiny),
+        "uniform_tiny": run(Single("seq_bn"), tiny),
         **{n: run(Single(n)) for n in MODULES},
         "mixed10": served(kinds10),
         "mixed10_by_layout": served(kinds10, BY_LAYOUT),
@@ -133,7 +153,8 @@ def main() -> None:
             samples[n].append(ms)
     med = {n: statistics.median(v) for n, v in samples.items()}
     ratio = {f"{n}_over_base": round(med[n] / med["base"], 3) for n in MODULES}
-    added = {f"in_mixed_{n}_ms": round(med["mixed"] - med[f"mixed_no_{n}"], 2) for n in MODULES}
+    gaps = {n: [m - w for m, w in zip(samples["mixed"], samples[f"mixed_no_{n}"], strict=True)] for n in MODULES}
+    added = {f"in_mixed_{n}_ms": round(statistics.median(g), 2) for n, g in gaps.items()}  # per round, side by side
     per_round = [samples["seq_bn"][i] / samples["mixed"][i] for i in range(rounds)]
     per_round_nd = [samples["seq_bn"][i] / samples["mixed_no_diff"][i] for i in range(rounds)]
     per_round10 = [samples["uniform10"][i] / samples["mixed10"][i] for i in range(rounds)]
@@ -150,16 +171,19 @@ def main() -> None:
         **ratio,
         **added,
         "base_ms": round(med["base"], 2),
+        "mixed_tiny_minus_uniform_tiny_ms": round(med["mixed_tiny"] - med["uniform_tiny"], 2),
     }
+    n_ops = (ops(runs["mixed"]), ops(runs["seq_bn"]))
     lines = [
         f"## Serving cost per kind ({'--quick, ' if a.quick else ''}6-layer MiniLM, batch 8, "
         f"{'CPU, 2 threads' if device == 'cpu' else device})",
         "",
-        "| batch of 8 rows | ms (median) | ÷ bare base | its one row in the mixed batch adds (ms) |",
+        "| batch of 8 rows | ms (median) | ÷ bare base | its one row in the mixed batch adds, ms (rounds) |",
         "|---|---:|---:|---:|",
         f"| bare base | {med['base']:.2f} | 1.000 | |",
         *(
-            f"| one {n} | {med[n]:.2f} | {ratio[f'{n}_over_base']:.3f} | {added[f'in_mixed_{n}_ms']:.2f} |"
+            f"| one {n} | {med[n]:.2f} | {ratio[f'{n}_over_base']:.3f} | {added[f'in_mixed_{n}_ms']:.2f} "
+            f"({min(gaps[n]):.2f}–{max(gaps[n]):.2f}) |"
             for n in MODULES
         ),
         f"| 8 rows on 8 modules of different kinds | {med['mixed']:.2f} | {med['mixed'] / med['base']:.3f} | |",
@@ -168,13 +192,15 @@ def main() -> None:
         f"{result['mixed_kinds8_over_uniform8_min']}–{result['mixed_kinds8_over_uniform8_max']}; goal ≥ 0.85). "
         "The mixed batch holds ST-A, LoRA, AdaLoRA, (IA)³, BitFit, diff pruning, Compacter++ and a plain-base row, "
         "each module's rows on their own slice of the batch (`composer.runs`). The diff row's sparse products (a "
-        "CSR product on its 13 tokens at each of 36 linears, a cost that is mostly fixed whatever the row count) "
-        f"are most of what stays: with that row on the plain base, {result['mixed_no_diff_over_uniform8']}. Each of "
-        "a row's small ops costs about three times its isolated time here: run right after a linear of the batch, "
-        "it finds its operands out of the caches (the diff's CSR product on 13 tokens: 17-36 µs alone, about 80 µs "
-        "a site inside the forward; even a 13×384 add: 2 µs alone, 9-14 µs after a 104×384×1536 matmul, on one "
-        "thread too). What is left is that fixed cost per op and site, which only fusing each kind's ops into "
-        "fewer kernels would cut.",
+        "CSR product on its 13 tokens, 24 a forward: one at each of the 36 linears, query, key and value sharing one; "
+        "a cost that is mostly fixed whatever the row count) "
+        f"are most of what stays: with that row on the plain base, {result['mixed_no_diff_over_uniform8']}. What "
+        f"stays is a cost per op, not per token: the mixed batch runs {n_ops[0] - n_ops[1]} more small ops a forward "
+        f"than the uniform one ({n_ops[0]} against {n_ops[1]}, views aside), each with its views and Python around it, and with 3 tokens a "
+        f"row it still costs {med['mixed_tiny'] - med['uniform_tiny']:.2f} ms more ({med['mixed_tiny']:.2f} against "
+        f"{med['uniform_tiny']:.2f} ms). Inside the forward each op also finds its operands out of the caches "
+        "after the batch's matmuls (the diff's CSR product on 13 tokens: 17-36 µs alone, about 80 µs a site in the "
+        "forward). Only fusing each kind's ops into fewer kernels would cut that.",
         "",
         f"With a prompt-tuning row and a prefix row as well (10 rows, 10 kinds, served through `composer.rows` with "
         f"heads; {med['mixed10']:.2f} ms against {med['uniform10']:.2f} ms for 10 rows on one ST-A): "
