@@ -6,7 +6,9 @@ Speed, throughput of the int8 base ÷ the fp32 base on the real MiniLM (6 layers
 Accuracy, on 5 real tasks (DATA.md's RT polarity, RT subjectivity, fine foods, CoNLL uncertainty, and the pool's
   vader_amazon): an ST-A and its head trained on the fp32 base, tested on both precisions (the same files).
   `int8_accuracy_drop`: the mean drop, a fraction (goal ≤ 0.005), and the largest logit difference.
-Also an ST-A trained on the int8 base (QLoRA's setting, int8 for NF4), tested on both.
+Also an ST-A trained on the int8 base and one trained on the NF4 base (QLoRA's 4-bit NormalFloat, composer/nf4.py),
+tested on both serving precisions (`int8_trained_accuracy_drop`, `nf4_trained_accuracy_drop`: goal within 0.01),
+and a LoRA's training step time and peak RSS on each base.
 
     .venv/bin/python -m bench.int8 [--quick]
 """
@@ -101,8 +103,9 @@ def speed(rounds: int, repeats: int, texts: list[str], max_length: int) -> tuple
 
 def accuracy(quick: bool) -> tuple[dict, list[str]]:
     n, test_n, epochs = (400, 300, 2) if quick else (2000, 1000, 3)
-    bases = {p: load_base(packaged_encoder_dir(), device="cpu", precision=p) for p in ("fp32", "int8")}
-    rows, drops, qlora = [], [], []
+    bases = {p: load_base(packaged_encoder_dir(), device="cpu", precision=p) for p in ("fp32", "int8", "nf4")}
+    serving = {p: bases[p] for p in ("fp32", "int8")}  # nf4 is a base to train on
+    rows, drops, qlora, nf4 = [], [], [], []
     out: dict = {}
     for t in TASKS:
         c = corpus(t).subset(n, seed=0)
@@ -111,12 +114,12 @@ def accuracy(quick: bool) -> tuple[dict, list[str]]:
         gold = torch.tensor([c.task.labels.index(r.label) for r in test])
         acc: dict[str, dict[str, float]] = {}
         logit_gap = 0.0
-        for trained_on in ("fp32", "int8"):
+        for trained_on in bases:
             run = train_st_adapter(bases[trained_on], c.task, c.train, c.validation[:200], preset("seq_bn"), cfg)
             art = run.artifact(c.task)
             acc[trained_on] = {}
             logits = {}
-            for served_on, base in bases.items():
+            for served_on, base in serving.items():
                 model = AdaptedEncoder(base).eval()
                 name = artifacts.attach(model, art, name="m")
                 collate = Collator(base.tokenizer, c.task, 64)
@@ -127,14 +130,16 @@ def accuracy(quick: bool) -> tuple[dict, list[str]]:
         drop = acc["fp32"]["fp32"] - acc["fp32"]["int8"]
         drops.append(drop)
         qlora.append(acc["fp32"]["fp32"] - acc["int8"]["int8"])
+        nf4.append(acc["fp32"]["fp32"] - acc["nf4"]["fp32"])
         out[f"{t}_fp32"], out[f"{t}_int8"] = round(acc["fp32"]["fp32"], 4), round(acc["fp32"]["int8"], 4)
         rows.append(
             f"| {t} | {acc['fp32']['fp32']:.3f} | {acc['fp32']['int8']:.3f} | {drop * 100:+.1f} | {logit_gap:.3f} | "
-            f"{acc['int8']['int8']:.3f} | {acc['int8']['fp32']:.3f} |"
+            f"{acc['int8']['int8']:.3f} | {acc['int8']['fp32']:.3f} | {acc['nf4']['fp32']:.3f} | {acc['nf4']['int8']:.3f} |"
         )
         print(rows[-1], flush=True)
     out["int8_accuracy_drop"] = round(statistics.mean(drops), 4)
     out["int8_trained_accuracy_drop"] = round(statistics.mean(qlora), 4)
+    out["nf4_trained_accuracy_drop"] = round(statistics.mean(nf4), 4)
     return out, rows
 
 
@@ -150,7 +155,7 @@ def training_cost(steps: int, rounds: int) -> dict:
     import subprocess
     import sys
 
-    runs = {(p, env): [] for p in ("fp32", "int8") for env in ("default", "true")}  # type: ignore[var-annotated]
+    runs = {(p, env): [] for p in ("fp32", "int8", "nf4") for env in ("default", "true")}  # type: ignore[var-annotated]
     for _ in range(rounds):
         for p, env in runs:
             out = subprocess.run(
@@ -169,6 +174,9 @@ def training_cost(steps: int, rounds: int) -> dict:
         "train_peak_rss_mb_int8": med["int8", "default"]["peak_rss_mb"],
         "train_held_rss_mb_fp32": med["fp32", "true"]["peak_rss_mb"],
         "train_held_rss_mb_int8": med["int8", "true"]["peak_rss_mb"],
+        "train_step_ms_nf4": med["nf4", "default"]["step_ms"],
+        "train_peak_rss_mb_nf4": med["nf4", "default"]["peak_rss_mb"],
+        "train_held_rss_mb_nf4": med["nf4", "true"]["peak_rss_mb"],
     }
 
 
@@ -203,25 +211,29 @@ def main() -> None:
         f"{fast['int8_hidden_max_abs_diff']}, short sentences {fast['short_int8_hidden_max_abs_diff']}.",
         "",
         "| task | trained fp32, served fp32 | served int8 | drop (points) | max logit diff | trained int8, "
-        "served int8 | served fp32 |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "served int8 | served fp32 | trained nf4, served fp32 | served int8 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         *rows,
         "",
         f"Mean accuracy drop serving on int8: **{acc['int8_accuracy_drop'] * 100:.2f} points** (goal ≤ 0.5); "
         f"an ST-A trained on the int8 base and served there: {acc['int8_trained_accuracy_drop'] * 100:.2f} "
-        "points under the fp32-trained one on fp32 (goal within 1). ST-A (seq_bn) on each task's first "
+        f"points under the fp32-trained one on fp32 (goal within 1); trained on the NF4 base (QLoRA's 4-bit "
+        f"NormalFloat) and served on fp32: {acc['nf4_trained_accuracy_drop'] * 100:.2f} points under it. ST-A "
+        "(seq_bn) on each task's first "
         f"{'400' if a.quick else '2,000'} training rows, one seed; test on {'300' if a.quick else '1,000'} rows.",
         "",
         f"Training a LoRA (batch 32, 64 tokens), each precision in its own process: step "
-        f"{train['train_step_ms_fp32']:.0f} ms on fp32, {train['train_step_ms_int8']:.0f} ms on int8; peak RSS "
-        f"{train['train_peak_rss_mb_fp32']:.0f} MB and {train['train_peak_rss_mb_int8']:.0f} MB. With glibc keeping "
-        f"no large freed block (`MALLOC_MMAP_THRESHOLD_=131072`, which shows what each process holds but slows its "
-        f"steps by half or more, so it is no default): {train['train_held_rss_mb_fp32']:.0f} MB and "
-        f"{train['train_held_rss_mb_int8']:.0f} MB. The int8 base releases its quantised linears' fp32 weights and a "
-        "training process builds no compiled kernels. That saves three quarters of those weights' bytes: 32 MB of "
-        "this MiniLM's 42 MB (its linears are 10.6M parameters; BERT-base's 85M would save about 255 MB), beside "
-        "the activations of a batch of 32, which dominate here; and the default allocator keeps more of the int8 "
-        "path's transients (its int32 products, the backward's dequantised weights).",
+        f"{train['train_step_ms_fp32']:.0f} ms on fp32, {train['train_step_ms_int8']:.0f} ms on int8, "
+        f"{train['train_step_ms_nf4']:.0f} ms on NF4; peak RSS {train['train_peak_rss_mb_fp32']:.0f}, "
+        f"{train['train_peak_rss_mb_int8']:.0f} and {train['train_peak_rss_mb_nf4']:.0f} MB. With glibc keeping "
+        "no large freed block (`MALLOC_MMAP_THRESHOLD_=131072`, which shows what each process holds but slows its "
+        f"steps by half or more, so it is no default): {train['train_held_rss_mb_fp32']:.0f}, "
+        f"{train['train_held_rss_mb_int8']:.0f} and {train['train_held_rss_mb_nf4']:.0f} MB. The quantised bases "
+        "release their linears' fp32 weights (int8 keeps a quarter of those bytes, NF4 about a seventh: 4.5 bits a "
+        "parameter) and a training process builds no compiled kernels; on this MiniLM those weights are 42 MB "
+        "(10.6M parameters; BERT-base's 85M are 340 MB), beside the activations of a batch of 32, which dominate "
+        "here, and the default allocator keeps more of the quantised paths' transients (int32 products, the "
+        "weights dequantised for each forward and backward).",
     ]
     write_section("int8", "\n".join(lines))
     emit(result)

@@ -83,7 +83,7 @@ class LoadedBase:
     identity: BaseIdentity
     family: str
     path: Path
-    precision: str = "fp32"  # "int8": the linears run int8 matmuls (composer.quantize); identity unchanged
+    precision: str = "fp32"  # "int8" or "nf4": the linears run quantised (composer.quantize); identity unchanged
 
     @property
     def hidden_size(self) -> int:
@@ -172,8 +172,9 @@ def load_base(
     kernels: bool = True,
 ) -> LoadedBase:
     """Load an encoder and its tokenizer from a local directory, frozen, in eval mode; `precision` "int8" makes
-    its linear projections run int8 matmuls (CPU only; composer.quantize, which `kernels` is passed to)."""
-    from composer.quantize import check_precision, quantize
+    its linear projections run int8 matmuls (CPU only; composer.quantize, which `kernels` is passed to), "nf4"
+    keeps them in QLoRA's 4-bit NormalFloat, to train adapters on (composer.nf4)."""
+    from composer.quantize import check_precision, set_precision
 
     check_precision(precision)
     path = Path(path)
@@ -201,8 +202,7 @@ def load_base(
     )
     model.to(pick_device(str(device) if device is not None else None))
     base = LoadedBase(model=model, tokenizer=tokenizer, identity=identity, family=config.model_type, path=path)
-    if precision == "int8":
-        quantize(base, kernels)
+    set_precision(base, precision, kernels)
     return base
 
 

@@ -304,13 +304,13 @@ def _patch_linears(block: nn.Module, layer: int, names: tuple[str, ...], router:
         lin: nn.Linear = _layers(block, name)  # type: ignore[assignment]
 
         def forward(x: torch.Tensor, lin: nn.Linear = lin, name: str = name) -> torch.Tensor:
-            int8 = lin.__dict__.get("int8")  # an int8 base's form of this linear (composer.quantize)
+            quantised = lin.__dict__.get("quantised")  # an int8 or NF4 base's form of it (composer.quantize)
 
             scope = router.scope
 
             def plain(h: torch.Tensor) -> torch.Tensor:
-                if int8 is not None:
-                    return int8(h, scope.memo if scope is not None else None)
+                if quantised is not None:
+                    return quantised(h, scope.memo if scope is not None else None)
                 return nn.functional.linear(h, lin.weight, lin.bias)
 
             if scope is None or scope.linear is None:

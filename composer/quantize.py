@@ -38,9 +38,10 @@ from torch import nn
 
 from composer.errors import ConfigError
 from composer.injection import FAMILIES, inject, linear_shapes, linear_targets
+from composer.nf4 import NF4Linear
 
 log = logging.getLogger(__name__)
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "int8", "nf4")  # nf4: QLoRA's 4-bit base, to train on (composer.nf4)
 
 
 def _quantise(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,6 +173,8 @@ def quantize(base: Any, kernels: bool = True) -> None:
     training process passes False and runs the eager passes."""
     if base.precision == "int8":
         return
+    if base.precision != "fp32":
+        raise ConfigError(f"precision: the base is already {base.precision}")
     if base.device.type != "cpu":
         raise ConfigError(f"precision: int8 runs on the CPU (the base is on {base.device}); serve fp32 on a GPU")
     inject(base.model, base.family)  # the linears' forwards look for their int8 form (injection._patch_linears)
@@ -183,7 +186,7 @@ def quantize(base: Any, kernels: bool = True) -> None:
     for layer, name in linear_shapes(base.model, base.family, targets, None, base.num_layers):
         linear = _linear(base, layer, name)
         object.__setattr__(
-            linear, "int8", Int8Linear(linear.weight, linear.bias)
+            linear, "quantised", Int8Linear(linear.weight, linear.bias)
         )  # not a submodule: the state dict keeps the fp32 names
     for layer in range(base.num_layers):
         linears = [_linear(base, layer, n) for n in siblings]
@@ -192,11 +195,42 @@ def quantize(base: Any, kernels: bool = True) -> None:
             parts[n] = slice(start, start + lin.out_features)
             start += lin.out_features
         for n, lin in zip(siblings, linears, strict=True):
-            object.__setattr__(lin, "int8", Int8Sibling(lin.__dict__["int8"], fused, parts, n))
-    for layer, name in linear_shapes(base.model, base.family, targets, None, base.num_layers):
-        linear = _linear(base, layer, name)  # its int8 form serves it and gives backward its dequantised weight
-        linear.weight = nn.Parameter(linear.weight.detach().to("meta"), requires_grad=False)
+            object.__setattr__(lin, "quantised", Int8Sibling(lin.__dict__["quantised"], fused, parts, n))
+    _release(base, targets)
     base.precision = "int8"
+
+
+def quantize_nf4(base: Any) -> None:
+    """Make `base` an NF4 base, in place, on its own device (composer.nf4): its identity stays, the quantised
+    linears' fp32 weights go."""
+    if base.precision == "nf4":
+        return
+    if base.precision != "fp32":
+        raise ConfigError(f"precision: the base is already {base.precision}")
+    inject(base.model, base.family)
+    targets = linear_targets(base.family, FAMILIES[base.family].linears)
+    for layer, name in linear_shapes(base.model, base.family, targets, None, base.num_layers):
+        linear = _linear(base, layer, name)
+        object.__setattr__(linear, "quantised", NF4Linear(linear.weight, linear.bias))
+    _release(base, targets)
+    base.precision = "nf4"
+
+
+def set_precision(base: Any, precision: str, kernels: bool = True) -> None:
+    """Give a loaded fp32 base its precision: int8 (`quantize`) or nf4 (`quantize_nf4`); fp32 leaves it."""
+    check_precision(precision)
+    if precision == "int8":
+        quantize(base, kernels)
+    elif precision == "nf4":
+        quantize_nf4(base)
+
+
+def _release(base: Any, targets: tuple[str, ...]) -> None:
+    """The quantised linears' fp32 weights to the meta device (shapes only): their quantised form serves them
+    and gives backward its dequantised weight."""
+    for layer, name in linear_shapes(base.model, base.family, targets, None, base.num_layers):
+        linear = _linear(base, layer, name)
+        linear.weight = nn.Parameter(linear.weight.detach().to("meta"), requires_grad=False)
 
 
 def _linear(base: Any, layer: int, name: str) -> nn.Linear:

@@ -8,7 +8,7 @@ from pathlib import Path
 from composer.base import LoadedBase, derive, load_base
 from composer.data import TaskSpec, label_histogram, parse_examples
 from composer.errors import IncompatibleBaseError
-from composer.quantize import check_precision, quantize
+from composer.quantize import set_precision
 from registry_db.models import BaseModelRow, Dataset, Task
 from registry_db.registry import Registry
 from registry_db.repo import catalog
@@ -88,14 +88,13 @@ def load_registered_base(
 ) -> LoadedBase:
     """Load a registered base model, refusing it if the files no longer match the registered identity.
     A derived base is its parent's files (`row.path`) with the fine-tuned weights from the blob store.
-    `precision` "int8" quantises it; `kernels` False (a training process) builds no compiled kernels."""
+    `precision` "int8" or "nf4" quantises it; `kernels` False (a training process) builds no compiled kernels."""
     base = load_base(row.path, name=row.name, num_hidden_layers=row.num_layers, device=device)
     if row.weights_sha256 is not None:
         if reg is None:
             raise IncompatibleBaseError(f"base model {row.name!r} is derived: its weights are in the blob store")
         derive(base, row.name, derived_weights(reg, row.weights_sha256, cache_dir))
-    if check_precision(precision) == "int8":  # after a derived base has its weights: they are what is quantised
-        quantize(base, kernels)
+    set_precision(base, precision, kernels)  # after a derived base has its weights: they are what is quantised
     if base.identity.fingerprint != row.identity:
         raise IncompatibleBaseError(
             f"the model at {row.path} no longer matches base model {row.name!r} as registered "

@@ -71,9 +71,9 @@ class AdapterJobSpec(BottleneckTraining):
     validation_dataset: str | None = None
     pooling: Literal["cls", "mean"] = "mean"
     warm_start: WarmStart | None = None
-    # train on a frozen int8 base (QLoRA's setting, int8 for NF4; CPU): the adapter trains in fp32 and serves on
-    # either precision
-    base_precision: Literal["fp32", "int8"] = "fp32"
+    # train on a frozen quantised base: "nf4" is QLoRA's 4-bit NormalFloat (any device), "int8" the int8 base
+    # (CPU); the adapter trains in fp32 and serves on either serving precision
+    base_precision: Literal["fp32", "int8", "nf4"] = "fp32"
 
 
 def check(s: Session, owner_id: str, spec: AdapterJobSpec) -> dict[str, Any]:

@@ -49,7 +49,7 @@ class JobContext:
 
     def load_base(self, row: BaseModelRow, precision: str = "fp32") -> LoadedBase:
         """A registered base (a derived one from the blob store, cached on this machine) on the job's device;
-        `precision` "int8": frozen and quantised (training on a quantised base, CPU)."""
+        `precision` "int8" (CPU) or "nf4": frozen and quantised (training on a quantised base)."""
         return load_registered_base(
             row, self.settings.device, self.registry, self.settings.data_dir, precision, kernels=False
         )

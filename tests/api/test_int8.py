@@ -1,6 +1,6 @@
-"""Int8 through the service: a LoRA job trains on a frozen int8 base (`base_precision`), and an API serving its
-bases at int8 (`serving_precision`) answers what a fresh int8 model answers, while the fp32 API serves the same
-files as a fresh fp32 model does."""
+"""Quantised bases through the service: a LoRA job trains on a frozen int8 or NF4 base (`base_precision`), and an
+API serving its bases at int8 (`serving_precision`) answers what a fresh int8 model answers, while the fp32 API
+serves the same files as a fresh fp32 model does."""
 
 from __future__ import annotations
 
@@ -56,6 +56,14 @@ def test_a_lora_trained_on_int8_serves_on_both_precisions(api, tiny_bert_dir, tm
         int8 = _probs(client, ref)
     torch.testing.assert_close(int8, _fresh(api, ref, tiny_bert_dir, "int8"), atol=1e-5, rtol=0)
     assert (int8 - _fresh(api, ref, tiny_bert_dir, "fp32")).abs().max() < 0.05  # within int8's tolerance
+
+
+def test_a_lora_trained_on_nf4_records_it_and_serves_on_fp32(api, tiny_bert_dir):
+    ids = api.task_with_data()
+    ref = api.train_adapter(ids, name="n", preset="lora", adapter={"r": 2}, base_precision="nf4")
+    row = api.client.get(f"/v1/adapters/{ref}", headers=api.h()).json()
+    assert row["method_config"]["trained_on_precision"] == "nf4", row
+    torch.testing.assert_close(_probs(api.client, ref), _fresh(api, ref, tiny_bert_dir, "fp32"), atol=1e-5, rtol=0)
 
 
 def test_base_precision_is_validated_at_submit(api):

@@ -172,7 +172,7 @@ def test_the_int8_base_releases_its_quantised_weights_and_quantises_once(tiny_be
     base = load_base(tiny_bert_dir, precision="int8", device="cpu", kernels=False)
     layers = base.model.get_submodule(FAMILIES[base.family].layers_path)
     linears = [m for m in layers.modules() if isinstance(m, torch.nn.Linear)]
-    assert linears and all(lin.weight.is_meta and lin.__dict__.get("int8") is not None for lin in linears)
+    assert linears and all(lin.weight.is_meta and lin.__dict__.get("quantised") is not None for lin in linears)
     assert not any(p.is_meta for n, p in base.model.named_parameters() if "embeddings" in n or "LayerNorm" in n)
     batch = dict(base.tokenizer(["good movie", "bad"], padding=True, return_tensors="pt"))
     with torch.no_grad():

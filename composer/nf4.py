@@ -1,0 +1,97 @@
+"""An NF4 base for training: QLoRA's 4-bit NormalFloat weights (Dettmers et al. 2023) on any device.
+
+Each adapted linear's weight is quantised in blocks of 64 (row-major): the block's absmax scales it to [-1, 1],
+and each weight takes the nearest of the 16 NF4 values (ties to the lower one), two codes to a byte. That is
+bitsandbytes' `quantize_4bit(quant_type="nf4", blocksize=64)` exactly: the packed codes, the absmax and the
+dequantised weight equal its own (tests/fixtures/parity/nf4, made with bitsandbytes 0.50.2). It is computed
+here in plain PyTorch because bitsandbytes' CPU backend, on a CPU with AVX-512 BF16, runs its 4-bit matmul in
+bfloat16 (1.4e-2 off its own dequantised weight on a 384→1536 linear) and at import tries to fetch a kernel
+from the Hugging Face hub. Not built: QLoRA's double quantisation of the absmax (0.37 bits a parameter more
+here: 4.5 against 4.127).
+
+A forward dequantises each weight to fp32 and runs the fp32 linear; its backward dequantises again (nothing
+fp32 is kept between them), as QLoRA backpropagates through its dequantised 4-bit weights. The fp32 weights
+are released (meta, shapes only), so the base holds 4.5 bits a parameter in its linears. It trains adapters
+(`base_precision: nf4`); they serve on either serving precision, as any module does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+BLOCK = 64
+CODE = torch.tensor(  # bitsandbytes' NF4 table: the quantiles of N(0, 1), normalised to [-1, 1], with an exact 0
+    [
+        *(-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453),
+        *(-0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0),
+        *(0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224),
+        *(0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0),
+    ]
+)
+BOUNDS = (CODE[:-1] + CODE[1:]) / 2
+
+
+def quantise(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(packed codes uint8 [⌈n/2⌉], absmax fp32 [⌈n/64⌉]) of a weight, flattened row-major. As bitsandbytes does
+    it, to the rounding: full blocks times the reciprocal of their absmax, a short last block divided by its own."""
+    flat = weight.detach().reshape(-1).float()
+    n = flat.numel()
+    full = n - n % BLOCK
+    blocks = flat[:full].view(-1, BLOCK)
+    absmax = blocks.abs().amax(dim=1)
+    scaled = (blocks * (1.0 / absmax.clamp(min=1e-38))[:, None]).clamp(-1, 1).reshape(-1)
+    if full < n:
+        last = flat[full:].abs().max().clamp(min=1e-38)
+        absmax = torch.cat([absmax, last.view(1)])
+        scaled = torch.cat([scaled, (flat[full:] / last).clamp(-1, 1)])
+    codes = torch.bucketize(nn.functional.pad(scaled, (0, n % 2)), BOUNDS.to(scaled.device)).to(torch.uint8)
+    return (codes[::2] << 4) | codes[1::2], absmax
+
+
+def dequantise(packed: torch.Tensor, absmax: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """The fp32 weight the codes stand for."""
+    n = 1
+    for d in shape:
+        n *= d
+    codes = torch.stack([packed >> 4, packed & 0xF], dim=1).reshape(-1)[:n].long()
+    values = CODE.to(packed.device)[codes]
+    pad = -n % BLOCK
+    out = nn.functional.pad(values, (0, pad)).view(-1, BLOCK) * absmax[:, None]
+    return out.reshape(-1)[:n].view(shape)
+
+
+class _NF4Linear(torch.autograd.Function):
+    """The fp32 linear of the dequantised weight; the backward dequantises again instead of keeping it."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, q: NF4Linear) -> torch.Tensor:  # type: ignore[override]
+        ctx.q = q
+        return q.run(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return grad @ ctx.q.dequantised().to(grad.dtype), None
+
+
+class NF4Linear:
+    """A linear's NF4 form: packed codes, absmax per block of 64, and the fp32 bias."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        self.shape = tuple(weight.shape)
+        self.packed, self.absmax = quantise(weight)
+        self.bias = bias.detach().float() if bias is not None else None
+
+    def dequantised(self) -> torch.Tensor:
+        return dequantise(self.packed, self.absmax, self.shape)
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        bias = self.bias.to(x.dtype) if self.bias is not None else None
+        return nn.functional.linear(x, self.dequantised().to(x.dtype), bias)
+
+    def __call__(self, x: torch.Tensor, memo: dict[int, Any] | None = None) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _NF4Linear.apply(x, self)
+        return self.run(x)
