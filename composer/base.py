@@ -170,10 +170,13 @@ def load_base(
     with_tokenizer: bool = True,
     precision: str = "fp32",
     kernels: bool = True,
+    mapped: bool = True,
 ) -> LoadedBase:
     """Load an encoder and its tokenizer from a local directory, frozen, in eval mode; `precision` "int8" makes
     its linear projections run int8 matmuls (CPU only; composer.quantize, which `kernels` is passed to), "nf4"
-    keeps them in QLoRA's 4-bit NormalFloat, to train adapters on (composer.nf4)."""
+    keeps them in QLoRA's 4-bit NormalFloat, to train adapters on (composer.nf4). The weights view a mapping of
+    the checkpoint file unless `mapped` is False or the base is quantised: a mapping stays resident while any
+    weight views it, so the quantised linears' released weights would still be held."""
     from composer.quantize import check_precision, set_precision
 
     check_precision(precision)
@@ -190,7 +193,7 @@ def load_base(
     if config.model_type in ("bert", "roberta", "xlm-roberta"):
         model_kwargs["add_pooling_layer"] = False
     with quiet_transformers():
-        model = AutoModel.from_pretrained(path, **model_kwargs)
+        model = AutoModel.from_pretrained(path, **model_kwargs, disable_mmap=not mapped or precision != "fp32")
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

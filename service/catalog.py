@@ -89,7 +89,9 @@ def load_registered_base(
     """Load a registered base model, refusing it if the files no longer match the registered identity.
     A derived base is its parent's files (`row.path`) with the fine-tuned weights from the blob store.
     `precision` "int8" or "nf4" quantises it; `kernels` False (a training process) builds no compiled kernels."""
-    base = load_base(row.path, name=row.name, num_hidden_layers=row.num_layers, device=device)
+    base = load_base(  # a base to quantise holds its own memory (`mapped`)
+        row.path, name=row.name, num_hidden_layers=row.num_layers, device=device, mapped=precision == "fp32"
+    )
     if row.weights_sha256 is not None:
         if reg is None:
             raise IncompatibleBaseError(f"base model {row.name!r} is derived: its weights are in the blob store")
