@@ -17,10 +17,10 @@ are released (meta, shapes only), so the base holds 4.5 bits a parameter in its 
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
+
+from composer.quantised import QuantisedLinear
 
 BLOCK = 64
 CODE = torch.tensor(  # bitsandbytes' NF4 table: the quantiles of N(0, 1), normalised to [-1, 1], with an exact 0
@@ -66,20 +66,7 @@ def dequantise(packed: torch.Tensor, absmax: torch.Tensor, shape: tuple[int, ...
     return out.view(shape)
 
 
-class _NF4Linear(torch.autograd.Function):
-    """The fp32 linear of the dequantised weight; the backward dequantises again instead of keeping it."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, q: NF4Linear) -> torch.Tensor:  # type: ignore[override]
-        ctx.q = q
-        return q.run(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
-        return grad @ ctx.q.dequantised().to(grad.dtype), None
-
-
-class NF4Linear:
+class NF4Linear(QuantisedLinear):
     """A linear's NF4 form: packed codes, absmax per block of 64, and the fp32 bias."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
@@ -93,8 +80,3 @@ class NF4Linear:
     def run(self, x: torch.Tensor) -> torch.Tensor:
         bias = self.bias.to(x.dtype) if self.bias is not None else None
         return nn.functional.linear(x, self.dequantised().to(x.dtype), bias)
-
-    def __call__(self, x: torch.Tensor, memo: dict[int, Any] | None = None) -> torch.Tensor:
-        if torch.is_grad_enabled() and x.requires_grad:
-            return _NF4Linear.apply(x, self)
-        return self.run(x)

@@ -39,6 +39,7 @@ from torch import nn
 from composer.errors import ConfigError
 from composer.injection import FAMILIES, inject, linear_shapes, linear_targets
 from composer.nf4 import NF4Linear
+from composer.quantised import QuantisedLinear
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "int8", "nf4")  # nf4: QLoRA's 4-bit base, to train on (composer.nf4)
@@ -95,21 +96,7 @@ KERNELS = _Kernels()
 COMPILED_FROM = 65536  # elements of a linear's input: from here on the compiled kernels (measured, bench/int8)
 
 
-class _Int8Linear(torch.autograd.Function):
-    """Forward through the int8 kernel; backward to the input through the dequantised weight (the weight
-    itself is frozen)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, q: Int8Linear) -> torch.Tensor:  # type: ignore[override]
-        ctx.q = q
-        return q.run(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
-        return grad @ ctx.q.dequantised().to(grad.dtype), None
-
-
-class Int8Linear:
+class Int8Linear(QuantisedLinear):
     """A linear's int8 form: int8 weights [in, out] with a scale per output channel, and the fp32 bias."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
@@ -130,11 +117,6 @@ class Int8Linear:
         xq, amax = quantise(flat)  # each token its own scale
         y = dequantise(torch._int_mm(xq, self.weight_t), self.scale, amax, self.bias)
         return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
-
-    def __call__(self, x: torch.Tensor, memo: dict[int, Any] | None = None) -> torch.Tensor:
-        if torch.is_grad_enabled() and x.requires_grad:
-            return _Int8Linear.apply(x, self)
-        return self.run(x)
 
     @classmethod
     def stacked(cls, linears: list[nn.Linear]) -> Int8Linear:
