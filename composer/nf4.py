@@ -52,13 +52,15 @@ def quantise(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (codes[::2] << 4) | codes[1::2], absmax
 
 
-def dequantise(packed: torch.Tensor, absmax: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """The fp32 weight the codes stand for: each byte's two values from one table (`PAIRS`), times its block's
-    absmax, in place."""
+def dequantise(
+    packed: torch.Tensor, absmax: torch.Tensor, shape: tuple[int, ...], pairs: torch.Tensor = PAIRS
+) -> torch.Tensor:
+    """The fp32 weight the codes stand for: each byte's two values from one table (`PAIRS`, on the codes'
+    device), times its block's absmax, in place."""
     n = 1
     for d in shape:
         n *= d
-    out = PAIRS.to(packed.device).index_select(0, packed.long()).view(-1)[:n]  # 7x faster than [packed.long()]
+    out = pairs.index_select(0, packed.long()).view(-1)[:n]  # 7x faster than pairs[packed.long()]
     full = n - n % BLOCK
     out[:full].view(-1, BLOCK).mul_(absmax[: full // BLOCK, None])
     if full < n:
@@ -72,10 +74,11 @@ class NF4Linear(QuantisedLinear):
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
         self.shape = tuple(weight.shape)
         self.packed, self.absmax = quantise(weight)
+        self.pairs = PAIRS.to(self.packed.device)
         self.bias = bias.detach().float() if bias is not None else None
 
     def dequantised(self) -> torch.Tensor:
-        return dequantise(self.packed, self.absmax, self.shape)
+        return dequantise(self.packed, self.absmax, self.shape, self.pairs)
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
         bias = self.bias.to(x.dtype) if self.bias is not None else None

@@ -92,4 +92,4 @@ def test_a_base_has_one_precision(tiny_bert_dir):
     with pytest.raises(ConfigError, match="already nf4"):
         quantize(base, kernels=False)
     with pytest.raises(ConfigError, match="already int8"):
-        quantize_nf4(load_base(tiny_bert_dir, precision="int8", kernels=False))
+        quantize_nf4(load_base(tiny_bert_dir, precision="int8", kernels=False, device="cpu"))  # int8: the CPU
