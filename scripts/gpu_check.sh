@@ -9,4 +9,3 @@ $PY -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(
 COMPOSER_TEST_DEVICE=cuda $PY -m pytest -q -p no:cacheprovider tests/composer tests/workers -x --maxfail=20 2>&1 | tail -40
 $PY -m bench.fusion --quick --device cuda
 $PY -m bench.kinds --quick --device cuda
-# the NF4 base on the GPU: its parity and training tests ran above (tests/composer/test_nf4.py)
