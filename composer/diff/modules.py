@@ -129,8 +129,10 @@ class DiffSite(nn.Module):
         return gates(self.w_log_alpha, self.training) * self.w, gates(self.b_log_alpha, self.training) * self.b
 
     def sparse_delta(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The saved form as (δ_W in CSR, a dense δ_b), built once per set of values."""
-        key = (self.w_value.data_ptr(), self.w_value._version, self.w_value.device)
+        """The saved form as (δ_W in CSR, a dense δ_b), built once per set of values (the weight's and the bias's:
+        either edited in place is served at once)."""
+        w, b = self.w_value, self.b_value
+        key = (w.data_ptr(), w._version, b.data_ptr(), b._version, w.device)
         if self._csr is None or self._csr[0] != key:
             out, inp = self.shape
             value = self.w_value.detach()
@@ -153,7 +155,7 @@ class DiffSite(nn.Module):
     def add_to(self, out: torch.Tensor, x: torch.Tensor) -> None:
         """out += delta(x), in place. Saved: the CSR times the input's columns accumulated straight into `out`
         viewed as a column-major matrix (no transposed copy either way; one diff on 8 rows 20.4 against 21.3 ms),
-        then the bias."""
+        then the bias where the site kept any of it."""
         if not self.sparse:
             out += self.delta(x)
             return
@@ -163,7 +165,8 @@ class DiffSite(nn.Module):
             o.add_(self._sparse_t(x).t().to(o.dtype))
             return
         torch.addmm(o.t(), csr, x.reshape(-1, x.shape[-1]).to(csr.dtype).t(), out=o.t())
-        o.add_(bias.view(-1))
+        if self.b_value.numel():
+            o.add_(bias.view(-1))
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         """x δ_W^T + δ_b for x [..., in]. Saved, δ_W is CSR times the input's columns (a tenth of a dense

@@ -150,3 +150,27 @@ def test_bad_diffs_are_refused(tiny_bert_dir):
         artifacts.attach(AdaptedEncoder(load_base(tiny_bert_dir)), dataclasses.replace(art, config=wrong))
     with pytest.raises(ConfigError, match="density"):
         DiffConfig(density=0.0)
+
+
+def test_a_bias_value_edited_in_place_is_served_at_once(tiny_bert_dir):
+    """Each site's cached sparse form is keyed on its bias values as well as its weight values."""
+    import dataclasses
+
+    _, data, run = _trained(tiny_bert_dir, density=0.3)  # dense enough to keep bias entries
+    art = run.artifact(TASK)
+    model = AdaptedEncoder(load_base(tiny_bert_dir)).eval()
+    artifacts.attach(model, art, name="d")
+    siblings = {n.replace(".", "_") for n in FAMILIES["bert"].siblings}
+    with_bias = [n for n, (_, b) in art.config.nnz.items() if b and n[n.index("_") + 1 :] not in siblings]
+    assert with_bias, "the trained diff kept no bias entry outside query, key and value"
+    b = f"sites.{with_bias[0]}.b_value"
+    batch = {k: v for k, v in Collator(model.base.tokenizer, TASK)(data[:4]).items() if k != "labels"}
+    moved = dataclasses.replace(art, tensors={**art.tensors, f"adapter.{b}": art.tensors[f"adapter.{b}"] + 0.5})
+    with torch.no_grad():
+        model(**batch, composition=BatchSplit(("d", None, "d", "d")))  # the sparse forms are built and cached
+        model.adapters["d"].get_parameter(b).add_(0.5)
+        got = model(**batch, composition=BatchSplit(("d", None, "d", "d"))).hidden
+        want = _with_delta(tiny_bert_dir, moved)(**batch).hidden
+        before = _with_delta(tiny_bert_dir, art)(**batch).hidden
+    assert (want - before).abs().max() > 1e-4
+    torch.testing.assert_close(got[[0, 2, 3]], want[[0, 2, 3]], atol=1e-5, rtol=0)
