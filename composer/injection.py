@@ -134,6 +134,12 @@ class FamilySpec:
         """The linears of a layer that read the same input: query, key and value (the first three)."""
         return self.linears[:3]
 
+    @property
+    def private_inputs(self) -> tuple[str, ...]:
+        """The linears whose input nothing else reads (the attention's context, the FFN's activation): a
+        forward without gradients may change that input in place."""
+        return (self.linears[3], self.linears[5])
+
 
 def linear_targets(family: str, wanted: tuple[str, ...], what: str = "target_modules") -> tuple[str, ...]:
     """The linear names inside one layer that `wanted` names, in the layer's order: a full name matches itself
@@ -237,6 +243,10 @@ FAMILIES: dict[str, FamilySpec] = {
         default_lora_targets=("q_lin", "v_lin"),
     ),
 }
+
+
+# every family's linears whose input nothing else reads (names differ between families)
+PRIVATE_INPUTS = frozenset(n for spec in FAMILIES.values() for n in spec.private_inputs)
 
 
 def _layers(model: nn.Module, path: str) -> nn.ModuleList:

@@ -17,8 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from composer.injection import LinearHandler, site_name
+from composer.injection import PRIVATE_INPUTS, LinearHandler, site_name
 from composer.runs import few_runs, row_runs
+
+Act = tuple[bool, torch.Tensor, list[slice]]  # (a product, else a sum; the vector; the rows' slices)
 
 
 class VectorAdapter(nn.Module):
@@ -74,25 +76,29 @@ class VectorAdapter(nn.Module):
 
 
 def _on_runs(runs: dict[VectorAdapter, list[slice]]) -> LinearHandler:
-    """Each module's vectors on its rows' slices, in place: on a copy of the input, then on the linear's output."""
-    keys = {k for a in runs for k in a.sites}
+    """Each module's vectors on its rows' slices, in place: on the input (a copy of it, unless nothing else reads
+    it and no gradient is taken), then on the linear's output. What acts where is read once per forward."""
+    table: dict[tuple[int, str], tuple[list[Act], list[Act]]] = {}  # per site: (on the input, on the output)
+    for a, slices in runs.items():
+        for key, v in a.by_target.items():
+            where, how = a.stage(key)
+            table.setdefault(key, ([], []))[where == "output"].append((how == "mul", v, slices))
 
     def handle(layer: int, name: str, x: torch.Tensor, linear: Callable) -> torch.Tensor | None:
-        key = (layer, name)
-        if key not in keys:
+        acts = table.get((layer, name))
+        if acts is None:
             return None
-        acts = [(a.stage(key), a.vectors[a.sites[key]], slices) for a, slices in runs.items() if key in a.sites]
-        if any(where == "input" for (where, _), _, _ in acts):
-            x = x.clone()
-            for (where, how), v, slices in acts:
-                if where == "input":
-                    for rows in slices:
-                        x[rows].mul_(v) if how == "mul" else x[rows].add_(v)
+        inputs, outputs = acts
+        if inputs:
+            if name not in PRIVATE_INPUTS or torch.is_grad_enabled():
+                x = x.clone()
+            for mul, v, slices in inputs:
+                for rows in slices:
+                    x[rows].mul_(v) if mul else x[rows].add_(v)
         out = linear(x)
-        for (where, how), v, slices in acts:
-            if where == "output":
-                for rows in slices:  # in place on the rows' view of the linear's output (its backward needs no output)
-                    out[rows].mul_(v) if how == "mul" else out[rows].add_(v)
+        for mul, v, slices in outputs:
+            for rows in slices:  # in place on the rows' view of the linear's output (its backward needs no output)
+                out[rows].mul_(v) if mul else out[rows].add_(v)
         return out
 
     return handle
