@@ -90,6 +90,27 @@ def test_rows_of_every_linear_method_share_one_forward():
         torch.testing.assert_close(bare, plain(**batch).hidden, atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("rows", [["ia", "lo_ff", None, "bf", "lo_ff"], ["lo_ff", "bf", "ia", None, "ia"]])
+def test_few_runs_scale_a_private_input_in_place_and_leave_other_rows_alone(rows):
+    """With few runs of rows, (IA)³ scales its rows of the FFN's activation in place (nothing else reads it);
+    a LoRA on that same linear, chained inside or outside it, still reads its own rows unscaled."""
+    base = load_base(PARITY / "base", with_tokenizer=False, device="cpu")
+    model = AdaptedEncoder(base).eval()
+    specs = {"ia": preset("ia3"), "lo_ff": preset("lora", r=4, target_modules=["output.dense"]), "bf": preset("bitfit")}
+    add_random(model, specs, 5, 0.2, around_init=True)
+    x = load_file(PARITY / "inputs.safetensors")
+    batch = {k: v[[i % 3 for i in range(len(rows))]] for k, v in x.items()}
+    with torch.no_grad():
+        mixed = model(**batch, composition=BatchSplit(tuple(rows))).hidden
+        bare = model(**batch).hidden
+        for i, name in enumerate(rows):
+            row = {k: v[i : i + 1] for k, v in batch.items()}
+            alone = model(**row, composition=Single(name) if name else None).hidden
+            torch.testing.assert_close(mixed[i : i + 1], alone, atol=1e-5, rtol=1e-4)
+            if name is not None:
+                assert (alone - bare[i : i + 1]).abs().max() > 1e-3, name
+
+
 def _linear_out(model: AdaptedEncoder, name: str, layer: int, linear: str, x: torch.Tensor) -> torch.Tensor:
     lin = model.base.model.encoder.layer[layer].get_submodule(linear)
     with torch.no_grad(), model.router.scoped(model.scope(Single(name))):
