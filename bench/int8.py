@@ -73,7 +73,7 @@ def speed(rounds: int, repeats: int, texts: list[str], max_length: int) -> tuple
 
     def run(model, comp):  # type: ignore[no-untyped-def]
         def go() -> None:
-            with torch.no_grad():
+            with torch.inference_mode():  # as the serving runtime runs a forward
                 model(**batch, composition=comp)
 
         return go

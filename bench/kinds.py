@@ -114,7 +114,7 @@ def main() -> None:
 
     def run(comp, inputs=batch):  # type: ignore[no-untyped-def]
         def go() -> None:
-            with torch.no_grad():
+            with torch.inference_mode():  # as the serving runtime runs a forward
                 model(**inputs, composition=comp)
 
         return go
@@ -133,7 +133,7 @@ def main() -> None:
 
     def served(names, plan=ONE):  # type: ignore[no-untyped-def]
         def go() -> None:
-            with torch.no_grad():
+            with torch.inference_mode():
                 predict_rows(models, names, rows10, plan)
 
         return go
