@@ -61,20 +61,12 @@ def test_adapterhub_ia3_import_gives_adapterhub_logits():
     torch.testing.assert_close(adapter_logits(PARITY / "base", art), ref, atol=1e-5, rtol=0)
 
 
-def test_rows_of_every_linear_method_share_one_forward():
-    base = load_base(PARITY / "base", with_tokenizer=False, device="cpu")
-    model = AdaptedEncoder(base).eval()
-    specs = {
-        "ia": preset("ia3"),
-        "ia_out": preset("ia3", target_modules=["query", "output.dense"]),  # output.dense scaled at its output
-        "bf": preset("bitfit"),
-        "bf_q": preset("bitfit", target_modules=["query", "intermediate.dense"], layers=[1]),
-        "lo": preset("lora", r=4),
-        "st": preset("seq_bn"),
-    }
+def _each_row_as_alone(specs: dict, rows: list[str | None]) -> dict[str, torch.Tensor]:
+    """Modules `specs` on the parity base, rows i under rows[i] in one forward: each row equals its own single run
+    and each module changes its row. The batch, its mixed and its bare hidden states."""
+    model = AdaptedEncoder(load_base(PARITY / "base", with_tokenizer=False, device="cpu")).eval()
     add_random(model, specs, 5, 0.2, around_init=True)
     x = load_file(PARITY / "inputs.safetensors")
-    rows = ["ia", "bf", "lo", None, "ia_out", "st", "bf_q", "ia", "lo", "bf"]
     batch = {k: v[[i % 3 for i in range(len(rows))]] for k, v in x.items()}
     with torch.no_grad():
         mixed = model(**batch, composition=BatchSplit(tuple(rows))).hidden
@@ -85,30 +77,30 @@ def test_rows_of_every_linear_method_share_one_forward():
             torch.testing.assert_close(mixed[i : i + 1], alone, atol=1e-5, rtol=1e-4)
             if name is not None:
                 assert (alone - bare[i : i + 1]).abs().max() > 1e-3, name  # each module changes its row
+    return {"batch": batch, "mixed": mixed, "bare": bare}
+
+
+def test_rows_of_every_linear_method_share_one_forward():
+    specs = {
+        "ia": preset("ia3"),
+        "ia_out": preset("ia3", target_modules=["query", "output.dense"]),  # output.dense scaled at its output
+        "bf": preset("bitfit"),
+        "bf_q": preset("bitfit", target_modules=["query", "intermediate.dense"], layers=[1]),
+        "lo": preset("lora", r=4),
+        "st": preset("seq_bn"),
+    }
+    got = _each_row_as_alone(specs, ["ia", "bf", "lo", None, "ia_out", "st", "bf_q", "ia", "lo", "bf"])
     plain = AdaptedEncoder(load_base(PARITY / "base", with_tokenizer=False, device="cpu")).eval()
     with torch.no_grad():
-        torch.testing.assert_close(bare, plain(**batch).hidden, atol=0, rtol=0)
+        torch.testing.assert_close(got["bare"], plain(**got["batch"]).hidden, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("rows", [["ia", "lo_ff", None, "bf", "lo_ff"], ["lo_ff", "bf", "ia", None, "ia"]])
 def test_few_runs_scale_a_private_input_in_place_and_leave_other_rows_alone(rows):
     """With few runs of rows, (IA)³ scales its rows of the FFN's activation in place (nothing else reads it);
     a LoRA on that same linear, chained inside or outside it, still reads its own rows unscaled."""
-    base = load_base(PARITY / "base", with_tokenizer=False, device="cpu")
-    model = AdaptedEncoder(base).eval()
     specs = {"ia": preset("ia3"), "lo_ff": preset("lora", r=4, target_modules=["output.dense"]), "bf": preset("bitfit")}
-    add_random(model, specs, 5, 0.2, around_init=True)
-    x = load_file(PARITY / "inputs.safetensors")
-    batch = {k: v[[i % 3 for i in range(len(rows))]] for k, v in x.items()}
-    with torch.no_grad():
-        mixed = model(**batch, composition=BatchSplit(tuple(rows))).hidden
-        bare = model(**batch).hidden
-        for i, name in enumerate(rows):
-            row = {k: v[i : i + 1] for k, v in batch.items()}
-            alone = model(**row, composition=Single(name) if name else None).hidden
-            torch.testing.assert_close(mixed[i : i + 1], alone, atol=1e-5, rtol=1e-4)
-            if name is not None:
-                assert (alone - bare[i : i + 1]).abs().max() > 1e-3, name
+    _each_row_as_alone(specs, rows)
 
 
 def _linear_out(model: AdaptedEncoder, name: str, layer: int, linear: str, x: torch.Tensor) -> torch.Tensor:
