@@ -211,8 +211,12 @@ def main() -> None:
         f"than the uniform one ({n_ops[0]} against {n_ops[1]}, views aside), each with its views and Python around it, and with 3 tokens a "
         f"row it still costs {med['mixed_tiny'] - med['uniform_tiny']:.2f} ms more ({med['mixed_tiny']:.2f} against "
         f"{med['uniform_tiny']:.2f} ms). Inside the forward each op also finds its operands out of the caches "
-        "after the batch's matmuls (the diff's CSR product on 13 tokens: 17-36 µs alone, about 80 µs a site in the "
-        "forward). Only fusing each kind's ops into fewer kernels would cut that.",
+        "after the batch's matmuls (the diff's CSR product on 13 tokens: 10-25 µs alone, 40-70 µs inside the "
+        "forward, where it accumulates column-strided into an output the matmul before it has pushed out of the "
+        "caches); Python outside the ops adds under 1 ms of the gap. Tried and measured, not kept: `torch.compile` of "
+        "the encoder for this fixed composition (39 against 25 ms: the per-forward handlers fail its guards), and "
+        "the diff as dense times CSRᵀ, `spmm_reduce` or gather/index_add (1.5-5x slower in the forward than the "
+        "strided `addmm`). Only fusing each kind's ops into fewer kernels would cut what stays.",
         "",
         f"With a prompt-tuning row and a prefix row as well (10 rows, 10 kinds, served through `composer.rows` with "
         f"heads; {med['mixed10']:.2f} ms against {med['uniform10']:.2f} ms for 10 rows on one ST-A): "
