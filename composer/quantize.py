@@ -124,6 +124,14 @@ class Int8Linear(QuantisedLinear):
         biases = [lin.bias if lin.bias is not None else torch.zeros(lin.out_features) for lin in linears]
         return cls(torch.cat([lin.weight for lin in linears]), torch.cat(biases))
 
+    def part(self, columns: slice) -> Int8Linear:
+        """The linear of some of this one's outputs, viewing its weights (no bytes of its own): scales are per
+        output channel, so it equals that linear quantised alone, bit for bit."""
+        part = object.__new__(Int8Linear)
+        part.weight_t, part.scale, part.bias = self.weight_t[:, columns], self.scale[columns], self.bias[columns]
+        part.out_features = part.scale.shape[0]
+        return part
+
 
 class Int8Sibling:
     """One of a layer's linears that read the same input (query, key and value): served from one quantisation of
@@ -166,18 +174,19 @@ def quantize(base: Any, kernels: bool = True) -> None:
     targets = linear_targets(base.family, spec.linears)
     siblings = spec.siblings
     for layer, name in linear_shapes(base.model, base.family, targets, None, base.num_layers):
-        linear = _linear(base, layer, name)
-        object.__setattr__(
-            linear, "quantised", Int8Linear(linear.weight, linear.bias)
-        )  # not a submodule: the state dict keeps the fp32 names
+        if name not in siblings:
+            linear = _linear(base, layer, name)
+            object.__setattr__(
+                linear, "quantised", Int8Linear(linear.weight, linear.bias)
+            )  # not a submodule: the state dict keeps the fp32 names
     for layer in range(base.num_layers):
         linears = [_linear(base, layer, n) for n in siblings]
         fused, start, parts = Int8Linear.stacked(linears), 0, {}
         for n, lin in zip(siblings, linears, strict=True):
             parts[n] = slice(start, start + lin.out_features)
             start += lin.out_features
-        for n, lin in zip(siblings, linears, strict=True):
-            object.__setattr__(lin, "quantised", Int8Sibling(lin.__dict__["quantised"], fused, parts, n))
+        for n, lin in zip(siblings, linears, strict=True):  # each its own part of the fused weights
+            object.__setattr__(lin, "quantised", Int8Sibling(fused.part(parts[n]), fused, parts, n))
     _release(base, targets)
     base.precision = "int8"
 

@@ -179,3 +179,24 @@ def test_the_int8_base_releases_its_quantised_weights_and_quantises_once(tiny_be
         before = base.model(**batch).last_hidden_state
         quantize(base)
         torch.testing.assert_close(base.model(**batch).last_hidden_state, before, atol=0, rtol=0)
+
+
+def test_query_key_and_value_view_the_fused_int8_weights_and_equal_their_own(tiny_bert_dir):
+    """A sibling's own int8 linear (training, or an input the others do not share) is its part of the fused
+    weights, no bytes of its own, and equals that linear quantised alone bit for bit."""
+    from composer.injection import FAMILIES
+    from composer.quantize import Int8Linear
+
+    base = load_base(tiny_bert_dir, precision="int8", device="cpu", kernels=False)
+    fp32 = load_base(tiny_bert_dir, device="cpu")
+    spec = FAMILIES[base.family]
+    for layer in range(base.num_layers):
+        for name in spec.siblings:
+            path = f"{spec.layers_path}.{layer}.{name}"
+            sibling = base.model.get_submodule(path).__dict__["quantised"]
+            own, fused = sibling.own, sibling.fused
+            assert own.weight_t.untyped_storage().data_ptr() == fused.weight_t.untyped_storage().data_ptr()
+            lin = fp32.model.get_submodule(path)
+            alone = Int8Linear(lin.weight, lin.bias)
+            assert torch.equal(own.weight_t, alone.weight_t) and torch.equal(own.scale, alone.scale)
+            assert torch.equal(own.bias, alone.bias) and own.out_features == alone.out_features
