@@ -58,9 +58,10 @@ SWEEP = {
 }
 
 
-def train_one(base, corpus, name: str, n: int, seed: int, quick: bool, lr: float | None = None):  # type: ignore[no-untyped-def]
+def train_one(base, corpus, name: str, n: int, seed: int, quick: bool, lr: float | None = None, overrides=None):  # type: ignore[no-untyped-def]
     """(the subset, the run, a predict(examples) -> logits, trainable parameters, stored parameters, max length).
-    Stored: what the saved module keeps (an AdaLoRA's kept triplets, a diff's nonzero deltas), heads aside."""
+    Stored: what the saved module keeps (an AdaLoRA's kept triplets, a diff's nonzero deltas), heads aside.
+    `overrides`: the adapter preset's fields overridden (bench/quality_adalora.py)."""
     max_len, val_n = (48, 100) if quick else (64, 200)
     c = corpus.subset(n, seed=seed)
     fields = {"epochs": 2 if quick else 3, "patience": 2, "batch_size": 32, "max_length": max_len, "seed": seed}
@@ -83,7 +84,8 @@ def train_one(base, corpus, name: str, n: int, seed: int, quick: bool, lr: float
             art.prompt.numel(),
             max_len,
         )
-    run = train_st_adapter(base, c.task, c.train, c.validation[:val_n], preset(name), TrainConfig(**fields))
+    cfg = preset(name, **(overrides or {}))
+    run = train_st_adapter(base, c.task, c.train, c.validation[:val_n], cfg, TrainConfig(**fields))
     trainable = sum(p.numel() for p in run.model.adapters[run.name].parameters())
     art = run.artifact(c.task)
     stored = sum(v.numel() for k, v in art.tensors.items() if k.startswith("adapter.") and not k.endswith("_index"))

@@ -175,7 +175,14 @@ def cases() -> dict[str, Case]:
         "lora", r=3, alpha=5, use_rslora=True, target_modules=["query", "key", "value", "attention.output.dense"]
     )
     kept = {"L0_attention_self_query": 2, "L0_attention_self_value": 0, "L1_attention_self_query": 1}
-    adalora = preset("adalora", init_r=4, target_r=2, rank_pattern={**kept, "L1_attention_self_value": 3})
+    adalora = preset(  # PEFT's alpha and orth_reg_weight, which the checked-in fixture was written with
+        "adalora",
+        init_r=4,
+        target_r=2,
+        alpha=8.0,
+        orth_reg_weight=0.5,
+        rank_pattern={**kept, "L1_attention_self_value": 3},
+    )
     ia3_hub = preset("ia3", target_modules=["key", "value", "intermediate.dense"])  # AdapterHub's IA3Config
     return {
         "st_a_adapterhub": Case(

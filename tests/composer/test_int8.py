@@ -200,3 +200,44 @@ def test_query_key_and_value_view_the_fused_int8_weights_and_equal_their_own(tin
             alone = Int8Linear(lin.weight, lin.bias)
             assert torch.equal(own.weight_t, alone.weight_t) and torch.equal(own.scale, alone.scale)
             assert torch.equal(own.bias, alone.bias) and own.out_features == alone.out_features
+
+
+def test_onednn_int8_linear_gives_the_int_mm_numbers():
+    """Packed for oneDNN's int8 linear (AMX or VNNI), a linear gives what `torch._int_mm` gives (the same int32
+    products and scales; its rescaling is one fused multiply-add), each token alone exactly as in the batch; without its plain weights it reads them back from the packed form, for a backward."""
+    from composer.quantize import ONEDNN
+
+    if not ONEDNN.available():
+        pytest.skip("this torch has no oneDNN int8 linear")
+    gen = torch.Generator().manual_seed(0)
+    for tokens, width, out in ((300, 384, 1152), (7, 1536, 384), (1, 32, 48), (5, 24, 2)):
+        linear = torch.nn.Linear(width, out)
+        with torch.no_grad():
+            linear.weight.copy_(torch.randn(out, width, generator=gen))
+        plain, packed = Int8Linear(linear.weight, linear.bias), Int8Linear(linear.weight, linear.bias)
+        assert packed.pack() and packed.weight_t is None and packed.packed is not None
+        x = torch.randn(tokens, width, generator=gen) * 3
+        x[0] = 0.0  # a row of zeros keeps its floor scale
+        with torch.no_grad():
+            got = packed.run(x)
+            torch.testing.assert_close(got, plain.run(x), atol=1e-6, rtol=1e-6)  # one fused multiply-add apart
+            assert torch.equal(torch.cat([packed.run(x[i : i + 1]) for i in range(tokens)]), got)
+        assert torch.equal(packed.int8(), plain.weight_t) and torch.equal(packed.dequantised(), plain.dequantised())
+
+
+def test_a_served_int8_base_runs_its_linears_through_onednn(tiny_bert_dir):
+    """Where oneDNN's int8 linear is there, every quantised linear of the base serves through its packed weights;
+    the fused query/key/value keeps its plain int8 weights too, which its parts view."""
+    from composer.injection import FAMILIES
+    from composer.quantize import ONEDNN, Int8Sibling
+
+    if not ONEDNN.available():
+        pytest.skip("this torch has no oneDNN int8 linear")
+    base = load_base(tiny_bert_dir, precision="int8", device="cpu", kernels=False)
+    layers = base.model.get_submodule(FAMILIES[base.family].layers_path)
+    forms = [m.__dict__["quantised"] for m in layers.modules() if isinstance(m, torch.nn.Linear)]
+    siblings = [q for q in forms if isinstance(q, Int8Sibling)]
+    alone = [q for q in forms if not isinstance(q, Int8Sibling)]
+    assert siblings and alone
+    assert all(q.packed is not None and q.weight_t is None for q in alone)
+    assert all(q.fused.packed is not None and q.fused.weight_t is not None for q in siblings)
