@@ -208,7 +208,10 @@ def main() -> None:
         "Goal ≥ 1.6 each. Inputs: 8 product reviews of the fine-foods test set (up to 128 tokens), and bench/kinds' "
         "8 short sentences (about 12 tokens), where attention, LayerNorms and the fp32 adapters weigh more. Largest "
         f"hidden-state difference int8 − fp32 over the real tokens (padding aside): reviews "
-        f"{fast['int8_hidden_max_abs_diff']}, short sentences {fast['short_int8_hidden_max_abs_diff']}.",
+        f"{fast['int8_hidden_max_abs_diff']}, short sentences {fast['short_int8_hidden_max_abs_diff']}. The int8 "
+        "matmuls run oneDNN's int8 linear on packed weights (`composer.quantize.ONEDNN`: AMX tiles on this CPU); "
+        "through `torch._int_mm` (oneDNN's older GEMM, no AMX), the last --quick run before it read 1.52, 1.40 and "
+        "1.56 on the reviews.",
         "",
         "| task | trained fp32, served fp32 | served int8 | drop (points) | max logit diff | trained int8, "
         "served int8 | served fp32 | trained nf4, served fp32 | served int8 |",
@@ -229,8 +232,8 @@ def main() -> None:
         "no large freed block (`MALLOC_MMAP_THRESHOLD_=131072`, which shows what each process holds but slows its "
         f"steps by half or more, so it is no default): {train['train_held_rss_mb_fp32']:.0f}, "
         f"{train['train_held_rss_mb_int8']:.0f} and {train['train_held_rss_mb_nf4']:.0f} MB. The quantised bases "
-        "release their linears' fp32 weights (int8 keeps a quarter of those bytes, NF4 about a seventh: 4.5 bits a "
-        "parameter) and a training process builds no compiled kernels; on this MiniLM those weights are 42 MB "
+        "release their linears' fp32 weights (int8 keeps about 5/16 of those bytes: a quarter, "
+        "and the fused query/key/value also their plain int8 form; NF4 about a seventh: 4.5 bits a parameter) and a training process builds no compiled kernels; on this MiniLM those weights are 42 MB "
         "(10.6M parameters; BERT-base's 85M are 340 MB), beside the activations of a batch of 32, which dominate "
         "here, and the default allocator keeps more of the quantised paths' transients (int32 products, the "
         "weights dequantised for each forward and backward).",
