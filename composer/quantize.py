@@ -13,7 +13,8 @@ LayerNorms, attention, and every adapter, prompt and head, which are the same fi
 keeps its identity (hashed from the fp32 weights when it loaded), so a module trained on one precision attaches
 to the other; the quantised linears' fp32 weights are released (left on the meta device, shapes only), so an
 int8 base holds about 5/16 of their bytes (a quarter, packed for oneDNN, and the fused query/key/value also
-plain). The compiled kernels are built where a base is quantised to serve; a training process runs the eager passes (a LoRA step took 362 against 367 ms, and the compiler held 45-130 MB).
+plain). The compiled kernels are built where a base is quantised to serve; a training process runs the eager
+passes (a LoRA step took 362 against 367 ms, and the compiler held 45-130 MB).
 
 Per-token scales, not per-tensor, because a served row must not depend on the rows it is batched with: torch's
 dynamic int8 linear (`torch.ao`, fbgemm/oneDNN) was faster here (190 against 255 µs for a 384→1536 linear on
