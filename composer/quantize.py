@@ -98,6 +98,42 @@ KERNELS = _Kernels()
 COMPILED_FROM = 65536  # elements of a linear's input: from here on the compiled kernels (measured, bench/int8)
 
 
+def exact(matmul: Any) -> bool:
+    """Whether `matmul(xq [tokens, in] int8, w [in, out] int8)` gives the exact integer products on this CPU, on the
+    inputs where int16 pair sums would saturate. Kernels for CPUs without VNNI or AMX add pairs of u8·s8 products in
+    int16 (`vpmaddubsw`): with oneDNN capped at AVX-512 without VNNI (Skylake's), `torch._int_mm` put a random
+    256→64 linear's outputs off by up to 6.4; capped at AVX2, both kernels saturate. A kernel that is not exact is
+    not used (tests/composer/test_int8.py runs each cap)."""
+    xq = torch.full((2, 64), 127, dtype=torch.int8)
+    xq[1] = -127
+    w = torch.full((64, 4), 127, dtype=torch.int8)
+    w[:, 1] = -127
+    w[::2, 2] = -127
+    want = (xq.to(torch.int64) @ w.to(torch.int64)).to(torch.float32)  # |sums| < 2^24: exact in fp32 as well
+    return bool(torch.equal(matmul(xq, w).to(torch.float32), want))
+
+
+class _IntMM:
+    """`torch._int_mm`, where it is exact on this CPU (`exact`); otherwise the int8 values multiplied in fp32
+    (exact while a row's sum stays under 2^24, within fp32 rounding beyond), with a warning: no speed, but the
+    right numbers and the memory of an int8 base."""
+
+    def __init__(self) -> None:
+        self._exact: bool | None = None
+
+    def __call__(self, xq: torch.Tensor, weight_t: torch.Tensor) -> torch.Tensor:
+        if self._exact is None:
+            self._exact = exact(torch._int_mm)
+            if not self._exact:
+                log.warning("int8 products are not exact on this CPU (no VNNI or AMX): they run in fp32")
+        if self._exact:
+            return torch._int_mm(xq, weight_t)
+        return xq.to(torch.float32) @ weight_t.to(torch.float32)
+
+
+INT_MM = _IntMM()
+
+
 class _OneDNN:
     """oneDNN's int8 linear (`torch.ops.onednn`, the op torch's own x86 int8 path lowers to): a brgemm matmul on AMX
     tiles or VNNI where the CPU has them, on weights packed once into its blocked layout. `torch._int_mm` on the CPU
@@ -110,11 +146,10 @@ class _OneDNN:
         self._available: bool | None = None
 
     def available(self) -> bool:
+        """Whether this torch has the op and it multiplies exactly on this CPU (`exact`)."""
         if self._available is None:
             try:
-                packed = self.pack(torch.ones(4, 2, dtype=torch.int8))
-                self.matmul(torch.ones(1, 4, dtype=torch.int8), packed, torch.ones(2))
-                self._available = True
+                self._available = exact(lambda xq, w: self.matmul(xq, self.pack(w), torch.ones(w.shape[1])))
             except (AttributeError, RuntimeError, NotImplementedError) as e:  # a build without oneDNN
                 log.info("int8 matmuls run torch._int_mm (no oneDNN int8 linear: %s)", str(e).splitlines()[0][:200])
                 self._available = False
@@ -183,7 +218,7 @@ class Int8Linear(QuantisedLinear):
         if self.packed is not None:
             y = _rescale(ONEDNN.matmul(xq, self.packed, self.scale), amax, self.bias)
         else:
-            y = dequantise(torch._int_mm(xq, self.int8()), self.scale, amax, self.bias)
+            y = dequantise(INT_MM(xq, self.int8()), self.scale, amax, self.bias)
         return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
 
     @classmethod

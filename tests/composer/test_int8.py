@@ -241,3 +241,41 @@ def test_a_served_int8_base_runs_its_linears_through_onednn(tiny_bert_dir):
     assert siblings and alone
     assert all(q.packed is not None and q.weight_t is None for q in alone)
     assert all(q.fused.packed is not None and q.fused.weight_t is not None for q in siblings)
+
+
+_ISA_CHECK = """
+import json, torch
+from composer.quantize import INT_MM, ONEDNN, Int8Linear, exact
+gen = torch.Generator().manual_seed(0)
+worst = 0.0
+for tokens, width, out in ((16, 256, 64), (3, 384, 1152)):
+    w, b, x = torch.randn(out, width, generator=gen), torch.randn(out, generator=gen), torch.randn(tokens, width, generator=gen)
+    sx = x.abs().amax(1, keepdim=True) / 127
+    plain = Int8Linear(w, b)
+    want = (torch.round(x / sx).long() @ plain.weight_t.long()).double() * sx.double() * plain.scale.double() + b.double()
+    packed = Int8Linear(w, b)
+    packed.pack()
+    for q in (plain, packed):
+        worst = max(worst, float(((q.run(x).double() - want).abs() / want.abs().max()).max()))
+print(json.dumps({"onednn": ONEDNN.available(), "int_mm": exact(torch._int_mm), "worst": worst}))
+"""
+
+
+@pytest.mark.parametrize("isa", ["", "AVX2", "AVX512_CORE"])
+def test_int8_products_are_exact_whatever_the_cpu_offers(isa, tmp_path):
+    """oneDNN capped at an older instruction set (`ONEDNN_MAX_CPU_ISA`, read when it starts: a process each) runs the
+    kernels of CPUs without VNNI, whose int16 pair sums saturate: a kernel that is not exact there is not used, and
+    every int8 linear still gives the integer products' numbers."""
+    import json
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": isa} if isa else dict(os.environ)
+    done = subprocess.run([sys.executable, "-c", _ISA_CHECK], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["worst"] < 1e-5, got
+    if isa == "AVX2" and platform.machine() in ("x86_64", "AMD64"):
+        assert not got["int_mm"] and not got["onednn"], got  # saturates: both kernels are set aside
