@@ -6,12 +6,16 @@ bitsandbytes' `quantize_4bit(quant_type="nf4", blocksize=64)` exactly: the packe
 dequantised weight equal its own (tests/fixtures/parity/nf4, made with bitsandbytes 0.50.2). It is computed
 here in plain PyTorch because bitsandbytes' CPU backend, on a CPU with AVX-512 BF16, runs its 4-bit matmul in
 bfloat16 (1.4e-2 off its own dequantised weight on a 384→1536 linear) and at import tries to fetch a kernel
-from the Hugging Face hub. Not built: QLoRA's double quantisation of the absmax (0.37 bits a parameter more
-here: 4.5 against 4.127).
+from the Hugging Face hub.
+
+QLoRA's double quantisation, as the base does it (and as bitsandbytes' `compress_statistics=True`): the absmax
+less its mean is quantised again, in blocks of 256, to bitsandbytes' signed 8-bit dynamic map (`DYNAMIC`), so a
+parameter costs 4 + 8/64 + 32/(64·256) = 4.127 bits instead of 4.5. Codes, second absmax and dequantised weights
+equal bitsandbytes' own (the fixture's `double` cases).
 
 A forward dequantises each weight to fp32 and runs the fp32 linear; its backward dequantises again (nothing
 fp32 is kept between them), as QLoRA backpropagates through its dequantised 4-bit weights. The fp32 weights
-are released (meta, shapes only), so the base holds 4.5 bits a parameter in its linears. It trains adapters
+are released (meta, shapes only), so the base holds 4.127 bits a parameter in its linears. It trains adapters
 (`base_precision: nf4`); they serve on either serving precision, as any module does.
 """
 
@@ -33,6 +37,46 @@ CODE = torch.tensor(  # bitsandbytes' NF4 table: the quantiles of N(0, 1), norma
 )
 BOUNDS = (CODE[:-1] + CODE[1:]) / 2
 PAIRS = torch.stack([CODE.repeat_interleave(16), CODE.repeat(16)], dim=1)  # byte b: (CODE[b >> 4], CODE[b & 15])
+
+
+def _dynamic_map() -> torch.Tensor:
+    """bitsandbytes' `create_dynamic_map(signed=True)`: 256 values in [-1, 1], a dynamic exponent (10^-6 to 1)
+    and a fraction that shrinks as the exponent grows (Dettmers 2016), made as it makes them, to the rounding."""
+    data: list[float] = []
+    for i in range(7):  # max_exponent_bits 7 of 8 bits, signed
+        boundaries = torch.linspace(0.1, 1, 2**i + 1, dtype=torch.float32)
+        means = (boundaries[:-1] + boundaries[1:]) / 2.0
+        data += ((10 ** (-6 + i)) * means).tolist()
+        data += (-(10 ** (-6 + i)) * means).tolist()
+    data += [0, 1.0]
+    data.sort()
+    return torch.tensor(data, dtype=torch.float32)
+
+
+DYNAMIC = _dynamic_map()
+DYNAMIC_BOUNDS = (DYNAMIC[:-1] + DYNAMIC[1:]) / 2
+SECOND_BLOCK = 256  # absmax values per block of the double quantisation
+
+
+def quantise_absmax(absmax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """QLoRA's double quantisation: (codes uint8 [n], second absmax fp32 [⌈n/256⌉], offset fp32 [1]) of the
+    absmax less its mean, each value the nearest of `DYNAMIC` after its block's largest magnitude scales it."""
+    offset = absmax.mean().reshape(1)
+    centred = absmax - offset
+    n = centred.numel()
+    blocks = nn.functional.pad(centred, (0, -n % SECOND_BLOCK)).view(-1, SECOND_BLOCK)
+    absmax2 = blocks.abs().amax(dim=1)
+    scaled = (blocks * (1.0 / absmax2.clamp(min=1e-38))[:, None]).clamp(-1, 1).reshape(-1)[:n]
+    return torch.bucketize(scaled, DYNAMIC_BOUNDS.to(scaled.device)).to(torch.uint8), absmax2, offset
+
+
+def dequantise_absmax(codes: torch.Tensor, absmax2: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """The fp32 absmax the double quantisation stands for: its code's value times its block's absmax, plus the
+    offset (as bitsandbytes' `dequantize_blockwise` and then `+= offset`)."""
+    n = codes.numel()
+    values = DYNAMIC.to(codes.device).index_select(0, codes.long())
+    per = absmax2.repeat_interleave(SECOND_BLOCK)[:n]
+    return (values * per).add_(offset)
 
 
 def quantise(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,16 +113,23 @@ def dequantise(
 
 
 class NF4Linear(QuantisedLinear):
-    """A linear's NF4 form: packed codes, absmax per block of 64, and the fp32 bias."""
+    """A linear's NF4 form: packed codes, absmax per block of 64 (`double`: itself quantised, QLoRA's double
+    quantisation, as the base does it), and the fp32 bias."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, double: bool = True):
         self.shape = tuple(weight.shape)
-        self.packed, self.absmax = quantise(weight)
+        self.packed, absmax = quantise(weight)
+        self.absmax: torch.Tensor | None = None if double else absmax
+        self.double = quantise_absmax(absmax) if double else None
         self.pairs = PAIRS.to(self.packed.device)
         self.bias = bias.detach().float() if bias is not None else None
 
+    def scales(self) -> torch.Tensor:
+        """The absmax per block of 64, fp32."""
+        return self.absmax if self.double is None else dequantise_absmax(*self.double)
+
     def dequantised(self) -> torch.Tensor:
-        return dequantise(self.packed, self.absmax, self.shape, self.pairs)
+        return dequantise(self.packed, self.scales(), self.shape, self.pairs)
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
         bias = self.bias.to(x.dtype) if self.bias is not None else None

@@ -6,7 +6,10 @@
 QLoRA's 4-bit NormalFloat: per block of 64 weights (row-major), the block's absmax scales it to [-1, 1] and each
 weight takes the nearest of the 16 NF4 values, two to a byte. Writes tests/fixtures/parity/nf4/nf4.safetensors:
 per case, the weight, bitsandbytes' packed codes and absmax (`functional.quantize_4bit`), its dequantised weight
-(`functional.dequantize_4bit`), and `matmul_4bit`'s output and gradient to its input on a fixed input.
+(`functional.dequantize_4bit`), and `matmul_4bit`'s output and gradient to its input on a fixed input; and the
+same with QLoRA's double quantisation (`compress_statistics=True`, under `<case>.double.`): the absmax less its
+mean, quantised in blocks of 256 to bitsandbytes' signed 8-bit dynamic map (its codes, the second absmax, the
+offset and the map as it stood when used).
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import torch
 from safetensors.torch import save_file
 
 OUT = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "parity" / "nf4"
-CASES = {"ffn": (48, 40), "ragged": (7, 9), "ties": (4, 16)}  # 1920 = 30 blocks; 63: a short last block
+# 1920 = 30 blocks; 63: a short last block; 36,864 = 576 blocks, so 3 blocks of absmax (the last short)
+CASES = {"ffn": (48, 40), "ragged": (7, 9), "ties": (4, 16), "wide": (96, 384)}
 
 
 def main() -> None:
@@ -47,6 +51,23 @@ def main() -> None:
                 f"{name}.x": x.detach(),
                 f"{name}.y": y.detach(),
                 f"{name}.x_grad": x.grad,
+            }
+        )
+        packed, state = F.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=True)
+        x = torch.randn(3, shape[1], generator=gen, requires_grad=True)
+        y = bnb.matmul_4bit(x, packed.t(), quant_state=state)
+        y.pow(2).sum().backward()
+        tensors.update(
+            {
+                f"{name}.double.packed": packed.reshape(-1),
+                f"{name}.double.absmax": state.absmax,
+                f"{name}.double.offset": state.offset.reshape(1),
+                f"{name}.double.absmax2": state.state2.absmax,
+                f"{name}.double.code": state.state2.code.clone(),
+                f"{name}.double.dequantised": F.dequantize_4bit(packed, state),
+                f"{name}.double.x": x.detach(),
+                f"{name}.double.y": y.detach(),
+                f"{name}.double.x_grad": x.grad,
             }
         )
     OUT.mkdir(parents=True, exist_ok=True)

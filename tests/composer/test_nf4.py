@@ -22,10 +22,10 @@ from composer.quantize import quantize, quantize_nf4
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "parity" / "nf4" / "nf4.safetensors"
 
 
-@pytest.mark.parametrize("case", ["ffn", "ragged", "ties"])
+@pytest.mark.parametrize("case", ["ffn", "ragged", "ties", "wide"])
 def test_nf4_is_bitsandbytes_nf4(case):
     ref = {k.split(".", 1)[1]: v for k, v in load_file(FIXTURE).items() if k.startswith(case + ".")}
-    q = nf4.NF4Linear(ref["weight"], None)
+    q = nf4.NF4Linear(ref["weight"], None, double=False)
     assert torch.equal(q.packed, ref["packed"]) and torch.equal(q.absmax, ref["absmax"])
     assert torch.equal(q.dequantised(), ref["dequantised"])
     x = ref["x"].clone().requires_grad_(True)
@@ -33,6 +33,44 @@ def test_nf4_is_bitsandbytes_nf4(case):
     y.pow(2).sum().backward()
     torch.testing.assert_close(y, ref["y"], atol=0, rtol=0)
     torch.testing.assert_close(x.grad, ref["x_grad"], atol=1e-6, rtol=0)
+
+
+def _double(case: str) -> dict[str, torch.Tensor]:
+    return {k.split(".double.", 1)[1]: v for k, v in load_file(FIXTURE).items() if k.startswith(case + ".double.")}
+
+
+def test_the_dynamic_map_is_bitsandbytes():
+    assert torch.equal(nf4.DYNAMIC, _double("wide")["code"])
+
+
+@pytest.mark.parametrize("case", ["ffn", "ragged", "ties", "wide"])
+def test_double_quantisation_is_bitsandbytes_with_the_nearest_code(case):
+    """QLoRA's double quantisation equals bitsandbytes' `compress_statistics=True` (codes, second absmax, offset,
+    dequantised weight, matmul_4bit's output and input gradient), except where bitsandbytes' CPU kernel, whose
+    binary search is approximate, took the farther of two neighbouring codes (1 absmax of the fixture's 608): the
+    nearer one is taken here. A block of one absmax (its second absmax 0) dequantises to the offset whatever its
+    code (bitsandbytes writes 0 there, 127 here)."""
+    ref = _double(case)
+    weight = load_file(FIXTURE)[f"{case}.weight"]
+    q = nf4.NF4Linear(weight, None)
+    assert q.double is not None and q.absmax is None
+    codes, absmax2, offset = q.double
+    assert torch.equal(q.packed, ref["packed"]) and torch.equal(absmax2, ref["absmax2"])
+    assert torch.equal(offset, ref["offset"])
+    _, absmax = nf4.quantise(weight)
+    per = absmax2.repeat_interleave(nf4.SECOND_BLOCK)[: absmax.numel()]
+    scaled = (absmax - offset) / per
+    differ = (codes != ref["absmax"]) & (per > 0)
+    ours, theirs = (nf4.DYNAMIC[codes.long()] - scaled).abs(), (nf4.DYNAMIC[ref["absmax"].long()] - scaled).abs()
+    assert bool((ours[differ] < theirs[differ]).all())
+    blocks_equal = (~differ).repeat_interleave(nf4.BLOCK)[: weight.numel()].view(weight.shape)
+    assert torch.equal(q.dequantised()[blocks_equal], ref["dequantised"][blocks_equal])
+    if not differ.any():
+        x = ref["x"].clone().requires_grad_(True)
+        y = q(x)
+        y.pow(2).sum().backward()
+        torch.testing.assert_close(y, ref["y"], atol=0, rtol=0)
+        torch.testing.assert_close(x.grad, ref["x_grad"], atol=1e-6, rtol=0)
 
 
 def _linears(base):  # type: ignore[no-untyped-def]
@@ -64,7 +102,7 @@ def test_an_nf4_base_is_a_fresh_base_with_the_dequantised_weights(tiny_bert_dir)
     model, oracle = _pair(tiny_bert_dir)
     base = model.base
     assert base.precision == "nf4" and base.identity == load_base(tiny_bert_dir).identity
-    assert all(lin.weight.is_meta for lin in _linears(base).values())  # 4.5 bits a parameter held
+    assert all(lin.weight.is_meta for lin in _linears(base).values())  # 4.127 bits a parameter held
     batch = dict(base.tokenizer(["good movie", "a really boring plot"], padding=True, return_tensors="pt"))
     with torch.no_grad():
         for comp in (None, Single("l")):
