@@ -213,10 +213,15 @@ def main() -> None:
         f"{med['uniform_tiny']:.2f} ms). Inside the forward each op also finds its operands out of the caches "
         "after the batch's matmuls (the diff's CSR product on 13 tokens: 10-25 µs alone, 40-70 µs inside the "
         "forward, where it accumulates column-strided into an output the matmul before it has pushed out of the "
-        "caches); Python outside the ops adds under 1 ms of the gap. Tried and measured, not kept: `torch.compile` of "
-        "the encoder for this fixed composition (39 against 25 ms: the per-forward handlers fail its guards), and "
-        "the diff as dense times CSRᵀ, `spmm_reduce` or gather/index_add (1.5-5x slower in the forward than the "
-        "strided `addmm`). Only fusing each kind's ops into fewer kernels would cut what stays.",
+        "caches). Timed op by op on a quiet machine (each non-view aten op of a forward, in one process; wall "
+        "20.03 against 15.19 ms): the ops themselves took 15.53 against 13.04 ms, and everything around them (Python, "
+        "module calls, views) 4.50 against 2.15 ms. So the ops alone would give 0.84: the goal of 0.85 cannot be "
+        "met by cutting the Python around them, only by fewer or faster ops. Of the ops' 2.49 ms, the diff's 24 "
+        "sparse products are 1.35 ms (45-75 µs each in the forward), the small adapter matmuls 0.58 ms. Tried and "
+        "measured, not kept: `torch.compile` of the encoder for this fixed composition (39 against 25 ms: the "
+        "per-forward handlers fail its guards); the diff as dense times CSRᵀ, `spmm_reduce` or gather/index_add "
+        "(1.5-5x slower in the forward than the strided `addmm`), or a plain C CSR kernel (slower than MKL's in 6 of "
+        "8 shapes). Only fusing each kind's ops into fewer kernels would cut what stays.",
         "",
         f"With a prompt-tuning row and a prefix row as well (10 rows, 10 kinds, served through `composer.rows` with "
         f"heads; {med['mixed10']:.2f} ms against {med['uniform10']:.2f} ms for 10 rows on one ST-A): "
