@@ -61,7 +61,7 @@ SWEEP = {
 def train_one(base, corpus, name: str, n: int, seed: int, quick: bool, lr: float | None = None, overrides=None):  # type: ignore[no-untyped-def]
     """(the subset, the run, a predict(examples) -> logits, trainable parameters, stored parameters, max length).
     Stored: what the saved module keeps (an AdaLoRA's kept triplets, a diff's nonzero deltas), heads aside.
-    `overrides`: the adapter preset's fields overridden (bench/quality_adalora.py)."""
+    `overrides`: the adapter preset's fields overridden (bench/quality_tune.py)."""
     max_len, val_n = (48, 100) if quick else (64, 200)
     c = corpus.subset(n, seed=seed)
     fields = {"epochs": 2 if quick else 3, "patience": 2, "batch_size": 32, "max_length": max_len, "seed": seed}

@@ -30,7 +30,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "ia3": {"method": "ia3"},  # keys, values and the FFN's inner activation (Liu et al. 2022)
     # SVD-form LoRA whose rank budget falls from init_r to target_r per linear (Zhang et al. 2023): PEFT's budget
     # schedule, with the update scaled 48 / init_r (PEFT's alpha of 8 gives 0.67) and a lighter orthogonality
-    # penalty, chosen on validation (bench/quality_adalora.py: mean 0.864 against PEFT's defaults' 0.826)
+    # penalty, chosen on validation (bench/quality_tune.py: mean 0.864 against PEFT's defaults' 0.826)
     "adalora": {"method": "adalora", "alpha": 48.0, "orth_reg_weight": 0.1},
     # a sparse delta on every linear's weight and bias, L0-gated, projected to 0.5% (Guo et al. 2021)
     "diff": {"method": "diff"},
