@@ -40,7 +40,9 @@ NOTES = {
     "500 with it.",
     "compacter++": "AdapterHub's CompacterPlusPlusConfig (PHM dimension 4, rank-1 factors), trained at each rate. "
     "The preset takes 1e-2, best on each of the three tasks (the learning-rate sweep of bench/quality_methods.py, "
-    "2 layers and 300 rows, had not separated the rates).",
+    "2 layers and 300 rows, had not separated the rates). On the test sets (bench/quality_methods.py, 3 seeds) "
+    "Compacter++ went from 0.839 to 0.861 at 2,000 rows, next to ST-A's 0.863 with 7,192 parameters against "
+    "113,040, and from 0.788 to 0.822 at 500.",
 }
 
 
