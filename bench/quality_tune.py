@@ -26,6 +26,11 @@ CANDIDATES: dict[str, dict[str, tuple[dict, float | None]]] = {
         "alpha 24, orth 0.1": ({"alpha": 24.0, "orth_reg_weight": 0.1}, None),
         "alpha 48, orth 0.1": ({"alpha": 48.0, "orth_reg_weight": 0.1}, None),
     },
+    "compacter": {  # AdapterHub's CompacterConfig at the job's default rate, and above it
+        "lr 1e-3 (job default)": ({}, 1e-3),
+        "lr 3e-3": ({}, 3e-3),
+        "lr 1e-2": ({}, 1e-2),
+    },
     "compacter++": {  # AdapterHub's CompacterPlusPlusConfig at the job's default rate, and above it
         "lr 1e-3 (job default)": ({}, 1e-3),
         "lr 3e-3": ({}, 3e-3),
@@ -38,6 +43,8 @@ NOTES = {
     "initialisation) the update grows slowly in 3 epochs. The preset takes the best mean; on the test sets "
     "(bench/quality_methods.py, 3 seeds) AdaLoRA went from 0.820 to 0.854 at 2,000 rows and from 0.791 to 0.797 at "
     "500 with it.",
+    "compacter": "AdapterHub's CompacterConfig (an adapter after attention and after the FFN, PHM dimension 4, "
+    "rank-1 factors), trained at each rate.",
     "compacter++": "AdapterHub's CompacterPlusPlusConfig (PHM dimension 4, rank-1 factors), trained at each rate. "
     "The preset takes 1e-2, best on each of the three tasks (the learning-rate sweep of bench/quality_methods.py, "
     "2 layers and 300 rows, had not separated the rates). On the test sets (bench/quality_methods.py, 3 seeds) "
