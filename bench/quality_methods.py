@@ -37,8 +37,9 @@ SWEEP_NOTE = (
     "and LoRA keep 1e-3. AdaLoRA takes 3e-3 (1e-3 trailed by 2 points) and diff pruning 3e-4 (its gated dense delta "
     "degrades as the rate grows). The prompt family, which PEFT's benchmark shows collapsing under a bad rate or "
     "initialisation, did not collapse at any rate tried here (vocabulary and label-word initialisation): prompt "
-    "tuning keeps 0.3, P-tuning and P-tuning v2 1e-2 (3e-2 is no better), prefix tuning 5e-3. Compacter++ takes "
-    "1e-2, from the full-scale validation of bench/quality_tune.py (this small sweep had left it at 1e-3)."
+    "tuning keeps 0.3, P-tuning and P-tuning v2 1e-2 (3e-2 is no better), prefix tuning 5e-3. Compacter takes 3e-3 "
+    "and Compacter++ 1e-2, from the full-scale validation of bench/quality_tune.py (this small sweep had left "
+    "them at 1e-3)."
 )
 PRESETS = (
     *("seq_bn", "lora", "adalora", "ia3", "bitfit", "diff", "compacter", "compacter++"),
@@ -59,10 +60,13 @@ SWEEP = {
 }
 
 
-def train_one(base, corpus, name: str, n: int, seed: int, quick: bool, lr: float | None = None, overrides=None):  # type: ignore[no-untyped-def]
+def train_one(
+    base, corpus, name: str, n: int, seed: int, quick: bool, lr: float | None = None, overrides=None, train=None
+):  # type: ignore[no-untyped-def]
     """(the subset, the run, a predict(examples) -> logits, trainable parameters, stored parameters, max length).
     Stored: what the saved module keeps (an AdaLoRA's kept triplets, a diff's nonzero deltas), heads aside.
-    `overrides`: the adapter preset's fields overridden (bench/quality_tune.py)."""
+    `overrides`: the adapter preset's fields overridden; `train`: training fields overridden, the epochs included
+    (bench/quality_tune.py)."""
     max_len, val_n = (48, 100) if quick else (64, 200)
     c = corpus.subset(n, seed=seed)
     fields = {"epochs": 2 if quick else 3, "patience": 2, "batch_size": 32, "max_length": max_len, "seed": seed}
@@ -70,10 +74,17 @@ def train_one(base, corpus, name: str, n: int, seed: int, quick: bool, lr: float
     fields["epochs"] = 2 if quick else 3
     if lr is not None:
         fields["learning_rate"] = lr
+    fields.update(train or {})
     collate = Collator(base.tokenizer, c.task, max_len)
     if name in PROMPT_PRESETS:
         prompts = train_prompts(
-            base, c.task, c.train, c.validation[:val_n], 1, prompt_preset(name), TrainConfig(**fields)
+            base,
+            c.task,
+            c.train,
+            c.validation[:val_n],
+            1,
+            prompt_preset(name, **(overrides or {})),
+            TrainConfig(**fields),
         )
         art = prompts.artifacts(c.task)[0]
         trainable = sum(p.numel() for p in prompts.model.prompts["p0"].parameters())
