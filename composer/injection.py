@@ -258,7 +258,8 @@ def _layers(model: nn.Module, path: str) -> nn.ModuleList:
 
 def _patch_output_module(module: nn.Module, layer: int, placement: Placement, router: Router) -> None:
     def forward(hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
-        x = module.dropout(module.dense(hidden_states))
+        x = module.dense(hidden_states)
+        x = module.dropout(x) if module.training else x  # the identity in eval: not dispatched at every site
         return router.run(layer, placement, x, input_tensor, module.LayerNorm)
 
     module.forward = forward  # instance attribute: the class and the state_dict stay untouched

@@ -212,7 +212,8 @@ class BottleneckLayer(nn.Module):
         if self.norm_before is not None:
             h = self.norm_before(h)
         up = self.up(self.act(self.down(h)))
-        return self.dropout(up if isinstance(self.scaling, float) and self.scaling == 1.0 else up * self.scaling)
+        up = up if isinstance(self.scaling, float) and self.scaling == 1.0 else up * self.scaling
+        return self.dropout(up) if self.training else up  # in eval a dropout is the identity: one op fewer a site
 
     def finish(self, up: torch.Tensor, adapter_residual: torch.Tensor) -> torch.Tensor:
         """Apply the adapter's own residual and optional LayerNorm to a bottleneck output."""
