@@ -5,7 +5,7 @@ with 95% bootstrap intervals (test rows resampled within each seed).
     .venv/bin/python -m bench.quality_methods [--quick] [--seeds 3] [--sizes 500 2000] [--resume] [--table-only]
     .venv/bin/python -m bench.quality_methods --sweep          # learning rates per preset, on validation
 
-Each preset trains with its job defaults (`composer.presets.training_defaults`). `--sweep` trains each preset
+Each preset trains with its job defaults (`composer.presets.training_defaults`), every kind 3 epochs. `--sweep` trains each preset
 at several learning rates on one seed and reports the validation score of each; the presets' defaults were
 chosen from it. Rows are kept in bench/results/quality_methods.json (runs/ for --quick) after every run.
 """
@@ -156,7 +156,8 @@ def table(rows: list[dict], layers: int, quick: bool) -> tuple[str, dict]:
     lines += [
         "",
         "Accuracy on each task's test rows [95% bootstrap interval]; each preset at its job defaults (prompts: a "
-        "`prompts` job's preset, k = 1). Trainable: what trains (the heads aside); stored: what the saved module "
+        "`prompts` job's preset, k = 1), every kind for 3 epochs (a prompts job trains up to 10 with patience 3; for "
+        "prompt tuning that ties on validation, bench/quality_tune.py). Trainable: what trains (the heads aside); stored: what the saved module "
         "keeps (an AdaLoRA's kept triplets, a diff's nonzero deltas, a collapsed prompt encoder's embeddings).",
     ]
     return "\n".join(lines), summary
