@@ -61,20 +61,16 @@ SWEEP = {
 }
 
 
-def train_one(
-    base, corpus, name: str, n: int, seed: int, quick: bool, lr: float | None = None, overrides=None, train=None
-):  # type: ignore[no-untyped-def]
+def train_one(base, corpus, name: str, n: int, seed: int, quick: bool, overrides=None, train=None):  # type: ignore[no-untyped-def]
     """(the subset, the run, a predict(examples) -> logits, trainable parameters, stored parameters, max length).
     Stored: what the saved module keeps (an AdaLoRA's kept triplets, a diff's nonzero deltas), heads aside.
-    `overrides`: the adapter preset's fields overridden; `train`: training fields overridden, the epochs included
-    (bench/quality_tune.py)."""
+    `overrides`: the preset's fields overridden (bench/quality_tune.py); `train`: its training fields overridden
+    (the learning rate of --sweep, the epochs)."""
     max_len, val_n = (48, 100) if quick else (64, 200)
     c = corpus.subset(n, seed=seed)
     fields = {"epochs": 2 if quick else 3, "patience": 2, "batch_size": 32, "max_length": max_len, "seed": seed}
     fields.update(PROMPT_TRAINING[name] if name in PROMPT_PRESETS else training_defaults(name))
     fields["epochs"] = 2 if quick else 3
-    if lr is not None:
-        fields["learning_rate"] = lr
     fields.update(train or {})
     collate = Collator(base.tokenizer, c.task, max_len)
     if name in PROMPT_PRESETS:
@@ -177,7 +173,7 @@ def sweep(layers: int, quick: bool, presets: list[str]) -> None:
         for lr in lrs:
             scores = []
             for t in TASKS:
-                _, run, *_ = train_one(base, load_corpus(t), p, n, 0, quick, lr)
+                _, run, *_ = train_one(base, load_corpus(t), p, n, 0, quick, train={"learning_rate": lr})
                 scores.append(round(run.result.best_score or 0.0, 4))
             rows = [r for r in rows if (r["preset"], r["lr"], r["n"], r["layers"]) != (p, lr, n, layers)]
             rows.append({"preset": p, "lr": lr, "scores": scores, "n": n, "layers": layers})

@@ -1,4 +1,4 @@
-"""Presets tuned on validation at full scale: each candidate (preset fields and a learning rate) trained on the
+"""Presets tuned on validation at full scale: each candidate (preset fields, training fields) trained on the
 three tasks of bench/quality_methods.py at 2,000 rows, one seed, on the real MiniLM, and scored on the validation
 rows that early stopping does not read (from row 200 on). The preset (composer.presets) takes the best mean; the
 scores are kept in bench/results/quality_tune_<preset>.json, one docs section per preset.
@@ -19,6 +19,14 @@ from bench.quality_methods import TASKS, train_one
 from composer.base import load_base, packaged_encoder_dir
 from composer.corpora import load_corpus
 
+
+def rates(*lrs: float, own: float, label: str) -> dict[str, tuple[dict, dict]]:
+    """Candidates that differ only in the learning rate, named "lr 3e-3"; `own`, the rate trained without them,
+    carries `label`."""
+    named = {f"lr {lr:.0e}".replace("e-0", "e-"): lr for lr in lrs}
+    return {f"{name} ({label})" if lr == own else name: ({}, {"learning_rate": lr}) for name, lr in named.items()}
+
+
 # per preset: candidate name -> (the preset's fields overridden, its training fields overridden: the learning rate,
 # the epochs; none: the preset's own, at the quality table's 3 epochs)
 CANDIDATES: dict[str, dict[str, tuple[dict, dict]]] = {
@@ -27,41 +35,23 @@ CANDIDATES: dict[str, dict[str, tuple[dict, dict]]] = {
         "alpha 24, orth 0.1": ({"alpha": 24.0, "orth_reg_weight": 0.1}, {}),
         "alpha 48, orth 0.1": ({"alpha": 48.0, "orth_reg_weight": 0.1}, {}),
     },
-    "compacter": {  # AdapterHub's CompacterConfig at the job's default rate, and above it
-        "lr 1e-3 (job default)": ({}, {"learning_rate": 1e-3}),
-        "lr 3e-3": ({}, {"learning_rate": 3e-3}),
-        "lr 1e-2": ({}, {"learning_rate": 1e-2}),
-    },
-    "compacter++": {  # AdapterHub's CompacterPlusPlusConfig at the job's default rate, and above it
-        "lr 1e-3 (job default)": ({}, {"learning_rate": 1e-3}),
-        "lr 3e-3": ({}, {"learning_rate": 3e-3}),
-        "lr 1e-2": ({}, {"learning_rate": 1e-2}),
-    },
+    # AdapterHub's CompacterConfig at the job's default rate, and above it
+    "compacter": rates(1e-3, 3e-3, 1e-2, own=1e-3, label="job default"),
+    # AdapterHub's CompacterPlusPlusConfig at the job's default rate, and above it
+    "compacter++": rates(1e-3, 3e-3, 1e-2, own=1e-3, label="job default"),
     "prompt_tuning": {  # Lester et al.'s rate and above at the quality table's 3 epochs; the preset's 10 (patience 3)
         "lr 0.3, 3 epochs (the table's)": ({}, {"learning_rate": 0.3}),
         "lr 1.0, 3 epochs": ({}, {"learning_rate": 1.0}),
         "lr 0.3, 10 epochs (the preset's)": ({}, {"learning_rate": 0.3, "epochs": 10}),
     },
-    "seq_bn": {  # AdapterHub's SeqBnConfig (Pfeiffer) at the job's default rate, and above it
-        "lr 1e-3 (job default)": ({}, {"learning_rate": 1e-3}),
-        "lr 3e-3": ({}, {"learning_rate": 3e-3}),
-        "lr 1e-2": ({}, {"learning_rate": 1e-2}),
-    },
-    "lora": {  # PEFT's default LoRA for BERT (r 8, alpha 16, query and value) at the job's default rate, and above
-        "lr 1e-3 (job default)": ({}, {"learning_rate": 1e-3}),
-        "lr 3e-3": ({}, {"learning_rate": 3e-3}),
-        "lr 1e-2": ({}, {"learning_rate": 1e-2}),
-    },
-    "p_tuning": {  # PEFT's MLP prompt encoder (hidden 128) at the preset's rate, and a step either side
-        "lr 3e-3": ({}, {"learning_rate": 3e-3}),
-        "lr 1e-2 (the preset's)": ({}, {"learning_rate": 1e-2}),
-        "lr 3e-2": ({}, {"learning_rate": 3e-2}),
-    },
-    "p_tuning_v2": {  # flat prefixes on every layer (Liu et al. 2022) at the preset's rate, and a step either side
-        "lr 3e-3": ({}, {"learning_rate": 3e-3}),
-        "lr 1e-2 (the preset's)": ({}, {"learning_rate": 1e-2}),
-        "lr 3e-2": ({}, {"learning_rate": 3e-2}),
-    },
+    # AdapterHub's SeqBnConfig (Pfeiffer) at the job's default rate, and above it
+    "seq_bn": rates(1e-3, 3e-3, 1e-2, own=1e-3, label="job default"),
+    # PEFT's default LoRA for BERT (r 8, alpha 16, query and value) at the job's default rate, and above
+    "lora": rates(1e-3, 3e-3, 1e-2, own=1e-3, label="job default"),
+    # PEFT's MLP prompt encoder (hidden 128) at the preset's rate, and a step either side
+    "p_tuning": rates(3e-3, 1e-2, 3e-2, own=1e-2, label="the preset's"),
+    # flat prefixes on every layer (Liu et al. 2022) at the preset's former rate, and a step either side
+    "p_tuning_v2": rates(3e-3, 1e-2, 3e-2, own=1e-2, label="the former preset's"),
 }
 NOTES = {
     "adalora": "Each at the preset's learning rate (3e-3), init_r 12, target_r 8. The update is scaled by alpha / "
