@@ -93,6 +93,9 @@ NOTES = {
     "ia3": "(IA)³ with PEFT's IA3Config for BERT (scales on the keys, the values and the FFN's inner activation), "
     "trained at each rate. The preset keeps 1e-2 (the small sweep's choice), the best mean: 3e-2 gains 0.4 points on "
     "RT polarity but loses 2.8 on fine foods (-0.8 on the mean), and 3e-3 trails by 2.0.",
+    "bitfit": "BitFit (Ben Zaken et al. 2022): the biases of every linear projection, trained at each rate. The "
+    "preset keeps 3e-3 (the small sweep's choice), the best mean: 1e-3 and 1e-2 both trail by 0.8 points, mostly on "
+    "RT polarity (-1.5 and -2.0).",
     "compacter": "AdapterHub's CompacterConfig (an adapter after attention and after the FFN, PHM dimension 4, "
     "rank-1 factors), trained at each rate. The preset takes 3e-3, the best mean (1e-2 is within 0.002). On the test "
     "sets (bench/quality_methods.py, 3 seeds) Compacter went from 0.845 to 0.853 at 2,000 rows and from 0.796 to "
