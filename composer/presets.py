@@ -45,7 +45,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 TRAINING: dict[str, dict[str, Any]] = {
     "ia3": {"learning_rate": 1e-2},
     "bitfit": {"learning_rate": 3e-3},
-    "adalora": {"learning_rate": 3e-3},
+    "adalora": {"learning_rate": 1e-2},  # bench/quality_tune.py: 0.815 against 0.779 at 3e-3 on 500 rows
     "diff": {"learning_rate": 3e-4},
     "compacter": {"learning_rate": 3e-3},  # bench/quality_tune.py: 0.864 against 0.845 at the 1e-3 default
     "compacter++": {"learning_rate": 1e-2},  # bench/quality_tune.py: 0.871 against 0.842 at the 1e-3 default
