@@ -1,5 +1,5 @@
 """The NF4 base (composer/nf4.py): QLoRA's 4-bit NormalFloat equal to bitsandbytes' own on fixed weights (codes,
-absmax, dequantised weight, and matmul_4bit's output and input gradient), and a base whose linears run NF4 equal
+absmax and dequantised weight bit for bit; matmul_4bit's output and input gradient to float rounding), and a base whose linears run NF4 equal
 to a freshly built fp32 base carrying the dequantised weights, forward and through a LoRA's gradients."""
 
 from __future__ import annotations
@@ -31,8 +31,15 @@ def test_nf4_is_bitsandbytes_nf4(case):
     x = ref["x"].clone().requires_grad_(True)
     y = q(x)
     y.pow(2).sum().backward()
-    torch.testing.assert_close(y, ref["y"], atol=0, rtol=0)
-    torch.testing.assert_close(x.grad, ref["x_grad"], atol=1e-6, rtol=0)
+    _same_product(y, x.grad, ref)
+
+
+def _same_product(y: torch.Tensor, x_grad: torch.Tensor, ref: dict[str, torch.Tensor]) -> None:
+    """y and x's gradient are bitsandbytes' (matmul_4bit's) within float rounding. The weights are bit-equal (checked
+    before), but a matmul's summation order follows the CPU's BLAS kernels: bit-equal on the machine that wrote the
+    fixture, up to 1.3e-6 apart (a relative 1.4e-6) on an AMD EPYC."""
+    torch.testing.assert_close(y, ref["y"], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(x_grad, ref["x_grad"], atol=1e-6, rtol=1e-5)
 
 
 def _double(case: str) -> dict[str, torch.Tensor]:
@@ -69,8 +76,7 @@ def test_double_quantisation_is_bitsandbytes_with_the_nearest_code(case):
         x = ref["x"].clone().requires_grad_(True)
         y = q(x)
         y.pow(2).sum().backward()
-        torch.testing.assert_close(y, ref["y"], atol=0, rtol=0)
-        torch.testing.assert_close(x.grad, ref["x_grad"], atol=1e-6, rtol=0)
+        _same_product(y, x.grad, ref)
 
 
 def _linears(base):  # type: ignore[no-untyped-def]
