@@ -154,8 +154,6 @@ def main() -> None:
                 print(t, name, round(scores[name][t], 4), flush=True)
                 if not a.quick:  # kept as it comes: a stopped run resumes (--resume) where it stood
                     path.write_text(json.dumps(scores, indent=1) + "\n")
-        if not a.quick:
-            path.write_text(json.dumps(scores, indent=1) + "\n")
     lines = [
         f"## {a.preset}'s preset on validation ({layers}-layer MiniLM, {n} training rows, seed 0"
         f"{', --quick' if a.quick else ''})",

@@ -1,6 +1,7 @@
 """The NF4 base (composer/nf4.py): QLoRA's 4-bit NormalFloat equal to bitsandbytes' own on fixed weights (codes,
-absmax and dequantised weight bit for bit; matmul_4bit's output and input gradient to float rounding), and a base whose linears run NF4 equal
-to a freshly built fp32 base carrying the dequantised weights, forward and through a LoRA's gradients."""
+absmax and dequantised weight bit for bit; matmul_4bit's output and input gradient to float rounding), and a base
+whose linears run NF4 equal to a freshly built fp32 base carrying the dequantised weights, forward and through a
+LoRA's gradients."""
 
 from __future__ import annotations
 
