@@ -190,6 +190,20 @@ class DiffSite(nn.Module):
         return self._sparse_t(x).t().reshape(*x.shape[:-1], -1).to(x.dtype)
 
 
+def stacked_product(csr: torch.Tensor, bias: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """x δ^T + δ_b as [tokens, Σ out] for x [tokens, in]: the CSR times the input's columns, accumulated into the
+    bias laid out column-major (the transposed view of a [tokens, Σ out] matrix), so the input is read as it is and
+    the result needs no transposed copy. Against the input transposed into a row-major copy: 38 against 41 µs on
+    13 tokens and 119 against 145 µs on 64 (a 1152×384 stacked query, key and value delta, just after a large
+    matmul, as in the forward)."""
+    if x.dtype != csr.dtype:
+        return torch.addmm(bias, csr, x.to(csr.dtype).t().contiguous()).t()
+    y = bias.t().expand(x.shape[0], -1).clone()
+    yt = y.t()
+    torch.addmm(yt, csr, x.t(), out=yt)
+    return y
+
+
 class Stacked:
     """A layer's saved sites on linears that read one input (query, key, value): their deltas as one CSR, so the
     rows of a run pay one sparse product for the three instead of three (each a small op that finds its operands
@@ -225,7 +239,7 @@ class Stacked:
             got = memo.get(key)
             if got is None or name not in got:
                 csr, bias, parts = self.delta()
-                y = torch.addmm(bias, csr, x.reshape(-1, x.shape[-1]).to(csr.dtype).t().contiguous()).t()
+                y = stacked_product(csr, bias, x.reshape(-1, x.shape[-1]))
                 got = memo[key] = {n: y[:, part] for n, part in parts.items()}  # [tokens, out] views
             out.view(-1, out.shape[-1]).add_(got.pop(name))
 
