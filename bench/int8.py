@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from pathlib import Path
 
 import torch
 
@@ -35,6 +36,27 @@ from composer.presets import preset
 from composer.training import TrainConfig
 
 TASKS = ("rt_polarity", "rt_subjectivity", "fine_foods", "conll_uncertainty", "vader_amazon")
+
+
+def cpu_name() -> str:
+    """The CPU's model name, as /proc/cpuinfo gives it."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return "unknown"
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
+
+
+def kernel_used() -> str:
+    """Which int8 matmul this process serves with (`composer.quantize`)."""
+    from composer.quantize import ONEDNN
+
+    if ONEDNN.available():
+        return "oneDNN's int8 linear on packed weights (`composer.quantize.ONEDNN`)"
+    return (
+        "`torch._int_mm`: oneDNN's int8 linear is absent, not exact, or runs its far slower reference kernel on this "
+        "CPU (`composer.quantize.fast`)"
+    )
 
 
 def corpus(name: str):  # type: ignore[no-untyped-def]
@@ -208,10 +230,10 @@ def main() -> None:
         "Goal ≥ 1.6 each. Inputs: 8 product reviews of the fine-foods test set (up to 128 tokens), and bench/kinds' "
         "8 short sentences (about 12 tokens), where attention, LayerNorms and the fp32 adapters weigh more. Largest "
         f"hidden-state difference int8 − fp32 over the real tokens (padding aside): reviews "
-        f"{fast['int8_hidden_max_abs_diff']}, short sentences {fast['short_int8_hidden_max_abs_diff']}. The int8 "
-        "matmuls run oneDNN's int8 linear on packed weights (`composer.quantize.ONEDNN`: AMX tiles on this CPU); "
-        "through `torch._int_mm` (oneDNN's older GEMM, no AMX), the last --quick run before it read 1.52, 1.40 and "
-        "1.56 on the reviews.",
+        f"{fast['int8_hidden_max_abs_diff']}, short sentences {fast['short_int8_hidden_max_abs_diff']}. CPU: "
+        f"{cpu_name()}. The int8 matmuls run {kernel_used()}. On an AMX CPU (the --quick run before, an Intel "
+        "Xeon) oneDNN's int8 linear read 1.8, 1.647 and 1.701 on the reviews, and `torch._int_mm` there (oneDNN's "
+        "older GEMM, no AMX) 1.52, 1.40 and 1.56.",
         "",
         "| task | trained fp32, served fp32 | served int8 | drop (points) | max logit diff | trained int8, "
         "served int8 | served fp32 | trained nf4, served fp32 | served int8 |",

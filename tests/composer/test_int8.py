@@ -143,6 +143,38 @@ def test_query_key_and_value_share_one_int8_matmul_that_equals_their_own(tiny_be
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
 
 
+def test_training_runs_query_key_and_value_as_one_int8_matmul_with_their_own_gradients(tiny_bert_dir, monkeypatch):
+    """Training a LoRA on an int8 base: query, key and value run as one int8 matmul per layer through autograd, and
+    the adapter's gradients (which flow through the int8 linears above each LoRA) equal those of each linear run
+    alone, to float rounding (one product with the stacked weight against three)."""
+    from composer import quantize
+
+    model = _models(tiny_bert_dir)["int8"]  # eval: no dropout, the same numbers on both paths
+    batch = _batch(model)
+    fused_runs = []
+    run = quantize.Int8Linear.run
+
+    def counted(self, x):  # type: ignore[no-untyped-def]
+        fused_runs.append(self.out_features)
+        return run(self, x)
+
+    def grads() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        out = model(**batch, head="l", composition=Single("l")).logits
+        out.logsumexp(-1).sum().backward()
+        return out.detach(), [p.grad.clone() for p in model.adapters["l"].parameters()]
+
+    monkeypatch.setattr(quantize.Int8Linear, "run", counted)
+    shared_out, shared = grads()
+    assert fused_runs.count(3 * model.base.hidden_size) == model.base.num_layers
+    assert all(g.abs().sum() > 0 for g in shared)
+    monkeypatch.setattr(quantize.Int8Sibling, "__call__", lambda self, x, memo=None: self.own(x))
+    own_out, own = grads()
+    torch.testing.assert_close(shared_out, own_out, atol=1e-6, rtol=0)
+    for a, b in zip(shared, own, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
 def test_the_compiled_kernels_give_the_eager_numbers():
     """Where torch.compile builds them (`quantize.KERNELS`), per-token quantisation and the dequantisation are
     one pass each; they give exactly the eager passes' numbers (the serving path picks either by size)."""
@@ -182,8 +214,8 @@ def test_the_int8_base_releases_its_quantised_weights_and_quantises_once(tiny_be
 
 
 def test_query_key_and_value_view_the_fused_int8_weights_and_equal_their_own(tiny_bert_dir):
-    """A sibling's own int8 linear (training, or an input the others do not share) is its part of the fused
-    weights, no bytes of its own, and equals that linear quantised alone bit for bit."""
+    """A sibling's own int8 linear (a call outside a forward's scope, or an input the others do not share) is its
+    part of the fused weights, no bytes of its own, and equals that linear quantised alone bit for bit."""
     from composer.injection import FAMILIES
     from composer.quantize import Int8Linear
 
@@ -202,13 +234,16 @@ def test_query_key_and_value_view_the_fused_int8_weights_and_equal_their_own(tin
             assert torch.equal(own.bias, alone.bias) and own.out_features == alone.out_features
 
 
-def test_onednn_int8_linear_gives_the_int_mm_numbers():
+def test_onednn_int8_linear_gives_the_int_mm_numbers(monkeypatch):
     """Packed for oneDNN's int8 linear (AMX or VNNI), a linear gives what `torch._int_mm` gives (the same int32
-    products and scales; its rescaling is one fused multiply-add), each token alone exactly as in the batch; without its plain weights it reads them back from the packed form, for a backward."""
+    products and scales; its rescaling is one fused multiply-add), each token alone exactly as in the batch;
+    without its plain weights it reads them back from the packed form, for a backward. Tested wherever the kernel
+    is exact, whether or not it is fast enough here to be chosen (`quantize.fast`)."""
     from composer.quantize import ONEDNN
 
-    if not ONEDNN.available():
-        pytest.skip("this torch has no oneDNN int8 linear")
+    if not ONEDNN.exact():
+        pytest.skip("this torch has no oneDNN int8 linear, or it is not exact on this CPU")
+    monkeypatch.setattr(ONEDNN, "_available", True)
     gen = torch.Generator().manual_seed(0)
     for tokens, width, out in ((300, 384, 1152), (7, 1536, 384), (1, 32, 48), (5, 24, 2)):
         linear = torch.nn.Linear(width, out)
@@ -241,6 +276,37 @@ def test_a_served_int8_base_runs_its_linears_through_onednn(tiny_bert_dir):
     assert siblings and alone
     assert all(q.packed is not None and q.weight_t is None for q in alone)
     assert all(q.fused.packed is not None and q.fused.weight_t is not None for q in siblings)
+
+
+def test_a_slow_onednn_kernel_is_not_chosen_and_the_base_serves_through_int_mm(tiny_bert_dir, monkeypatch):
+    """Where oneDNN's int8 linear runs far slower than `torch._int_mm` (its reference kernel, on a CPU it has no
+    int8 brgemm kernel for), int8 linears keep their plain weights and run `torch._int_mm`, with its numbers."""
+    import time
+
+    from composer import quantize
+    from composer.injection import FAMILIES
+
+    def slow(xq, w):  # type: ignore[no-untyped-def]
+        time.sleep(0.02)
+
+    def instant(xq, w):  # type: ignore[no-untyped-def]
+        return None
+
+    assert not quantize.fast(slow, instant) and quantize.fast(instant, slow)
+    monkeypatch.setattr(quantize, "fast", lambda candidate, baseline: False)
+    monkeypatch.setattr(quantize.ONEDNN, "_available", None)
+    monkeypatch.setattr(quantize.ONEDNN, "_exact", True)
+    assert not quantize.ONEDNN.available()
+    base = load_base(tiny_bert_dir, precision="int8", device="cpu", kernels=False)
+    layers = base.model.get_submodule(FAMILIES[base.family].layers_path)
+    forms = [m.__dict__["quantised"] for m in layers.modules() if isinstance(m, torch.nn.Linear)]
+    linears = [getattr(q, "fused", q) for q in forms]
+    assert linears and all(q.packed is None and q.weight_t is not None for q in linears)
+    x = torch.randn(5, linears[0].weight_t.shape[0], generator=torch.Generator().manual_seed(0))
+    flat_q, amax = quantize.EAGER[0](x)
+    want = quantize.EAGER[1](quantize.INT_MM(flat_q, linears[0].weight_t), linears[0].scale, amax, linears[0].bias)
+    with torch.no_grad():
+        assert torch.equal(linears[0].run(x), want)
 
 
 _ISA_CHECK = """
