@@ -3,9 +3,9 @@
 `quantize(base)` gives every adapted linear (query, key, value, attention output, FFN in and out) int8 weights
 with one scale per output channel. At run time each token's activations are quantised with their own scale
 (symmetric, per token), multiplied in int8 with int32 accumulation (oneDNN's int8 linear on packed weights, AMX
-where the CPU has it: `ONEDNN`; `torch._int_mm` where torch has no oneDNN or it runs a slow kernel here), and dequantised by the product of the
-two scales, with the bias added in fp32. Query, key and value, which read the same input, share
-one quantisation of it and one int8 matmul per forward (`Int8Sibling`). The quantisation and the dequantisation
+where the CPU has it: `ONEDNN`; `torch._int_mm` where torch has no oneDNN or oneDNN runs a slow kernel here), and
+dequantised by the product of the two scales, with the bias added in fp32. Query, key and value, which read the
+same input, share one quantisation of it and one int8 matmul per forward (`Int8Sibling`). The quantisation and the dequantisation
 are each one pass where torch.compile builds them (`KERNELS`: only these elementwise kernels, once per process,
 for every shape): on 8 reviews of ~118 tokens that took int8 ÷ fp32 from 1.61 to 1.75 for a single adapter and
 from 1.37-1.40 to 1.53 for a fuse-8 and a mixed batch (9 rounds). Everything else stays fp32: embeddings,
@@ -115,9 +115,10 @@ def exact(matmul: Any) -> bool:
 
 def fast(candidate: Any, baseline: Any, slower: float = 4.0) -> bool:
     """Whether `candidate(xq, w)` takes at most `slower` times what `baseline` takes on a probe (64 tokens through a
-    256→256 linear, best of 5 after a warm-up: a loaded machine slows both). On a CPU where oneDNN has no int8 brgemm kernel it runs its
-    reference kernel: on an AMD EPYC with AVX-512 VNNI and no AMX, 76 ms against torch._int_mm's 0.04 for 16 tokens
-    through a 384→1536 linear (5 s against 0.9 ms for 1,024), where on an AMX CPU it ran twice as fast."""
+    256→256 linear, best of 5 after a warm-up: a loaded machine slows both). On a CPU where oneDNN has no int8
+    brgemm kernel it runs its reference kernel: on an AMD EPYC with AVX-512 VNNI and no AMX, 76 ms against
+    torch._int_mm's 0.04 for 16 tokens through a 384→1536 linear (5 s against 0.9 ms for 1,024), where on an AMX CPU
+    it ran twice as fast."""
     import time
 
     xq = (torch.arange(64 * 256) % 255 - 127).to(torch.int8).view(64, 256)  # not from the RNG: draws nothing
@@ -276,7 +277,8 @@ class Int8Sibling:
     the others through the forward's memo (`Scope.memo`, never kept past the forward). Each output is handed out
     once: a second call, or another input, runs the matmul again. In training the fused linear runs through
     autograd as one (`QuantisedLinear.__call__`): the input's gradient is one product with the stacked dequantised
-    weight instead of three. Without a memo it is its own `Int8Linear`."""
+    weight instead of three (a LoRA's step time: a tie, 312 against 308 ms). Without a memo it is its own
+    `Int8Linear`."""
 
     def __init__(self, own: Int8Linear, fused: Int8Linear, parts: dict[str, slice], name: str):
         self.own, self.fused, self.parts, self.name = own, fused, parts, name
