@@ -114,8 +114,8 @@ NOTES = {
     "diff": "Diff pruning (Guo et al. 2021): a gated dense delta on every linear projection, its gates trained at "
     "their own 0.1, pruned to 0.5% at save (the paper's projection), trained at each rate. The preset keeps 3e-4: "
     "1e-4 is 0.2 points ahead on the mean, a tie on one seed (+1.0 on RT subjectivity, -0.7 on fine foods); 1e-3 "
-    "collapses on RT polarity (0.591) and fine foods (0.630). On the test sets (bench/quality_methods.py, 3 seeds) diff pruning is at 0.864 "
-    "at 2,000 rows and 0.847 at 500, level with ST-A (0.864, 0.841) and LoRA (0.865, 0.833).",
+    "collapses on RT polarity (0.591) and fine foods (0.630). On the test sets (bench/quality_methods.py, 3 seeds) "
+    "diff pruning is at 0.864 at 2,000 rows and 0.847 at 500, level with ST-A (0.864, 0.841) and LoRA (0.865, 0.833).",
     "compacter": "AdapterHub's CompacterConfig (an adapter after attention and after the FFN, PHM dimension 4, "
     "rank-1 factors), trained at each rate. The preset takes 3e-3, the best mean (1e-2 is within 0.002). On the test "
     "sets (bench/quality_methods.py, 3 seeds) Compacter went from 0.845 to 0.853 at 2,000 rows and from 0.796 to "

@@ -1,20 +1,20 @@
 """An int8 base for serving and training on the CPU: the encoder's linear projections run int8 matmuls.
 
-`quantize(base)` gives every adapted linear (query, key, value, attention output, FFN in and out) int8 weights
-with one scale per output channel. At run time each token's activations are quantised with their own scale
-(symmetric, per token), multiplied in int8 with int32 accumulation (oneDNN's int8 linear on packed weights, AMX
-where the CPU has it: `ONEDNN`; `torch._int_mm` where torch has no oneDNN or oneDNN runs a slow kernel here), and
-dequantised by the product of the two scales, with the bias added in fp32. Query, key and value, which read the
-same input, share one quantisation of it and one int8 matmul per forward (`Int8Sibling`). The quantisation and the dequantisation
-are each one pass where torch.compile builds them (`KERNELS`: only these elementwise kernels, once per process,
-for every shape): on 8 reviews of ~118 tokens that took int8 ÷ fp32 from 1.61 to 1.75 for a single adapter and
-from 1.37-1.40 to 1.53 for a fuse-8 and a mixed batch (9 rounds). Everything else stays fp32: embeddings,
-LayerNorms, attention, and every adapter, prompt and head, which are the same files at both precisions. The base
-keeps its identity (hashed from the fp32 weights when it loaded), so a module trained on one precision attaches
-to the other; the quantised linears' fp32 weights are released (left on the meta device, shapes only), so an
-int8 base holds about 5/16 of their bytes (a quarter, packed for oneDNN, and the fused query/key/value also
-plain). The compiled kernels are built where a base is quantised to serve; a training process runs the eager
-passes (a LoRA step took 362 against 367 ms, and the compiler held 45-130 MB).
+`quantize(base)` gives every adapted linear (query, key, value, attention output, FFN in and out) int8 weights with
+one scale per output channel. At run time each token's activations are quantised with their own scale (symmetric,
+per token), multiplied in int8 with int32 accumulation (oneDNN's int8 linear on packed weights, AMX where the CPU
+has it: `ONEDNN`; `torch._int_mm` where torch has no oneDNN or oneDNN runs a slow kernel here), and dequantised by
+the product of the two scales, with the bias added in fp32. Query, key and value, which read the same input, share
+one quantisation of it and one int8 matmul per forward (`Int8Sibling`). The quantisation and the dequantisation are
+each one pass where torch.compile builds them (`KERNELS`: only these elementwise kernels, once per process, for
+every shape): on 8 reviews of ~118 tokens that took int8 ÷ fp32 from 1.61 to 1.75 for a single adapter and from
+1.37-1.40 to 1.53 for a fuse-8 and a mixed batch (9 rounds). Everything else stays fp32: embeddings, LayerNorms,
+attention, and every adapter, prompt and head, which are the same files at both precisions. The base keeps its
+identity (hashed from the fp32 weights when it loaded), so a module trained on one precision attaches to the other;
+the quantised linears' fp32 weights are released (left on the meta device, shapes only), so an int8 base holds about
+5/16 of their bytes (a quarter, packed for oneDNN, and the fused query/key/value also plain). The compiled kernels
+are built where a base is quantised to serve; a training process runs the eager passes (a LoRA step took 362 against
+367 ms, and the compiler held 45-130 MB).
 
 Per-token scales, not per-tensor, because a served row must not depend on the rows it is batched with: torch's
 dynamic int8 linear (`torch.ao`, fbgemm/oneDNN) was faster here (190 against 255 µs for a 384→1536 linear on
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -113,23 +114,28 @@ def exact(matmul: Any) -> bool:
     return bool(torch.equal(matmul(xq, w).to(torch.float32), want))
 
 
-def fast(candidate: Any, baseline: Any, slower: float = 4.0) -> bool:
-    """Whether `candidate(xq, w)` takes at most `slower` times what `baseline` takes on a probe (64 tokens through a
-    256→256 linear, best of 5 after a warm-up: a loaded machine slows both). On a CPU where oneDNN has no int8
-    brgemm kernel it runs its reference kernel: on an AMD EPYC with AVX-512 VNNI and no AMX, 76 ms against
+def probe() -> tuple[torch.Tensor, torch.Tensor]:
+    """What `fast` times kernels on: 64 int8 tokens and a 256→256 int8 weight [in, out], not from the RNG (it
+    draws nothing)."""
+    xq = (torch.arange(64 * 256) % 255 - 127).to(torch.int8).view(64, 256)
+    w = (torch.arange(256 * 256) % 253 - 126).to(torch.int8).view(256, 256)
+    return xq, w
+
+
+def fast(candidate: Callable[[], object], baseline: Callable[[], object], slower: float = 4.0) -> bool:
+    """Whether a call of `candidate` takes at most `slower` times one of `baseline` (each on `probe`'s inputs, their
+    weights prepared beforehand; best of 5 after a warm-up: a loaded machine slows both). On a CPU where oneDNN has
+    no int8 brgemm kernel it runs its reference kernel: on an AMD EPYC with AVX-512 VNNI and no AMX, 76 ms against
     torch._int_mm's 0.04 for 16 tokens through a 384→1536 linear (5 s against 0.9 ms for 1,024), where on an AMX CPU
     it ran twice as fast."""
     import time
 
-    xq = (torch.arange(64 * 256) % 255 - 127).to(torch.int8).view(64, 256)  # not from the RNG: draws nothing
-    w = (torch.arange(256 * 256) % 253 - 126).to(torch.int8).view(256, 256)
-
-    def best(matmul: Any) -> float:
-        matmul(xq, w)
+    def best(call: Callable[[], object]) -> float:
+        call()
         times = []
         for _ in range(5):
             start = time.perf_counter()
-            matmul(xq, w)
+            call()
             times.append(time.perf_counter() - start)
         return min(times)
 
@@ -182,10 +188,17 @@ class _OneDNN:
     def available(self) -> bool:
         """Whether int8 linears serve through it here: it is exact, and not far slower than `INT_MM` (`fast`)."""
         if self._available is None:
-            self._available = self.exact() and fast(self._product, INT_MM)
+            self._available = self.exact() and self._fast_here()
             if self.exact() and not self._available:
                 log.warning("int8 matmuls run torch._int_mm: oneDNN's int8 linear runs a far slower kernel on this CPU")
         return self._available
+
+    def _fast_here(self) -> bool:
+        """`fast` against `INT_MM` on `probe`'s inputs, the weights packed once beforehand, as a served linear's are
+        (packing is no part of a forward)."""
+        xq, w = probe()
+        packed, scale = self.pack(w), torch.ones(w.shape[1])
+        return fast(lambda: self.matmul(xq, packed, scale), lambda: INT_MM(xq, w))
 
     def _product(self, xq: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return self.matmul(xq, self.pack(w), torch.ones(w.shape[1]))

@@ -286,10 +286,10 @@ def test_a_slow_onednn_kernel_is_not_chosen_and_the_base_serves_through_int_mm(t
     from composer import quantize
     from composer.injection import FAMILIES
 
-    def slow(xq, w):  # type: ignore[no-untyped-def]
+    def slow() -> None:
         time.sleep(0.02)
 
-    def instant(xq, w):  # type: ignore[no-untyped-def]
+    def instant() -> None:
         return None
 
     assert not quantize.fast(slow, instant) and quantize.fast(instant, slow)
