@@ -70,6 +70,27 @@ def alternating(runs: dict[str, Callable[[], object]], rnd: int, repeats: int, w
     return {name: time_ms(runs[name], repeats, warmup) for name in order}
 
 
+def interleaved(runs: dict[str, Callable[[], object]], rnd: int, repeats: int, warmup: int = 1) -> dict[str, float]:
+    """One round of side-by-side timing, call by call: each repeat times every run once (in an order rotated by
+    the repeat and the round), so that all runs sample the same stretch of a shared machine's load; each run's
+    median ms over the round. Ratios of two runs then move far less between rounds than with `alternating`'s
+    blocks of repeats."""
+    names = list(runs)
+    for name in names:
+        for _ in range(warmup):
+            runs[name]()
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(repeats):
+        k = (rnd + i) % len(names)
+        for name in names[k:] + names[:k]:
+            sync()
+            t = time.perf_counter()
+            runs[name]()
+            sync()
+            samples[name].append((time.perf_counter() - t) * 1000)
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
 def run_parity(script: str, *args: str) -> dict | None:
     """Run a script with the reference venv (adapters 1.3.0); None when that venv does not exist."""
     if not PARITY_PY.exists():

@@ -18,7 +18,8 @@ MiniLM (6 layers): rows of different kinds share one forward (bottleneck rows th
   same batch with that row on the plain base.
 - `<preset>_over_base`: a batch of 8 rows on one module of that kind, time ÷ the bare base's.
 
-Median over rounds of alternating runs, each a median over repeats; the spread is the rounds' min and max.
+Median over rounds; in a round every setup runs once per repeat, call by call in a rotating order (`interleaved`),
+each a median over the repeats; the spread is the rounds' min and max.
 
     .venv/bin/python -m bench.kinds [--quick]
 """
@@ -26,14 +27,16 @@ Median over rounds of alternating runs, each a median over repeats; the spread i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 
 import torch
 
-from bench.common import add_device, alternating, emit, section, use_device, write_section
+from bench.common import add_device, emit, interleaved, section, use_device, write_section
 from composer.base import load_base, packaged_encoder_dir
 from composer.composition import BatchSplit, Single
 from composer.corpora import load_corpus
+from composer.diff.kernel import KERNEL
 from composer.encoder import AdaptedEncoder
 from composer.heads import HeadConfig
 from composer.method import Models
@@ -101,6 +104,7 @@ def main() -> None:
     device = use_device(a.device)
     torch.set_num_threads(2)
     rounds, repeats = (5, 5) if a.quick else (11, 15)
+    kernel = KERNEL.load() is not None  # loaded before timing (a serving process loads it in the background)
     base = load_base(packaged_encoder_dir(), device=device)
     model = AdaptedEncoder(base).eval()
     torch.manual_seed(0)
@@ -112,9 +116,9 @@ def main() -> None:
     reviews = [r.text for r in load_corpus("fine_foods").test[:8]]
     long = dict(base.tokenizer(reviews, padding=True, truncation=True, max_length=64, return_tensors="pt"))
 
-    def run(comp, inputs=batch):  # type: ignore[no-untyped-def]
+    def run(comp, inputs=batch, mkl=False):  # type: ignore[no-untyped-def]
         def go() -> None:
-            with torch.inference_mode():  # as the serving runtime runs a forward
+            with torch.inference_mode(), KERNEL.off() if mkl else contextlib.nullcontext():  # as serving runs it
                 model(**inputs, composition=comp)
 
         return go
@@ -144,6 +148,7 @@ def main() -> None:
     runs = {
         "base": run(None),
         "mixed": run(mixed),
+        "mixed_mkl": run(mixed, mkl=True),
         **{f"mixed_no_{n}": run(without(n)) for n in MODULES},
         "mixed_tiny": run(mixed, tiny),
         "uniform_tiny": run(Single("seq_bn"), tiny),
@@ -157,7 +162,7 @@ def main() -> None:
     }
     samples: dict[str, list[float]] = {n: [] for n in runs}
     for r in range(rounds):
-        for n, ms in alternating(runs, r, repeats).items():
+        for n, ms in interleaved(runs, r, repeats).items():
             samples[n].append(ms)
     med = {n: statistics.median(v) for n, v in samples.items()}
     ratio = {f"{n}_over_base": round(med[n] / med["base"], 3) for n in MODULES}
@@ -165,6 +170,7 @@ def main() -> None:
     added = {f"in_mixed_{n}_ms": round(statistics.median(g), 2) for n, g in gaps.items()}  # per round, side by side
     per_round = [samples["seq_bn"][i] / samples["mixed"][i] for i in range(rounds)]
     per_round64 = [samples["uniform64"][i] / samples["mixed64"][i] for i in range(rounds)]
+    per_round_mkl = [samples["seq_bn"][i] / samples["mixed_mkl"][i] for i in range(rounds)]
     per_round_nd = [samples["seq_bn"][i] / samples["mixed_no_diff"][i] for i in range(rounds)]
     per_round64_nd = [samples["uniform64"][i] / samples["mixed64_no_diff"][i] for i in range(rounds)]
     per_round10 = [samples["uniform10"][i] / samples["mixed10"][i] for i in range(rounds)]
@@ -177,6 +183,8 @@ def main() -> None:
         "mixed_kinds8_over_uniform8": round(statistics.median(per_round), 3),
         "mixed_kinds8_over_uniform8_64tokens": round(statistics.median(per_round64), 3),
         "mixed_no_diff_over_uniform8": round(statistics.median(per_round_nd), 3),
+        "mixed_diff_mkl_over_uniform8": round(statistics.median(per_round_mkl), 3),
+        "diff_kernel": kernel,
         "mixed_no_diff_over_uniform8_64tokens": round(statistics.median(per_round64_nd), 3),
         "mixed_kinds8_over_uniform8_min": round(min(per_round), 3),
         "mixed_kinds8_over_uniform8_max": round(max(per_round), 3),
@@ -206,29 +214,31 @@ def main() -> None:
         f"test set; {med['mixed64']:.2f} against {med['uniform64']:.2f} ms): "
         f"**{result['mixed_kinds8_over_uniform8_64tokens']}** (rounds {min(per_round64):.3f}–{max(per_round64):.3f}). "
         "The mixed batch holds ST-A, LoRA, AdaLoRA, (IA)³, BitFit, diff pruning, Compacter++ and a plain-base row, "
-        "each module's rows on their own slice of the batch (`composer.runs`). The diff row's sparse products (a "
-        "CSR product on its 13 tokens, 24 a forward: one at each of the 36 linears, query, key and value sharing one; "
-        "a cost that is mostly fixed whatever the row count) "
-        f"are most of what stays: with that row on the plain base, {result['mixed_no_diff_over_uniform8']} (on the "
-        f"reviews, {result['mixed_no_diff_over_uniform8_64tokens']}). What "
-        f"stays is a cost per op, not per token: the mixed batch runs {n_ops[0] - n_ops[1]} more small ops a forward "
-        f"than the uniform one ({n_ops[0]} against {n_ops[1]}, views aside), each with its views and Python around it, and with 3 tokens a "
-        f"row it still costs {med['mixed_tiny'] - med['uniform_tiny']:.2f} ms more ({med['mixed_tiny']:.2f} against "
-        f"{med['uniform_tiny']:.2f} ms). Inside the forward each small op also costs more than alone (the diff's "
-        "CSR product on 13 tokens: 10-15 µs called over and over, 30-45 µs just after a large op, even on one thread "
-        "and with its operands touched just before it, so neither a waking thread nor its data's cache misses "
-        "explain it; a LoRA site's two ops: 20 µs in the forward, 11.6 µs alone). Timed op by op on a quiet machine (each non-view aten op of a forward, in one process; wall "
-        "20.03 against 15.19 ms): the ops themselves took 15.53 against 13.04 ms, and everything around them (Python, "
-        "module calls, views) 4.50 against 2.15 ms. With no more around its ops than the uniform batch has, the "
-        "mixed batch would read 0.86 (15.19 ÷ 17.68): the goal needs nearly all of those 2.35 ms cut, or fewer and "
-        "faster ops. Of the ops' 2.49 ms, the diff's 24 "
-        "sparse products are 1.35 ms (45-75 µs each in the forward), the small adapter matmuls 0.58 ms. Tried and "
-        "measured, not kept: `torch.compile` of the encoder for this fixed composition (39 against 25 ms: the "
-        "per-forward handlers fail its guards); the diff as dense times CSRᵀ, `spmm_reduce` or gather/index_add "
-        "(1.5-5x slower in the forward than the strided `addmm`), a plain C CSR kernel (slower than MKL's in 6 of "
-        "8 shapes), or FBGEMM's `embedding_bag` as the product on the input's transpose (the product itself 13-17 µs "
-        "against the CSR's 22-76 µs on 13-64 tokens at a 1536×384 site, but transposing in and adding back "
-        "transposed cost 20-60 µs more). Only fusing each kind's ops into fewer kernels would cut what stays.",
+        "each module's rows on their own slice of the batch (`composer.runs`). The diff row's sparse products run "
+        f"through a C++ kernel ({'loaded' if kernel else 'NOT built on this machine, so MKL served both'}; "
+        "`composer/diff/kernel.py`: one pass per linear, 36 a forward, each with its bias; a cost mostly fixed "
+        "whatever the row count). Through MKL's CSR product instead (query, key and value sharing one product, "
+        "24 a forward, as before the kernel), in the same rounds: "
+        f"{result['mixed_diff_mkl_over_uniform8']}. With that row on the plain base, "
+        f"{result['mixed_no_diff_over_uniform8']} (on the reviews, {result['mixed_no_diff_over_uniform8_64tokens']})"
+        f". What stays is a cost per op, not per token: the mixed batch runs {n_ops[0] - n_ops[1]} more small ops "
+        f"a forward than the uniform one ({n_ops[0]} against {n_ops[1]}, views aside), each with its views and "
+        f"Python around it, and with 3 tokens a row it still costs {med['mixed_tiny'] - med['uniform_tiny']:.2f} "
+        f"ms more ({med['mixed_tiny']:.2f} against {med['uniform_tiny']:.2f} ms). Inside the forward each small op "
+        "also costs more than alone (MKL's CSR product on 13 tokens: 10-15 µs called over and over, 30-45 µs just "
+        "after a large op, even on one thread and with its operands touched just before it; a LoRA site's two "
+        "ops: 20 µs in the forward, 11.6 µs alone). Timed op by op before the kernel, on a quiet machine (each "
+        "non-view aten op of a forward, in one process; wall 20.03 against 15.19 ms): the ops themselves took "
+        "15.53 against 13.04 ms, and everything around them (Python, module calls, views) 4.50 against 2.15 ms; "
+        "of the ops' 2.49 ms, MKL's 24 sparse products were 1.35 ms (45-75 µs each in the forward), the small "
+        "adapter matmuls 0.58 ms. The kernel lays out 16 tokens at a time transposed, so each stored entry is one "
+        "16-lane multiply-add: just after a large matmul, on 13 tokens, 8-35 µs against MKL's 17-80 at the four "
+        "site shapes (a plain C kernel tried earlier, without that layout, lost to MKL in 6 of 8 shapes). Tried and measured, not kept: `torch.compile` of the encoder for this fixed composition (39 "
+        "against 25 ms: the per-forward handlers fail its guards); the diff as dense times CSRᵀ, `spmm_reduce` or "
+        "gather/index_add (1.5-5x slower in the forward than the strided `addmm`), or FBGEMM's `embedding_bag` as "
+        "the product on the input's transpose (the product itself 13-17 µs, but transposing in and adding back "
+        "cost 20-60 µs more). What stays is the other kinds' small ops: only fusing them into fewer kernels would "
+        "cut it.",
         "",
         f"With a prompt-tuning row and a prefix row as well (10 rows, 10 kinds, served through `composer.rows` with "
         f"heads; {med['mixed10']:.2f} ms against {med['uniform10']:.2f} ms for 10 rows on one ST-A): "

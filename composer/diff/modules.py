@@ -22,6 +22,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from composer.diff.kernel import KERNEL
+from composer.diff.products import Stacked, columns_product, int32
 from composer.errors import ArtifactError, ConfigError, IncompatibleBaseError
 from composer.injection import (
     FAMILIES,
@@ -103,14 +105,6 @@ def expected_l0(log_alpha: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(log_alpha - BETA * math.log(-lo / hi))
 
 
-def int32(csr: torch.Tensor) -> torch.Tensor:
-    """A CSR with 32-bit indices: the CPU's sparse product takes them as they are (64-bit ones it converts at every
-    call: 4-5 µs of a 10-25 µs product on a few rows' tokens)."""
-    if csr.device.type != "cpu":
-        return csr
-    return torch.sparse_csr_tensor(csr.crow_indices().int(), csr.col_indices().int(), csr.values(), csr.shape)
-
-
 class DiffSite(nn.Module):
     """One linear's delta. Training: dense w and gates for the weight and the bias. Saved: sparse flat indices
     and values (`w_index`, `w_value`, `b_index`, `b_value`)."""
@@ -171,6 +165,8 @@ class DiffSite(nn.Module):
             return
         _, csr, bias, flat = self._sparse()
         o = out.view(-1, out.shape[-1])
+        if KERNEL.add(o, x, csr, flat):
+            return
         if o.dtype != csr.dtype:
             o.add_(self._sparse_t(x).t().to(o.dtype))
             return
@@ -179,6 +175,20 @@ class DiffSite(nn.Module):
         if flat is not None:
             o.add_(flat)
 
+    def kernel_add(self, csr_add: Callable[..., None]) -> Callable[[torch.Tensor, torch.Tensor], None]:
+        """`add_to` through the loaded kernel (`composer.diff.kernel`) with this forward's CSR parts taken once (a
+        forward that serves a saved float32 diff on the CPU, outside autograd: `DiffAdapter.kernel_serves`)."""
+        _, csr, _, flat = self._sparse()
+        crow, col, val = csr.crow_indices(), csr.col_indices(), csr.values()
+
+        def add(out: torch.Tensor, x: torch.Tensor) -> None:
+            if x.dtype != torch.float32:
+                return self.add_to(out, x)
+            x2 = x.reshape(-1, x.shape[-1])
+            csr_add(out.view(-1, out.shape[-1]), x2 if x2.stride(-1) == 1 else x2.contiguous(), crow, col, val, flat)
+
+        return add
+
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         """x δ_W^T + δ_b for x [..., in]. Saved, δ_W is CSR times the input's columns (a tenth of a dense
         linear's time at 0.5% density on the CPU)."""
@@ -186,69 +196,6 @@ class DiffSite(nn.Module):
             dw, db = self.dense()
             return nn.functional.linear(x, dw, db)
         return self._sparse_t(x).t().reshape(*x.shape[:-1], -1).to(x.dtype)
-
-
-def columns_product(csr: torch.Tensor, bias: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """(x δ^T + δ_b)^T, [out, tokens] for x [..., in] of any dtype: the CSR times the input's columns, cast to the
-    delta's dtype, with the bias, in one addmm (the CSR wants that dense operand contiguous: 10-20 µs on 13 tokens
-    against 30-65 strided)."""
-    return torch.addmm(bias, csr, x.reshape(-1, x.shape[-1]).to(csr.dtype).t().contiguous())
-
-
-def stacked_product(csr: torch.Tensor, bias: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """x δ^T + δ_b as [tokens, Σ out] for x [tokens, in]: the CSR times the input's columns, accumulated into the
-    bias laid out column-major (the transposed view of a [tokens, Σ out] matrix), so the input is read as it is and
-    the result needs no transposed copy. Against the input transposed into a row-major copy: 38 against 41 µs on
-    13 tokens and 119 against 145 µs on 64 (a 1152×384 stacked query, key and value delta, just after a large
-    matmul, as in the forward)."""
-    if x.dtype != csr.dtype:
-        return columns_product(csr, bias, x).t()
-    y = bias.t().expand(x.shape[0], -1).clone()
-    yt = y.t()
-    torch.addmm(yt, csr, x.t(), out=yt)
-    return y
-
-
-class Stacked:
-    """A layer's saved sites on linears that read one input (query, key, value): their deltas as one CSR, so the
-    rows of a run pay one sparse product for the three instead of three (each a small op that finds its operands
-    out of the caches after the layer's matmuls). The first sibling called on an input computes the product for
-    all and leaves the others' parts in the forward's memo; each part is handed out once."""
-
-    def __init__(self, sites: dict[str, DiffSite]):
-        self.sites = sites
-        self._built: tuple[Any, ...] | None = None
-
-    def delta(self) -> tuple[torch.Tensor, torch.Tensor, dict[str, slice]]:
-        """(the stacked CSR [Σ out, in], its dense bias [Σ out, 1], each site's rows), rebuilt when a value moves."""
-        key = tuple((s.w_value.data_ptr(), s.w_value._version, s.b_value._version) for s in self.sites.values())
-        if self._built is None or self._built[0] != key:
-            parts, csrs, biases, start = {}, [], [], 0
-            for name, site in self.sites.items():
-                csr, bias = site.sparse_delta()
-                csrs.append(csr.to_sparse_coo())
-                biases.append(bias)
-                parts[name] = slice(start, start + site.shape[0])
-                start += site.shape[0]
-            with warnings.catch_warnings():  # sparse CSR is in beta: covered by tests
-                warnings.simplefilter("ignore", UserWarning)
-                csr = int32(torch.cat(csrs).coalesce().to_sparse_csr())
-            self._built = (key, csr, torch.cat(biases), parts)
-        return self._built[1], self._built[2], self._built[3]
-
-    def adder(
-        self, name: str, memo: dict[tuple[int, ...], dict[str, torch.Tensor]]
-    ) -> Callable[[torch.Tensor, torch.Tensor], None]:
-        def add(out: torch.Tensor, x: torch.Tensor) -> None:
-            key = (id(self), x.data_ptr(), *x.shape)
-            got = memo.get(key)
-            if got is None or name not in got:
-                csr, bias, parts = self.delta()
-                y = stacked_product(csr, bias, x.reshape(-1, x.shape[-1]))
-                got = memo[key] = {n: y[:, part] for n, part in parts.items()}  # [tokens, out] views
-            out.view(-1, out.shape[-1]).add_(got.pop(name))
-
-        return add
 
 
 class DiffAdapter(nn.Module):
@@ -278,6 +225,8 @@ class DiffAdapter(nn.Module):
             }
         )
         self.by_target: dict[tuple[int, str], DiffSite] = {k: self.sites[site_name(*k)] for k in shapes}  # type: ignore[misc]
+        if cfg.nnz is not None:
+            KERNEL.get()  # a saved diff will serve: the kernel starts loading now, in the background
         # per layer, its sites on linears that read one input (query, key, value), when it has two or more: served
         # from one product of their deltas stacked (`Stacked`)
         self.stacked: dict[int, Stacked] = {}
@@ -285,6 +234,17 @@ class DiffAdapter(nn.Module):
             group = {n: self.by_target[layer, n] for n in siblings if (layer, n) in self.by_target}
             if len(group) > 1 and cfg.nnz is not None:
                 self.stacked[layer] = Stacked(group)
+
+    def kernel_serves(self) -> Any:
+        """The loaded C++ kernel (`composer.diff.kernel`) where this forward's sites add through it (saved, float32,
+        on the CPU, outside autograd), else None. Each site alone: the kernel's pass over a site costs less than
+        a stacked product's share and its adds back."""
+        site = next(iter(self.by_target.values()), None)
+        if site is None or not site.sparse or torch.is_grad_enabled():
+            return None
+        if site.w_value.device.type != "cpu" or site.w_value.dtype != torch.float32:
+            return None
+        return KERNEL.get()
 
     def layers(self) -> list[int]:
         return sorted({layer for layer, _ in self.by_target})
@@ -303,7 +263,11 @@ class DiffAdapter(nn.Module):
 
         def updates(a: DiffAdapter) -> dict[tuple[int, str], Callable[[torch.Tensor, torch.Tensor], None]]:
             out: dict[tuple[int, str], Callable[[torch.Tensor, torch.Tensor], None]] = {}
+            kernel = a.kernel_serves()
             for (layer, name), site in a.by_target.items():
+                if kernel is not None:
+                    out[layer, name] = site.kernel_add(kernel.csr_add)
+                    continue
                 stacked = a.stacked.get(layer)
                 shared = stacked is not None and name in stacked.sites
                 out[layer, name] = stacked.adder(name, memo) if shared else site.add_to  # type: ignore[union-attr]

@@ -1,0 +1,149 @@
+"""The diff's C++ sparse kernel (composer/diff/csr_add.cpp): its sums against a dense oracle, its use in serving,
+and the MKL product that serves where it is not loaded."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+
+import pytest
+import torch
+
+from composer.diff import kernel as kernel_mod
+from composer.diff.kernel import KERNEL, _Kernel
+from composer.diff.modules import int32
+
+needs_compiler = pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler to build the kernel")
+
+
+def _delta(rows: int, cols: int, density: float, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    dense = torch.zeros(rows, cols)
+    keep = torch.randperm(rows * cols, generator=g)[: max(1, int(density * rows * cols))]
+    dense.view(-1)[keep] = torch.randn(len(keep), generator=g)
+    dense[rows // 2] = 0.0  # a row with no entry
+    return dense
+
+
+@needs_compiler
+@pytest.mark.parametrize("tokens", [1, 13, 16, 17, 40])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_the_kernel_adds_the_sparse_product_and_bias_in_place(tokens, with_bias):
+    assert KERNEL.load() is not None, KERNEL.failed  # a machine with a compiler builds it
+    g = torch.Generator().manual_seed(tokens)
+    dense = _delta(96, 40, 0.05, tokens)
+    csr = int32(dense.to_sparse_csr())
+    bias = torch.randn(96, generator=g) if with_bias else None
+    x = torch.randn(tokens, 40, generator=g)
+    wide = torch.randn(tokens, 100, generator=g)  # out as a column slice: rows at a stride other than its width
+    out = wide[:, 3:99]
+    want = out + x @ dense.t() + (bias if bias is not None else 0.0)
+    untouched = wide[:, [0, 1, 2, 99]].clone()
+    assert KERNEL.add(out, x, csr, bias)
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=0)
+    assert torch.equal(wide[:, [0, 1, 2, 99]], untouched)  # nothing written outside the slice
+    xt = torch.randn(40, tokens, generator=g).t()  # an input whose columns are strided
+    before = out.clone()
+    assert KERNEL.add(out, xt, csr, None)
+    torch.testing.assert_close(out, before + xt @ dense.t(), atol=1e-5, rtol=0)
+
+
+@needs_compiler
+def test_the_kernel_steps_aside_where_it_does_not_apply():
+    """Other dtypes, autograd, a non-CPU delta: the caller's own product (False, nothing written)."""
+    csr = int32(_delta(8, 6, 0.3, 0).to_sparse_csr())
+    out, x = torch.zeros(3, 8), torch.randn(3, 6)
+    assert not KERNEL.add(out.double(), x.double(), csr, None)
+    assert not KERNEL.add(out, x.requires_grad_(), csr, None)
+    assert not KERNEL.add(out.t().contiguous().t(), x.detach(), csr, None)  # columns not contiguous
+    assert torch.equal(out, torch.zeros(3, 8))
+
+
+@needs_compiler
+def test_a_served_diff_runs_through_the_kernel_and_equals_mkls_product(tiny_bert_dir, monkeypatch):
+    from composer.composition import BatchSplit, Single
+    from tests.composer.test_methods_diff import TASK, _trained, _with_delta
+
+    base, data, run = _trained(tiny_bert_dir)
+    art = run.artifact(TASK)
+    from composer import adapter_artifact as artifacts
+    from composer.base import load_base
+    from composer.data import Collator
+    from composer.encoder import AdaptedEncoder
+
+    model = AdaptedEncoder(load_base(tiny_bert_dir)).eval()
+    artifacts.attach(model, art, name="d")
+    batch = {k: v for k, v in Collator(base.tokenizer, TASK)(data[:4]).items() if k != "labels"}
+    module = KERNEL.load()
+    calls = []
+    monkeypatch.setattr(KERNEL, "module", type("M", (), {"csr_add": lambda *a: calls.append(1) or module.csr_add(*a)}))
+    split = BatchSplit(("d", None, "d", "d"))
+    with torch.inference_mode():
+        got = model(**batch, composition=split).hidden
+        alone = model(**batch, composition=Single("d")).hidden
+        want = _with_delta(tiny_bert_dir, art)(**batch).hidden
+    sites = len(model.adapters["d"].by_target)
+    assert len(calls) == 2 * sites + sites  # each site on each of the two runs of rows, then on the whole batch
+    calls.clear()
+    with torch.inference_mode(), KERNEL.off():  # MKL's product, stacked per layer
+        mkl = model(**batch, composition=split).hidden
+    assert not calls and KERNEL.get() is not None  # off() served MKL and is undone on the way out
+    torch.testing.assert_close(got[[0, 2, 3]], want[[0, 2, 3]], atol=1e-5, rtol=0)
+    torch.testing.assert_close(alone, want, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got, mkl, atol=1e-5, rtol=0)
+    assert (want - model(**batch).hidden).abs().max() > 1e-4  # the delta matters
+
+
+def test_a_kernel_that_cannot_be_built_leaves_mkl_serving(monkeypatch, caplog):
+    import torch.utils.cpp_extension as ext
+
+    def fail(**_kw):  # type: ignore[no-untyped-def]
+        raise RuntimeError("Ninja is required to load C++ extensions")
+
+    monkeypatch.setattr(ext, "load", fail)
+    k = _Kernel()
+    with caplog.at_level(logging.WARNING, logger=kernel_mod.__name__):
+        assert k.load() is None
+    assert k.failed == "Ninja is required to load C++ extensions"
+    assert "MKL's product serves" in caplog.text
+    assert k.get() is None and not k.add(torch.zeros(2, 3), torch.zeros(2, 4), torch.zeros(3, 4).to_sparse_csr(), None)
+
+
+@needs_compiler
+def test_a_process_loads_the_kernel_in_the_background_and_serves_mkl_meanwhile():
+    k = _Kernel()
+    first = k.get()  # starts the load; None until it is ready
+    deadline = time.monotonic() + 300
+    while k.get() is None and k.failed is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert first is None or first is k.module
+    assert k.module is not None, k.failed
+    assert k.started_in is not None
+
+
+def _load_in_child(k: _Kernel, q) -> None:  # type: ignore[no-untyped-def]
+    first = k.get()
+    q.put((first is None, k.load() is not None, k.failed))
+
+
+@needs_compiler
+def test_a_forked_child_loads_its_own_kernel_while_its_parent_is_loading():
+    """Forked while the parent's loading thread holds the lock (a Celery prefork child): the child neither waits
+    on that lock forever nor on a thread it does not have."""
+    import multiprocessing
+
+    k = _Kernel()
+    ctx = multiprocessing.get_context("fork")
+    q = ctx.Queue()
+    with k.lock:  # as while the parent's background load runs
+        k.started_in = os.getpid()
+        child = ctx.Process(target=_load_in_child, args=(k, q))
+        child.start()
+    child.join(300)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("the forked child hung on the parent's kernel lock")
+    waited, loaded, failed = q.get(timeout=5)
+    assert waited and loaded, failed
