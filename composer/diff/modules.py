@@ -7,8 +7,10 @@ the hooks add the expected L0 norm of the gates — the mean over every gated pa
 sigmoid(log α − β log(−l / r)), times `l0_weight` — to the loss. Saving projects δ onto the target density by
 magnitude (the paper's projection, about 0.5% kept) and stores it sparse: per site the flat indices and values of
 the weight delta and of the bias delta, with `nnz` counting them. Served, each row adds its own module's sparse
-delta to its rows only (one sparse product per run of its rows and linear; a layer's query, key and value, which
-read one input, share one product of their stacked deltas), so rows of other modules and methods are untouched. LayerNorm and the embeddings stay frozen (as BitFit's LayerNorm biases do).
+delta to its rows only (one sparse product per run of its rows and linear, through the C++ kernel of
+`composer.diff.kernel`; where MKL's product serves instead, `composer.diff.products`, a layer's query, key and
+value, which read one input, share one product of their stacked deltas), so rows of other modules and methods
+are untouched. LayerNorm and the embeddings stay frozen (as BitFit's LayerNorm biases do).
 """
 
 from __future__ import annotations
