@@ -22,7 +22,7 @@ RUN pip install ".[prod]" \
 RUN python -m composer.diff.kernel
 # Every path compose mounts a volume on exists and belongs to the non-root user, or a named
 # volume would come up root-owned and unwritable (and the kernel's directory, which its loader locks).
-RUN useradd --create-home composer && mkdir -p /data /blobs && chown -R composer /data /blobs /opt/kernels
+RUN useradd --create-home composer && mkdir -p /data /blobs && chown composer /data /blobs && chown -R composer /opt/kernels
 USER composer
 EXPOSE 8000
 CMD ["uvicorn", "api.main:app", "--host", "0.0.0.0", "--port", "8000"]

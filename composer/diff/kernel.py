@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -67,6 +68,7 @@ class _Kernel:
                 try:
                     from torch.utils.cpp_extension import load
 
+                    _ninja_on_path()
                     self.module = load(name=NAME, sources=[str(SOURCE)], extra_cflags=["-O3"], verbose=False)
                 except Exception as e:  # noqa: BLE001 - no compiler or ninja: MKL's product serves
                     self.failed = str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__
@@ -100,6 +102,17 @@ class _Kernel:
 
 
 KERNEL = _Kernel()
+
+
+def _ninja_on_path() -> None:
+    """torch's builder runs `ninja` from PATH; a process started as .venv/bin/python (not activated) has the pip
+    package's ninja only inside that package: its directory goes onto PATH when no other ninja is found."""
+    if shutil.which("ninja") is None:
+        try:
+            import ninja
+        except ImportError:
+            return
+        os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, os.environ.get("PATH", "")])
 
 
 def parts(csr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
