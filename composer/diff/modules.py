@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from composer.diff.kernel import KERNEL
+from composer.diff.kernel import KERNEL, parts
 from composer.diff.products import Stacked, columns_product, int32
 from composer.errors import ArtifactError, ConfigError, IncompatibleBaseError
 from composer.injection import (
@@ -138,7 +138,8 @@ class DiffSite(nn.Module):
         return self._sparse()[1:3]
 
     def _sparse(self) -> tuple[Any, ...]:
-        """(key, δ_W in CSR, δ_b [out, 1], δ_b flat or None where the site kept no bias entry)."""
+        """(key, δ_W in CSR, δ_b [out, 1], δ_b flat or None where the site kept no bias entry, and the CSR's row
+        offsets, columns and values as the kernel reads them)."""
         w, b = self.w_value, self.b_value
         key = (w.data_ptr(), w._version, b.data_ptr(), b._version, w.device)
         if self._csr is None or self._csr[0] != key:
@@ -151,7 +152,7 @@ class DiffSite(nn.Module):
                 csr = int32(coo.coalesce().to_sparse_csr())
             bias = torch.zeros(out, 1, device=value.device, dtype=value.dtype)
             bias.index_add_(0, self.b_index, b.detach().unsqueeze(1))
-            self._csr = (key, csr, bias, bias.view(-1) if b.numel() else None)
+            self._csr = (key, csr, bias, bias.view(-1) if b.numel() else None, *parts(csr))
         return self._csr
 
     def _sparse_t(self, x: torch.Tensor) -> torch.Tensor:
@@ -165,7 +166,7 @@ class DiffSite(nn.Module):
         if not self.sparse:
             out += self.delta(x)
             return
-        _, csr, bias, flat = self._sparse()
+        _, csr, bias, flat = self._sparse()[:4]
         o = out.view(-1, out.shape[-1])
         if KERNEL.add(o, x, csr, flat):
             return
@@ -180,8 +181,7 @@ class DiffSite(nn.Module):
     def kernel_add(self, csr_add: Callable[..., None]) -> Callable[[torch.Tensor, torch.Tensor], None]:
         """`add_to` through the loaded kernel (`composer.diff.kernel`) with this forward's CSR parts taken once (a
         forward that serves a saved float32 diff on the CPU, outside autograd: `DiffAdapter.kernel_serves`)."""
-        _, csr, _, flat = self._sparse()
-        crow, col, val = csr.crow_indices(), csr.col_indices(), csr.values()
+        _, _, _, flat, crow, col, val = self._sparse()
 
         def add(out: torch.Tensor, x: torch.Tensor) -> None:
             if x.dtype != torch.float32:
