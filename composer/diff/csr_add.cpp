@@ -43,7 +43,7 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void chunk(
 }  // namespace
 
 void csr_add(torch::Tensor out, torch::Tensor x, torch::Tensor crow, torch::Tensor col, torch::Tensor val,
-             c10::optional<torch::Tensor> bias) {
+             c10::optional<torch::Tensor> bias, int64_t columns) {
   TORCH_CHECK(out.dim() == 2 && x.dim() == 2 && out.size(0) == x.size(0), "out [T, F] and x [T, K]");
   TORCH_CHECK(out.scalar_type() == at::kFloat && x.scalar_type() == at::kFloat && val.scalar_type() == at::kFloat,
               "float32 only");
@@ -53,6 +53,8 @@ void csr_add(torch::Tensor out, torch::Tensor x, torch::Tensor crow, torch::Tens
               "rows with contiguous columns");
   const int64_t T = x.size(0), K = x.size(1), F = crow.size(0) - 1;
   TORCH_CHECK(out.size(1) == F, "out has F columns");
+  TORCH_CHECK(columns == K, "x has as many features as the delta has columns");  // its indices stay inside x
+  TORCH_CHECK(col.numel() == val.numel() && crow.numel() == F + 1, "a CSR's parts");
   const float* b = nullptr;
   if (bias.has_value()) {
     TORCH_CHECK(bias->is_contiguous() && bias->numel() == F && bias->scalar_type() == at::kFloat, "bias [F]");

@@ -97,7 +97,7 @@ class _Kernel:
             return False
         x2 = x.reshape(-1, x.shape[-1])
         x2 = x2 if x2.stride(-1) == 1 else x2.contiguous()
-        module.csr_add(out, x2, *parts(csr), bias)
+        module.csr_add(out, x2, *parts(csr), bias, csr.shape[1])
         return True
 
 

@@ -182,12 +182,14 @@ class DiffSite(nn.Module):
         """`add_to` through the loaded kernel (`composer.diff.kernel`) with this forward's CSR parts taken once (a
         forward that serves a saved float32 diff on the CPU, outside autograd: `DiffAdapter.kernel_serves`)."""
         _, _, _, flat, crow, col, val = self._sparse()
+        inp = self.shape[1]
 
         def add(out: torch.Tensor, x: torch.Tensor) -> None:
             if x.dtype != torch.float32:
                 return self.add_to(out, x)
             x2 = x.reshape(-1, x.shape[-1])
-            csr_add(out.view(-1, out.shape[-1]), x2 if x2.stride(-1) == 1 else x2.contiguous(), crow, col, val, flat)
+            x2 = x2 if x2.stride(-1) == 1 else x2.contiguous()
+            csr_add(out.view(-1, out.shape[-1]), x2, crow, col, val, flat, inp)
 
         return add
 

@@ -59,6 +59,8 @@ def test_the_kernel_steps_aside_where_it_does_not_apply():
     assert not KERNEL.add(out, x.requires_grad_(), csr, None)
     assert not KERNEL.add(out.t().contiguous().t(), x.detach(), csr, None)  # columns not contiguous
     assert torch.equal(out, torch.zeros(3, 8))
+    with pytest.raises(RuntimeError, match="as many features"):  # never reads past the input's columns
+        KERNEL.module.csr_add(out, torch.randn(3, 5), *kernel_mod.parts(csr), None, 6)
 
 
 @needs_compiler
