@@ -7,18 +7,24 @@ and no slower than MKL up to 64 tokens; larger inputs split their chunks over th
 runs 3-5% faster with it (interleaved call by call; bench/kinds has the ratio beside MKL's). Its sums run in
 another order than MKL's, so the two agree to float rounding (about 1e-6).
 
-It is built with torch's C++ extension builder (a C++ compiler and ninja; about 35 s) into torch's extension
-directory (`TORCH_EXTENSIONS_DIR`, by default ~/.cache/torch_extensions), once per machine: `scripts/install.sh`
-runs `python -m composer.diff.kernel`. A process loads it in a background thread on first use and serves through
-MKL until it is ready; where it cannot be built (no compiler), MKL serves and the log says why, once.
+It is built with torch's C++ extension builder (a C++ compiler and ninja; about 35 s) once per machine, source,
+torch and Python (`build_directory`: `composer/<name with their hash>` under `TORCH_EXTENSIONS_DIR`, by default
+~/.cache/torch_extensions): `scripts/install.sh` runs `python -m composer.diff.kernel`. A process imports the
+built library itself, and loads it in a background thread on first use, serving through MKL until it is ready;
+where it cannot be built (no compiler), MKL serves and the log says why, once.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.machinery
+import importlib.util
 import logging
 import os
 import shutil
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,12 +35,14 @@ import torch
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("csr_add.cpp")
 NAME = "composer_diff_csr_add"
+FLAGS = ["-O3"]
 
 
 class _Kernel:
     """The compiled module, loaded once per process (a forked child loads its own)."""
 
-    def __init__(self) -> None:
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root  # where builds go (None: TORCH_EXTENSIONS_DIR, or torch's default ~/.cache/torch_extensions)
         self.lock = threading.Lock()
         self.module: Any = None
         self.failed: str | None = None
@@ -66,10 +74,7 @@ class _Kernel:
         with self.lock:
             if self.module is None and self.failed is None:
                 try:
-                    from torch.utils.cpp_extension import load
-
-                    _ninja_on_path()
-                    self.module = load(name=NAME, sources=[str(SOURCE)], extra_cflags=["-O3"], verbose=False)
+                    self.module = _built(self.root)
                 except Exception as e:  # noqa: BLE001 - no compiler or ninja: MKL's product serves
                     self.failed = str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__
                     log.warning("the diff's CSR kernel could not be built; MKL's product serves (%s)", self.failed)
@@ -104,6 +109,51 @@ class _Kernel:
 KERNEL = _Kernel()
 
 
+def build_directory(root: Path | None = None) -> tuple[str, Path]:
+    """(the module's name, its build directory). The name carries a hash of the source, the build flags, torch's
+    version and Python's, so a build of other code or for another torch is never loaded as this one."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    ident = "|".join([SOURCE.read_text(), " ".join(FLAGS), torch.__version__, sys.version])
+    name = f"{NAME}_{hashlib.sha256(ident.encode()).hexdigest()[:12]}"
+    base = root if root is not None else Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+    return name, base / "composer" / name
+
+
+def _built(root: Path | None) -> Any:
+    """The module: imported straight from its library where this machine built it (no ninja run and no build
+    lock taken, so a process killed while loading leaves nothing behind), built first otherwise."""
+    name, directory = build_directory(root)
+    library = directory / f"{name}{importlib.machinery.EXTENSION_SUFFIXES[-1]}"
+    if not library.exists():
+        from torch.utils.cpp_extension import load
+
+        directory.mkdir(parents=True, exist_ok=True)
+        clear_stale_lock(directory)
+        _ninja_on_path()
+        load(name=name, sources=[str(SOURCE)], extra_cflags=FLAGS, build_directory=str(directory), verbose=False)
+    spec = importlib.util.spec_from_file_location(name, library)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {library}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def clear_stale_lock(directory: Path, older_than_s: float = 600.0) -> bool:
+    """Remove the build lock a killed build left (torch's builder waits on it forever); a build takes under a
+    minute, so a lock older than `older_than_s` has no builder behind it."""
+    lock = directory / "lock"
+    try:
+        if time.time() - lock.stat().st_mtime > older_than_s:
+            lock.unlink()
+            log.warning("removed a stale build lock of the diff kernel (%s)", lock)
+            return True
+    except FileNotFoundError:
+        pass
+    return False
+
+
 def _ninja_on_path() -> None:
     """torch's builder runs `ninja` from PATH; a process started as .venv/bin/python (not activated) has the pip
     package's ninja only inside that package: its directory goes onto PATH when no other ninja is found."""
@@ -121,8 +171,6 @@ def parts(csr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 if __name__ == "__main__":  # python -m composer.diff.kernel: build it (scripts/install.sh)
-    import sys
-
     logging.basicConfig(level=logging.INFO)
     if KERNEL.load() is None:
         print(f"diff kernel not built: {KERNEL.failed}", file=sys.stderr)

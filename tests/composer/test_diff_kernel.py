@@ -98,14 +98,14 @@ def test_a_served_diff_runs_through_the_kernel_and_equals_mkls_product(tiny_bert
     assert (want - model(**batch).hidden).abs().max() > 1e-4  # the delta matters
 
 
-def test_a_kernel_that_cannot_be_built_leaves_mkl_serving(monkeypatch, caplog):
+def test_a_kernel_that_cannot_be_built_leaves_mkl_serving(monkeypatch, caplog, tmp_path):
     import torch.utils.cpp_extension as ext
 
     def fail(**_kw):  # type: ignore[no-untyped-def]
         raise RuntimeError("Ninja is required to load C++ extensions")
 
     monkeypatch.setattr(ext, "load", fail)
-    k = _Kernel()
+    k = _Kernel(root=tmp_path)  # nothing built there
     with caplog.at_level(logging.WARNING, logger=kernel_mod.__name__):
         assert k.load() is None
     assert k.failed == "Ninja is required to load C++ extensions"
@@ -160,3 +160,30 @@ def test_the_pip_ninja_goes_onto_path_where_none_is_found(monkeypatch):
     kernel_mod._ninja_on_path()
     assert os.environ["PATH"].split(os.pathsep)[0] == ninja.BIN_DIR
     assert os.path.exists(os.path.join(ninja.BIN_DIR, "ninja"))
+
+
+@needs_compiler
+def test_a_built_kernel_is_imported_without_running_the_builder(monkeypatch):
+    """Once built on this machine, a process imports the library itself: no ninja run and no build lock, so a
+    process killed while loading it leaves no lock that would stall the next."""
+    import torch.utils.cpp_extension as ext
+
+    assert KERNEL.load() is not None
+    name, directory = kernel_mod.build_directory()
+    monkeypatch.setattr(ext, "load", lambda **_kw: pytest.fail("the builder ran for a built kernel"))
+    k = _Kernel()
+    assert k.load() is not None and k.module.__name__ == name
+    assert not (directory / "lock").exists()
+    other, _ = kernel_mod.build_directory()
+    monkeypatch.setattr(kernel_mod, "FLAGS", ["-O2"])  # other flags (or source, or torch): another build
+    assert kernel_mod.build_directory()[0] != other
+
+
+def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path):
+    lock = tmp_path / "lock"
+    lock.touch()
+    assert not kernel_mod.clear_stale_lock(tmp_path) and lock.exists()  # a build may be running
+    old = time.time() - 3600
+    os.utime(lock, (old, old))
+    assert kernel_mod.clear_stale_lock(tmp_path) and not lock.exists()  # a killed build's
+    assert not kernel_mod.clear_stale_lock(tmp_path)
