@@ -15,7 +15,13 @@ namespace {
 
 constexpr int64_t W = 16;  // tokens per chunk: one AVX-512 register of floats, two AVX2 ones
 
-__attribute__((target_clones("avx512f", "avx2", "default"))) void chunk(
+#if defined(__x86_64__) && defined(__GNUC__)
+#define CLONES __attribute__((target_clones("avx512f", "avx2", "default")))  // picked for the CPU at load time
+#else
+#define CLONES  // other architectures: the compiler's default vector width
+#endif
+
+CLONES void chunk(
     float* o, int64_t lo, const float* x, int64_t lx, int64_t n, int64_t K, int64_t F, const int32_t* crow,
     const int32_t* col, const float* val, const float* bias, float* xt, float* yt) {
   for (int64_t k = 0; k < K; ++k) {
