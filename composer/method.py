@@ -148,6 +148,11 @@ class MethodKind(ABC):
     @abstractmethod
     def nbytes(self, models: Models, name: str) -> int: ...
 
+    def serving_state(self) -> dict[str, str]:
+        """What an operator should see of how this process serves the kind (/serving/stats), where it can
+        differ between machines: a compiled kernel loaded or not. Empty for most kinds."""
+        return {}
+
     def max_length(self, art: Any, limit: int) -> int:
         """Where serving truncates inputs: the length the module was trained with, else the base's limit."""
         return min(art.max_length, limit) if art.max_length else limit

@@ -10,6 +10,7 @@ from sqlalchemy import text
 from api.deps import Operator
 from api.errors import problem
 from api.metrics import CACHE, JOBS, LOADED, QUEUE, REGISTRY
+from composer import kinds
 from registry_db.models import JOB_STATUSES
 from registry_db.repo import jobs
 
@@ -81,6 +82,8 @@ def serving_stats(request: Request, caller: Operator) -> dict:
         "ensemble_plans": rt.ensemble_plans.chosen(),  # (K, rows, tokens, early exit) -> the plan it runs
         # (layouts, rows, tokens) -> the plan a mixed batch with prompt rows runs (composer.rows)
         "row_plans": {k: v for c in rt.row_plans.values() for k, v in c.chosen().items()},
+        # per kind, what differs between machines in how it serves (the diff: its C++ kernel loaded or not)
+        "kinds": {name: state for name, kind in kinds.KINDS.items() if (state := kind.serving_state())},
     }
 
 

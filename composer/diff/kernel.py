@@ -80,6 +80,15 @@ class _Kernel:
                     log.warning("the diff's CSR kernel could not be built; MKL's product serves (%s)", self.failed)
         return self.module
 
+    def state(self) -> str:
+        """ "loaded", "loading" (MKL serves meanwhile), "not loaded" (no saved diff has served yet), or
+        "unavailable: <why>" (MKL serves)."""
+        if self.module is not None:
+            return "loaded"
+        if self.failed is not None:
+            return f"unavailable: {self.failed}"
+        return "loading" if self.started_in == os.getpid() else "not loaded"
+
     @contextmanager
     def off(self) -> Iterator[None]:
         """MKL's product serves inside (benches measure the two side by side, tests the fallback); the process's

@@ -8,6 +8,7 @@ from typing import Any
 
 from composer.adapter_artifact import AdapterArtifact
 from composer.adapter_face import AdapterFace
+from composer.diff.kernel import KERNEL
 
 
 class DiffKind(AdapterFace):
@@ -15,6 +16,10 @@ class DiffKind(AdapterFace):
 
     def __init__(self) -> None:
         super().__init__("diff")
+
+    def serving_state(self) -> dict[str, str]:
+        """Whether its rows serve through the C++ kernel (`composer.diff.kernel`) or MKL's product, and why."""
+        return {"kernel": KERNEL.state()}
 
     def param_count(self, art: AdapterArtifact) -> int:
         """What it keeps: the nonzero deltas (and the head), not the indices beside them."""

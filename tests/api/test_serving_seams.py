@@ -276,6 +276,11 @@ def test_an_evicted_adapter_reloads_from_the_host_tier_with_the_same_answer_and_
     assert again["outputs"] == first["outputs"]
     after = api.client.get("/serving/stats", headers=api.h()).json()
     assert after["host_hits"] == stats["host_hits"] + 1 and after["evictions"] == stats["evictions"] + 1
+    # the diff's kernel, as this process serves it (loaded before the session, tests/conftest.py)
+    from composer.diff.kernel import KERNEL
+
+    assert after["kinds"] == {"diff": {"kernel": KERNEL.state()}}
+    assert KERNEL.state() == "loaded" or KERNEL.state().startswith("unavailable: ")
     assert after["host_reload_p50_ms"] is not None and after["cold_loads"] == stats["cold_loads"] + 1
 
 

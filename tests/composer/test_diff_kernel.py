@@ -114,18 +114,21 @@ def test_a_kernel_that_cannot_be_built_leaves_mkl_serving(monkeypatch, caplog, t
         assert k.load() is None
     assert k.failed == "Ninja is required to load C++ extensions"
     assert "MKL's product serves" in caplog.text
+    assert k.state() == "unavailable: Ninja is required to load C++ extensions"
     assert k.get() is None and not k.add(torch.zeros(2, 3), torch.zeros(2, 4), torch.zeros(3, 4).to_sparse_csr(), None)
 
 
 @needs_compiler
 def test_a_process_loads_the_kernel_in_the_background_and_serves_mkl_meanwhile():
     k = _Kernel()
+    assert k.state() == "not loaded"
     first = k.get()  # starts the load; None until it is ready
     deadline = time.monotonic() + 300
     while k.get() is None and k.failed is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert first is None or first is k.module
     assert k.module is not None, k.failed
+    assert k.state() == "loaded"
     assert k.started_in is not None
 
 
