@@ -27,11 +27,21 @@ def _delta(rows: int, cols: int, density: float, seed: int) -> torch.Tensor:
     return dense
 
 
+@pytest.fixture(params=["avx512", "generic"])
+def write_out(request):  # type: ignore[no-untyped-def]
+    """The kernel's two ways of adding its result into the output (AVX-512, where the CPU has it, and the
+    generic loop other CPUs run), each checked on this machine."""
+    module = KERNEL.load()
+    assert module is not None, KERNEL.failed  # a machine with a compiler builds it
+    was = module.allow_avx512(request.param == "avx512")
+    yield request.param
+    module.allow_avx512(was)
+
+
 @needs_compiler
 @pytest.mark.parametrize("tokens", [1, 13, 16, 17, 40])
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_the_kernel_adds_the_sparse_product_and_bias_in_place(tokens, with_bias):
-    assert KERNEL.load() is not None, KERNEL.failed  # a machine with a compiler builds it
+def test_the_kernel_adds_the_sparse_product_and_bias_in_place(tokens, with_bias, write_out):
     g = torch.Generator().manual_seed(tokens)
     dense = _delta(90, 40, 0.05, tokens)  # 90 rows: five blocks of 16 and a part block
     csr = int32(dense.to_sparse_csr())
