@@ -25,7 +25,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("csr_add.cpp")
 NAME = "composer_diff_csr_add"
 FLAGS = ["-O3"]
+Parts = tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]  # a CSR's row offsets, columns, values; column count
 
 
 class _Kernel:
@@ -99,19 +100,18 @@ class _Kernel:
         finally:
             self.disabled -= 1
 
-    def add(self, out: torch.Tensor, x: torch.Tensor, csr: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    def add(self, out: torch.Tensor, x: torch.Tensor, delta: Parts, bias: torch.Tensor | None) -> bool:
         """out [T, F] += x δ^T (+ bias [F]) in place through the kernel, where it is loaded and serves these
         operands (float32 on the CPU, outside autograd); False where it did nothing (the caller's product then)."""
-        if csr.device.type != "cpu" or not (out.dtype == x.dtype == csr.dtype == torch.float32):
+        values = delta[2]
+        if values.device.type != "cpu" or not (out.dtype == x.dtype == values.dtype == torch.float32):
             return False
         if out.stride(-1) != 1 or (torch.is_grad_enabled() and (x.requires_grad or out.requires_grad)):
             return False
         module = self.get()
         if module is None:
             return False
-        x2 = x.reshape(-1, x.shape[-1])
-        x2 = x2 if x2.stride(-1) == 1 else x2.contiguous()
-        module.csr_add(out, x2, *parts(csr), bias, csr.shape[1])
+        call(module.csr_add, out, x, delta, bias)
         return True
 
 
@@ -174,9 +174,15 @@ def _ninja_on_path() -> None:
         os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, os.environ.get("PATH", "")])
 
 
-def parts(csr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(row offsets, columns, values) of a CSR, as the kernel reads them."""
-    return csr.crow_indices(), csr.col_indices(), csr.values()
+def parts(csr: torch.Tensor) -> Parts:
+    """(row offsets, columns, values, column count) of a CSR, as the kernel reads them."""
+    return csr.crow_indices(), csr.col_indices(), csr.values(), csr.shape[1]
+
+
+def call(csr_add: Callable[..., None], out: torch.Tensor, x: torch.Tensor, delta: Parts, bias: Any) -> None:
+    """The kernel on `out` [T, F] and the input's tokens as rows with contiguous features (operands checked)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    csr_add(out, x2 if x2.stride(-1) == 1 else x2.contiguous(), *delta[:3], bias, delta[3])
 
 
 if __name__ == "__main__":  # python -m composer.diff.kernel: build it (scripts/install.sh)

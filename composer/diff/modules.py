@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from composer.diff.kernel import KERNEL, parts
+from composer.diff.kernel import KERNEL, call, parts
 from composer.diff.products import Stacked, columns_product, int32
 from composer.errors import ArtifactError, ConfigError, IncompatibleBaseError
 from composer.injection import (
@@ -138,8 +138,8 @@ class DiffSite(nn.Module):
         return self._sparse()[1:3]
 
     def _sparse(self) -> tuple[Any, ...]:
-        """(key, δ_W in CSR, δ_b [out, 1], δ_b flat or None where the site kept no bias entry, and the CSR's row
-        offsets, columns and values as the kernel reads them)."""
+        """(key, δ_W in CSR, δ_b [out, 1], δ_b flat or None where the site kept no bias entry, the CSR's parts as
+        the kernel reads them)."""
         w, b = self.w_value, self.b_value
         key = (w.data_ptr(), w._version, b.data_ptr(), b._version, w.device)
         if self._csr is None or self._csr[0] != key:
@@ -152,7 +152,7 @@ class DiffSite(nn.Module):
                 csr = int32(coo.coalesce().to_sparse_csr())
             bias = torch.zeros(out, 1, device=value.device, dtype=value.dtype)
             bias.index_add_(0, self.b_index, b.detach().unsqueeze(1))
-            self._csr = (key, csr, bias, bias.view(-1) if b.numel() else None, *parts(csr))
+            self._csr = (key, csr, bias, bias.view(-1) if b.numel() else None, parts(csr))
         return self._csr
 
     def _sparse_t(self, x: torch.Tensor) -> torch.Tensor:
@@ -166,9 +166,9 @@ class DiffSite(nn.Module):
         if not self.sparse:
             out += self.delta(x)
             return
-        _, csr, bias, flat = self._sparse()[:4]
+        _, csr, bias, flat, delta = self._sparse()
         o = out.view(-1, out.shape[-1])
-        if KERNEL.add(o, x, csr, flat):
+        if KERNEL.add(o, x, delta, flat):
             return
         if o.dtype != csr.dtype:
             o.add_(self._sparse_t(x).t().to(o.dtype))
@@ -181,15 +181,12 @@ class DiffSite(nn.Module):
     def kernel_add(self, csr_add: Callable[..., None]) -> Callable[[torch.Tensor, torch.Tensor], None]:
         """`add_to` through the loaded kernel (`composer.diff.kernel`) with this forward's CSR parts taken once (a
         forward that serves a saved float32 diff on the CPU, outside autograd: `DiffAdapter.kernel_serves`)."""
-        _, _, _, flat, crow, col, val = self._sparse()
-        inp = self.shape[1]
+        _, _, _, flat, delta = self._sparse()
 
         def add(out: torch.Tensor, x: torch.Tensor) -> None:
             if x.dtype != torch.float32:
                 return self.add_to(out, x)
-            x2 = x.reshape(-1, x.shape[-1])
-            x2 = x2 if x2.stride(-1) == 1 else x2.contiguous()
-            csr_add(out.view(-1, out.shape[-1]), x2, crow, col, val, flat, inp)
+            call(csr_add, out.view(-1, out.shape[-1]), x, delta, flat)
 
         return add
 

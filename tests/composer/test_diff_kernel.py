@@ -51,12 +51,12 @@ def test_the_kernel_adds_the_sparse_product_and_bias_in_place(tokens, with_bias,
     out = wide[:, 3:93]
     want = out + x @ dense.t() + (bias if bias is not None else 0.0)
     untouched = wide[:, [0, 1, 2, 93, 99]].clone()
-    assert KERNEL.add(out, x, csr, bias)
+    assert KERNEL.add(out, x, kernel_mod.parts(csr), bias)
     torch.testing.assert_close(out, want, atol=1e-5, rtol=0)
     assert torch.equal(wide[:, [0, 1, 2, 93, 99]], untouched)  # nothing written outside the slice
     xt = torch.randn(40, tokens, generator=g).t()  # an input whose columns are strided
     before = out.clone()
-    assert KERNEL.add(out, xt, csr, None)
+    assert KERNEL.add(out, xt, kernel_mod.parts(csr), None)
     torch.testing.assert_close(out, before + xt @ dense.t(), atol=1e-5, rtol=0)
 
 
@@ -65,12 +65,13 @@ def test_the_kernel_steps_aside_where_it_does_not_apply():
     """Other dtypes, autograd, a non-CPU delta: the caller's own product (False, nothing written)."""
     csr = int32(_delta(8, 6, 0.3, 0).to_sparse_csr())
     out, x = torch.zeros(3, 8), torch.randn(3, 6)
-    assert not KERNEL.add(out.double(), x.double(), csr, None)
-    assert not KERNEL.add(out, x.requires_grad_(), csr, None)
-    assert not KERNEL.add(out.t().contiguous().t(), x.detach(), csr, None)  # columns not contiguous
+    delta = kernel_mod.parts(csr)
+    assert not KERNEL.add(out.double(), x.double(), delta, None)
+    assert not KERNEL.add(out, x.requires_grad_(), delta, None)
+    assert not KERNEL.add(out.t().contiguous().t(), x.detach(), delta, None)  # columns not contiguous
     assert torch.equal(out, torch.zeros(3, 8))
     with pytest.raises(RuntimeError, match="as many features"):  # never reads past the input's columns
-        KERNEL.module.csr_add(out, torch.randn(3, 5), *kernel_mod.parts(csr), None, 6)
+        KERNEL.module.csr_add(out, torch.randn(3, 5), *delta[:3], None, 6)
 
 
 @needs_compiler
@@ -125,7 +126,9 @@ def test_a_kernel_that_cannot_be_built_leaves_mkl_serving(monkeypatch, caplog, t
     assert k.failed == "Ninja is required to load C++ extensions"
     assert "MKL's product serves" in caplog.text
     assert k.state() == "unavailable: Ninja is required to load C++ extensions"
-    assert k.get() is None and not k.add(torch.zeros(2, 3), torch.zeros(2, 4), torch.zeros(3, 4).to_sparse_csr(), None)
+    assert k.get() is None and not k.add(
+        torch.zeros(2, 3), torch.zeros(2, 4), kernel_mod.parts(torch.zeros(3, 4).to_sparse_csr()), None
+    )
 
 
 @needs_compiler
