@@ -48,18 +48,20 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
+def once_ms(fn: Callable[[], object]) -> float:
+    """Wall time of one fn() call in milliseconds (the device synchronised around it)."""
+    sync()
+    t = time.perf_counter()
+    fn()
+    sync()
+    return (time.perf_counter() - t) * 1000
+
+
 def time_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
     """Median wall time of fn() in milliseconds (the device synchronised around each call)."""
     for _ in range(warmup):
         fn()
-    samples = []
-    for _ in range(repeats):
-        sync()
-        t = time.perf_counter()
-        fn()
-        sync()
-        samples.append((time.perf_counter() - t) * 1000)
-    return statistics.median(samples)
+    return statistics.median(once_ms(fn) for _ in range(repeats))
 
 
 def alternating(runs: dict[str, Callable[[], object]], rnd: int, repeats: int, warmup: int = 1) -> dict[str, float]:
@@ -83,11 +85,7 @@ def interleaved(runs: dict[str, Callable[[], object]], rnd: int, repeats: int, w
     for i in range(repeats):
         k = (rnd + i) % len(names)
         for name in names[k:] + names[:k]:
-            sync()
-            t = time.perf_counter()
-            runs[name]()
-            sync()
-            samples[name].append((time.perf_counter() - t) * 1000)
+            samples[name].append(once_ms(runs[name]))
     return {name: statistics.median(v) for name, v in samples.items()}
 
 
